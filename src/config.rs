@@ -1,0 +1,444 @@
+//! Configuration: TOML file, embedded defaults, `AGENTGATE_<SECTION>_<KEY>` environment overrides.
+//!
+//! Precedence is defaults < file < environment < command-line flags. Unknown keys are
+//! rejected with the key and the file (or variable) named, so a typo never silently
+//! falls back to a default in a security product.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with the `AGENTGATE_` prefix that are not config overrides.
+const RESERVED_ENV: &[&str] = &["AGENTGATE_HOME", "AGENTGATE_CONFIG", "AGENTGATE_LOG"];
+
+/// A configuration problem, with where it came from and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(origin: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            origin: origin.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration of one AgentGate instance.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub ca: CaConfig,
+    pub upstream: UpstreamConfig,
+    pub egress: EgressConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+/// The agent-facing proxy listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address the forward proxy listens on.
+    pub listen: SocketAddr,
+    /// Concurrent client connections; beyond it new connections get a 503 and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// The admin listener (health, later the API and dashboard).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+/// The interception CA and the leaf certificates it mints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Lifetime of a minted leaf certificate.
+    #[serde(with = "humantime_serde")]
+    pub leaf_validity: Duration,
+    /// Leaf certificates kept in memory (one per host).
+    pub leaf_cache_size: u64,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            leaf_validity: Duration::from_secs(24 * 3600),
+            leaf_cache_size: 10_000,
+        }
+    }
+}
+
+/// How AgentGate reaches upstream servers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Extra PEM CA files trusted for upstream TLS, added to the system roots.
+    pub extra_roots: Vec<PathBuf>,
+    /// `"host:port" = "ip:port"` overrides of DNS, like curl's `--resolve`.
+    pub resolve: BTreeMap<String, SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            extra_roots: Vec::new(),
+            resolve: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// Egress guard: which destinations may be dialed at all.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Destination ports allowed for CONNECT and plain HTTP.
+    pub allow_ports: Vec<u16>,
+    /// Private, loopback or otherwise special ranges that may be dialed anyway.
+    pub allow_private: Vec<IpNet>,
+    /// How long a checked DNS answer is reused.
+    #[serde(with = "humantime_serde")]
+    pub dns_ttl: Duration,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        Self {
+            allow_ports: vec![443],
+            allow_private: Vec::new(),
+            dns_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on what a client may send and how long it may take.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers) in bytes; beyond it 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; beyond it 431.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to finish the TLS handshake after CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest request body in bytes (absent: unlimited, streamed); beyond it 413.
+    pub max_request_body: Option<u64>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_request_body: None,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `agentgate=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `AGENTGATE_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, &path.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::invalid(origin, e.to_string().trim_end()))
+    }
+
+    /// Applies `AGENTGATE_<SECTION>_<KEY>=<value>` overrides; the value is read as TOML,
+    /// falling back to a plain string (so `127.0.0.1:0` needs no quotes).
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AGENTGATE_") && !RESERVED_ENV.contains(&k.as_str()))
+            .collect();
+        if overrides.is_empty() {
+            return Ok(());
+        }
+        overrides.sort();
+        let mut table = toml::Table::try_from(&*self)
+            .map_err(|e| ConfigError::invalid("defaults", e.to_string()))?;
+        for (var, raw) in &overrides {
+            let rest = var["AGENTGATE_".len()..].to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(ConfigError::invalid(
+                    var.as_str(),
+                    "expected AGENTGATE_<SECTION>_<KEY>, e.g. AGENTGATE_PROXY_LISTEN",
+                ));
+            };
+            let Some(toml::Value::Table(section_table)) = table.get_mut(section) else {
+                return Err(ConfigError::invalid(
+                    var.as_str(),
+                    format!(
+                        "unknown config section `{section}` (see config/agentgate.example.toml)"
+                    ),
+                ));
+            };
+            section_table.insert(key.to_owned(), parse_env_value(raw));
+            // Deserialize after each override so the error names the variable at fault.
+            Config::deserialize(toml::Value::Table(table.clone()))
+                .map_err(|e| ConfigError::invalid(var.as_str(), e.to_string().trim_end()))?;
+        }
+        *self = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::invalid("environment", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Checks relations that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: &str| Err(ConfigError::invalid(key, msg));
+        if self.egress.allow_ports.is_empty() {
+            return bad(
+                "egress.allow_ports",
+                "must list at least one port, e.g. [443]",
+            );
+        }
+        if self.egress.allow_ports.contains(&0) {
+            return bad("egress.allow_ports", "port 0 is not a destination port");
+        }
+        if self.proxy.max_connections == 0 {
+            return bad("proxy.max_connections", "must be at least 1");
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return bad("limits.max_header_bytes", "must be at least 1024");
+        }
+        if self.limits.max_headers == 0 {
+            return bad("limits.max_headers", "must be at least 1");
+        }
+        if self.ca.leaf_validity < Duration::from_secs(3600) {
+            return bad("ca.leaf_validity", "must be at least 1h");
+        }
+        if self.ca.leaf_cache_size == 0 {
+            return bad("ca.leaf_cache_size", "must be at least 1");
+        }
+        for (name, d) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            (
+                "limits.header_read_timeout",
+                self.limits.header_read_timeout,
+            ),
+            (
+                "limits.tls_handshake_timeout",
+                self.limits.tls_handshake_timeout,
+            ),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(name, "must be greater than zero, e.g. \"10s\"");
+            }
+        }
+        for key in self.upstream.resolve.keys() {
+            if crate::egress::guard::split_host_port(key).is_none() {
+                return Err(ConfigError::invalid(
+                    "upstream.resolve",
+                    format!("key `{key}` must be \"host:port\", e.g. \"api.github.com:443\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.egress.allow_ports, vec![443]);
+        assert!(c.egress.allow_private.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[proxy]\nlisten_addr = \"x\"\n", "my.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("my.toml"), "{msg}");
+        assert!(msg.contains("listen_addr"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let msg = Config::parse("[proxxy]\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("proxxy"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("AGENTGATE_PROXY_LISTEN", "127.0.0.1:0"),
+                ("AGENTGATE_EGRESS_ALLOW_PORTS", "[443, 8443]"),
+                ("AGENTGATE_LIMITS_IDLE_TIMEOUT", "5s"),
+                ("AGENTGATE_HOME", "/tmp/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy.listen.port(), 0);
+        assert_eq!(c.egress.allow_ports, vec![443, 8443]);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let msg = Config::load(None, env(&[("AGENTGATE_PROXY_LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("AGENTGATE_PROXY_LISTN"), "{msg}");
+        let msg = Config::load(None, env(&[("AGENTGATE_NOPE_X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn validation_names_key() {
+        let mut c = Config::default();
+        c.egress.allow_ports.clear();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("egress.allow_ports")
+        );
+        let mut c = Config::default();
+        c.upstream
+            .resolve
+            .insert("nohost".into(), "127.0.0.1:1".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("nohost"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/agentgate.example.toml");
+        let c = Config::parse(text, "agentgate.example.toml").unwrap();
+        c.validate().unwrap();
+    }
+}

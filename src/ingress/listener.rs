@@ -1,0 +1,105 @@
+//! Accepts agent connections on `proxy.listen` and serves the outer HTTP/1.1 proxy protocol:
+//! `CONNECT` (then MITM) and absolute-form `http://` requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::{Activity, connect, drive, http1_builder};
+use crate::error::{Denial, Gate};
+use crate::pipeline::Pipeline;
+
+/// Accepts connections until `shutdown` flips; each connection holds one of `slots`.
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let pipeline = pipeline.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(serve_client(pipeline, stream, peer, permit, shutdown));
+            }
+            Err(_) => {
+                let id = pipeline.request_id();
+                tokio::spawn(refuse_over_capacity(stream, id));
+            }
+        }
+    }
+}
+
+async fn refuse_over_capacity(mut stream: TcpStream, request_id: String) {
+    let denial = Denial::new(
+        Gate::Limits,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "the proxy is at proxy.max_connections; retry shortly",
+    );
+    tracing::warn!(%request_id, "connection refused: proxy.max_connections reached");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream
+            .write_all(&denial.to_http1_bytes(&request_id))
+            .await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn serve_client(
+    pipeline: Arc<Pipeline>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    let permit = Arc::new(permit);
+    let limits = pipeline.config.limits.clone();
+    let svc = {
+        let (pipeline, activity, shutdown) = (pipeline.clone(), activity.clone(), shutdown.clone());
+        service_fn(move |req| {
+            let (pipeline, activity) = (pipeline.clone(), activity.clone());
+            let (permit, shutdown) = (permit.clone(), shutdown.clone());
+            async move {
+                let _in_flight = activity.begin();
+                let resp = if req.method() == Method::CONNECT {
+                    connect::handle(pipeline, req, peer, permit, shutdown).await
+                } else {
+                    pipeline.handle(None, peer, req).await
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = http1_builder(&limits)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = drive(conn, &activity, limits.idle_timeout, shutdown).await {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}

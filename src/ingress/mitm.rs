@@ -1,0 +1,191 @@
+//! TLS termination inside a CONNECT tunnel: read the ClientHello, present a leaf for the
+//! requested name minted by our CA, then serve HTTP/1.1 or HTTP/2 (by ALPN) and hand every
+//! request to the pipeline with the tunnel it belongs to.
+//!
+//! An SNI that disagrees with the CONNECT target still completes the handshake (with a leaf
+//! for the SNI), so the agent gets a readable `421` instead of an opaque TLS failure.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::StatusCode;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::{Activity, drive, http1_builder};
+use crate::egress::guard::normalize_host;
+use crate::error::{Denial, Gate};
+use crate::pipeline::{Pipeline, Tunnel};
+
+/// TLS record type of a handshake message; every ClientHello starts with it.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// Concurrent HTTP/2 streams per agent connection.
+const MAX_H2_STREAMS: u32 = 256;
+
+/// Serves one intercepted tunnel until the agent closes it.
+pub async fn serve(
+    pipeline: Arc<Pipeline>,
+    upgraded: Upgraded,
+    mut tunnel: Tunnel,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = pipeline.config.limits.clone();
+    let client = tunnel.client;
+    let handshake = async {
+        let mut io = TokioIo::new(upgraded);
+        let mut first = vec![0u8; 1024];
+        let n = io.read(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        first.truncate(n);
+        if first[0] != TLS_HANDSHAKE {
+            refuse_plaintext(&pipeline, &mut io, &first).await;
+            return Ok(None);
+        }
+        let io = Prefixed {
+            prefix: Bytes::from(first),
+            inner: io,
+        };
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let sni = start.client_hello().server_name().and_then(normalize_host);
+        let cert_host = match sni {
+            Some(sni) if sni != tunnel.host => {
+                tunnel.misdirected = Some(format!(
+                    "TLS server name {sni} does not match the CONNECT target {}",
+                    tunnel.host
+                ));
+                sni
+            }
+            _ => tunnel.host.clone(),
+        };
+        let config = pipeline
+            .ca
+            .server_config(&cert_host)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        start.into_stream(config).await.map(Some)
+    };
+    let tls = match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
+        Ok(Ok(Some(tls))) => tls,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(client = %client, host = %tunnel.host, error = %e, "TLS handshake with agent failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(client = %client, host = %tunnel.host, "TLS handshake with agent timed out (limits.tls_handshake_timeout)");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+
+    let activity = Arc::new(Activity::new());
+    let tunnel = Arc::new(tunnel);
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let (pipeline, tunnel, activity) = (pipeline.clone(), tunnel.clone(), activity.clone());
+            async move {
+                let _in_flight = activity.begin();
+                let resp = pipeline.handle(Some(&tunnel), tunnel.client, req).await;
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let io = TokioIo::new(tls);
+    let result = if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(MAX_H2_STREAMS);
+        drive(
+            b.serve_connection(io, svc),
+            &activity,
+            limits.idle_timeout,
+            shutdown,
+        )
+        .await
+    } else {
+        let conn = http1_builder(&limits)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        drive(conn, &activity, limits.idle_timeout, shutdown).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %client, error = %e, "tunnel ended with an error");
+    }
+}
+
+/// Plain bytes where a ClientHello belongs: answer in HTTP if it looks like HTTP, then close.
+async fn refuse_plaintext<W: AsyncWrite + Unpin>(pipeline: &Pipeline, io: &mut W, first: &[u8]) {
+    let request_id = pipeline.request_id();
+    tracing::info!(%request_id, "agent sent non-TLS bytes inside a CONNECT tunnel");
+    if first.first().is_some_and(u8::is_ascii_uppercase) {
+        let denial = Denial::new(
+            Gate::Ingress,
+            StatusCode::BAD_REQUEST,
+            "tls_expected",
+            "AgentGate intercepts every tunnel: after CONNECT, start TLS (use https://)",
+        );
+        let _ = io.write_all(&denial.to_http1_bytes(&request_id)).await;
+        let _ = io.shutdown().await;
+    }
+}
+
+/// A stream whose first bytes were already read (to peek at the ClientHello).
+struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,175 @@
+//! AgentGate: an egress security gate for AI agents.
+//!
+//! A forward proxy that intercepts an agent's HTTPS (CONNECT + TLS with its own CA) and
+//! forwards each request to the real, certificate-verified upstream once the flow in
+//! [`pipeline`] lets it through. [`start`] runs an instance from a [`config::Config`].
+
+pub mod admin;
+pub mod body;
+pub mod ca;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod headers;
+pub mod ingress;
+pub mod pipeline;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::Health;
+use crate::ca::{Ca, CaError};
+use crate::config::Config;
+use crate::egress::guard::Guard;
+use crate::egress::upstream::{Upstream, UpstreamError};
+use crate::pipeline::Pipeline;
+use crate::state::StateDir;
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(
+        "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
+    )]
+    Bind {
+        key: &'static str,
+        env: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running instance.
+pub struct Running {
+    /// Where the proxy listens (the real port when configured with port 0).
+    pub proxy_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The CA certificate agents must trust.
+    pub ca_cert: PathBuf,
+    /// Whether this start created a new CA.
+    pub ca_created: bool,
+    /// This process's instance id.
+    pub instance: String,
+    shutdown: watch::Sender<bool>,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    health: Arc<Health>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Checks what a config refers to (root files) without starting anything.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    Upstream::new(config, Arc::new(Guard::new(config)), crypto_provider())?;
+    Ok(())
+}
+
+/// Starts the proxy and admin listeners; the CA is created in `state` on first run.
+pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartError> {
+    let provider = crypto_provider();
+    let ca_created = ca::ensure_ca(state)?;
+    let ca = Ca::load(
+        state,
+        config.ca.leaf_validity,
+        config.ca.leaf_cache_size,
+        provider.clone(),
+    )?;
+    let config = Arc::new(config);
+    let guard = Arc::new(Guard::new(&config));
+    let upstream = Upstream::new(&config, guard.clone(), provider)?;
+    let pipeline = Arc::new(Pipeline::new(config.clone(), guard, upstream, ca));
+
+    let bind = |addr, key, env| async move {
+        TcpListener::bind(addr)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .map_err(|source| StartError::Bind {
+                key,
+                env,
+                addr,
+                source,
+            })
+    };
+    let (proxy_addr, proxy) = bind(
+        config.proxy.listen,
+        "proxy.listen",
+        "AGENTGATE_PROXY_LISTEN",
+    )
+    .await?;
+    let (admin_addr, admin) = bind(
+        config.admin.listen,
+        "admin.listen",
+        "AGENTGATE_ADMIN_LISTEN",
+    )
+    .await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(config.proxy.max_connections));
+    let health = Arc::new(Health::default());
+    let instance = pipeline.instance().to_owned();
+    let tasks = vec![
+        tokio::spawn(ingress::listener::serve(
+            proxy,
+            pipeline,
+            slots.clone(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(admin::serve(
+            admin,
+            health.clone(),
+            config.limits.clone(),
+            shutdown_rx,
+        )),
+    ];
+    health.set_ready(true);
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        ca_cert: state.ca_cert(),
+        ca_created,
+        instance,
+        shutdown,
+        slots,
+        max_connections: config.proxy.max_connections,
+        health,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops accepting, asks every connection to finish, and waits up to `grace` for them.
+    pub async fn shutdown(self, grace: Duration) {
+        self.health.set_ready(false);
+        let _ = self.shutdown.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let drained = async {
+            while self.slots.available_permits() < self.max_connections {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            let open = self.max_connections - self.slots.available_permits();
+            tracing::warn!(
+                open,
+                "shutdown grace period over; closing remaining connections"
+            );
+        }
+    }
+}

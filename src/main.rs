@@ -1,0 +1,212 @@
+//! The `agentgate` command line.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use agentgate::config::{Config, LogFormat};
+use agentgate::state::{self, StateDir};
+
+/// AgentGate: an egress security gate for AI agents.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// State directory (CA, keys, audit log).
+    #[arg(long, global = true, env = "AGENTGATE_HOME", default_value = state::DEFAULT_HOME)]
+    home: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy and the admin listener (creates the state dir and CA on first run).
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only check the configuration, report problems, and exit (non-zero if invalid).
+        #[arg(long)]
+        check: bool,
+        /// Log line format (overrides log.format).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Check a configuration and exit (non-zero if invalid).
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Create the state directory: CA and a commented config file.
+    Init,
+    /// Work with the interception CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) that agents must trust.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config file (TOML); default: $AGENTGATE_HOME/agentgate.toml if it exists.
+    #[arg(long, short, env = "AGENTGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            config,
+            check,
+            log_format,
+        } => {
+            let config = load_config(&cli.home, &config)?;
+            if check {
+                return validate(&config);
+            }
+            run(&cli.home, config, log_format)
+        }
+        Command::Validate { config } => validate(&load_config(&cli.home, &config)?),
+        Command::Init => init(&cli.home),
+        Command::Ca {
+            command: CaCommand::Export { out },
+        } => {
+            let state = StateDir::open_or_create(&cli.home)?;
+            agentgate::ca::ensure_ca(&state)?;
+            let pem = std::fs::read_to_string(state.ca_cert())
+                .with_context(|| format!("reading {}", state.ca_cert().display()))?;
+            match out {
+                Some(path) => std::fs::write(&path, pem)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{pem}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load_config(home: &Path, args: &ConfigArgs) -> Result<Config> {
+    let default_file = home.join("agentgate.toml");
+    let file = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => default_file.exists().then_some(default_file),
+    };
+    Ok(Config::load(file.as_deref(), std::env::vars())?)
+}
+
+fn validate(config: &Config) -> Result<()> {
+    agentgate::check(config)?;
+    eprintln!("config ok");
+    Ok(())
+}
+
+fn init(home: &Path) -> Result<()> {
+    let state = StateDir::open_or_create(home)?;
+    let created = agentgate::ca::ensure_ca(&state)?;
+    let config_path = state.path("agentgate.toml");
+    if !config_path.exists() {
+        state::write_public(
+            &config_path,
+            include_str!("../config/agentgate.example.toml").as_bytes(),
+        )?;
+    }
+    eprintln!("state dir:  {}", state.root().display());
+    eprintln!(
+        "CA:         {} ({})",
+        state.ca_cert().display(),
+        if created { "created" } else { "existing" }
+    );
+    eprintln!("config:     {}", config_path.display());
+    Ok(())
+}
+
+fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()> {
+    init_logging(log_format.unwrap_or(config.log.format), &config.log.level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let state = StateDir::open_or_create(home)?;
+        let running = agentgate::start(config, &state).await?;
+        eprintln!("AgentGate {}", env!("CARGO_PKG_VERSION"));
+        eprintln!("  state dir  {}", state.root().display());
+        eprintln!(
+            "  CA         {}{}",
+            running.ca_cert.display(),
+            if running.ca_created { " (new)" } else { "" }
+        );
+        eprintln!("  proxy      http://{}", running.proxy_addr);
+        eprintln!("  admin      http://{}", running.admin_addr);
+        eprintln!(
+            "  try        curl -x http://{} --cacert {} https://example.com/",
+            running.proxy_addr,
+            running.ca_cert.display()
+        );
+        println!(
+            "READY proxy={} admin={} ca={}",
+            running.proxy_addr,
+            running.admin_addr,
+            running.ca_cert.display()
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown(Duration::from_secs(10)).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("AGENTGATE_LOG") {
+        Ok(f) => EnvFilter::try_new(f).context("AGENTGATE_LOG is not a valid log filter")?,
+        Err(_) => EnvFilter::try_new(level)
+            .with_context(|| format!("log.level `{level}` is not a valid log filter"))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+    Ok(())
+}

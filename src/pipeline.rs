@@ -1,0 +1,459 @@
+//! The request flow, top to bottom. Ingress hands every request here, one at a time, with
+//! the tunnel it arrived on; this module decides and forwards, and is the one place that
+//! turns a refusal into a response and logs the request.
+//!
+//! Order, and why:
+//! 1. **Ingress checks** — is the request well-formed for a proxy, does it agree with the
+//!    tunnel it came through (CONNECT target = TLS SNI = Host), is it looping back to us.
+//!    Nothing else is worth doing for a request we cannot even attribute to a destination.
+//! 2. **Gates** — identity → intent → policy → consent → token, then the decision record is
+//!    committed to the audit log. These land with their own issues, in this order, between
+//!    the ingress checks and egress below.
+//! 3. **Egress** — the outbound request is prepared (hop-by-hop headers removed, `Via`
+//!    added) and sent through the guarded, certificate-verifying upstream client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{ProxyBody, RequestBody};
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::egress::guard::{Guard, normalize_host};
+use crate::egress::upstream::Upstream;
+use crate::error::{Denial, Gate, REQUEST_ID};
+use crate::headers;
+
+/// Everything the flow needs, shared by all connections.
+pub struct Pipeline {
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) upstream: Upstream,
+    pub(crate) ca: Ca,
+    pub(crate) config: Arc<Config>,
+    instance: String,
+    via: HeaderValue,
+    via_token: String,
+    next_request: AtomicU64,
+}
+
+/// The destination a client connection is bound to, fixed at CONNECT time.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// Lowercased CONNECT host (DNS name or IP literal).
+    pub host: String,
+    pub port: u16,
+    /// Set when the TLS SNI disagreed with the CONNECT target: every request is refused.
+    pub misdirected: Option<String>,
+    /// The agent's address.
+    pub client: SocketAddr,
+}
+
+/// Where one request goes.
+struct Target {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+}
+
+impl Pipeline {
+    /// Assembles the pipeline; `instance` is this process's id (in `Via` and request ids).
+    pub fn new(config: Arc<Config>, guard: Arc<Guard>, upstream: Upstream, ca: Ca) -> Self {
+        let instance = format!("{:08x}", rand::random::<u32>());
+        let via = HeaderValue::from_str(&format!("1.1 agentgate-{instance}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 agentgate"));
+        Pipeline {
+            guard,
+            upstream,
+            ca,
+            config,
+            via_token: format!("agentgate-{instance}"),
+            instance,
+            via,
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// This process's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// A new request id, unique within this instance and distinct across instances.
+    pub fn request_id(&self) -> String {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.instance)
+    }
+
+    /// Handles one request: never fails; every refusal becomes its JSON response here.
+    /// `tunnel` is `None` for plain `http://` requests sent in absolute form.
+    pub async fn handle(
+        &self,
+        tunnel: Option<&Tunnel>,
+        client: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = self.request_id();
+        let method = req.method().clone();
+        let host = tunnel
+            .map(|t| t.host.clone())
+            .or_else(|| req.uri().host().map(str::to_owned))
+            .unwrap_or_default();
+        // Only the path is logged: query strings carry tokens (Slack's `token=`).
+        let path = req.uri().path().to_owned();
+
+        let (mut resp, denied_by) = match self.flow(tunnel, req).await {
+            Ok(resp) => (resp, None),
+            Err(denial) => {
+                let gate = denial.gate;
+                tracing::debug!(%request_id, reason = %denial.reason, "refused");
+                (denial.into_response(&request_id), Some(gate))
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        log_request(
+            &request_id,
+            client,
+            &method,
+            &host,
+            &path,
+            resp.status(),
+            denied_by,
+            started,
+        );
+        resp
+    }
+
+    /// Decides whether a `CONNECT` may open a tunnel to its target; refusals come back as
+    /// the response to send. Logged like every other request.
+    pub async fn open_tunnel(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Tunnel, Response<ProxyBody>> {
+        let started = Instant::now();
+        let request_id = self.request_id();
+        let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
+        let result = self.tunnel_flow(req, client).await;
+        let (status, denied_by) = match &result {
+            Ok(_) => (StatusCode::OK, None),
+            Err(d) => (d.status, Some(d.gate)),
+        };
+        log_request(
+            &request_id,
+            client,
+            &Method::CONNECT,
+            target,
+            "",
+            status,
+            denied_by,
+            started,
+        );
+        result.map_err(|d| d.into_response(&request_id))
+    }
+
+    async fn tunnel_flow(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Tunnel, Denial> {
+        let authority = req
+            .uri()
+            .authority()
+            .ok_or_else(|| bad_request("CONNECT needs a host:port target"))?;
+        let (host, port) = match split_authority(authority.as_str()) {
+            Some((host, Some(port))) if port != 0 => (host, port),
+            _ => return Err(bad_request("CONNECT target must be host:port")),
+        };
+        let host = normalize_host(host).ok_or_else(|| {
+            bad_request(format!("CONNECT target {authority} is not a valid host"))
+        })?;
+        if headers::has_looped(req.headers(), &self.via_token) {
+            return Err(loop_detected());
+        }
+        // Gate seam: identity (Proxy-Authorization on CONNECT) is checked here too, later.
+        self.guard.check(&host, port).await?;
+        Ok(Tunnel {
+            host,
+            port,
+            misdirected: None,
+            client,
+        })
+    }
+
+    async fn flow(
+        &self,
+        tunnel: Option<&Tunnel>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Denial> {
+        // 1. Ingress checks.
+        let target = target_of(tunnel, &req)?;
+        if headers::has_looped(req.headers(), &self.via_token) {
+            return Err(loop_detected());
+        }
+        self.check_body_size(&req)?;
+
+        // 2. Gates: identity → intent → policy → consent → token → audit commit (later issues).
+
+        // 3. Egress.
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let outbound = self.outbound(req, &target, upgrade)?;
+        let mut resp = self.upstream.send(outbound, upgrade).await?;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+            }
+        }
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+    }
+
+    fn check_body_size(&self, req: &Request<Incoming>) -> Result<(), Denial> {
+        let Some(limit) = self.config.limits.max_request_body else {
+            return Ok(());
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(len) if len > limit => Err(Denial::new(
+                Gate::Limits,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "request body of {len} bytes exceeds the limit of {limit} bytes (limits.max_request_body)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Rewrites the agent's request into the one sent upstream.
+    fn outbound(
+        &self,
+        req: Request<Incoming>,
+        target: &Target,
+        upgrade: bool,
+    ) -> Result<Request<RequestBody>, Denial> {
+        let (mut parts, body) = req.into_parts();
+        let default_port = if target.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        let authority = if target.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", target.port)
+        };
+        let authority = Authority::try_from(authority).map_err(|_| bad_request("invalid host"))?;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| bad_request("invalid request target"))?;
+        // The client derives Host / :authority from the URI, which the tunnel checks pinned.
+        parts.headers.remove(header::HOST);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.append(header::VIA, self.via.clone());
+        // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
+        parts.version = Version::HTTP_11;
+        let limit = self.config.limits.max_request_body;
+        Ok(Request::from_parts(parts, RequestBody::new(body, limit)))
+    }
+}
+
+/// Works out where a request goes, and refuses it if that disagrees with its tunnel.
+fn target_of(tunnel: Option<&Tunnel>, req: &Request<Incoming>) -> Result<Target, Denial> {
+    let Some(tunnel) = tunnel else {
+        return plain_target(req);
+    };
+    if let Some(reason) = &tunnel.misdirected {
+        return Err(misdirected(reason.clone()));
+    }
+    // h2 carries :authority in the URI; h1 carries Host (or, rarely, an absolute URI).
+    let authority = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    let Some(authority) = authority else {
+        return Err(bad_request("request has no Host header"));
+    };
+    let (host, port) = split_authority(authority).ok_or_else(|| bad_request("invalid Host"))?;
+    let agrees = normalize_host(host).is_some_and(|h| h == tunnel.host)
+        && port.is_none_or(|p| p == tunnel.port);
+    if !agrees {
+        return Err(misdirected(format!(
+            "Host {authority} does not match the CONNECT target {}:{}",
+            tunnel.host, tunnel.port
+        )));
+    }
+    Ok(Target {
+        scheme: Scheme::HTTPS,
+        host: tunnel.host.clone(),
+        port: tunnel.port,
+    })
+}
+
+/// A request outside a tunnel must be an absolute-form `http://` request.
+fn plain_target(req: &Request<Incoming>) -> Result<Target, Denial> {
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad_request(
+                "https:// requests must use CONNECT; set HTTPS_PROXY to this proxy",
+            ));
+        }
+        Some(other) => {
+            return Err(bad_request(format!("unsupported scheme {other}")));
+        }
+        None => {
+            return Err(bad_request(
+                "this is a forward proxy: send an absolute-form http:// request or CONNECT",
+            ));
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return Err(bad_request("CONNECT handled elsewhere"));
+    }
+    let host = uri
+        .host()
+        .and_then(normalize_host)
+        .ok_or_else(|| bad_request("request URI has no valid host"))?;
+    Ok(Target {
+        scheme: Scheme::HTTP,
+        host,
+        port: uri.port_u16().unwrap_or(80),
+    })
+}
+
+/// Splits an authority into host and optional port (IPv6 in brackets).
+pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
+    if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let host = &authority[..=end];
+        let rest = &authority[end + 1..];
+        return match rest.strip_prefix(':') {
+            Some(p) => Some((host, Some(p.parse().ok()?))),
+            None if rest.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_request(
+    request_id: &str,
+    client: SocketAddr,
+    method: &Method,
+    host: &str,
+    path: &str,
+    status: StatusCode,
+    denied_by: Option<Gate>,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "agentgate::request",
+        request_id,
+        client = %client,
+        method = %method,
+        host,
+        path,
+        status = status.as_u16(),
+        denied_by = denied_by.map(Gate::as_str),
+        duration_us = started.elapsed().as_micros() as u64,
+    );
+}
+
+fn loop_detected() -> Denial {
+    Denial::new(
+        Gate::Ingress,
+        StatusCode::LOOP_DETECTED,
+        "loop_detected",
+        "this request already passed through this AgentGate instance (Via); check HTTPS_PROXY and NO_PROXY",
+    )
+}
+
+fn bad_request(reason: impl Into<std::borrow::Cow<'static, str>>) -> Denial {
+    Denial::new(
+        Gate::Ingress,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        reason,
+    )
+}
+
+fn misdirected(reason: String) -> Denial {
+    Denial::new(
+        Gate::Ingress,
+        StatusCode::MISDIRECTED_REQUEST,
+        "misdirected_request",
+        reason,
+    )
+}
+
+/// Joins the agent's and the upstream's upgraded connections (WebSocket) until either closes.
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_authorities() {
+        assert_eq!(split_authority("a.com"), Some(("a.com", None)));
+        assert_eq!(split_authority("a.com:8443"), Some(("a.com", Some(8443))));
+        assert_eq!(split_authority("[::1]:443"), Some(("[::1]", Some(443))));
+        assert_eq!(split_authority("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_authority("a.com:x"), None);
+    }
+}
