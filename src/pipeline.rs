@@ -49,6 +49,8 @@ pub struct Tunnel {
     /// Lowercased CONNECT host (DNS name or IP literal).
     pub host: String,
     pub port: u16,
+    /// `host[:port]` as sent upstream (port omitted when 443), built once per tunnel.
+    pub authority: Authority,
     /// Set when the TLS SNI disagreed with the CONNECT target: every request is refused.
     pub misdirected: Option<String>,
     /// The agent's address.
@@ -58,8 +60,7 @@ pub struct Tunnel {
 /// Where one request goes.
 struct Target {
     scheme: Scheme,
-    host: String,
-    port: u16,
+    authority: Authority,
 }
 
 impl Pipeline {
@@ -102,12 +103,11 @@ impl Pipeline {
         let started = Instant::now();
         let request_id = self.request_id();
         let method = req.method().clone();
-        let host = tunnel
-            .map(|t| t.host.clone())
-            .or_else(|| req.uri().host().map(str::to_owned))
-            .unwrap_or_default();
+        // Cheap: a Uri clone shares its bytes.
+        let uri = req.uri().clone();
+        let host = tunnel.map_or_else(|| uri.host().unwrap_or(""), |t| t.host.as_str());
         // Only the path is logged: query strings carry tokens (Slack's `token=`).
-        let path = req.uri().path().to_owned();
+        let path = uri.path();
 
         let (mut resp, denied_by) = match self.flow(tunnel, req).await {
             Ok(resp) => (resp, None),
@@ -124,8 +124,8 @@ impl Pipeline {
             &request_id,
             client,
             &method,
-            &host,
-            &path,
+            host,
+            path,
             resp.status(),
             denied_by,
             started,
@@ -183,6 +183,7 @@ impl Pipeline {
         // Gate seam: identity (Proxy-Authorization on CONNECT) is checked here too, later.
         self.guard.check(&host, port).await?;
         Ok(Tunnel {
+            authority: upstream_authority(&host, port, 443)?,
             host,
             port,
             misdirected: None,
@@ -252,22 +253,6 @@ impl Pipeline {
         upgrade: bool,
     ) -> Result<Request<RequestBody>, Denial> {
         let (mut parts, body) = req.into_parts();
-        let default_port = if target.scheme == Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
-        let authority = if target.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", target.port)
-        };
-        let authority = Authority::try_from(authority).map_err(|_| bad_request("invalid host"))?;
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -275,7 +260,7 @@ impl Pipeline {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         parts.uri = Uri::builder()
             .scheme(target.scheme.clone())
-            .authority(authority)
+            .authority(target.authority.clone())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| bad_request("invalid request target"))?;
@@ -320,8 +305,7 @@ fn target_of(tunnel: Option<&Tunnel>, req: &Request<Incoming>) -> Result<Target,
     }
     Ok(Target {
         scheme: Scheme::HTTPS,
-        host: tunnel.host.clone(),
-        port: tunnel.port,
+        authority: tunnel.authority.clone(),
     })
 }
 
@@ -351,11 +335,23 @@ fn plain_target(req: &Request<Incoming>) -> Result<Target, Denial> {
         .host()
         .and_then(normalize_host)
         .ok_or_else(|| bad_request("request URI has no valid host"))?;
+    let authority = upstream_authority(&host, uri.port_u16().unwrap_or(80), 80)?;
     Ok(Target {
         scheme: Scheme::HTTP,
-        host,
-        port: uri.port_u16().unwrap_or(80),
+        authority,
     })
+}
+
+/// The authority sent upstream: brackets for IPv6, port only when not the default.
+fn upstream_authority(host: &str, port: u16, default_port: u16) -> Result<Authority, Denial> {
+    let bracketed = host.contains(':');
+    let text = match (bracketed, port == default_port) {
+        (false, true) => host.to_owned(),
+        (false, false) => format!("{host}:{port}"),
+        (true, true) => format!("[{host}]"),
+        (true, false) => format!("[{host}]:{port}"),
+    };
+    Authority::try_from(text).map_err(|_| bad_request("invalid host"))
 }
 
 /// Splits an authority into host and optional port (IPv6 in brackets).

@@ -97,10 +97,12 @@ impl Upstream {
         } else {
             &self.client
         };
-        let host = req.uri().host().unwrap_or_default().to_owned();
+        // A Uri clone shares its bytes; the host is only formatted on the error path.
+        let uri = req.uri().clone();
+        let host = uri.host().unwrap_or_default();
         match tokio::time::timeout(self.response_timeout, client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&host, &e)),
+            Ok(Err(e)) => Err(classify(host, &e)),
             Err(_) => Err(Denial::new(
                 Gate::Upstream,
                 StatusCode::GATEWAY_TIMEOUT,
