@@ -9,6 +9,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 /// Error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,11 +66,29 @@ impl Body for ProxyBody {
 }
 
 /// The request body as streamed to the upstream, cut off at the configured size limit.
+/// It reports when the agent has sent all of it, which starts the upstream response timer.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once the whole request body has been handed to the upstream connection
+/// (or the body was dropped unfinished).
+#[derive(Debug)]
+pub struct BodySent(Option<oneshot::Receiver<()>>);
+
+impl std::future::Future for BodySent {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            None => Poll::Ready(()),
+            Some(rx) => Pin::new(rx).poll(cx).map(|_| ()),
+        }
+    }
 }
 
 /// The agent sent more body than `limits.max_request_body` allows.
@@ -82,11 +101,26 @@ pub struct BodyTooLarge {
 
 impl RequestBody {
     /// Wraps an incoming body with an optional byte limit.
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, BodySent) {
+        // Most requests have no body: no channel then.
+        let (sent, rx) = if inner.is_end_stream() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
+        let body = RequestBody {
             inner,
             limit,
             seen: 0,
+            sent,
+        };
+        (body, BodySent(rx))
+    }
+
+    fn mark_sent(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
         }
     }
 }
@@ -101,6 +135,9 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.mark_sent();
+        }
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 this.seen += data.len() as u64;

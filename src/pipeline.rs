@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodySent, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -208,8 +208,8 @@ impl Pipeline {
         // 3. Egress.
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let outbound = self.outbound(req, &target, upgrade)?;
-        let mut resp = self.upstream.send(outbound, upgrade).await?;
+        let (outbound, body_sent) = self.outbound(req, &target, upgrade)?;
+        let mut resp = self.upstream.send(outbound, body_sent, upgrade).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -251,7 +251,7 @@ impl Pipeline {
         req: Request<Incoming>,
         target: &Target,
         upgrade: bool,
-    ) -> Result<Request<RequestBody>, Denial> {
+    ) -> Result<(Request<RequestBody>, BodySent), Denial> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -271,7 +271,8 @@ impl Pipeline {
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        Ok(Request::from_parts(parts, RequestBody::new(body, limit)))
+        let (body, sent) = RequestBody::new(body, limit);
+        Ok((Request::from_parts(parts, body), sent))
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{BodyTooLarge, RequestBody};
+use crate::body::{BodySent, BodyTooLarge, RequestBody};
 use crate::config::Config;
 use crate::egress::guard::Guard;
 use crate::error::{Denial, Gate};
@@ -86,10 +86,13 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` (absolute URI) and waits for the response head, within the response timeout.
+    /// Sends `req` (absolute URI) and waits for the response head. The response timeout
+    /// runs from the moment the agent's whole body has been sent, so a slow upload is not
+    /// mistaken for a slow upstream.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
+        body_sent: BodySent,
         upgrade: bool,
     ) -> Result<Response<Incoming>, Denial> {
         let client = if upgrade {
@@ -100,10 +103,13 @@ impl Upstream {
         // A Uri clone shares its bytes; the host is only formatted on the error path.
         let uri = req.uri().clone();
         let host = uri.host().unwrap_or_default();
-        match tokio::time::timeout(self.response_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(host, &e)),
-            Err(_) => Err(Denial::new(
+        let deadline = async {
+            body_sent.await;
+            tokio::time::sleep(self.response_timeout).await;
+        };
+        tokio::select! {
+            res = client.request(req) => res.map_err(|e| classify(host, &e)),
+            () = deadline => Err(Denial::new(
                 Gate::Upstream,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
