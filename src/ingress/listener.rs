@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::framing::Framing;
 use super::{Activity, connect, drive, http1_builder};
 use crate::error::{Denial, Gate};
 use crate::pipeline::Pipeline;
@@ -96,8 +97,9 @@ async fn serve_client(
             }
         })
     };
+    let io = Framing::new(stream, limits.max_header_bytes, limits.max_headers);
     let conn = http1_builder(&limits)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     if let Err(e) = drive(conn, &activity, limits.idle_timeout, shutdown).await {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");

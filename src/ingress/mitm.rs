@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::framing::Framing;
 use super::{Activity, drive, http1_builder};
 use crate::egress::guard::normalize_host;
 use crate::error::{Denial, Gate};
@@ -101,8 +102,8 @@ pub async fn serve(
             }
         })
     };
-    let io = TokioIo::new(tls);
     let result = if h2 {
+        let io = TokioIo::new(tls);
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -115,6 +116,11 @@ pub async fn serve(
         )
         .await
     } else {
+        let io = TokioIo::new(Framing::new(
+            tls,
+            limits.max_header_bytes,
+            limits.max_headers,
+        ));
         let conn = http1_builder(&limits)
             .serve_connection(io, svc)
             .with_upgrades();
@@ -164,28 +170,4 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+delegate_async_write!(Prefixed);

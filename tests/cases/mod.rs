@@ -1,0 +1,8 @@
+//! The test cases, grouped by what they exercise.
+
+mod bad_input;
+mod basic;
+mod cli;
+mod guard;
+mod streaming;
+mod tunnel;

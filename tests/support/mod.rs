@@ -1,0 +1,157 @@
+//! Shared harness for the end-to-end tests: each test builds its own
+//! [`TestEnv`] (temp dir, test PKI, upstream servers) and its own proxy, so tests
+//! are independent and run in parallel.
+#![allow(dead_code)] // not every test uses every helper
+
+pub mod certs;
+pub mod clients;
+pub mod pattern;
+pub mod proxy;
+pub mod raw;
+pub mod upstream;
+
+use certs::{HOSTS, Pki};
+use proxy::{ConfigBuilder, Proxy, toml_str};
+use raw::RawResponse;
+use std::path::PathBuf;
+use tempfile::TempDir;
+use upstream::{Mode, Upstream};
+
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub pki: Pki,
+    /// h2 + http/1.1 upstream answering for every name in [`HOSTS`].
+    pub upstream: Upstream,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("agentgate-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let pki = Pki::new(dir.path());
+        let upstream = Upstream::start(pki.service_leaves(), Mode::Tls).await;
+        TestEnv { dir, pki, upstream }
+    }
+
+    /// The proxy's state dir; not created here (the proxy must create it).
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Another upstream serving the real names with valid certificates.
+    pub async fn extra_upstream(&self, mode: Mode) -> Upstream {
+        Upstream::start(self.pki.service_leaves(), mode).await
+    }
+
+    /// Base config: loopback listeners, our upstream CA trusted, every service
+    /// name on :443 resolved to the in-process upstream.
+    pub fn config(&self) -> ConfigBuilder {
+        let mut cfg = ConfigBuilder::new()
+            .set(
+                "upstream",
+                "extra_roots",
+                &format!(
+                    "[{}]",
+                    toml_str(&self.pki.upstream_ca_path.display().to_string())
+                ),
+            )
+            .set("upstream", "connect_timeout", &toml_str("5s"))
+            .set("upstream", "response_timeout", &toml_str("3s"));
+        for host in HOSTS {
+            cfg = cfg.resolve(&format!("{host}:443"), self.upstream.addr);
+        }
+        cfg
+    }
+
+    pub fn write_config(&self, cfg: &ConfigBuilder) -> PathBuf {
+        let path = self.dir.path().join("agentgate.toml");
+        std::fs::write(&path, cfg.render()).expect("write config");
+        path
+    }
+
+    pub fn start(&self, cfg: ConfigBuilder) -> Proxy {
+        self.start_with_env(cfg, &[])
+    }
+
+    pub fn start_with_env(&self, cfg: ConfigBuilder, envs: &[(&str, &str)]) -> Proxy {
+        let path = self.write_config(&cfg);
+        let proxy = proxy::start(&self.home(), &path, envs);
+        assert_eq!(
+            proxy.ca_path,
+            self.home().join("ca.crt"),
+            "READY ca= should be <AGENTGATE_HOME>/ca.crt"
+        );
+        proxy
+    }
+
+    pub fn start_default(&self) -> Proxy {
+        self.start(self.config())
+    }
+}
+
+/// A normal request still works: CONNECT api.github.com:443, TLS, GET /echo.
+/// Called after every bad-input test.
+pub async fn assert_serves(proxy: &Proxy) {
+    let tls = raw::tunnel(
+        proxy.proxy_addr,
+        "api.github.com:443",
+        "api.github.com",
+        &proxy.ca_path,
+        &[b"http/1.1"],
+    )
+    .await;
+    let mut h1 = raw::h1_client(tls).await;
+    let resp = raw::send_h1(&mut h1, raw::get("/echo?still=alive", "api.github.com")).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "proxy stopped serving normal requests: {}",
+        resp.text()
+    );
+    assert_eq!(resp.json()["query"], "still=alive");
+    assert_request_id(&resp);
+}
+
+/// Every response carries `X-AgentGate-Request-Id`.
+pub fn assert_request_id(resp: &RawResponse) -> String {
+    let id = resp
+        .header("x-agentgate-request-id")
+        .unwrap_or_else(|| panic!("no X-AgentGate-Request-Id in {:?}", resp.headers));
+    assert!(!id.trim().is_empty(), "empty X-AgentGate-Request-Id");
+    id.to_owned()
+}
+
+/// A refusal by the proxy: status, `X-AgentGate-Denied-By: gate`, and the JSON
+/// body `{error, gate, reason, request_id}`. Returns the body.
+pub fn assert_denied(resp: &RawResponse, status: u16, gate: &str) -> serde_json::Value {
+    assert_eq!(
+        resp.status,
+        status,
+        "expected {status} from gate {gate}; got {} {:?} {}",
+        resp.status,
+        resp.headers,
+        resp.text()
+    );
+    assert_eq!(
+        resp.header("x-agentgate-denied-by"),
+        Some(gate),
+        "X-AgentGate-Denied-By; headers {:?}",
+        resp.headers
+    );
+    let id = assert_request_id(resp);
+    let body = resp.json();
+    assert_eq!(body["gate"], gate, "gate in body {body}");
+    for field in ["error", "reason", "request_id"] {
+        assert!(
+            body[field].as_str().is_some_and(|s| !s.is_empty()),
+            "refusal body lacks a non-empty {field:?}: {body}"
+        );
+    }
+    assert_eq!(
+        body["request_id"], id,
+        "body request_id should equal X-AgentGate-Request-Id"
+    );
+    body
+}

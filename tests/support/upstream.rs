@@ -1,0 +1,293 @@
+//! Real HTTPS (and plain HTTP) upstream servers, in-process, on 127.0.0.1:0.
+//!
+//! Endpoints: `/echo` (JSON description of the request; body hashed while
+//! streaming), `/upload` (same, for big bodies), `/bytes?n=N` (N pattern bytes,
+//! streamed in chunks), `/hang` (never answers), `/ws` (WebSocket echo).
+
+use super::certs::Leaf;
+use super::pattern::{PatternBody, Sha256Stream};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// TLS, ALPN h2 + http/1.1, serves both.
+    Tls,
+    /// TLS, ALPN http/1.1 only, HTTP/1.1 server only.
+    TlsH1Only,
+    /// Cleartext HTTP/1.1 (for absolute-form `http://` requests).
+    Plain,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// "METHOD /path?query" of every request that reached this server.
+    log: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(leaves: Vec<(String, Leaf)>, mode: Mode) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = (mode != Mode::Plain).then(|| tls_acceptor(leaves, mode));
+        let task = tokio::spawn(accept_loop(listener, acceptor, mode, log.clone()));
+        Upstream { addr, log, task }
+    }
+
+    /// Whether any request whose target contains `marker` reached this upstream.
+    pub fn saw(&self, marker: &str) -> bool {
+        self.log
+            .lock()
+            .expect("upstream log")
+            .iter()
+            .any(|l| l.contains(marker))
+    }
+}
+
+fn tls_acceptor(leaves: Vec<(String, Leaf)>, mode: Mode) -> TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut certs = HashMap::new();
+    for (name, leaf) in leaves {
+        let key = provider
+            .key_provider
+            .load_private_key(leaf.key())
+            .expect("load leaf key");
+        certs.insert(name, Arc::new(CertifiedKey::new(leaf.chain.clone(), key)));
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    config.alpn_protocols = match mode {
+        Mode::TlsH1Only => vec![b"http/1.1".to_vec()],
+        _ => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// Picks the certificate by SNI; without SNI (or an unknown name) the first
+/// certificate in name order, so a mismatch shows up as a verification error.
+#[derive(Debug)]
+struct SniResolver {
+    certs: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(ck) = hello.server_name().and_then(|n| self.certs.get(n)) {
+            return Some(ck.clone());
+        }
+        let mut names: Vec<&String> = self.certs.keys().collect();
+        names.sort();
+        names.first().and_then(|n| self.certs.get(*n)).cloned()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    mode: Mode,
+    log: Arc<Mutex<Vec<String>>>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve(TokioIo::new(tcp), mode, None, log).await,
+                Some(acceptor) => {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    serve(TokioIo::new(tls), mode, sni, log).await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve<IO>(io: TokioIo<IO>, mode: Mode, sni: Option<String>, log: Arc<Mutex<Vec<String>>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let sni = Arc::new(sni);
+    let svc = service_fn(move |req| handle(req, sni.clone(), log.clone()));
+    // Connection errors (peer reset, proxy gave up) are part of several tests.
+    let _ = match mode {
+        Mode::Tls => {
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(io, svc)
+                .await
+        }
+        Mode::TlsH1Only | Mode::Plain => hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+            .map_err(Into::into),
+    };
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    sni: Arc<Option<String>>,
+    log: Arc<Mutex<Vec<String>>>,
+) -> Result<Response<Body>, Infallible> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    log.lock()
+        .expect("upstream log")
+        .push(format!("{} {target}", req.method()));
+    let path = req.uri().path().to_owned();
+    let resp = match path.as_str() {
+        "/echo" | "/upload" => echo(req, &sni).await,
+        "/bytes" => {
+            let n = query_param(req.uri().query(), "n").unwrap_or(0);
+            Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(PatternBody::new(n).boxed())
+                .expect("bytes response")
+        }
+        "/hang" => std::future::pending().await,
+        "/ws" => websocket(&mut req),
+        _ => text(StatusCode::NOT_FOUND, "no such test endpoint"),
+    };
+    Ok(resp)
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(msg.to_owned())).boxed())
+        .expect("text response")
+}
+
+/// Streams the body through SHA-256 without keeping it, then describes the request.
+async fn echo(req: Request<Incoming>, sni: &Option<String>) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let mut hasher = Sha256Stream::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                }
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body error: {e}")),
+        }
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let entry = headers
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| serde_json::Value::String(String::new()));
+        if let serde_json::Value::String(s) = entry {
+            if !s.is_empty() {
+                s.push_str(", ");
+            }
+            s.push_str(&value);
+        }
+    }
+    let (len, sha) = hasher.finish();
+    let json = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query().unwrap_or(""),
+        "authority": parts.uri.authority().map(|a| a.as_str().to_owned()),
+        "headers": headers,
+        "body_len": len,
+        "body_sha256": sha,
+        "version": format!("{:?}", parts.version),
+        "sni": sni,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())).boxed())
+        .expect("echo response")
+}
+
+/// HTTP/1.1 Upgrade to a WebSocket that echoes text and binary messages.
+fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let upgrade_ok = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing sec-websocket-key");
+    };
+    if !upgrade_ok {
+        return text(StatusCode::BAD_REQUEST, "missing Upgrade: websocket");
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            } else if msg.is_close() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("101 response")
+}
