@@ -242,6 +242,26 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_first_requests_mint_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path()).unwrap();
+        ensure_ca(&state).unwrap();
+        let ca = Arc::new(Ca::load(&state, Duration::from_secs(86400), 100, provider()).unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (ca, barrier) = (ca.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ca.server_config("slack.com").unwrap()
+                })
+            })
+            .collect();
+        let configs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+    }
+
+    #[test]
     fn refuses_half_a_ca() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open_or_create(dir.path()).unwrap();

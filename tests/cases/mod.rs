@@ -4,5 +4,6 @@ mod bad_input;
 mod basic;
 mod cli;
 mod guard;
+mod lifecycle;
 mod streaming;
 mod tunnel;

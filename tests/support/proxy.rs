@@ -299,6 +299,17 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
+    /// Waits (bounded) for the proxy to exit on its own, e.g. after a signal.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("proxy did not exit within 30 s");
+    }
+
     /// Stops the proxy and waits for it to exit.
     pub fn stop(mut self) {
         self.kill();
