@@ -137,7 +137,9 @@ fn last_header_block(dump: &str) -> Vec<(String, String)> {
 /// `tests/clients/client.py LIB URL` with `HTTPS_PROXY` set and the proxy CA
 /// as `verify`; returns the JSON it prints: {status, headers, body, http_version}.
 pub async fn python(lib: &str, url: &str, proxy: &Proxy, extra: &[&str]) -> serde_json::Value {
-    let mut cmd = clean_command("python3");
+    // scripts/test points this at a virtualenv holding requests and httpx.
+    let python = std::env::var("AGENTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = clean_command(&python);
     cmd.arg(clients_dir().join("client.py"))
         .arg(lib)
         .arg(url)
