@@ -296,8 +296,7 @@ fn target_of(tunnel: Option<&Tunnel>, req: &Request<Incoming>) -> Result<Target,
         return Err(bad_request("request has no Host header"));
     };
     let (host, port) = split_authority(authority).ok_or_else(|| bad_request("invalid Host"))?;
-    let agrees = normalize_host(host).is_some_and(|h| h == tunnel.host)
-        && port.is_none_or(|p| p == tunnel.port);
+    let agrees = same_host(host, &tunnel.host) && port.is_none_or(|p| p == tunnel.port);
     if !agrees {
         return Err(misdirected(format!(
             "Host {authority} does not match the CONNECT target {}:{}",
@@ -353,6 +352,17 @@ fn upstream_authority(host: &str, port: u16, default_port: u16) -> Result<Author
         (true, false) => format!("[{host}]:{port}"),
     };
     Authority::try_from(text).map_err(|_| bad_request("invalid host"))
+}
+
+/// Whether a Host value names `tunnel_host` (already normalized), without allocating:
+/// case-insensitive, brackets and one trailing dot ignored.
+fn same_host(host: &str, tunnel_host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case(tunnel_host)
 }
 
 /// Splits an authority into host and optional port (IPv6 in brackets).
@@ -444,6 +454,15 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compares_hosts_like_the_tunnel() {
+        assert!(same_host("API.GitHub.com", "api.github.com"));
+        assert!(same_host("api.github.com.", "api.github.com"));
+        assert!(same_host("[::1]", "::1"));
+        assert!(!same_host("api.github.com.evil", "api.github.com"));
+        assert!(!same_host("", "api.github.com"));
+    }
 
     #[test]
     fn splits_authorities() {
