@@ -109,12 +109,12 @@ impl Pipeline {
         // Only the path is logged: query strings carry tokens (Slack's `token=`).
         let path = uri.path();
 
-        let (mut resp, denied_by) = match self.flow(tunnel, req).await {
+        let (mut resp, denied) = match self.flow(tunnel, req).await {
             Ok(resp) => (resp, None),
             Err(denial) => {
-                let gate = denial.gate;
                 tracing::debug!(%request_id, reason = %denial.reason, "refused");
-                (denial.into_response(&request_id), Some(gate))
+                let denied = (denial.gate, denial.error);
+                (denial.into_response(&request_id), Some(denied))
             }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -127,7 +127,7 @@ impl Pipeline {
             host,
             path,
             resp.status(),
-            denied_by,
+            denied,
             started,
         );
         resp
@@ -144,9 +144,9 @@ impl Pipeline {
         let request_id = self.request_id();
         let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
         let result = self.tunnel_flow(req, client).await;
-        let (status, denied_by) = match &result {
+        let (status, denied) = match &result {
             Ok(_) => (StatusCode::OK, None),
-            Err(d) => (d.status, Some(d.gate)),
+            Err(d) => (d.status, Some((d.gate, d.error))),
         };
         log_request(
             &request_id,
@@ -155,7 +155,7 @@ impl Pipeline {
             target,
             "",
             status,
-            denied_by,
+            denied,
             started,
         );
         result.map_err(|d| d.into_response(&request_id))
@@ -391,7 +391,7 @@ fn log_request(
     host: &str,
     path: &str,
     status: StatusCode,
-    denied_by: Option<Gate>,
+    denied: Option<(Gate, &'static str)>,
     started: Instant,
 ) {
     tracing::info!(
@@ -402,7 +402,8 @@ fn log_request(
         host,
         path,
         status = status.as_u16(),
-        denied_by = denied_by.map(Gate::as_str),
+        denied_by = denied.map(|(gate, _)| gate.as_str()),
+        error = denied.map(|(_, error)| error),
         duration_us = started.elapsed().as_micros() as u64,
     );
 }

@@ -77,6 +77,7 @@ impl Upstream {
                 .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
                 // Host comes from the URI, which the tunnel already checked.
                 .set_host(true)
+                .http1_writev(false)
                 .build(c)
         };
         Ok(Upstream {

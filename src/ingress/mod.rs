@@ -181,6 +181,8 @@ pub(crate) fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One buffer per write: over TLS, head and body then share a record.
+        .writev(false);
     b
 }
