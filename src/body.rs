@@ -9,7 +9,11 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 /// Error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,45 +69,51 @@ impl Body for ProxyBody {
     }
 }
 
-/// The request body as streamed to the upstream, cut off at the configured size limit.
-/// It reports when the agent has sent all of it, which starts the upstream response timer.
+/// The request body as streamed to the upstream, cut off at the configured size limit and
+/// when the agent stalls between two pieces for longer than the read timeout. It reports how
+/// the body ended, which starts the upstream response timer (or explains a failure).
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    sent: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<Result<(), BodyFault>>>,
+    read_timeout: Duration,
+    /// Armed while waiting for the agent; boxed only for requests that have a body.
+    stall: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
-/// Resolves once the whole request body has been handed to the upstream connection
-/// (or the body was dropped unfinished).
+/// Why AgentGate cut an agent's request body off.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyFault {
+    #[error("request body exceeds the limit of {0} bytes (limits.max_request_body)")]
+    TooLarge(u64),
+    #[error("the request body stalled for {0:?} (limits.body_read_timeout)")]
+    Stalled(Duration),
+}
+
+/// Resolves when the agent's body has been handed over in full (`Ok`), was cut off by
+/// AgentGate (`Err`), or was dropped unfinished (`Ok`: nothing more will come).
 #[derive(Debug)]
-pub struct BodySent(Option<oneshot::Receiver<()>>);
+pub struct BodyDone(Option<oneshot::Receiver<Result<(), BodyFault>>>);
 
-impl std::future::Future for BodySent {
-    type Output = ();
+impl Future for BodyDone {
+    type Output = Result<(), BodyFault>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().0 {
-            None => Poll::Ready(()),
-            Some(rx) => Pin::new(rx).poll(cx).map(|_| ()),
+            None => Poll::Ready(Ok(())),
+            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Ok(()))),
         }
     }
 }
 
-/// The agent sent more body than `limits.max_request_body` allows.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {limit} bytes (limits.max_request_body)")]
-pub struct BodyTooLarge {
-    /// The configured limit.
-    pub limit: u64,
-}
-
 impl RequestBody {
-    /// Wraps an incoming body with an optional byte limit.
-    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, BodySent) {
+    /// Wraps an incoming body with an optional byte limit and a per-piece read timeout.
+    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> (Self, BodyDone) {
         // Most requests have no body: no channel then.
-        let (sent, rx) = if inner.is_end_stream() {
+        let (done, rx) = if inner.is_end_stream() {
             (None, None)
         } else {
             let (tx, rx) = oneshot::channel();
@@ -113,15 +123,23 @@ impl RequestBody {
             inner,
             limit,
             seen: 0,
-            sent,
+            done,
+            read_timeout,
+            stall: None,
+            waiting: false,
         };
-        (body, BodySent(rx))
+        (body, BodyDone(rx))
     }
 
-    fn mark_sent(&mut self) {
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
+    fn finish(&mut self, outcome: Result<(), BodyFault>) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(outcome);
         }
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish(Err(fault.clone()));
+        Poll::Ready(Some(Err(Box::new(fault))))
     }
 }
 
@@ -134,19 +152,38 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if frame.is_none() || this.inner.is_end_stream() {
-            this.mark_sent();
-        }
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                frame
+            }
+            Poll::Pending => {
+                // The clock starts when we begin waiting on the agent, not when the upstream
+                // last asked for data (it may have been applying backpressure meanwhile).
+                if !this.waiting {
+                    let deadline = Instant::now() + this.read_timeout;
+                    match &mut this.stall {
+                        Some(stall) => stall.as_mut().reset(deadline),
+                        None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    this.waiting = true;
+                }
+                if let Some(stall) = &mut this.stall {
+                    ready!(stall.as_mut().poll(cx));
+                }
+                return this.fail(BodyFault::Stalled(this.read_timeout));
+            }
+        };
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 this.seen += data.len() as u64;
-                if let Some(limit) = this.limit {
-                    if this.seen > limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
-                    }
+                if let Some(limit) = this.limit.filter(|limit| this.seen > *limit) {
+                    return this.fail(BodyFault::TooLarge(limit));
                 }
             }
+        }
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.finish(Ok(()));
         }
         Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }

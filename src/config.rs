@@ -173,6 +173,9 @@ pub struct LimitsConfig {
     /// Time a client has to finish the TLS handshake after CONNECT.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// Longest wait for the next piece of a request body (a stalled upload); beyond it 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// A client connection with no request in flight for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -187,6 +190,7 @@ impl Default for LimitsConfig {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             max_request_body: None,
         }
@@ -326,6 +330,7 @@ impl Config {
                 self.limits.tls_handshake_timeout,
             ),
             ("limits.idle_timeout", self.limits.idle_timeout),
+            ("limits.body_read_timeout", self.limits.body_read_timeout),
         ] {
             if d.is_zero() {
                 return bad(name, "must be greater than zero, e.g. \"10s\"");

@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{BodySent, ProxyBody, RequestBody};
+use crate::body::{BodyDone, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -251,7 +251,7 @@ impl Pipeline {
         req: Request<Incoming>,
         target: &Target,
         upgrade: bool,
-    ) -> Result<(Request<RequestBody>, BodySent), Denial> {
+    ) -> Result<(Request<RequestBody>, BodyDone), Denial> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -271,7 +271,7 @@ impl Pipeline {
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        let (body, sent) = RequestBody::new(body, limit);
+        let (body, sent) = RequestBody::new(body, limit, self.config.limits.body_read_timeout);
         Ok((Request::from_parts(parts, body), sent))
     }
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{BodySent, BodyTooLarge, RequestBody};
+use crate::body::{BodyDone, BodyFault, RequestBody};
 use crate::config::Config;
 use crate::egress::guard::Guard;
 use crate::error::{Denial, Gate};
@@ -89,11 +89,11 @@ impl Upstream {
 
     /// Sends `req` (absolute URI) and waits for the response head. The response timeout
     /// runs from the moment the agent's whole body has been sent, so a slow upload is not
-    /// mistaken for a slow upstream.
+    /// mistaken for a slow upstream; a body AgentGate cut off is reported as such.
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-        body_sent: BodySent,
+        body_done: BodyDone,
         upgrade: bool,
     ) -> Result<Response<Incoming>, Denial> {
         let client = if upgrade {
@@ -105,12 +105,9 @@ impl Upstream {
         let uri = req.uri().clone();
         let host = uri.host().unwrap_or_default();
         let deadline = async {
-            body_sent.await;
+            body_done.await.map_err(|fault| body_denial(&fault))?;
             tokio::time::sleep(self.response_timeout).await;
-        };
-        tokio::select! {
-            res = client.request(req) => res.map_err(|e| classify(host, &e)),
-            () = deadline => Err(Denial::new(
+            Err(Denial::new(
                 Gate::Upstream,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -118,8 +115,32 @@ impl Upstream {
                     "{host} did not answer within {:?} (upstream.response_timeout)",
                     self.response_timeout
                 ),
-            )),
+            ))
+        };
+        tokio::select! {
+            // Deadline first: a body fault is recorded before the upstream request fails
+            // because of it (over h2 the cause is lost in a stream reset).
+            biased;
+            denial = deadline => denial,
+            res = client.request(req) => res.map_err(|e| classify(host, &e)),
         }
+    }
+}
+
+fn body_denial(fault: &BodyFault) -> Denial {
+    match fault {
+        BodyFault::TooLarge(_) => Denial::new(
+            Gate::Limits,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            fault.to_string(),
+        ),
+        BodyFault::Stalled(_) => Denial::new(
+            Gate::Limits,
+            StatusCode::REQUEST_TIMEOUT,
+            "request_body_timeout",
+            fault.to_string(),
+        ),
     }
 }
 
@@ -130,13 +151,8 @@ fn classify(host: &str, err: &hyper_util::client::legacy::Error) -> Denial {
         if let Some(c) = e.downcast_ref::<ConnectError>() {
             return c.to_denial(host);
         }
-        if let Some(b) = e.downcast_ref::<BodyTooLarge>() {
-            return Denial::new(
-                Gate::Limits,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                b.to_string(),
-            );
+        if let Some(fault) = e.downcast_ref::<BodyFault>() {
+            return body_denial(fault);
         }
         source = e.source();
     }

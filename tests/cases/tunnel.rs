@@ -380,3 +380,52 @@ async fn slow_upload_is_not_cut_by_response_timeout() {
     assert_eq!(resp.json()["body_len"], 5000);
     assert_serves(&proxy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upload_is_408() {
+    let env = TestEnv::new().await;
+    let proxy = env.start(env.config().set("limits", "body_read_timeout", "\"1s\""));
+    let mut tls = raw::tunnel(
+        proxy.proxy_addr,
+        "api.github.com:443",
+        "api.github.com",
+        &proxy.ca_path,
+        &[b"http/1.1"],
+    )
+    .await;
+    // Promise 100 bytes, send 10, then go quiet.
+    let req = "POST /upload?m=stalled HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: 100\r\n\r\n0123456789";
+    let resp = raw::exchange(&mut tls, req.as_bytes())
+        .await
+        .expect("an answer to the stalled upload");
+    let body = assert_denied(&resp, 408, "limits");
+    assert_eq!(body["error"], "request_body_timeout");
+    assert_serves(&proxy).await;
+}
+
+/// A streamed (chunked) body is cut off once it passes the limit; the upstream request is
+/// aborted and the agent gets 413, also when the upstream speaks h2 (where the cause would
+/// otherwise be lost in a stream reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_limit_is_413() {
+    let env = TestEnv::new().await;
+    let proxy = env.start(env.config().set("limits", "max_request_body", "1024"));
+    let mut tls = raw::tunnel(
+        proxy.proxy_addr,
+        "api.github.com:443",
+        "api.github.com",
+        &proxy.ca_path,
+        &[b"http/1.1"],
+    )
+    .await;
+    let chunk = format!("3e8\r\n{}\r\n", "b".repeat(1000));
+    let req = format!(
+        "POST /upload?m=chunked-big HTTP/1.1\r\nHost: api.github.com\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}{chunk}0\r\n\r\n"
+    );
+    let resp = raw::exchange(&mut tls, req.as_bytes())
+        .await
+        .expect("an answer to the oversize upload");
+    let body = assert_denied(&resp, 413, "limits");
+    assert_eq!(body["error"], "body_too_large");
+    assert_serves(&proxy).await;
+}
