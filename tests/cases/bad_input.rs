@@ -84,14 +84,7 @@ async fn malformed_http_inside_tunnel_is_400() {
     let proxy = env.start_default();
     let mut failures = Vec::new();
     for (name, template) in MALFORMED {
-        let mut tls = raw::tunnel(
-            proxy.proxy_addr,
-            "api.github.com:443",
-            "api.github.com",
-            &proxy.ca_path,
-            &[b"http/1.1"],
-        )
-        .await;
+        let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
         let resp = raw::exchange(&mut tls, &render(template, "/echo", "api.github.com")).await;
         failures.extend(check_400(resp, &format!("in tunnel: {name}")));
     }
@@ -193,14 +186,7 @@ async fn oversize_headers_are_431() {
         ),
     ];
     for (name, bytes) in &cases {
-        let mut tls = raw::tunnel(
-            proxy.proxy_addr,
-            "api.github.com:443",
-            "api.github.com",
-            &proxy.ca_path,
-            &[b"http/1.1"],
-        )
-        .await;
+        let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
         let resp = raw::exchange(&mut tls, bytes).await;
         let resp = resp.unwrap_or_else(|| panic!("in tunnel, {name}: closed without a 431"));
         assert_eq!(resp.status, 431, "in tunnel, {name}: {}", resp.text());
@@ -295,14 +281,7 @@ async fn slowloris_is_cut_off() {
         "slow CONNECT headers",
     )
     .await;
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     slowloris(
         tls,
         b"GET /echo?m=slow HTTP/1.1\r\nHost: api.github.com\r\nX-Slow: ",

@@ -229,14 +229,7 @@ async fn plain_http_absolute_form() {
 async fn upstream_http2_used_when_offered() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let resp = raw::send_h1(&mut h1, raw::get("/echo?via=h1", "api.github.com")).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -248,14 +241,7 @@ async fn upstream_http2_used_when_offered() {
         resp.text()
     );
 
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"h2"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"h2").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let mut h2 = raw::h2_client(tls).await;
     let resp = raw::send_h2(

@@ -8,14 +8,7 @@ async fn connections_beyond_max_get_503_and_slots_are_freed() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("proxy", "max_connections", "2"));
     // Two open tunnels hold both slots.
-    let a = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let a = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let (b, resp) = raw::connect(proxy.proxy_addr, "slack.com:443").await;
     assert_eq!(resp.status, 200);
 
@@ -47,14 +40,7 @@ async fn idle_connections_are_closed() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("limits", "idle_timeout", "\"1s\""));
     // An idle tunnel after one request, and a proxy connection that never sent anything.
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut tls = tls;
     let resp = raw::exchange(
         &mut tls,

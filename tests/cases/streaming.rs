@@ -151,14 +151,7 @@ async fn large_upload_streams_with_flat_rss() {
 async fn http1_keepalive_many_requests_one_tunnel() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let mut ids = HashSet::new();
     for i in 0..25 {
@@ -181,14 +174,7 @@ async fn http1_keepalive_many_requests_one_tunnel() {
 async fn http2_multiplexes_50_streams_one_connection() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"h2"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"h2").await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"h2"[..]),

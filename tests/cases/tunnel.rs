@@ -94,14 +94,7 @@ async fn host_or_authority_disagreeing_with_connect_host_is_421() {
     .await;
     assert_denied(&resp, 421, "ingress");
     // Absolute-form target naming another host inside the tunnel.
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let req = Request::get("https://slack.com/echo?m=host-2")
         .header("host", "slack.com")
@@ -110,14 +103,7 @@ async fn host_or_authority_disagreeing_with_connect_host_is_421() {
     let resp = raw::send_h1(&mut h1, req).await;
     assert_denied(&resp, 421, "ingress");
 
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"h2"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"h2").await;
     let mut h2 = raw::h2_client(tls).await;
     let resp = raw::send_h2(
         &mut h2,
@@ -209,14 +195,7 @@ async fn upstream_that_never_answers_is_504() {
     )
     .await;
     assert_denied(&resp, 504, "upstream");
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "slack.com:443",
-        "slack.com",
-        &proxy.ca_path,
-        &[b"h2"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "slack.com", b"h2").await;
     let mut h2 = raw::h2_client(tls).await;
     let resp = raw::send_h2(&mut h2, raw::get("https://slack.com/hang", "slack.com")).await;
     assert_denied(&resp, 504, "upstream");
@@ -228,14 +207,7 @@ async fn upstream_that_never_answers_is_504() {
 async fn request_body_over_limit_is_413() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("limits", "max_request_body", "1024"));
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let resp = raw::send_h1(
         &mut h1,
@@ -250,14 +222,7 @@ async fn request_body_over_limit_is_413() {
     );
     assert_eq!(resp.json()["body_len"], 1000);
 
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let resp = raw::send_h1(
         &mut h1,
@@ -266,14 +231,7 @@ async fn request_body_over_limit_is_413() {
     .await;
     assert_denied(&resp, 413, "limits");
 
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"h2"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"h2").await;
     let mut h2 = raw::h2_client(tls).await;
     let req = post(
         "https://api.github.com/echo?m=big-h2",
@@ -306,14 +264,7 @@ async fn request_looping_back_to_proxy_is_508() {
         .unwrap_or_else(|| panic!("the proxy adds no Via header upstream: {}", resp.text()))
         .to_owned();
 
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let req = Request::get("/echo?m=loop")
         .header("host", "api.github.com")
@@ -345,14 +296,7 @@ async fn request_looping_back_to_proxy_is_508() {
 async fn slow_upload_is_not_cut_by_response_timeout() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("upstream", "response_timeout", "\"2s\""));
-    let mut tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let head = "POST /upload?m=slow-upload HTTP/1.1\r\nHost: api.github.com\r\nTransfer-Encoding: chunked\r\n\r\n";
     tls.write_all(head.as_bytes()).await.unwrap();
     let chunk = format!("3e8\r\n{}\r\n", "u".repeat(1000));
@@ -385,14 +329,7 @@ async fn slow_upload_is_not_cut_by_response_timeout() {
 async fn stalled_upload_is_408() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("limits", "body_read_timeout", "\"1s\""));
-    let mut tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     // Promise 100 bytes, send 10, then go quiet.
     let req = "POST /upload?m=stalled HTTP/1.1\r\nHost: api.github.com\r\nContent-Length: 100\r\n\r\n0123456789";
     let resp = raw::exchange(&mut tls, req.as_bytes())
@@ -410,14 +347,7 @@ async fn stalled_upload_is_408() {
 async fn chunked_body_over_limit_is_413() {
     let env = TestEnv::new().await;
     let proxy = env.start(env.config().set("limits", "max_request_body", "1024"));
-    let mut tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
     let chunk = format!("3e8\r\n{}\r\n", "b".repeat(1000));
     let req = format!(
         "POST /upload?m=chunked-big HTTP/1.1\r\nHost: api.github.com\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}{chunk}0\r\n\r\n"

@@ -94,14 +94,7 @@ impl TestEnv {
 /// A normal request still works: CONNECT api.github.com:443, TLS, GET /echo.
 /// Called after every bad-input test.
 pub async fn assert_serves(proxy: &Proxy) {
-    let tls = raw::tunnel(
-        proxy.proxy_addr,
-        "api.github.com:443",
-        "api.github.com",
-        &proxy.ca_path,
-        &[b"http/1.1"],
-    )
-    .await;
+    let tls = raw::tunnel_to(proxy, "api.github.com", b"http/1.1").await;
     let mut h1 = raw::h1_client(tls).await;
     let resp = raw::send_h1(&mut h1, raw::get("/echo?still=alive", "api.github.com")).await;
     assert_eq!(

@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::proxy::Proxy;
+
 /// Bound on any single network step of a test; a hang is a failure, not a timing claim.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -260,6 +262,12 @@ pub async fn tunnel(
         head.text()
     );
     tls_over(s, sni, ca_pem, alpn).await
+}
+
+/// A TLS tunnel to `host:443` through `proxy`, with SNI `host` and one ALPN protocol.
+pub async fn tunnel_to(proxy: &Proxy, host: &str, alpn: &[u8]) -> TlsStream<TcpStream> {
+    let authority = format!("{host}:443");
+    tunnel(proxy.proxy_addr, &authority, host, &proxy.ca_path, &[alpn]).await
 }
 
 pub type H1 = http1::SendRequest<Full<Bytes>>;
