@@ -61,23 +61,9 @@ impl<T> Framing<T> {
             i += match self.state {
                 State::Passthrough => return,
                 State::Head => self.head_bytes(buf, i),
-                State::Fixed(left) => {
-                    let n = left.min((buf.len() - i) as u64);
-                    self.state = if n == left {
-                        State::Head
-                    } else {
-                        State::Fixed(left - n)
-                    };
-                    n as usize
-                }
+                State::Fixed(left) => self.skip(left, buf.len() - i, State::Fixed, State::Head),
                 State::ChunkData(left) => {
-                    let n = left.min((buf.len() - i) as u64);
-                    self.state = if n == left {
-                        State::ChunkDataCr
-                    } else {
-                        State::ChunkData(left - n)
-                    };
-                    n as usize
+                    self.skip(left, buf.len() - i, State::ChunkData, State::ChunkDataCr)
                 }
                 _ => {
                     self.state = chunk_step(self.state, buf[i]);
@@ -85,6 +71,13 @@ impl<T> Framing<T> {
                 }
             };
         }
+    }
+
+    /// Passes over up to `avail` bytes of a body part with `left` bytes to go.
+    fn skip(&mut self, left: u64, avail: usize, more: fn(u64) -> State, done: State) -> usize {
+        let n = left.min(avail as u64);
+        self.state = if n == left { done } else { more(left - n) };
+        n as usize
     }
 
     /// Consumes head bytes from `buf[start..]`; returns how many belonged to the head.

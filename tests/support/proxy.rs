@@ -109,17 +109,8 @@ pub enum Launch {
 /// `agentgate run -c <config>` with `AGENTGATE_HOME=<home>` plus `envs`; waits for
 /// READY or for the process to exit, whichever comes first.
 pub fn launch(home: &Path, config: &Path, envs: &[(&str, &str)]) -> Launch {
-    let mut cmd = base_command(home);
-    cmd.arg("run").arg("-c").arg(config);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let config = config.to_string_lossy();
+    let mut child = spawn(home, &["run", "-c", &config], envs);
     let stderr_buf = Arc::new(Mutex::new(Vec::new()));
     let stderr_thread = drain(child.stderr.take().expect("stderr"), stderr_buf.clone());
     let (tx, rx) = mpsc::channel();
@@ -228,19 +219,23 @@ fn base_command(home: &Path) -> Command {
     cmd
 }
 
-/// Runs `agentgate ARGS` to completion (60 s bound) and returns its output.
-pub fn cli(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// Starts `agentgate ARGS` with piped output and no stdin.
+fn spawn(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = base_command(home);
     cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+}
+
+/// Runs `agentgate ARGS` to completion (60 s bound) and returns its output.
+pub fn cli(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut child = spawn(home, args, envs);
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     let t_out = drain(child.stdout.take().expect("stdout"), out.clone());
