@@ -187,7 +187,7 @@ async fn oversize_headers_are_431() {
     ];
     for (name, bytes) in &cases {
         let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
-        let resp = raw::exchange(&mut tls, bytes).await;
+        let resp = raw::exchange_oversize(&mut tls, bytes).await;
         let resp = resp.unwrap_or_else(|| panic!("in tunnel, {name}: closed without a 431"));
         assert_eq!(resp.status, 431, "in tunnel, {name}: {}", resp.text());
     }
@@ -197,7 +197,7 @@ async fn oversize_headers_are_431() {
         "CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.github.com:443\r\nX-Big: {}\r\n\r\n",
         "b".repeat(100_000)
     );
-    let resp = raw::exchange(&mut s, connect.as_bytes())
+    let resp = raw::exchange_oversize(&mut s, connect.as_bytes())
         .await
         .expect("answer to big CONNECT");
     assert_eq!(resp.status, 431, "oversize CONNECT: {}", resp.text());

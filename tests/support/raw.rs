@@ -337,6 +337,17 @@ where
     read_response(stream).await
 }
 
+/// Like [`exchange`], for requests the proxy may refuse before it has read them whole:
+/// a write cut off by the proxy closing is expected; the answer is still read.
+pub async fn exchange_oversize<S>(stream: &mut S, bytes: &[u8]) -> Option<RawResponse>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = within("write raw request", stream.write_all(bytes)).await;
+    let _ = within("flush", stream.flush()).await;
+    read_response(stream).await
+}
+
 /// Reads until EOF or a read error; fails the test if that takes longer than
 /// [`IO_TIMEOUT`]. Returns the bytes seen before the end.
 pub async fn read_until_closed<R: AsyncRead + Unpin>(r: &mut R, what: &str) -> Vec<u8> {
