@@ -12,8 +12,11 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
+
+use crate::error::{Denial, Gate};
 
 /// Error type carried by streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,6 +94,17 @@ pub enum BodyFault {
     TooLarge(u64),
     #[error("the request body stalled for {0:?} (limits.body_read_timeout)")]
     Stalled(Duration),
+}
+
+impl BodyFault {
+    /// The refusal the agent sees for this fault.
+    pub fn denial(&self) -> Denial {
+        let (status, error) = match self {
+            BodyFault::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            BodyFault::Stalled(_) => (StatusCode::REQUEST_TIMEOUT, "request_body_timeout"),
+        };
+        Denial::new(Gate::Limits, status, error, self.to_string())
+    }
 }
 
 /// Resolves when the agent's body has been handed over in full (`Ok`), was cut off by

@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{BodyDone, ProxyBody, RequestBody};
+use crate::body::{BodyDone, BodyFault, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -223,24 +223,13 @@ impl Pipeline {
         Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
     }
 
+    /// Refuses a body whose declared length (Content-Length) is already over the limit;
+    /// undeclared bodies are counted while they stream (see `RequestBody`).
     fn check_body_size(&self, req: &Request<Incoming>) -> Result<(), Denial> {
-        let Some(limit) = self.config.limits.max_request_body else {
-            return Ok(());
-        };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match declared {
-            Some(len) if len > limit => Err(Denial::new(
-                Gate::Limits,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "request body of {len} bytes exceeds the limit of {limit} bytes (limits.max_request_body)"
-                ),
-            )),
+        match self.config.limits.max_request_body {
+            Some(limit) if http_body::Body::size_hint(req.body()).lower() > limit => {
+                Err(BodyFault::TooLarge(limit).denial())
+            }
             _ => Ok(()),
         }
     }

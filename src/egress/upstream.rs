@@ -105,7 +105,7 @@ impl Upstream {
         let uri = req.uri().clone();
         let host = uri.host().unwrap_or_default();
         let deadline = async {
-            body_done.await.map_err(|fault| body_denial(&fault))?;
+            body_done.await.map_err(|fault| fault.denial())?;
             tokio::time::sleep(self.response_timeout).await;
             Err(Denial::new(
                 Gate::Upstream,
@@ -127,23 +127,6 @@ impl Upstream {
     }
 }
 
-fn body_denial(fault: &BodyFault) -> Denial {
-    match fault {
-        BodyFault::TooLarge(_) => Denial::new(
-            Gate::Limits,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            fault.to_string(),
-        ),
-        BodyFault::Stalled(_) => Denial::new(
-            Gate::Limits,
-            StatusCode::REQUEST_TIMEOUT,
-            "request_body_timeout",
-            fault.to_string(),
-        ),
-    }
-}
-
 /// Maps a client error to the denial the agent sees, using the typed cause where there is one.
 fn classify(host: &str, err: &hyper_util::client::legacy::Error) -> Denial {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -152,7 +135,7 @@ fn classify(host: &str, err: &hyper_util::client::legacy::Error) -> Denial {
             return c.to_denial(host);
         }
         if let Some(fault) = e.downcast_ref::<BodyFault>() {
-            return body_denial(fault);
+            return fault.denial();
         }
         source = e.source();
     }
