@@ -47,6 +47,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub identity: IdentityConfig,
 }
 
 /// The agent-facing proxy listener.
@@ -197,6 +198,49 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Gate 1: who may use the proxy (JWT-SVIDs) and where their keys come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The audience every JWT-SVID must carry in `aud`.
+    pub audience: String,
+    /// Trust domain of the built-in issuer (`spiffe://<trust_domain>/agent/<name>`).
+    pub trust_domain: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Default lifetime of tokens from `agentgate agents register`.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Longest token accepted, in bytes.
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered (by SHA-256) so each is verified once.
+    pub cache_size: u64,
+    /// Trust JWT bundles streamed from the SPIFFE Workload API (also on when
+    /// `SPIFFE_ENDPOINT_SOCKET` is set).
+    pub workload_api: bool,
+    /// Workload API address (`unix:///path`); empty means `SPIFFE_ENDPOINT_SOCKET`.
+    pub workload_api_socket: String,
+    /// Federated trust domains: `"example.org" = "path/bundle.jwks"` (reloaded on change).
+    pub bundles: BTreeMap<String, PathBuf>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            audience: "agentgate".into(),
+            trust_domain: "agentgate.local".into(),
+            leeway: Duration::from_secs(30),
+            token_ttl: Duration::from_secs(24 * 3600),
+            max_token_bytes: 8192,
+            cache_size: 10_000,
+            workload_api: false,
+            workload_api_socket: String::new(),
+            bundles: BTreeMap::new(),
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -335,6 +379,32 @@ impl Config {
             if d.is_zero() {
                 return bad(name, "must be greater than zero, e.g. \"10s\"");
             }
+        }
+        if self.identity.audience.is_empty() {
+            return bad("identity.audience", "must not be empty");
+        }
+        if spiffe::TrustDomain::new(&self.identity.trust_domain).is_err() {
+            return bad(
+                "identity.trust_domain",
+                "must be a SPIFFE trust domain: lowercase letters, digits, '.', '-', '_'",
+            );
+        }
+        for td in self.identity.bundles.keys() {
+            if spiffe::TrustDomain::new(td).is_err() {
+                return Err(ConfigError::invalid(
+                    "identity.bundles",
+                    format!("`{td}` is not a SPIFFE trust domain name"),
+                ));
+            }
+        }
+        if self.identity.leeway > Duration::from_secs(300) {
+            return bad("identity.leeway", "must be at most 5m");
+        }
+        if self.identity.max_token_bytes < 512 {
+            return bad("identity.max_token_bytes", "must be at least 512");
+        }
+        if self.identity.cache_size == 0 {
+            return bad("identity.cache_size", "must be at least 1");
         }
         for key in self.upstream.resolve.keys() {
             if crate::egress::guard::split_host_port(key).is_none() {

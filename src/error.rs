@@ -15,12 +15,17 @@ use crate::body::ProxyBody;
 pub const DENIED_BY: &str = "x-agentgate-denied-by";
 /// Response header carrying the request id (on every response).
 pub const REQUEST_ID: &str = "x-agentgate-request-id";
+/// The challenge sent with every `407`: clients answer it with the credentials in their
+/// proxy URL.
+pub const PROXY_CHALLENGE: &str = "Basic realm=\"agentgate\"";
 
 /// The stage of the flow that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     /// Parsing and checking what the agent sent (request form, tunnel agreement, loops).
     Ingress,
+    /// Gate 1: who is calling (JWT-SVID in Proxy-Authorization).
+    Identity,
     /// Egress guard: destination port and address rules.
     Guard,
     /// Configured bounds (sizes, connection counts).
@@ -34,6 +39,7 @@ impl Gate {
     pub fn as_str(self) -> &'static str {
         match self {
             Gate::Ingress => "ingress",
+            Gate::Identity => "identity",
             Gate::Guard => "guard",
             Gate::Limits => "limits",
             Gate::Upstream => "upstream",
@@ -98,6 +104,12 @@ impl Denial {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID, v);
         }
+        if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            h.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static(PROXY_CHALLENGE),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status.as_u16() == 421 {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -108,8 +120,13 @@ impl Denial {
     /// (connection limit, plaintext sent where TLS was expected).
     pub fn to_http1_bytes(&self, request_id: &str) -> Vec<u8> {
         let body = self.body(request_id);
+        let challenge = if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            format!("proxy-authenticate: {PROXY_CHALLENGE}\r\n")
+        } else {
+            String::new()
+        };
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{DENIED_BY}: {}\r\n{REQUEST_ID}: {request_id}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{DENIED_BY}: {}\r\n{REQUEST_ID}: {request_id}\r\n{challenge}content-length: {}\r\nconnection: close\r\n\r\n{body}",
             self.status.as_u16(),
             self.status.canonical_reason().unwrap_or(""),
             self.gate.as_str(),

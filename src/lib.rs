@@ -5,13 +5,17 @@
 //! [`pipeline`] lets it through. [`start`] runs an instance from a [`config::Config`].
 
 pub mod admin;
+pub mod agent_env;
 pub mod body;
 pub mod ca;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod gates;
 pub mod headers;
+pub mod identity;
 pub mod ingress;
+pub mod instance;
 pub mod pipeline;
 pub mod state;
 
@@ -24,11 +28,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::Health;
+use crate::admin::{Admin, Health};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::egress::guard::Guard;
 use crate::egress::upstream::{Upstream, UpstreamError};
+use crate::identity::Identity;
 use crate::pipeline::Pipeline;
 use crate::state::StateDir;
 
@@ -39,6 +44,12 @@ pub enum StartError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Identity(#[from] identity::LoadError),
+    #[error("{0}")]
+    Workload(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -62,6 +73,7 @@ pub struct Running {
     pub ca_created: bool,
     /// This process's instance id.
     pub instance: String,
+    state: StateDir,
     shutdown: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -76,6 +88,21 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Checks what a config refers to (root files) without starting anything.
 pub fn check(config: &Config) -> Result<(), StartError> {
     Upstream::new(config, Arc::new(Guard::new(config)), crypto_provider())?;
+    for (td, path) in &config.identity.bundles {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string());
+        bytes
+            .and_then(|b| identity::bundle::parse_jwks(&b).map_err(|e| e.to_string()))
+            .map_err(|reason| identity::LoadError::BundleFile {
+                trust_domain: td.clone(),
+                path: path.clone(),
+                reason,
+            })?;
+    }
+    identity::workload::endpoint(
+        config.identity.workload_api,
+        &config.identity.workload_api_socket,
+    )
+    .map_err(StartError::Workload)?;
     Ok(())
 }
 
@@ -89,10 +116,23 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         config.ca.leaf_cache_size,
         provider.clone(),
     )?;
+    let workload_endpoint = identity::workload::endpoint(
+        config.identity.workload_api,
+        &config.identity.workload_api_socket,
+    )
+    .map_err(StartError::Workload)?;
+    let identity = Arc::new(Identity::load(&config.identity, state)?);
+    let admin_token = instance::admin_token(state)?;
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
     let upstream = Upstream::new(&config, guard.clone(), provider)?;
-    let pipeline = Arc::new(Pipeline::new(config.clone(), guard, upstream, ca));
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        identity.clone(),
+        guard,
+        upstream,
+        ca,
+    ));
 
     let bind = |addr, key, env| async move {
         TcpListener::bind(addr)
@@ -122,7 +162,12 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let slots = Arc::new(Semaphore::new(config.proxy.max_connections));
     let health = Arc::new(Health::default());
     let instance = pipeline.instance().to_owned();
-    let tasks = vec![
+    let admin_state = Arc::new(Admin {
+        health: health.clone(),
+        identity: identity.clone(),
+        token: admin_token,
+    });
+    let mut tasks = vec![
         tokio::spawn(ingress::listener::serve(
             proxy,
             pipeline,
@@ -131,11 +176,33 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         )),
         tokio::spawn(admin::serve(
             admin,
-            health.clone(),
+            admin_state,
             config.limits.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         )),
+        tokio::spawn(
+            identity
+                .clone()
+                .watch(Duration::from_secs(1), shutdown_rx.clone()),
+        ),
     ];
+    if let Some(endpoint) = workload_endpoint {
+        tracing::info!(%endpoint, "trusting JWT bundles from the SPIFFE Workload API");
+        tasks.push(tokio::spawn(identity::workload::follow(
+            identity.clone(),
+            endpoint,
+            shutdown_rx,
+        )));
+    }
+    instance::write(
+        state,
+        &instance::InstanceFile {
+            pid: std::process::id(),
+            instance: instance.clone(),
+            proxy: proxy_addr,
+            admin: admin_addr,
+        },
+    )?;
     health.set_ready(true);
     Ok(Running {
         proxy_addr,
@@ -143,6 +210,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         ca_cert: state.ca_cert(),
         ca_created,
         instance,
+        state: state.clone(),
         shutdown,
         slots,
         max_connections: config.proxy.max_connections,
@@ -155,6 +223,7 @@ impl Running {
     /// Stops accepting, asks every connection to finish, and waits up to `grace` for them.
     pub async fn shutdown(self, grace: Duration) {
         self.health.set_ready(false);
+        instance::remove(&self.state);
         let _ = self.shutdown.send(true);
         for task in &self.tasks {
             task.abort();

@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use agentgate::config::{Config, LogFormat};
 use agentgate::state::{self, StateDir};
 
+mod cli;
+use cli::Output;
+use cli::agents::{AgentsCommand, IdentityCommand};
+
 /// AgentGate: an egress security gate for AI agents.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -39,8 +43,42 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Create the state directory: CA and a commented config file.
+    /// Create the state directory: CA, issuer key, admin token and a commented config file.
     Init,
+    /// Register, list and revoke agent identities.
+    Agents {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Print shell exports that point an agent at AgentGate (proxy URL with its
+    /// credentials, CA trust for curl, Python, Node, git): eval "$(agentgate env --agent NAME)".
+    Env {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The registered agent.
+        #[arg(long)]
+        agent: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Run CMD with the agent's environment (see `env`); exits with CMD's exit code.
+    Exec {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The registered agent.
+        #[arg(long)]
+        agent: String,
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// The built-in identity issuer: key rotation, bundle.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Work with the interception CA.
     Ca {
         #[command(subcommand)]
@@ -91,6 +129,30 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Validate { config } => validate(&load_config(&cli.home, &config)?),
         Command::Init => init(&cli.home),
+        Command::Agents { config, command } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::agents::agents(&StateDir::open_or_create(&cli.home)?, &config, command)
+        }
+        Command::Env {
+            config,
+            agent,
+            output,
+        } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::env::print(
+                &StateDir::open_or_create(&cli.home)?,
+                &config,
+                &agent,
+                output,
+            )
+        }
+        Command::Exec { config, agent, cmd } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::env::exec(&StateDir::open_or_create(&cli.home)?, &config, &agent, &cmd)
+        }
+        Command::Identity { command } => {
+            cli::agents::identity(&StateDir::open_or_create(&cli.home)?, command)
+        }
         Command::Ca {
             command: CaCommand::Export { out },
         } => {
@@ -126,6 +188,9 @@ fn validate(config: &Config) -> Result<()> {
 fn init(home: &Path) -> Result<()> {
     let state = StateDir::open_or_create(home)?;
     let created = agentgate::ca::ensure_ca(&state)?;
+    let registry = agentgate::identity::registry::Registry::open(&state)?;
+    agentgate::identity::issuer::ensure_key(&state, &registry, agentgate::identity::now())?;
+    agentgate::instance::admin_token(&state)?;
     let config_path = state.path("agentgate.toml");
     if !config_path.exists() {
         state::write_public(
@@ -140,6 +205,7 @@ fn init(home: &Path) -> Result<()> {
         if created { "created" } else { "existing" }
     );
     eprintln!("config:     {}", config_path.display());
+    eprintln!("next:       agentgate agents register my-bot");
     Ok(())
 }
 
@@ -161,11 +227,8 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         );
         eprintln!("  proxy      http://{}", running.proxy_addr);
         eprintln!("  admin      http://{}", running.admin_addr);
-        eprintln!(
-            "  try        curl -x http://{} --cacert {} https://example.com/",
-            running.proxy_addr,
-            running.ca_cert.display()
-        );
+        eprintln!("  agents     agentgate agents register my-bot");
+        eprintln!("             agentgate exec --agent my-bot -- curl https://example.com/");
         println!(
             "READY proxy={} admin={} ca={}",
             running.proxy_addr,

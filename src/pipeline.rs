@@ -7,8 +7,10 @@
 //!    tunnel it came through (CONNECT target = TLS SNI = Host), is it looping back to us.
 //!    Nothing else is worth doing for a request we cannot even attribute to a destination.
 //! 2. **Gates** — identity → intent → policy → consent → token, then the decision record is
-//!    committed to the audit log. These land with their own issues, in this order, between
-//!    the ingress checks and egress below.
+//!    committed to the audit log. Identity is checked once per tunnel at `CONNECT` (where
+//!    clients send `Proxy-Authorization`) and re-checked for revocation and expiry on every
+//!    request inside it; plain `http://` requests carry their credential each time.
+//!    The later gates land with their own issues, in this order.
 //! 3. **Egress** — the outbound request is prepared (hop-by-hop headers removed, `Via`
 //!    added) and sent through the guarded, certificate-verifying upstream client.
 
@@ -29,7 +31,9 @@ use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
 use crate::egress::upstream::Upstream;
 use crate::error::{Denial, Gate, REQUEST_ID};
+use crate::gates;
 use crate::headers;
+use crate::identity::{Caller, Identity};
 
 /// Everything the flow needs, shared by all connections.
 pub struct Pipeline {
@@ -37,6 +41,7 @@ pub struct Pipeline {
     pub(crate) upstream: Upstream,
     pub(crate) ca: Ca,
     pub(crate) config: Arc<Config>,
+    pub(crate) identity: Arc<Identity>,
     instance: String,
     via: HeaderValue,
     via_token: String,
@@ -55,6 +60,8 @@ pub struct Tunnel {
     pub misdirected: Option<String>,
     /// The agent's address.
     pub client: SocketAddr,
+    /// Who opened the tunnel (verified at CONNECT).
+    pub caller: Arc<Caller>,
 }
 
 /// Where one request goes.
@@ -65,7 +72,13 @@ struct Target {
 
 impl Pipeline {
     /// Assembles the pipeline; `instance` is this process's id (in `Via` and request ids).
-    pub fn new(config: Arc<Config>, guard: Arc<Guard>, upstream: Upstream, ca: Ca) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        identity: Arc<Identity>,
+        guard: Arc<Guard>,
+        upstream: Upstream,
+        ca: Ca,
+    ) -> Self {
         let instance = format!("{:08x}", rand::random::<u32>());
         let via = HeaderValue::from_str(&format!("1.1 agentgate-{instance}"))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 agentgate"));
@@ -74,6 +87,7 @@ impl Pipeline {
             upstream,
             ca,
             config,
+            identity,
             via_token: format!("agentgate-{instance}"),
             instance,
             via,
@@ -109,13 +123,10 @@ impl Pipeline {
         // Only the path is logged: query strings carry tokens (Slack's `token=`).
         let path = uri.path();
 
-        let (mut resp, denied) = match self.flow(tunnel, req).await {
+        let mut caller = tunnel.map(|t| t.caller.clone());
+        let (mut resp, denial) = match self.flow(tunnel, &mut caller, req).await {
             Ok(resp) => (resp, None),
-            Err(denial) => {
-                tracing::debug!(%request_id, reason = %denial.reason, "refused");
-                let denied = (denial.gate, denial.error);
-                (denial.into_response(&request_id), Some(denied))
-            }
+            Err(denial) => (denial.clone().into_response(&request_id), Some(denial)),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
@@ -123,11 +134,12 @@ impl Pipeline {
         log_request(
             &request_id,
             client,
+            caller.as_deref(),
             &method,
             host,
             path,
             resp.status(),
-            denied,
+            denial.as_ref(),
             started,
         );
         resp
@@ -143,14 +155,16 @@ impl Pipeline {
         let started = Instant::now();
         let request_id = self.request_id();
         let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-        let result = self.tunnel_flow(req, client).await;
+        let mut caller = None;
+        let result = self.tunnel_flow(req, client, &mut caller).await;
         let (status, denied) = match &result {
             Ok(_) => (StatusCode::OK, None),
-            Err(d) => (d.status, Some((d.gate, d.error))),
+            Err(d) => (d.status, Some(d)),
         };
         log_request(
             &request_id,
             client,
+            caller.as_deref(),
             &Method::CONNECT,
             target,
             "",
@@ -165,6 +179,7 @@ impl Pipeline {
         &self,
         req: &Request<Incoming>,
         client: SocketAddr,
+        caller_out: &mut Option<Arc<Caller>>,
     ) -> Result<Tunnel, Denial> {
         let authority = req
             .uri()
@@ -180,7 +195,9 @@ impl Pipeline {
         if headers::has_looped(req.headers(), &self.via_token) {
             return Err(loop_detected());
         }
-        // Gate seam: identity (Proxy-Authorization on CONNECT) is checked here too, later.
+        // Identity before the guard: an anonymous CONNECT costs no DNS lookup.
+        let caller = gates::identity::authenticate(&self.identity, req.headers())?;
+        *caller_out = Some(caller.clone());
         self.guard.check(&host, port).await?;
         Ok(Tunnel {
             authority: upstream_authority(&host, port, 443)?,
@@ -188,12 +205,14 @@ impl Pipeline {
             port,
             misdirected: None,
             client,
+            caller,
         })
     }
 
     async fn flow(
         &self,
         tunnel: Option<&Tunnel>,
+        caller: &mut Option<Arc<Caller>>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Denial> {
         // 1. Ingress checks.
@@ -203,7 +222,20 @@ impl Pipeline {
         }
         self.check_body_size(&req)?;
 
-        // 2. Gates: identity → intent → policy → consent → token → audit commit (later issues).
+        // 2. Gates.
+        // Identity: the tunnel's caller, still live; or this request's own credential.
+        let _caller = match caller.clone() {
+            Some(c) => {
+                gates::identity::recheck(&self.identity, &c)?;
+                c
+            }
+            None => {
+                let c = gates::identity::authenticate(&self.identity, req.headers())?;
+                *caller = Some(c.clone());
+                c
+            }
+        };
+        // Next: intent → policy → consent → token → audit commit (later issues).
 
         // 3. Egress.
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
@@ -376,23 +408,26 @@ pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
 fn log_request(
     request_id: &str,
     client: SocketAddr,
+    caller: Option<&Caller>,
     method: &Method,
     host: &str,
     path: &str,
     status: StatusCode,
-    denied: Option<(Gate, &'static str)>,
+    denied: Option<&Denial>,
     started: Instant,
 ) {
     tracing::info!(
         target: "agentgate::request",
         request_id,
         client = %client,
+        agent = caller.map(|c| c.spiffe_id.as_str()),
         method = %method,
         host,
         path,
         status = status.as_u16(),
-        denied_by = denied.map(|(gate, _)| gate.as_str()),
-        error = denied.map(|(_, error)| error),
+        denied_by = denied.map(|d| d.gate.as_str()),
+        error = denied.map(|d| d.error),
+        reason = denied.map(|d| &*d.reason),
         duration_us = started.elapsed().as_micros() as u64,
     );
 }

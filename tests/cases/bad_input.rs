@@ -139,8 +139,8 @@ async fn malformed_http_on_proxy_listener_is_400() {
     }
     assert_no_failures(&failures);
     let mut s = raw::tcp(proxy.proxy_addr).await;
-    let ok = b"GET http://api.github.com/echo?m2=ok HTTP/1.1\r\nHost: api.github.com\r\n\r\n";
-    let resp = raw::exchange(&mut s, ok).await.expect("answer");
+    let ok = raw::plain_get("http://api.github.com/echo?m2=ok", "api.github.com");
+    let resp = raw::exchange(&mut s, &ok).await.expect("answer");
     assert_eq!(
         resp.status,
         200,

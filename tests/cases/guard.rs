@@ -26,8 +26,8 @@ async fn connect_to_port_not_allowed_is_403() {
     }
     // Plain http:// to port 80 while allow_ports = [443] (the default).
     let mut s = raw::tcp(proxy.proxy_addr).await;
-    let req = b"GET http://api.github.com/echo HTTP/1.1\r\nHost: api.github.com\r\n\r\n";
-    let resp = raw::exchange(&mut s, req).await.expect("proxy answered");
+    let req = raw::plain_get("http://api.github.com/echo", "api.github.com");
+    let resp = raw::exchange(&mut s, &req).await.expect("proxy answered");
     assert_denied(&resp, 403, "guard");
     assert!(
         !env.upstream.saw("GET /echo"),
@@ -96,16 +96,16 @@ async fn plain_http_to_private_targets_is_403() {
     for url in ["http://127.0.0.1/", "http://localhost/", "http://[::1]/"] {
         let mut s = raw::tcp(proxy.proxy_addr).await;
         let host = url.trim_start_matches("http://").trim_end_matches('/');
-        let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-        let resp = raw::exchange(&mut s, req.as_bytes())
-            .await
-            .expect("proxy answered");
+        let req = raw::plain_get(url, host);
+        let resp = raw::exchange(&mut s, &req).await.expect("proxy answered");
         assert_denied(&resp, 403, "guard");
     }
     let mut s = raw::tcp(proxy.proxy_addr).await;
-    let req =
-        b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
-    let resp = raw::exchange(&mut s, req).await.expect("proxy answered");
+    let req = raw::plain_get(
+        "http://169.254.169.254/latest/meta-data/",
+        "169.254.169.254",
+    );
+    let resp = raw::exchange(&mut s, &req).await.expect("proxy answered");
     assert_denied(&resp, 403, "guard");
     assert_serves(&proxy).await;
 }

@@ -4,6 +4,8 @@ mod bad_input;
 mod basic;
 mod cli;
 mod guard;
+mod identity;
 mod lifecycle;
 mod streaming;
 mod tunnel;
+mod workload;

@@ -3,12 +3,14 @@
 //! are independent and run in parallel.
 #![allow(dead_code)] // not every test uses every helper
 
+pub mod agent;
 pub mod certs;
 pub mod clients;
 pub mod pattern;
 pub mod proxy;
 pub mod raw;
 pub mod upstream;
+pub mod workload;
 
 use certs::{HOSTS, Pki};
 use proxy::{ConfigBuilder, Proxy, toml_str};
@@ -58,7 +60,16 @@ impl TestEnv {
                 ),
             )
             .set("upstream", "connect_timeout", &toml_str("5s"))
-            .set("upstream", "response_timeout", &toml_str("3s"));
+            .set("upstream", "response_timeout", &toml_str("3s"))
+            .set(
+                "identity",
+                "bundles",
+                &format!(
+                    "{{ {} = {} }}",
+                    toml_str(agent::TRUST_DOMAIN),
+                    toml_str(&agent::write_bundle(self.dir.path()).display().to_string())
+                ),
+            );
         for host in HOSTS {
             cfg = cfg.resolve(&format!("{host}:443"), self.upstream.addr);
         }

@@ -268,7 +268,18 @@ impl Proxy {
         self.child.id()
     }
 
+    /// The proxy URL with the test agent's credentials, as agents configure it.
     pub fn proxy_url(&self) -> String {
+        format!(
+            "http://{}:{}@{}",
+            super::agent::NAME,
+            super::agent::token(),
+            self.proxy_addr
+        )
+    }
+
+    /// The proxy URL without credentials.
+    pub fn anonymous_url(&self) -> String {
         format!("http://{}", self.proxy_addr)
     }
 

@@ -195,11 +195,32 @@ pub async fn tcp(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Sends `CONNECT authority` and reads the proxy's answer head (and body if it
-/// refused). The stream is positioned right after the head.
+/// An absolute-form `GET url` for the proxy listener, as the test agent.
+pub fn plain_get(url: &str, host: &str) -> Vec<u8> {
+    format!(
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {}\r\n\r\n",
+        super::agent::bearer()
+    )
+    .into_bytes()
+}
+
+/// Sends `CONNECT authority` as the test agent and reads the proxy's answer head (and
+/// body if it refused). The stream is positioned right after the head.
 pub async fn connect(proxy: SocketAddr, authority: &str) -> (TcpStream, RawResponse) {
+    connect_as(proxy, authority, Some(&super::agent::bearer())).await
+}
+
+/// Like [`connect`], with this `Proxy-Authorization` value (or none).
+pub async fn connect_as(
+    proxy: SocketAddr,
+    authority: &str,
+    auth: Option<&str>,
+) -> (TcpStream, RawResponse) {
     let mut s = tcp(proxy).await;
-    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let auth = auth
+        .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n");
     within("send CONNECT", s.write_all(req.as_bytes()))
         .await
         .expect("write CONNECT");

@@ -187,9 +187,36 @@ async fn handle(
         }
         "/hang" => std::future::pending().await,
         "/ws" => websocket(&mut req),
+        "/repo.git/info/refs" => git_refs(),
         _ => text(StatusCode::NOT_FOUND, "no such test endpoint"),
     };
     Ok(resp)
+}
+
+/// The commit every test repository's `main` points at.
+pub const GIT_HEAD: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+
+/// Git smart-HTTP ref advertisement (what `git ls-remote` reads): HEAD and main.
+fn git_refs() -> Response<Body> {
+    fn pkt(line: &str) -> String {
+        format!("{:04x}{line}", line.len() + 4)
+    }
+    let body = format!(
+        "{}0000{}{}0000",
+        pkt("# service=git-upload-pack\n"),
+        pkt(&format!(
+            "{GIT_HEAD} HEAD\0symref=HEAD:refs/heads/main agent=agentgate-test\n"
+        )),
+        pkt(&format!("{GIT_HEAD} refs/heads/main\n")),
+    );
+    Response::builder()
+        .header(
+            "content-type",
+            "application/x-git-upload-pack-advertisement",
+        )
+        .header("cache-control", "no-cache")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("git refs response")
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<u64> {

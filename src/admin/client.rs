@@ -1,0 +1,69 @@
+//! The CLI's side of the admin API: tells a running instance about registry changes. It
+//! speaks plain HTTP/1.1 to the loopback admin address and never uses proxy variables
+//! (`HTTPS_PROXY` may point at this very proxy inside `agentgate exec`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::instance;
+use crate::state::StateDir;
+
+/// Why a running instance could not be told.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(
+        "the running proxy (admin {addr}) did not confirm the change: {reason}. The registry is updated; the proxy applies it within a few seconds, or restart it"
+    )]
+    Failed { addr: SocketAddr, reason: String },
+}
+
+/// Asks the instance running on `state` (if any) to reload identity state now. Returns the
+/// admin address that confirmed, or `None` when no instance runs.
+pub async fn reload_identity(state: &StateDir) -> Result<Option<SocketAddr>, NotifyError> {
+    let Some(info) = instance::read(state) else {
+        return Ok(None);
+    };
+    let addr = info.admin;
+    let fail = |reason: String| NotifyError::Failed { addr, reason };
+    let token = instance::admin_token(state).map_err(|e| fail(e.to_string()))?;
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        // A crashed instance leaves its file behind; a refused connection means none runs.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let call = async {
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::post("/api/v1/identity/reload")
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(())) => Ok(Some(addr)),
+        Ok(Err(reason)) => Err(fail(reason)),
+        Err(_) => Err(fail("no answer within 10 s".into())),
+    }
+}

@@ -1,0 +1,239 @@
+//! `agentgate agents …` and `agentgate identity …`: the registry and the built-in issuer.
+//! Every change is written to the registry first, then the running proxy (if any) is told
+//! to reload, so the change is in force when the command returns.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use agentgate::admin::client::reload_identity;
+use agentgate::agent_env;
+use agentgate::config::Config;
+use agentgate::identity::issuer::{self, Registration};
+use agentgate::identity::registry::Registry;
+use agentgate::identity::{bundle, now};
+use agentgate::state::StateDir;
+
+use super::{Output, block_on, rfc3339};
+
+/// `agentgate agents`.
+#[derive(Subcommand)]
+pub enum AgentsCommand {
+    /// Register an agent (or re-register it) and issue it a token.
+    Register {
+        /// Agent name: letters, digits, '.', '_' or '-'.
+        name: String,
+        /// The human responsible for this agent (default: $USER).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Tenant, for multi-tenant setups: spiffe://<td>/tenant/<T>/agent/<NAME>.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Token lifetime, e.g. 1h, 24h, 30d (default: identity.token_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List registered agents.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke an agent and every token it holds, or one token with --jti. NAME may also
+    /// be a SPIFFE ID that is not registered here (e.g. a workload from SPIRE).
+    Revoke {
+        name: String,
+        /// Revoke only this token.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Why (kept in the registry).
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+    },
+}
+
+/// `agentgate identity`.
+#[derive(Subcommand)]
+pub enum IdentityCommand {
+    /// Make a new issuer key current; the old key stays trusted until its tokens expire.
+    Rotate,
+    /// Print the built-in issuer's SPIFFE JWT bundle (JWKS).
+    Bundle,
+}
+
+/// Runs an `agents` subcommand.
+pub fn agents(state: &StateDir, config: &Config, cmd: AgentsCommand) -> Result<()> {
+    match cmd {
+        AgentsCommand::Register {
+            name,
+            owner,
+            tenant,
+            ttl,
+            output,
+        } => register(state, config, &name, owner, tenant, ttl, output),
+        AgentsCommand::List { output } => list(state, output),
+        AgentsCommand::Revoke { name, jti, reason } => revoke(state, &name, jti, &reason),
+    }
+}
+
+fn register(
+    state: &StateDir,
+    config: &Config,
+    name: &str,
+    owner: Option<String>,
+    tenant: Option<String>,
+    ttl: Option<Duration>,
+    output: Output,
+) -> Result<()> {
+    let owner = owner.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
+    let mut registry = Registry::open(state)?;
+    let req = Registration {
+        name,
+        owner: owner.as_deref(),
+        tenant: tenant.as_deref(),
+        ttl: ttl.unwrap_or(config.identity.token_ttl),
+    };
+    let reg = issuer::register(state, &mut registry, &config.identity, &req, now())?;
+    let notified = block_on(reload_identity(state))??;
+    let env = agent_env::for_agent(state, config, name, now()).ok();
+    let proxy_url = env
+        .as_ref()
+        .map(|e| format!("http://{name}:{}@{}", reg.token, e.proxy));
+    match output {
+        Output::Json => {
+            let mut doc = serde_json::to_value(&reg)?;
+            doc["expires_at"] = rfc3339(reg.expires).into();
+            doc["proxy_url"] = proxy_url.into();
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Text => {
+            println!("registered agent {name}");
+            println!("  SPIFFE ID  {}", reg.spiffe_id);
+            if let Some(owner) = &reg.owner {
+                println!("  owner      {owner}");
+            }
+            println!("  jti        {}", reg.jti);
+            println!("  expires    {}", rfc3339(reg.expires));
+            println!("  token      {}", reg.token);
+            if let Some(url) = proxy_url {
+                println!("  proxy URL  {url}");
+            }
+            println!();
+            println!(
+                "Run the agent through AgentGate with: agentgate exec --agent {name} -- CMD ARGS…"
+            );
+            if notified.is_none() {
+                eprintln!("note: no running proxy found; start one with `agentgate run`");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(state: &StateDir, output: Output) -> Result<()> {
+    let registry = Registry::open(state)?;
+    let agents = registry.agents(None, now())?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&agents)?),
+        Output::Text if agents.is_empty() => {
+            eprintln!("no agents registered; add one with `agentgate agents register NAME`")
+        }
+        Output::Text => {
+            println!(
+                "{:<20} {:<8} {:<12} {:>6}  {:<20}  SPIFFE ID",
+                "NAME", "STATUS", "OWNER", "TOKENS", "EXPIRES"
+            );
+            for a in agents {
+                let status = if a.revoked.is_some() {
+                    "revoked"
+                } else if a.active_tokens == 0 {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<20} {:<8} {:<12} {:>6}  {:<20}  {}",
+                    a.name,
+                    status,
+                    a.owner.as_deref().unwrap_or("-"),
+                    a.active_tokens,
+                    a.token_expires.map(rfc3339).unwrap_or_else(|| "-".into()),
+                    a.spiffe_id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn revoke(state: &StateDir, name: &str, jti: Option<String>, reason: &str) -> Result<()> {
+    let mut registry = Registry::open(state)?;
+    let what = match (&jti, name.starts_with("spiffe://")) {
+        (Some(jti), false) => {
+            registry.revoke_token(name, jti, now())?;
+            format!("token {jti} of agent {name}")
+        }
+        (Some(_), true) => bail!("--jti takes an agent name, not a SPIFFE ID"),
+        (None, true) => {
+            spiffe::SpiffeId::new(name).context("not a valid SPIFFE ID")?;
+            registry.revoke_id(name, reason, now())?;
+            name.to_owned()
+        }
+        (None, false) => {
+            let tokens = registry.revoke_agent(name, reason, now())?;
+            format!("agent {name} and its {tokens} live token(s)")
+        }
+    };
+    match block_on(reload_identity(state))?? {
+        Some(addr) => eprintln!("revoked {what}; the running proxy (admin {addr}) refuses it now"),
+        None => eprintln!("revoked {what}; no proxy is running, it is refused from the next start"),
+    }
+    Ok(())
+}
+
+/// Runs an `identity` subcommand.
+pub fn identity(state: &StateDir, cmd: IdentityCommand) -> Result<()> {
+    let registry = Registry::open(state)?;
+    match cmd {
+        IdentityCommand::Rotate => {
+            let r = issuer::rotate(state, &registry, now())?;
+            let notified = block_on(reload_identity(state))??;
+            println!("new issuer key {}", r.new_kid);
+            if let (Some(kid), Some(until)) = (&r.retired_kid, r.retired_valid_until) {
+                println!(
+                    "retired key {kid}: trusted until {} (its last token expires)",
+                    rfc3339(until)
+                );
+            }
+            for kid in &r.dropped {
+                println!("dropped key {kid} (all its tokens had expired)");
+            }
+            if notified.is_some() {
+                eprintln!("the running proxy serves the new bundle now");
+            }
+            println!(
+                "tokens issued from now on use the new key: re-register agents to move them over"
+            );
+        }
+        IdentityCommand::Bundle => {
+            issuer::ensure_key(state, &registry, now())?;
+            let snap = registry.snapshot(now())?;
+            let keys: Vec<(String, agentgate::identity::jwt::VerifyKey)> = snap
+                .issuer_keys
+                .iter()
+                .map(|k| {
+                    let jwk: serde_json::Value = serde_json::from_str(&k.public_jwk)?;
+                    Ok((
+                        k.kid.clone(),
+                        agentgate::identity::jwt::VerifyKey::from_jwk(&jwk)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let doc = bundle::to_jwks(keys.iter().map(|(k, v)| (k.as_str(), v)));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    Ok(())
+}

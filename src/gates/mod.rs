@@ -1,0 +1,3 @@
+//! The five gates, one module each, typed in → typed out. The pipeline runs them in order.
+
+pub mod identity;
