@@ -569,3 +569,25 @@ where
     }
     panic!("{what}: still {last} after 10 s, want {want}");
 }
+
+/// AgentGate may itself run inside an `exec`ed shell: proxy variables in its own
+/// environment must not send its upstream traffic anywhere but the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_ignores_proxy_variables_in_its_own_environment() {
+    let env = TestEnv::new().await;
+    let dead = "http://127.0.0.1:9";
+    let vars = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ];
+    let envs: Vec<(&str, &str)> = vars.iter().map(|v| (*v, dead)).collect();
+    let proxy = env.start_with_env(env.config(), &envs);
+    assert_serves(&proxy).await;
+    let curl = crate::support::clients::curl(&proxy, &["https://slack.com/echo?env=proxied"]).await;
+    assert_eq!(curl.status, 200);
+    assert_eq!(curl.json()["query"], "env=proxied");
+}
