@@ -591,3 +591,47 @@ async fn proxy_ignores_proxy_variables_in_its_own_environment() {
     assert_eq!(curl.status, 200);
     assert_eq!(curl.json()["query"], "env=proxied");
 }
+
+/// The agent's proxy credential authenticates it to AgentGate and goes no further: a plain
+/// http:// request (credential on every request, Basic as curl sends it) and a request in a
+/// tunnel that also carries one both reach the upstream without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_credential_never_reaches_the_upstream() {
+    use crate::support::upstream::{Mode, Upstream};
+    let env = TestEnv::new().await;
+    let plain = Upstream::start(Vec::new(), Mode::Plain).await;
+    let cfg = env
+        .config()
+        .set("egress", "allow_ports", "[443, 80]")
+        .resolve("api.github.com:80", plain.addr);
+    let proxy = env.start(cfg);
+    let mut cmd = crate::support::clients::clean_command("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "-x",
+        &proxy.proxy_url(),
+        "http://api.github.com/echo?plain=1",
+    ]);
+    let out = crate::support::clients::output(cmd, "curl http://").await;
+    let body: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(body["query"], "plain=1");
+    let seen = body["headers"].to_string().to_ascii_lowercase();
+    assert!(!seen.contains("proxy-authorization"), "{seen}");
+    assert!(
+        !seen.contains(&agent::token()[..40].to_ascii_lowercase()),
+        "token forwarded"
+    );
+
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
+    let mut h1 = raw::h1_client(tls).await;
+    let mut req = raw::get("/echo?tunnel=1", "api.github.com");
+    req.headers_mut()
+        .insert("proxy-authorization", agent::bearer().parse().unwrap());
+    let resp = raw::send_h1(&mut h1, req).await;
+    assert_eq!(resp.status, 200);
+    let seen = resp.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(!seen.contains("proxy-authorization"), "{seen}");
+}
