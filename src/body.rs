@@ -26,6 +26,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     /// Streamed from the upstream as it arrives.
     Upstream(Incoming),
+    /// Streamed from the upstream, counted; its outcome record is written when it ends.
+    Audited(Incoming, Outcome),
     /// A complete body we generated (errors, health answers).
     Full(Option<Bytes>),
 }
@@ -52,23 +54,73 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Audited(body, outcome) => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            outcome.bytes_down += data.len() as u64;
+                        }
+                    }
+                    Some(Err(_)) => outcome.aborted = true,
+                    None => {}
+                }
+                Poll::Ready(frame)
+            }
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) | ProxyBody::Audited(body, _) => body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Upstream(body) | ProxyBody::Audited(body, _) => body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// What the outcome record of a forwarded request says; written when the response body is
+/// done (or dropped: the agent went away), so bytes and duration are the real ones.
+#[derive(Debug)]
+pub struct Outcome {
+    pub audit: std::sync::Arc<crate::audit::Audit>,
+    pub request_id: String,
+    pub status: u16,
+    pub started: std::time::Instant,
+    pub bytes_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub bytes_down: u64,
+    pub aborted: bool,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let mut r = self.audit.record("outcome");
+        r.insert(
+            "request_id".into(),
+            std::mem::take(&mut self.request_id).into(),
+        );
+        r.insert("status".into(), self.status.into());
+        r.insert(
+            "bytes_up".into(),
+            self.bytes_up
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
+        );
+        r.insert("bytes_down".into(), self.bytes_down.into());
+        r.insert(
+            "duration_us".into(),
+            (self.started.elapsed().as_micros() as u64).into(),
+        );
+        r.insert("complete".into(), (!self.aborted).into());
+        self.audit.submit(r);
     }
 }
 
@@ -80,6 +132,8 @@ pub struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
+    /// Bytes handed upstream so far, for the outcome record.
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     done: Option<oneshot::Sender<Result<(), BodyFault>>>,
     read_timeout: Duration,
     /// Armed while waiting for the agent; boxed only for requests that have a body.
@@ -125,7 +179,12 @@ impl Future for BodyDone {
 
 impl RequestBody {
     /// Wraps an incoming body with an optional byte limit and a per-piece read timeout.
-    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> (Self, BodyDone) {
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        read_timeout: Duration,
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> (Self, BodyDone) {
         // Most requests have no body: no channel then.
         let (done, rx) = if inner.is_end_stream() {
             (None, None)
@@ -137,6 +196,7 @@ impl RequestBody {
             inner,
             limit,
             seen: 0,
+            counted,
             done,
             read_timeout,
             stall: None,
@@ -191,6 +251,9 @@ impl Body for RequestBody {
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 this.seen += data.len() as u64;
+                if let Some(c) = &this.counted {
+                    c.store(this.seen, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(limit) = this.limit.filter(|limit| this.seen > *limit) {
                     return this.fail(BodyFault::TooLarge(limit));
                 }

@@ -48,6 +48,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub identity: IdentityConfig,
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The agent-facing proxy listener.
@@ -379,6 +380,18 @@ impl Config {
             if d.is_zero() {
                 return bad(name, "must be greater than zero, e.g. \"10s\"");
             }
+        }
+        if self.audit.queue == 0 || self.audit.batch_max == 0 || self.audit.checkpoint_every == 0 {
+            return bad(
+                "audit",
+                "queue, batch_max and checkpoint_every must be at least 1",
+            );
+        }
+        if self.audit.commit_timeout.is_zero() || self.audit.checkpoint_interval.is_zero() {
+            return bad(
+                "audit",
+                "commit_timeout and checkpoint_interval must be greater than zero",
+            );
         }
         if self.identity.audience.is_empty() {
             return bad("identity.audience", "must not be empty");

@@ -26,6 +26,8 @@ pub enum Gate {
     Ingress,
     /// Gate 1: who is calling (JWT-SVID in Proxy-Authorization).
     Identity,
+    /// The audit log: a request whose decision cannot be committed is not forwarded.
+    Audit,
     /// Egress guard: destination port and address rules.
     Guard,
     /// Configured bounds (sizes, connection counts).
@@ -40,6 +42,7 @@ impl Gate {
         match self {
             Gate::Ingress => "ingress",
             Gate::Identity => "identity",
+            Gate::Audit => "audit",
             Gate::Guard => "guard",
             Gate::Limits => "limits",
             Gate::Upstream => "upstream",

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent_env;
+pub mod audit;
 pub mod body;
 pub mod ca;
 pub mod config;
@@ -50,6 +51,8 @@ pub enum StartError {
     Workload(String),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -74,6 +77,7 @@ pub struct Running {
     /// This process's instance id.
     pub instance: String,
     state: StateDir,
+    audit: Arc<audit::Audit>,
     shutdown: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -122,13 +126,17 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     )
     .map_err(StartError::Workload)?;
     let identity = Arc::new(Identity::load(&config.identity, state)?);
+    let instance_id = format!("{:08x}", rand::random::<u32>());
+    let audit = Arc::new(audit::Audit::open(&config.audit, state, &instance_id)?);
     let admin_token = instance::admin_token(state)?;
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
     let upstream = Upstream::new(&config, guard.clone(), provider)?;
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
+        instance_id,
         identity.clone(),
+        audit.clone(),
         guard,
         upstream,
         ca,
@@ -186,6 +194,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
     ];
+    let workload_api = workload_endpoint.is_some();
     if let Some(endpoint) = workload_endpoint {
         tracing::info!(%endpoint, "trusting JWT bundles from the SPIFFE Workload API");
         tasks.push(tokio::spawn(identity::workload::follow(
@@ -194,6 +203,19 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             shutdown_rx,
         )));
     }
+    let mut loaded = audit.record("admin");
+    loaded.insert("event".into(), "config_loaded".into());
+    loaded.insert(
+        "detail".into(),
+        serde_json::json!({
+            "proxy": proxy_addr.to_string(),
+            "admin": admin_addr.to_string(),
+            "durability": config.audit.durability,
+            "trust_domain": config.identity.trust_domain,
+            "workload_api": workload_api,
+        }),
+    );
+    audit.commit(loaded).await?;
     instance::write(
         state,
         &instance::InstanceFile {
@@ -211,6 +233,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         ca_created,
         instance,
         state: state.clone(),
+        audit,
         shutdown,
         slots,
         max_connections: config.proxy.max_connections,
@@ -240,5 +263,7 @@ impl Running {
                 "shutdown grace period over; closing remaining connections"
             );
         }
+        // Last: the final signed checkpoint covers every record written above.
+        self.audit.close().await;
     }
 }

@@ -74,6 +74,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Verify, follow and export the audit log.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// The built-in identity issuer: key rotation, bundle.
     Identity {
         #[command(subcommand)]
@@ -149,6 +156,14 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Exec { config, agent, cmd } => {
             let config = load_config(&cli.home, &config)?;
             cli::env::exec(&StateDir::open_or_create(&cli.home)?, &config, &agent, &cmd)
+        }
+        Command::Audit { config, command } => {
+            let config = load_config(&cli.home, &config)?;
+            let intact = cli::audit::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
+            if !intact {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Identity { command } => {
             cli::agents::identity(&StateDir::open_or_create(&cli.home)?, command)

@@ -25,7 +25,8 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{BodyDone, BodyFault, ProxyBody, RequestBody};
+use crate::audit::{Audit, AuditError};
+use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -42,6 +43,7 @@ pub struct Pipeline {
     pub(crate) ca: Ca,
     pub(crate) config: Arc<Config>,
     pub(crate) identity: Arc<Identity>,
+    pub(crate) audit: Arc<Audit>,
     instance: String,
     via: HeaderValue,
     via_token: String,
@@ -74,12 +76,13 @@ impl Pipeline {
     /// Assembles the pipeline; `instance` is this process's id (in `Via` and request ids).
     pub fn new(
         config: Arc<Config>,
+        instance: String,
         identity: Arc<Identity>,
+        audit: Arc<Audit>,
         guard: Arc<Guard>,
         upstream: Upstream,
         ca: Ca,
     ) -> Self {
-        let instance = format!("{:08x}", rand::random::<u32>());
         let via = HeaderValue::from_str(&format!("1.1 agentgate-{instance}"))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 agentgate"));
         Pipeline {
@@ -88,6 +91,7 @@ impl Pipeline {
             ca,
             config,
             identity,
+            audit,
             via_token: format!("agentgate-{instance}"),
             instance,
             via,
@@ -124,9 +128,23 @@ impl Pipeline {
         let path = uri.path();
 
         let mut caller = tunnel.map(|t| t.caller.clone());
-        let (mut resp, denial) = match self.flow(tunnel, &mut caller, req).await {
+        let (mut resp, denial) = match self
+            .flow(tunnel, &mut caller, &request_id, started, req)
+            .await
+        {
             Ok(resp) => (resp, None),
-            Err(denial) => (denial.clone().into_response(&request_id), Some(denial)),
+            Err(denial) => {
+                let record = self.decision(
+                    &request_id,
+                    caller.as_deref(),
+                    &method,
+                    host,
+                    path,
+                    Some(&denial),
+                );
+                self.record_refusal(record).await;
+                (denial.clone().into_response(&request_id), Some(denial))
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
@@ -156,7 +174,23 @@ impl Pipeline {
         let request_id = self.request_id();
         let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
         let mut caller = None;
-        let result = self.tunnel_flow(req, client, &mut caller).await;
+        let mut result = self.tunnel_flow(req, client, &mut caller).await;
+        let record = self.decision(
+            &request_id,
+            caller.as_deref(),
+            &Method::CONNECT,
+            target,
+            "",
+            result.as_ref().err(),
+        );
+        if result.is_ok() {
+            // The tunnel is a decision too: committed before the agent hears 200.
+            if let Err(e) = self.audit.commit(record).await {
+                result = Err(audit_unavailable(e));
+            }
+        } else {
+            self.record_refusal(record).await;
+        }
         let (status, denied) = match &result {
             Ok(_) => (StatusCode::OK, None),
             Err(d) => (d.status, Some(d)),
@@ -213,6 +247,8 @@ impl Pipeline {
         &self,
         tunnel: Option<&Tunnel>,
         caller: &mut Option<Arc<Caller>>,
+        request_id: &str,
+        started: Instant,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Denial> {
         // 1. Ingress checks.
@@ -224,7 +260,7 @@ impl Pipeline {
 
         // 2. Gates.
         // Identity: the tunnel's caller, still live; or this request's own credential.
-        let _caller = match caller.clone() {
+        let who = match caller.clone() {
             Some(c) => {
                 gates::identity::recheck(&self.identity, &c)?;
                 c
@@ -235,12 +271,24 @@ impl Pipeline {
                 c
             }
         };
-        // Next: intent → policy → consent → token → audit commit (later issues).
+        // Next: intent → policy → consent → token (later issues).
+
+        // Audit: the decision is durable before anything leaves.
+        let record = self.decision(
+            request_id,
+            Some(&who),
+            req.method(),
+            target.authority.host(),
+            req.uri().path(),
+            None,
+        );
+        self.audit.commit(record).await.map_err(audit_unavailable)?;
 
         // 3. Egress.
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (outbound, body_sent) = self.outbound(req, &target, upgrade)?;
+        let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (outbound, body_sent) = self.outbound(req, &target, upgrade, bytes_up.clone())?;
         let mut resp = self.upstream.send(outbound, body_sent, upgrade).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -252,7 +300,79 @@ impl Pipeline {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+        let outcome = Outcome {
+            audit: self.audit.clone(),
+            request_id: request_id.to_owned(),
+            status: parts.status.as_u16(),
+            started,
+            bytes_up,
+            bytes_down: 0,
+            aborted: false,
+        };
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::Audited(body, outcome),
+        ))
+    }
+
+    /// The decision record of one request; `denial` is `None` for an allowed one.
+    fn decision(
+        &self,
+        request_id: &str,
+        caller: Option<&Caller>,
+        method: &Method,
+        host: &str,
+        path: &str,
+        denial: Option<&Denial>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut r = self.audit.record("decision");
+        r.insert("request_id".into(), request_id.into());
+        r.insert(
+            "agent".into(),
+            caller.map_or(Value::Null, |c| c.spiffe_id.clone().into()),
+        );
+        r.insert(
+            "tenant".into(),
+            caller
+                .and_then(|c| c.tenant.clone())
+                .map_or(Value::Null, Value::from),
+        );
+        r.insert(
+            "jti".into(),
+            caller
+                .and_then(|c| c.jti.clone())
+                .map_or(Value::Null, Value::from),
+        );
+        r.insert("method".into(), method.as_str().into());
+        r.insert("host".into(), host.into());
+        // Path only: query strings carry secrets (Slack's `token=`).
+        r.insert("path".into(), path.into());
+        match denial {
+            None => {
+                r.insert("effect".into(), "allow".into());
+                r.insert("gate".into(), Value::Null);
+                r.insert("reasons".into(), Value::Array(Vec::new()));
+            }
+            Some(d) => {
+                r.insert("effect".into(), "deny".into());
+                r.insert("gate".into(), d.gate.as_str().into());
+                r.insert("status".into(), d.status.as_u16().into());
+                r.insert("error".into(), d.error.into());
+                r.insert(
+                    "reasons".into(),
+                    Value::Array(vec![d.reason.to_string().into()]),
+                );
+            }
+        }
+        r
+    }
+
+    /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).
+    async fn record_refusal(&self, record: serde_json::Map<String, serde_json::Value>) {
+        if let Err(e) = self.audit.commit(record).await {
+            tracing::error!(error = %e, "refusal not recorded in the audit log");
+        }
     }
 
     /// Refuses a body whose declared length (Content-Length) is already over the limit;
@@ -272,6 +392,7 @@ impl Pipeline {
         req: Request<Incoming>,
         target: &Target,
         upgrade: bool,
+        bytes_up: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(Request<RequestBody>, BodyDone), Denial> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
@@ -292,7 +413,12 @@ impl Pipeline {
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        let (body, sent) = RequestBody::new(body, limit, self.config.limits.body_read_timeout);
+        let (body, sent) = RequestBody::new(
+            body,
+            limit,
+            self.config.limits.body_read_timeout,
+            Some(bytes_up),
+        );
         Ok((Request::from_parts(parts, body), sent))
     }
 }
@@ -430,6 +556,15 @@ fn log_request(
         reason = denied.map(|d| &*d.reason),
         duration_us = started.elapsed().as_micros() as u64,
     );
+}
+
+fn audit_unavailable(e: AuditError) -> Denial {
+    Denial::new(
+        Gate::Audit,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        format!("{e}; the request was not forwarded"),
+    )
 }
 
 fn loop_detected() -> Denial {

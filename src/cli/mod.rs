@@ -1,6 +1,7 @@
 //! Subcommands beyond `run`: agent identities and the agent environment.
 
 pub mod agents;
+pub mod audit;
 pub mod env;
 
 use clap::ValueEnum;

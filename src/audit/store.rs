@@ -1,0 +1,271 @@
+//! The SQLite side: schema, and the single writer thread that turns a bounded queue of
+//! records into group commits (one transaction, one fsync, many records), signs
+//! checkpoints, and tells each waiting request when its record is durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{self, Hash};
+use super::checkpoint::{Checkpoint, JSONL_FILE, Signed, Signer};
+use super::{AuditError, Durability};
+
+/// A record waiting for its commit, and who to tell.
+type Pending = (
+    serde_json::Map<String, serde_json::Value>,
+    Option<oneshot::Sender<Result<u64, AuditError>>>,
+);
+
+/// One unit of work for the writer.
+#[derive(Debug)]
+pub(crate) enum Job {
+    Append {
+        record: serde_json::Map<String, serde_json::Value>,
+        done: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    },
+    /// Periodic wake-up: time-based checkpoints.
+    Tick,
+    /// Final checkpoint; answered when written.
+    Close(oneshot::Sender<()>),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    record TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    signed TEXT NOT NULL
+);
+";
+
+/// Opens a log database with the pragmas for `durability`, creating the schema and log id.
+pub fn open(path: &Path, durability: Durability) -> Result<(Connection, String), AuditError> {
+    if !path.exists() {
+        crate::state::write_private(path, b"").map_err(|e| AuditError::Open {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    let err = |e: rusqlite::Error| AuditError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Commit => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+    // Checkpoints of the WAL run on their own thread, never in a request's commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    let log_id: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(err)?;
+    let log_id = match log_id {
+        Some(id) => id,
+        None => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('log_id', ?1)",
+                params![id],
+            )
+            .map_err(err)?;
+            id
+        }
+    };
+    Ok((conn, log_id))
+}
+
+/// The last record: its seq and hash (genesis when empty).
+pub fn head(conn: &Connection, log_id: &str) -> Result<(u64, Hash), rusqlite::Error> {
+    let last: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match last {
+        Some((seq, hash)) => (seq as u64, chain::parse_hash(&hash).unwrap_or([0; 32])),
+        None => (0, chain::genesis(log_id)),
+    })
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// What the writer thread owns.
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub log_id: String,
+    pub jsonl: PathBuf,
+    pub signer: Signer,
+    pub seq: u64,
+    pub head: Hash,
+    pub batch_max: usize,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub last_checkpoint: (u64, Instant),
+    /// Shared with the handle for `/metrics`-style reporting and tests.
+    pub committed: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone or `Close` arrives.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        while let Some(first) = rx.blocking_recv() {
+            let mut close = None;
+            match first {
+                Job::Append { record, done } => batch.push((record, done)),
+                Job::Tick => {}
+                Job::Close(reply) => close = Some(reply),
+            }
+            while batch.len() < self.batch_max && close.is_none() {
+                match rx.try_recv() {
+                    Ok(Job::Append { record, done }) => batch.push((record, done)),
+                    Ok(Job::Tick) => {}
+                    Ok(Job::Close(reply)) => close = Some(reply),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            let due = self.seq > self.last_checkpoint.0
+                && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
+                    || self.last_checkpoint.1.elapsed() >= self.checkpoint_interval
+                    || close.is_some());
+            if due {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                }
+            }
+            if let Some(reply) = close {
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    /// Appends a batch in one transaction; on failure nothing of it is kept.
+    fn commit(&mut self, batch: &mut Vec<Pending>) {
+        let start_seq = self.seq;
+        let start_head = self.head;
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)",
+                )?;
+                let ts = now_micros();
+                for (record, _) in batch.iter_mut() {
+                    self.seq += 1;
+                    record.insert("seq".into(), self.seq.into());
+                    record.insert("ts".into(), ts.into());
+                    let text = chain::canonical(&serde_json::Value::Object(std::mem::take(record)));
+                    self.head = chain::link(&self.head, text.as_bytes());
+                    stmt.execute(params![self.seq as i64, text, chain::hex(&self.head)])?;
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.committed.store(self.seq, Ordering::Release);
+                let mut seq = start_seq;
+                for (_, done) in batch.drain(..) {
+                    seq += 1;
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            Err(e) => {
+                self.seq = start_seq;
+                self.head = start_head;
+                tracing::error!(error = %e, records = batch.len(), "audit commit failed; requests waiting on it are refused");
+                let reason = e.to_string();
+                for (_, done) in batch.drain(..) {
+                    if let Some(done) = done {
+                        let _ = done.send(Err(AuditError::Commit(reason.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
+    fn checkpoint(&mut self) -> Result<Signed, AuditError> {
+        let signed = self.signer.sign(Checkpoint {
+            log_id: self.log_id.clone(),
+            size: self.seq,
+            head: chain::hex(&self.head),
+            time: now_micros(),
+        });
+        let line = serde_json::to_string(&signed).unwrap_or_default();
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints (size, signed) VALUES (?1, ?2)",
+                params![self.seq as i64, line],
+            )
+            .map_err(|e| AuditError::Commit(e.to_string()))?;
+        append_line(&self.jsonl, &line)
+            .map_err(|e| AuditError::Commit(format!("{}: {e}", self.jsonl.display())))?;
+        self.last_checkpoint = (self.seq, Instant::now());
+        Ok(signed)
+    }
+}
+
+/// Appends one line and syncs it, so a shipped checkpoint is never half-written.
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
+/// Runs passive WAL checkpoints off the request path until the log is closed.
+pub(crate) fn wal_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let Ok(conn) = Connection::open(&path) else {
+        return;
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// The default jsonl path next to the database.
+pub fn jsonl_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(JSONL_FILE)
+}

@@ -1,0 +1,272 @@
+//! `agentgate audit verify`: recomputes the chain from genesis, checks that `seq` has no
+//! gaps, and checks every signed checkpoint (in the log and in an external
+//! `checkpoints.jsonl`) against the chain: a truncated tail, a rollback to an older copy,
+//! or a log rewritten with recomputed hashes all disagree with a checkpoint signed earlier.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+
+use super::chain;
+use super::checkpoint::{Signed, verify_signature};
+
+/// The first problem found, with the `seq` it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub seq: u64,
+    pub why: String,
+}
+
+/// What verification found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub log_id: String,
+    pub records: u64,
+    pub checkpoints: usize,
+    pub elapsed_ms: u128,
+    pub records_per_sec: u64,
+    /// `None` when the log is intact.
+    pub problem: Option<Problem>,
+}
+
+/// Why verification could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read audit log {path}: {reason}")]
+    Db { path: PathBuf, reason: String },
+    #[error("checkpoint file {path}: {reason}")]
+    Checkpoints { path: PathBuf, reason: String },
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// Verifies the log at `db`. Checkpoints come from the log itself and from
+/// `checkpoint_file` (if given and present); signatures are checked with `public_hex`.
+pub fn verify(
+    db: &Path,
+    checkpoint_file: Option<&Path>,
+    public_hex: Option<&str>,
+) -> Result<Report, VerifyError> {
+    let started = Instant::now();
+    let err = |e: rusqlite::Error| VerifyError::Db {
+        path: db.to_owned(),
+        reason: e.to_string(),
+    };
+    if !db.exists() {
+        return Err(VerifyError::Db {
+            path: db.to_owned(),
+            reason: "no such file".into(),
+        });
+    }
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    let log_id: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| {
+            r.get(0)
+        })
+        .map_err(err)?;
+
+    let mut checkpoints: Vec<(String, Signed)> = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT signed FROM checkpoints")
+            .map_err(err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+        for row in rows {
+            let text = row.map_err(err)?;
+            match serde_json::from_str::<Signed>(&text) {
+                Ok(s) => checkpoints.push(("log".into(), s)),
+                Err(e) => {
+                    return Ok(report(
+                        log_id,
+                        0,
+                        0,
+                        started,
+                        Some(Problem {
+                            seq: 0,
+                            why: format!("unreadable checkpoint in the log: {e}"),
+                        }),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(path) = checkpoint_file.filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path).map_err(|e| VerifyError::Checkpoints {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let s: Signed = serde_json::from_str(line).map_err(|e| VerifyError::Checkpoints {
+                path: path.to_owned(),
+                reason: format!("line {}: {e}", i + 1),
+            })?;
+            checkpoints.push((format!("{}:{}", path.display(), i + 1), s));
+        }
+    }
+    // Signatures first: a forged checkpoint is a problem whatever the chain says.
+    for (origin, s) in &checkpoints {
+        let Some(key) = public_hex else { break };
+        if s.key != key || !verify_signature(s, key) {
+            return Ok(report(
+                log_id,
+                0,
+                checkpoints.len(),
+                started,
+                Some(Problem {
+                    seq: s.checkpoint.size,
+                    why: format!(
+                        "checkpoint at size {} ({origin}) has an invalid signature for this log's key",
+                        s.checkpoint.size
+                    ),
+                }),
+            ));
+        }
+        if s.checkpoint.log_id != log_id {
+            return Ok(report(
+                log_id.clone(),
+                0,
+                checkpoints.len(),
+                started,
+                Some(Problem {
+                    seq: s.checkpoint.size,
+                    why: format!(
+                        "checkpoint ({origin}) belongs to log {}, not {log_id}",
+                        s.checkpoint.log_id
+                    ),
+                }),
+            ));
+        }
+    }
+    let mut expect: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    for (origin, s) in &checkpoints {
+        if let Some((head, first)) = expect.get(&s.checkpoint.size) {
+            if *head != s.checkpoint.head {
+                return Ok(report(
+                    log_id,
+                    0,
+                    checkpoints.len(),
+                    started,
+                    Some(Problem {
+                        seq: s.checkpoint.size,
+                        why: format!(
+                            "two signed checkpoints disagree at size {} ({first} and {origin})",
+                            s.checkpoint.size
+                        ),
+                    }),
+                ));
+            }
+            continue;
+        }
+        expect.insert(
+            s.checkpoint.size,
+            (s.checkpoint.head.clone(), origin.clone()),
+        );
+    }
+
+    let mut prev = chain::genesis(&log_id);
+    let mut expected_seq = 1u64;
+    let mut stmt = conn
+        .prepare("SELECT seq, record, hash FROM records ORDER BY seq")
+        .map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut problem = None;
+    while let Some(row) = rows.next().map_err(err)? {
+        let seq = row.get::<_, i64>(0).map_err(err)? as u64;
+        let record = row
+            .get_ref(1)
+            .map_err(err)?
+            .as_bytes()
+            .map_err(|e| VerifyError::Db {
+                path: db.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if seq != expected_seq {
+            problem = Some(Problem {
+                seq: expected_seq,
+                why: format!("record {expected_seq} is missing (the next record is {seq})"),
+            });
+            break;
+        }
+        match serde_json::from_slice::<SeqOnly>(record) {
+            Ok(r) if r.seq == seq => {}
+            Ok(r) => {
+                problem = Some(Problem {
+                    seq,
+                    why: format!("record {seq} says it is seq {}", r.seq),
+                });
+                break;
+            }
+            Err(e) => {
+                problem = Some(Problem {
+                    seq,
+                    why: format!("record {seq} is not valid JSON: {e}"),
+                });
+                break;
+            }
+        }
+        let hash = chain::link(&prev, record);
+        let stored = row.get_ref(2).map_err(err)?.as_str().unwrap_or("");
+        if chain::parse_hash(stored) != Some(hash) {
+            problem = Some(Problem {
+                seq,
+                why: format!(
+                    "record {seq} does not hash to its stored hash (its content or an earlier record changed)"
+                ),
+            });
+            break;
+        }
+        if let Some((head, origin)) = expect.get(&seq) {
+            if chain::parse_hash(head) != Some(hash) {
+                problem = Some(Problem {
+                    seq,
+                    why: format!(
+                        "records up to {seq} differ from the signed checkpoint ({origin}): the log was rewritten or replaced"
+                    ),
+                });
+                break;
+            }
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    let records = expected_seq - 1;
+    if problem.is_none() {
+        if let Some((&size, (_, origin))) = expect.range(records + 1..).next() {
+            problem = Some(Problem {
+                seq: records + 1,
+                why: format!(
+                    "the log ends at {records} but a signed checkpoint ({origin}) covers {size} records: truncated or rolled back"
+                ),
+            });
+        }
+    }
+    Ok(report(log_id, records, checkpoints.len(), started, problem))
+}
+
+fn report(
+    log_id: String,
+    records: u64,
+    checkpoints: usize,
+    started: Instant,
+    problem: Option<Problem>,
+) -> Report {
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    Report {
+        log_id,
+        records,
+        checkpoints,
+        elapsed_ms: elapsed.as_millis(),
+        records_per_sec: (records as f64 / elapsed.as_secs_f64()) as u64,
+        problem,
+    }
+}
