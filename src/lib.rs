@@ -173,6 +173,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let admin_state = Arc::new(Admin {
         health: health.clone(),
         identity: identity.clone(),
+        audit: audit.clone(),
+        state: state.clone(),
         token: admin_token,
     });
     let mut tasks = vec![

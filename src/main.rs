@@ -83,6 +83,8 @@ enum Command {
     },
     /// The built-in identity issuer: key rotation, bundle.
     Identity {
+        #[command(flatten)]
+        config: ConfigArgs,
         #[command(subcommand)]
         command: IdentityCommand,
     },
@@ -165,8 +167,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Identity { command } => {
-            cli::agents::identity(&StateDir::open_or_create(&cli.home)?, command)
+        Command::Identity { config, command } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::agents::identity(&StateDir::open_or_create(&cli.home)?, &config, command)
         }
         Command::Ca {
             command: CaCommand::Export { out },

@@ -22,9 +22,13 @@ pub enum NotifyError {
     Failed { addr: SocketAddr, reason: String },
 }
 
-/// Asks the instance running on `state` (if any) to reload identity state now. Returns the
-/// admin address that confirmed, or `None` when no instance runs.
-pub async fn reload_identity(state: &StateDir) -> Result<Option<SocketAddr>, NotifyError> {
+/// Asks the instance running on `state` (if any) to reload identity state now, and to
+/// record `event` (name, subject) as an admin record in its audit log. Returns the admin
+/// address that confirmed, or `None` when no instance runs.
+pub async fn reload_identity(
+    state: &StateDir,
+    event: Option<(&str, &str)>,
+) -> Result<Option<SocketAddr>, NotifyError> {
     let Some(info) = instance::read(state) else {
         return Ok(None);
     };
@@ -42,7 +46,13 @@ pub async fn reload_identity(state: &StateDir) -> Result<Option<SocketAddr>, Not
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::post("/api/v1/identity/reload")
+        let path = match event {
+            Some((name, subject)) => {
+                format!("/api/v1/identity/reload?event={name}&subject={subject}")
+            }
+            None => "/api/v1/identity/reload".to_owned(),
+        };
+        let req = http::Request::post(path)
             .header(http::header::HOST, addr.to_string())
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Empty::<bytes::Bytes>::new())

@@ -24,6 +24,9 @@ use crate::ingress::{Activity, drive, http1_builder};
 pub struct Admin {
     pub health: Arc<Health>,
     pub identity: Arc<Identity>,
+    pub audit: Arc<crate::audit::Audit>,
+    /// Where `audit.pub` lives.
+    pub state: crate::state::StateDir,
     /// The bearer token `/api/` routes require.
     pub token: String,
 }
@@ -91,7 +94,9 @@ async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
         (&Method::GET, "/.well-known/spiffe-bundle") => {
             json_bytes(StatusCode::OK, admin.identity.bundle_jwks())
         }
-        (&Method::POST, "/api/v1/identity/reload") => reload(admin).await,
+        (&Method::POST, "/api/v1/identity/reload") => reload(admin, req).await,
+        (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
+        (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (&Method::GET, "/readyz") if ready => json(StatusCode::OK, r#"{"status":"ready"}"#),
         (&Method::GET, "/readyz") => {
@@ -105,11 +110,24 @@ async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
 }
 
 /// Re-reads the agent registry and bundle files now, so a CLI change (revocation, key
-/// rotation) is in force when the CLI returns.
-async fn reload(admin: &Admin) -> Response<ProxyBody> {
+/// rotation) is in force when the CLI returns. The CLI names the change in the query
+/// (`?event=agent_revoked&subject=…`), and it becomes an admin record in the audit log.
+async fn reload(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
     let identity = admin.identity.clone();
     match tokio::task::spawn_blocking(move || identity.refresh(true)).await {
-        Ok(Ok(_)) => json(StatusCode::OK, r#"{"reloaded":true}"#),
+        Ok(Ok(_)) => {
+            let event = query_param(req.uri().query(), "event");
+            if let Some(event) = event.filter(|e| is_event_name(e)) {
+                let subject = query_param(req.uri().query(), "subject").unwrap_or_default();
+                let detail = serde_json::json!({ "subject": subject });
+                if let Err(e) = admin.audit.admin_event(&event, detail).await {
+                    let body =
+                        serde_json::json!({"error": "audit_unavailable", "reason": e.to_string()});
+                    return json_bytes(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into());
+                }
+            }
+            json(StatusCode::OK, r#"{"reloaded":true}"#)
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "identity reload failed");
             let body = serde_json::json!({"error": "reload_failed", "reason": e.to_string()});
@@ -120,6 +138,90 @@ async fn reload(admin: &Admin) -> Response<ProxyBody> {
             r#"{"error":"reload_failed","reason":"reload task failed; see the proxy log"}"#,
         ),
     }
+}
+
+/// Records after `after` (default 0), at most `limit` (default 100, max 1000).
+async fn audit_page(admin: &Admin, query: Option<&str>) -> Response<ProxyBody> {
+    let after: i64 = query_param(query, "after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: i64 = query_param(query, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 1000);
+    let db = admin.audit.db_path().to_owned();
+    let read = move || -> Result<String, rusqlite::Error> {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, record, hash FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![after, limit])?;
+        let mut out = String::from("{\"records\":[");
+        let mut last = after;
+        let mut first = true;
+        while let Some(row) = rows.next()? {
+            last = row.get(0)?;
+            let record: String = row.get(1)?;
+            let hash: String = row.get(2)?;
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            // Records are stored as canonical JSON: embedded as they were hashed.
+            out.push_str(&format!("{{\"hash\":\"{hash}\",\"record\":{record}}}"));
+        }
+        out.push_str(&format!("],\"next_after\":{last}}}"));
+        Ok(out)
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(body)) => json_bytes(StatusCode::OK, body.into()),
+        Ok(Err(e)) => {
+            let body = serde_json::json!({"error": "audit_read_failed", "reason": e.to_string()});
+            json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into())
+        }
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":"audit_read_failed"}"#,
+        ),
+    }
+}
+
+/// Runs `audit verify` on the live log.
+async fn audit_verify(admin: &Admin) -> Response<ProxyBody> {
+    let db = admin.audit.db_path().to_owned();
+    let jsonl = db.with_file_name(crate::audit::checkpoint::JSONL_FILE);
+    let key = std::fs::read_to_string(admin.state.path(crate::audit::checkpoint::PUB_FILE))
+        .unwrap_or_default();
+    let run = move || crate::audit::verify::verify(&db, Some(&jsonl), Some(key.trim()));
+    match tokio::task::spawn_blocking(run).await {
+        Ok(Ok(report)) => {
+            let mut body = serde_json::to_value(&report).unwrap_or_default();
+            body["intact"] = report.problem.is_none().into();
+            json_bytes(StatusCode::OK, body.to_string().into())
+        }
+        Ok(Err(e)) => {
+            let body = serde_json::json!({"error": "verify_failed", "reason": e.to_string()});
+            json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into())
+        }
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":"verify_failed"}"#,
+        ),
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Admin event names are short snake_case words.
+fn is_event_name(e: &str) -> bool {
+    !e.is_empty() && e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {

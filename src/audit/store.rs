@@ -173,7 +173,21 @@ impl Writer {
         let start_seq = self.seq;
         let start_head = self.head;
         let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self.conn.transaction()?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another writer (the CLI while no proxy ran, or a second instance on the same
+            // file) may have appended: chain onto what is really there.
+            let (seq, head) = head(&tx, &self.log_id)?;
+            if seq != self.seq {
+                tracing::warn!(
+                    ours = self.seq,
+                    found = seq,
+                    "audit log was appended by another writer; continuing its chain"
+                );
+                self.seq = seq;
+                self.head = head;
+            }
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)",
@@ -193,7 +207,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.committed.store(self.seq, Ordering::Release);
-                let mut seq = start_seq;
+                let mut seq = self.seq - batch.len() as u64;
                 for (_, done) in batch.drain(..) {
                     seq += 1;
                     if let Some(done) = done {

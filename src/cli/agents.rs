@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use agentgate::admin::client::reload_identity;
 use agentgate::agent_env;
+use agentgate::audit::Audit;
 use agentgate::config::Config;
 use agentgate::identity::issuer::{self, Registration};
 use agentgate::identity::registry::Registry;
@@ -74,7 +75,7 @@ pub fn agents(state: &StateDir, config: &Config, cmd: AgentsCommand) -> Result<(
             output,
         } => register(state, config, &name, owner, tenant, ttl, output),
         AgentsCommand::List { output } => list(state, output),
-        AgentsCommand::Revoke { name, jti, reason } => revoke(state, &name, jti, &reason),
+        AgentsCommand::Revoke { name, jti, reason } => revoke(state, config, &name, jti, &reason),
     }
 }
 
@@ -96,7 +97,7 @@ fn register(
         ttl: ttl.unwrap_or(config.identity.token_ttl),
     };
     let reg = issuer::register(state, &mut registry, &config.identity, &req, now())?;
-    let notified = block_on(reload_identity(state))??;
+    let notified = announce(state, config, "agent_registered", &reg.spiffe_id)?;
     let env = agent_env::for_agent(state, config, name, now()).ok();
     let proxy_url = env
         .as_ref()
@@ -168,25 +169,62 @@ fn list(state: &StateDir, output: Output) -> Result<()> {
     Ok(())
 }
 
-fn revoke(state: &StateDir, name: &str, jti: Option<String>, reason: &str) -> Result<()> {
+/// Tells the running proxy (reload + audit record), or, when none runs, writes the admin
+/// record to the audit log directly.
+fn announce(
+    state: &StateDir,
+    config: &Config,
+    event: &str,
+    subject: &str,
+) -> Result<Option<std::net::SocketAddr>> {
+    if let Some(addr) = block_on(reload_identity(state, Some((event, subject))))?? {
+        return Ok(Some(addr));
+    }
+    block_on(async {
+        let audit = Audit::open(&config.audit, state, "cli")?;
+        let result = audit
+            .admin_event(event, serde_json::json!({ "subject": subject }))
+            .await;
+        audit.close().await;
+        result.map(drop)
+    })??;
+    Ok(None)
+}
+
+fn revoke(
+    state: &StateDir,
+    config: &Config,
+    name: &str,
+    jti: Option<String>,
+    reason: &str,
+) -> Result<()> {
     let mut registry = Registry::open(state)?;
-    let what = match (&jti, name.starts_with("spiffe://")) {
+    let (what, event, subject) = match (&jti, name.starts_with("spiffe://")) {
         (Some(jti), false) => {
             registry.revoke_token(name, jti, now())?;
-            format!("token {jti} of agent {name}")
+            (
+                format!("token {jti} of agent {name}"),
+                "token_revoked",
+                format!("{name}:{jti}"),
+            )
         }
         (Some(_), true) => bail!("--jti takes an agent name, not a SPIFFE ID"),
         (None, true) => {
             spiffe::SpiffeId::new(name).context("not a valid SPIFFE ID")?;
             registry.revoke_id(name, reason, now())?;
-            name.to_owned()
+            (name.to_owned(), "agent_revoked", name.to_owned())
         }
         (None, false) => {
             let tokens = registry.revoke_agent(name, reason, now())?;
-            format!("agent {name} and its {tokens} live token(s)")
+            let id = registry.agent(name)?.spiffe_id;
+            (
+                format!("agent {name} and its {tokens} live token(s)"),
+                "agent_revoked",
+                id,
+            )
         }
     };
-    match block_on(reload_identity(state))?? {
+    match announce(state, config, event, &subject)? {
         Some(addr) => eprintln!("revoked {what}; the running proxy (admin {addr}) refuses it now"),
         None => eprintln!("revoked {what}; no proxy is running, it is refused from the next start"),
     }
@@ -194,12 +232,12 @@ fn revoke(state: &StateDir, name: &str, jti: Option<String>, reason: &str) -> Re
 }
 
 /// Runs an `identity` subcommand.
-pub fn identity(state: &StateDir, cmd: IdentityCommand) -> Result<()> {
+pub fn identity(state: &StateDir, config: &Config, cmd: IdentityCommand) -> Result<()> {
     let registry = Registry::open(state)?;
     match cmd {
         IdentityCommand::Rotate => {
             let r = issuer::rotate(state, &registry, now())?;
-            let notified = block_on(reload_identity(state))??;
+            let notified = announce(state, config, "key_rotated", &r.new_kid)?;
             println!("new issuer key {}", r.new_kid);
             if let (Some(kid), Some(until)) = (&r.retired_kid, r.retired_valid_until) {
                 println!(
