@@ -120,6 +120,12 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         config.ca.leaf_cache_size,
         provider.clone(),
     )?;
+    // A file size limit (RLIMIT_FSIZE) or a full disk must fail the audit write, which
+    // refuses requests 503, not kill the process with SIGXFSZ.
+    let xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
+    if let Err(e) = xfsz {
+        tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would stop the process");
+    }
     let workload_endpoint = identity::workload::endpoint(
         config.identity.workload_api,
         &config.identity.workload_api_socket,
