@@ -368,6 +368,30 @@ impl Pipeline {
         r
     }
 
+    /// Records a request that the HTTP parser refused before it reached the flow (hyper
+    /// answered it `400`/`431`), so that refusal has its decision record like every other.
+    /// Connections merely closed or timed out are not requests and leave no record.
+    pub async fn record_parse_refusal(&self, client: SocketAddr, host: &str, error: &hyper::Error) {
+        let (status, code) = if error.is_parse_too_large() {
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            )
+        } else if error.is_parse() {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        } else {
+            return;
+        };
+        let request_id = self.request_id();
+        let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
+        let record = self.decision(&request_id, None, &Method::GET, host, "", Some(&denial));
+        let mut record = record;
+        // The method is unknown: the request never parsed.
+        record.insert("method".into(), serde_json::Value::Null);
+        tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
+        self.record_refusal(record).await;
+    }
+
     /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).
     async fn record_refusal(&self, record: serde_json::Map<String, serde_json::Value>) {
         if let Err(e) = self.audit.commit(record).await {

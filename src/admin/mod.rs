@@ -193,7 +193,10 @@ async fn audit_verify(admin: &Admin) -> Response<ProxyBody> {
     let jsonl = db.with_file_name(crate::audit::checkpoint::JSONL_FILE);
     let key = std::fs::read_to_string(admin.state.path(crate::audit::checkpoint::PUB_FILE))
         .unwrap_or_default();
-    let run = move || crate::audit::verify::verify(&db, Some(&jsonl), Some(key.trim()));
+    let run = move || {
+        let jsonl = Some(jsonl.as_path()).filter(|p| p.exists());
+        crate::audit::verify::verify(&db, jsonl, Some(key.trim()))
+    };
     match tokio::task::spawn_blocking(run).await {
         Ok(Ok(report)) => {
             let mut body = serde_json::to_value(&report).unwrap_or_default();

@@ -91,6 +91,7 @@ pub struct Audit {
     committed: Arc<AtomicU64>,
     dropped: AtomicU64,
     stop_checkpointer: Arc<AtomicBool>,
+    checkpointer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     db: PathBuf,
     log_id: String,
 }
@@ -139,12 +140,13 @@ impl Audit {
                 reason: e.to_string(),
             })?;
         let stop_checkpointer = Arc::new(AtomicBool::new(false));
-        {
+        let checkpointer = {
             let (path, stop) = (db.clone(), stop_checkpointer.clone());
-            let _ = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name("audit-wal".into())
-                .spawn(move || store::wal_checkpointer(path, stop));
-        }
+                .spawn(move || store::wal_checkpointer(path, stop))
+                .ok()
+        };
         {
             // Time-based checkpoints need a wake-up even when no records arrive.
             let tx = tx.clone();
@@ -166,6 +168,7 @@ impl Audit {
             committed,
             dropped: AtomicU64::new(0),
             stop_checkpointer,
+            checkpointer: std::sync::Mutex::new(checkpointer),
             db,
             log_id,
         })
@@ -225,11 +228,16 @@ impl Audit {
 
     /// Writes the final checkpoint and stops the writer.
     pub async fn close(&self) {
+        // The WAL thread first, so the writer's final TRUNCATE checkpoint has no reader
+        // holding the WAL open.
+        self.stop_checkpointer.store(true, Ordering::Relaxed);
+        if let Some(t) = self.checkpointer.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         let (reply, done) = oneshot::channel();
         if self.tx.send(store::Job::Close(reply)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
-        self.stop_checkpointer.store(true, Ordering::Relaxed);
     }
 
     /// A record with the fields every record carries.

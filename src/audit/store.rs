@@ -162,6 +162,14 @@ impl Writer {
                 }
             }
             if let Some(reply) = close {
+                // Fold the WAL into audit.db so the file alone holds every record.
+                if let Err(e) = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "final WAL checkpoint of the audit log failed");
+                }
+                drop(self.conn);
                 let _ = reply.send(());
                 return;
             }
@@ -253,14 +261,28 @@ impl Writer {
 
 /// Appends one line and syncs it, so a shipped checkpoint is never half-written.
 fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
-    use std::io::Write;
+    use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o644)
         .open(path)?;
-    f.write_all(format!("{line}\n").as_bytes())?;
+    // A torn earlier write (power loss mid-line) must not swallow this checkpoint.
+    let mut torn = false;
+    if f.metadata()?.len() > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        torn = last[0] != b'\n';
+    }
+    let text = if torn {
+        format!("\n{line}\n")
+    } else {
+        format!("{line}\n")
+    };
+    f.write_all(text.as_bytes())?;
     f.sync_data()
 }
 
@@ -270,13 +292,19 @@ pub(crate) fn wal_checkpointer(path: PathBuf, stop: Arc<std::sync::atomic::Atomi
         return;
     };
     let _ = conn.busy_timeout(Duration::from_millis(100));
+    let mut slept = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(500));
+        // Short naps so close() never waits long for this thread.
+        std::thread::sleep(Duration::from_millis(50));
+        slept += Duration::from_millis(50);
+        if slept < Duration::from_millis(500) {
+            continue;
+        }
+        slept = Duration::ZERO;
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "WAL checkpoint skipped");
         }
     }
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// The default jsonl path next to the database.

@@ -95,7 +95,14 @@ pub fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Result<bool>
             output,
         } => {
             let db = db_path(state, config, db);
-            let checkpoint = checkpoint.unwrap_or_else(|| db.with_file_name(JSONL_FILE));
+            // The default file may not exist yet (no checkpoint written); a named one must.
+            let checkpoint = match checkpoint {
+                Some(path) if !path.exists() => {
+                    bail!("checkpoint file {} does not exist", path.display())
+                }
+                Some(path) => Some(path),
+                None => Some(db.with_file_name(JSONL_FILE)).filter(|p| p.exists()),
+            };
             let pubkey_path = pubkey.unwrap_or_else(|| state.path(PUB_FILE));
             let key = std::fs::read_to_string(&pubkey_path).with_context(|| {
                 format!(
@@ -103,7 +110,7 @@ pub fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Result<bool>
                     pubkey_path.display()
                 )
             })?;
-            let report = verify(&db, Some(&checkpoint), Some(key.trim()))?;
+            let report = verify(&db, checkpoint.as_deref(), Some(key.trim()))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => {

@@ -103,5 +103,6 @@ async fn serve_client(
         .with_upgrades();
     if let Err(e) = drive(conn, &activity, limits.idle_timeout, shutdown).await {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        pipeline.record_parse_refusal(peer, "", &e).await;
     }
 }

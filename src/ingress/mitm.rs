@@ -91,6 +91,7 @@ pub async fn serve(
 
     let activity = Arc::new(Activity::new());
     let tunnel = Arc::new(tunnel);
+    let (target, recorder) = (tunnel.clone(), pipeline.clone());
     let svc = {
         let activity = activity.clone();
         service_fn(move |req| {
@@ -128,6 +129,9 @@ pub async fn serve(
     };
     if let Err(e) = result {
         tracing::debug!(client = %client, error = %e, "tunnel ended with an error");
+        recorder
+            .record_parse_refusal(client, &target.host, &e)
+            .await;
     }
 }
 

@@ -92,6 +92,15 @@ async fn malformed_http_inside_tunnel_is_400() {
         failures.push("a malformed request reached the upstream".to_owned());
     }
     assert_no_failures(&failures);
+    // Every refusal has its decision record, whichever layer refused it.
+    let refused = |rs: &[serde_json::Value]| {
+        rs.iter()
+            .filter(|r| r["effect"] == "deny" && r["gate"] == "ingress")
+            .count()
+    };
+    let records =
+        crate::support::audit_decisions(&proxy, |rs| refused(rs) >= MALFORMED.len()).await;
+    assert_eq!(refused(&records), MALFORMED.len(), "{records:#?}");
     assert_serves(&proxy).await;
 }
 
@@ -205,6 +214,14 @@ async fn oversize_headers_are_431() {
         !env.upstream.saw("hdr"),
         "an oversize request reached the upstream"
     );
+    // Refused by the parser, yet each has its decision record.
+    let too_large = |rs: &[serde_json::Value]| {
+        rs.iter()
+            .filter(|r| r["effect"] == "deny" && r["error"] == "headers_too_large")
+            .count()
+    };
+    let records = crate::support::audit_decisions(&proxy, |rs| too_large(rs) >= 4).await;
+    assert_eq!(too_large(&records), 4, "{records:#?}");
     assert_serves(&proxy).await;
 }
 

@@ -1,5 +1,7 @@
 //! The test cases, grouped by what they exercise.
 
+mod audit;
+mod audit_faults;
 mod bad_input;
 mod basic;
 mod cli;

@@ -159,3 +159,35 @@ pub fn assert_denied(resp: &RawResponse, status: u16, gate: &str) -> serde_json:
     );
     body
 }
+
+/// Decision records in the proxy's audit log (read-only; works while it runs), waiting up
+/// to 5 s until `want` says they are complete (records land just after the response).
+pub async fn audit_decisions(
+    proxy: &Proxy,
+    want: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let db = proxy.home.join("audit.db");
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        records = read_decisions(&db);
+        if want(&records) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    records
+}
+
+fn read_decisions(db: &std::path::Path) -> Vec<serde_json::Value> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open audit.db");
+    let mut stmt = conn
+        .prepare("SELECT record FROM records ORDER BY seq")
+        .expect("query audit.db");
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .expect("read audit.db")
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.expect("row")).expect("record JSON"))
+        .filter(|r| r["kind"] == "decision")
+        .collect()
+}

@@ -291,6 +291,15 @@ pub async fn tunnel_to(proxy: &Proxy, host: &str, alpn: &[u8]) -> TlsStream<TcpS
     tunnel(proxy.proxy_addr, &authority, host, &proxy.ca_path, &[alpn]).await
 }
 
+/// Like [`tunnel_to`], but `None` when the proxy refuses the CONNECT.
+pub async fn tunnel_to_any(proxy: &Proxy, host: &str) -> Option<TlsStream<TcpStream>> {
+    let (s, head) = connect(proxy.proxy_addr, &format!("{host}:443")).await;
+    if head.status != 200 {
+        return None;
+    }
+    Some(tls_over(s, host, &proxy.ca_path, &[b"http/1.1"]).await)
+}
+
 pub type H1 = http1::SendRequest<Full<Bytes>>;
 pub type H2 = http2::SendRequest<Full<Bytes>>;
 

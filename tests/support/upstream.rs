@@ -1,7 +1,7 @@
 //! Real HTTPS (and plain HTTP) upstream servers, in-process, on 127.0.0.1:0.
 //!
-//! Endpoints: `/echo` (JSON description of the request; body hashed while
-//! streaming), `/upload` (same, for big bodies), `/bytes?n=N` (N pattern bytes,
+//! Endpoints: `/echo` and `/echo/<anything>` (JSON description of the request; body
+//! hashed while streaming), `/upload` (same, for big bodies), `/bytes?n=N` (N pattern bytes,
 //! streamed in chunks), `/hang` (never answers), `/ws` (WebSocket echo).
 
 use super::certs::Leaf;
@@ -70,6 +70,11 @@ impl Upstream {
             .expect("upstream log")
             .iter()
             .any(|l| l.contains(marker))
+    }
+
+    /// Every request that reached this upstream so far, as "METHOD /path?query", in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("upstream log").clone()
     }
 }
 
@@ -178,6 +183,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let resp = match path.as_str() {
         "/echo" | "/upload" => echo(req, &sni).await,
+        p if p.starts_with("/echo/") => echo(req, &sni).await,
         "/bytes" => {
             let n = query_param(req.uri().query(), "n").unwrap_or(0);
             Response::builder()
