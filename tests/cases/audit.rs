@@ -974,3 +974,103 @@ async fn python_recomputes_the_same_chain() {
     assert!(!ok && said.starts_with(&format!("BAD seq {m}:")), "{said}");
     expect_broken_at(&dir, "deleted record (python case)", m).await;
 }
+
+/// GET on the admin port; `token` goes in `Authorization: Bearer`.
+async fn admin_get(addr: SocketAddr, path: &str, token: Option<&str>) -> raw::RawResponse {
+    let mut s = raw::tcp(addr).await;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    raw::exchange(&mut s, req.as_bytes())
+        .await
+        .expect("admin answer")
+}
+
+/// The admin API pages through records and verifies the live log; `audit tail` and
+/// `audit export` read it from the CLI while the proxy runs; outcome records carry the
+/// bytes that really moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_and_cli_read_the_live_log() {
+    let env = TestEnv::new().await;
+    let proxy = env.start_default();
+    let tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
+    let mut h1 = raw::h1_client(tls).await;
+    let resp = raw::send_h1(&mut h1, raw::get("/bytes?n=12345", "api.github.com")).await;
+    assert_eq!(resp.status, 200);
+    drop(h1);
+
+    let token = std::fs::read_to_string(proxy.home.join("admin.token")).unwrap();
+    let denied = admin_get(proxy.admin_addr, "/api/v1/audit", None).await;
+    assert_eq!(denied.status, 401);
+    assert_eq!(
+        admin_get(proxy.admin_addr, "/api/v1/audit", Some("wrong"))
+            .await
+            .status,
+        401
+    );
+    // The outcome lands when the response body ends: wait for it.
+    let mut page = Value::Null;
+    for _ in 0..50 {
+        page = admin_get(
+            proxy.admin_addr,
+            "/api/v1/audit?after=0&limit=1000",
+            Some(token.trim()),
+        )
+        .await
+        .json();
+        let has_outcome = page["records"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["record"]["kind"] == "outcome"));
+        if has_outcome {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let records = page["records"].as_array().expect("records");
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["record"]["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["admin", "decision", "decision", "outcome"],
+        "{page:#}"
+    );
+    let outcome = &records[3]["record"];
+    assert_eq!(outcome["status"], 200);
+    assert_eq!(outcome["bytes_down"], 12345);
+    assert_eq!(outcome["request_id"], records[2]["record"]["request_id"]);
+    assert_eq!(records[1]["record"]["method"], "CONNECT");
+    assert_eq!(page["next_after"], 4);
+    let next = admin_get(
+        proxy.admin_addr,
+        "/api/v1/audit?after=2&limit=1",
+        Some(token.trim()),
+    )
+    .await
+    .json();
+    assert_eq!(next["records"][0]["record"]["seq"], 3);
+
+    let verify = admin_get(proxy.admin_addr, "/api/v1/audit/verify", Some(token.trim()))
+        .await
+        .json();
+    assert_eq!(verify["intact"], true, "{verify}");
+    assert_eq!(verify["records"], 4);
+
+    let tail = agentgate(&proxy.home, &["audit", "tail", "-n", "2", "-o", "json"]).await;
+    let lines: Vec<Value> = text(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("tail -o json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["kind"], "outcome");
+    let export = agentgate(&proxy.home, &["audit", "export", "--since", "3"]).await;
+    let exported: Vec<Value> = text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("export line"))
+        .collect();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0]["record"]["seq"], 4);
+    assert_eq!(exported[0]["hash"], records[3]["hash"]);
+}
