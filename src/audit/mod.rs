@@ -148,7 +148,7 @@ impl Audit {
                 .ok()
         };
         {
-            // Time-based checkpoints need a wake-up even when no records arrive.
+            // Wake-ups for time-based checkpoints and for flushing unawaited records.
             let tx = tx.clone();
             let _ = std::thread::Builder::new()
                 .name("audit-tick".into())
@@ -157,7 +157,7 @@ impl Audit {
                         tx.try_send(store::Job::Tick),
                         Err(mpsc::error::TrySendError::Closed(_))
                     ) {
-                        std::thread::sleep(Duration::from_secs(1));
+                        std::thread::sleep(store::OUTCOME_DELAY / 2);
                     }
                 });
         }

@@ -14,6 +14,9 @@ use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, JSONL_FILE, Signed, Signer};
 use super::{AuditError, Durability};
 
+/// Longest an unawaited record (an outcome) waits for a commit to join.
+pub(crate) const OUTCOME_DELAY: Duration = Duration::from_millis(20);
+
 /// A record waiting for its commit, and who to tell.
 type Pending = (
     serde_json::Map<String, serde_json::Value>,
@@ -134,6 +137,7 @@ impl Writer {
     /// Runs until every sender is gone or `Close` arrives.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(self.batch_max);
+        let mut pending_since: Option<Instant> = None;
         while let Some(first) = rx.blocking_recv() {
             let mut close = None;
             match first {
@@ -149,8 +153,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.commit(&mut batch);
+            // Records nobody waits for (outcomes) ride along with the next commit that
+            // someone does wait for, instead of paying a sync of their own; a tick flushes
+            // them within OUTCOME_DELAY when no such commit comes.
+            if batch.is_empty() {
+                pending_since = None;
+            } else {
+                let since = *pending_since.get_or_insert_with(Instant::now);
+                let urgent = close.is_some()
+                    || batch.len() >= self.batch_max
+                    || batch.iter().any(|(_, done)| done.is_some())
+                    || since.elapsed() >= OUTCOME_DELAY;
+                if urgent {
+                    self.commit(&mut batch);
+                    pending_since = None;
+                }
             }
             let due = self.seq > self.last_checkpoint.0
                 && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
