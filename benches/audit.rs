@@ -10,7 +10,11 @@
 //! - `verify`: a log of 1,000,000 records (built with `commit` and 64 writers), verified
 //!   with its signed checkpoints and public key;
 //! - baseline, same run and directory: a 4 KiB `write` + `fdatasync`, appended and
-//!   overwritten in place, so every number can be quoted as a ratio.
+//!   overwritten in place (and overwritten + `fsync`, what bundled SQLite calls: it is
+//!   built without `HAVE_FDATASYNC`), so every number can be quoted as a ratio;
+//! - where the time goes: SQLite alone (same pragmas and statements, prebuilt rows),
+//!   the queue + wake-up round trip alone, the writer's and `verify`'s CPU per record, and
+//!   the whole box's CPU during each phase (other processes skew a 2-core machine).
 //!
 //! Run: `cargo bench --bench audit` (release profile). Works in a temporary directory
 //! under `target/` (a real disk; `/tmp` may be tmpfs), or under `$AGENTGATE_BENCH_DIR`.
@@ -29,6 +33,7 @@ use agentgate::audit::{Audit, AuditConfig, Durability, chain};
 use agentgate::state::StateDir;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
 
 const WRITERS: usize = 64;
 const LOAD: Duration = Duration::from_secs(3);
@@ -40,7 +45,8 @@ const STALL_US: u32 = 10_000;
 const INSTANCE: &str = "5e1f0a2c";
 const AGENT: &str = "spiffe://agentgate.local/agent/bot";
 const JTI: &str = "9b2f4c1d7e3a48f6a0c5d2b1e8f7a6c3";
-const WRITER_THREADS: [&str; 3] = ["audit-writer", "audit-wal", "audit-tick"];
+const AUDIT_THREADS: [&str; 3] = ["audit-writer", "audit-wal", "audit-tick"];
+const TS: i64 = 1_760_000_000_000_000;
 
 /// A decision record as the pipeline writes it for an allowed request.
 fn decision(audit: &Audit, n: u64) -> Map<String, Value> {
@@ -64,7 +70,7 @@ fn decision(audit: &Audit, n: u64) -> Map<String, Value> {
     r
 }
 
-/// Sorted commit waits (µs) and counts of one load.
+/// Sorted waits (µs) and counts of one load.
 struct Load {
     ok: u64,
     errors: u64,
@@ -85,6 +91,14 @@ impl Load {
     }
     fn stalls(&self) -> usize {
         self.lat.len() - self.lat.partition_point(|&us| us <= STALL_US)
+    }
+    fn p50_99_max(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            int(f64::from(self.pct(0.5))),
+            int(f64::from(self.pct(0.99))),
+            int(f64::from(self.max()))
+        )
     }
 }
 
@@ -166,24 +180,26 @@ struct Sched {
     wait: Duration,
 }
 
-fn thread_sched(name: &str) -> Option<Sched> {
-    let mut found = None;
+/// Summed over the live threads whose name starts with `prefix`; `None` if there are none.
+fn thread_sched(prefix: &str) -> Option<Sched> {
+    let mut found: Option<Sched> = None;
     for entry in fs::read_dir("/proc/self/task").ok()?.flatten() {
         let Ok(comm) = fs::read_to_string(entry.path().join("comm")) else {
             continue;
         };
-        if comm.trim() != name {
+        if !comm.starts_with(prefix) {
             continue;
         }
-        let text = fs::read_to_string(entry.path().join("schedstat")).ok()?;
+        let Ok(text) = fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
         let mut it = text.split_whitespace().map(|s| s.parse::<u64>().ok());
         let (Some(Some(run)), Some(Some(wait))) = (it.next(), it.next()) else {
-            return None;
+            continue;
         };
-        found = Some(Sched {
-            run: Duration::from_nanos(run),
-            wait: Duration::from_nanos(wait),
-        });
+        let sum = found.get_or_insert_with(Sched::default);
+        sum.run += Duration::from_nanos(run);
+        sum.wait += Duration::from_nanos(wait);
     }
     found
 }
@@ -196,6 +212,13 @@ fn threads_alive(names: &[&str]) -> bool {
         .any(|e| fs::read_to_string(e.path().join("comm")).is_ok_and(|c| names.contains(&c.trim())))
 }
 
+/// CPU time of the calling thread so far.
+fn this_thread_cpu() -> Option<Duration> {
+    let text = fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = text.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// User + system CPU of the whole process (`/proc/self/stat`, USER_HZ = 100).
 fn process_cpu() -> Option<Duration> {
     let text = fs::read_to_string("/proc/self/stat").ok()?;
@@ -203,6 +226,83 @@ fn process_cpu() -> Option<Duration> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// Busy and total ticks of the whole machine (`/proc/stat`, USER_HZ = 100).
+fn system_cpu() -> Option<(u64, u64)> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|s| s.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// CPU counters at one instant, to diff over a phase.
+#[derive(Clone, Copy)]
+struct Probe {
+    at: Instant,
+    writer: Option<Sched>,
+    workers: Option<Sched>,
+    wal: Option<Sched>,
+    process: Option<Duration>,
+    system: Option<(u64, u64)>,
+}
+
+impl Probe {
+    fn take() -> Probe {
+        Probe {
+            at: Instant::now(),
+            writer: thread_sched("audit-writer"),
+            workers: thread_sched("tokio-"),
+            wal: thread_sched("audit-wal"),
+            process: process_cpu(),
+            system: system_cpu(),
+        }
+    }
+}
+
+/// CPU use over a phase, as percent of one CPU.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    writer_run: Option<f64>,
+    writer_wait: Option<f64>,
+    /// The tokio worker threads (the committing tasks), on CPU.
+    workers: Option<f64>,
+    /// The WAL checkpointer thread, on CPU.
+    wal: Option<f64>,
+    process: Option<f64>,
+    /// Every process on the machine.
+    machine: Option<f64>,
+}
+
+fn cpu_between(a: Probe, b: Probe, cpus: usize) -> Cpu {
+    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs;
+    let writer = a.writer.zip(b.writer);
+    Cpu {
+        writer_run: writer.map(|(a, b)| pct(b.run.saturating_sub(a.run))),
+        writer_wait: writer.map(|(a, b)| pct(b.wait.saturating_sub(a.wait))),
+        workers: a
+            .workers
+            .zip(b.workers)
+            .map(|(a, b)| pct(b.run.saturating_sub(a.run))),
+        wal: a
+            .wal
+            .zip(b.wal)
+            .map(|(a, b)| pct(b.run.saturating_sub(a.run))),
+        process: a
+            .process
+            .zip(b.process)
+            .map(|(a, b)| pct(b.saturating_sub(a))),
+        machine: a.system.zip(b.system).map(|((b0, t0), (b1, t1))| {
+            100.0 * cpus as f64 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64
+        }),
+    }
 }
 
 /// `type (device on mountpoint)` of the filesystem holding `path`, from `df`.
@@ -228,13 +328,17 @@ fn filesystem(path: &Path) -> String {
     }
 }
 
-/// A 4 KiB write + `fdatasync`, appended or overwriting the same block; sorted µs.
-fn raw_fsync(dir: &Path, append: bool) -> Result<Vec<u32>> {
-    let path = dir.join(if append {
-        "fsync-append"
-    } else {
-        "fsync-overwrite"
-    });
+/// How a baseline write reaches the disk.
+#[derive(Clone, Copy)]
+enum Raw {
+    AppendFdatasync,
+    OverwriteFdatasync,
+    OverwriteFsync,
+}
+
+/// A 4 KiB write + sync, `FSYNC_SAMPLES` times; sorted µs.
+fn raw_fsync(dir: &Path, how: Raw) -> Result<Vec<u32>> {
+    let path = dir.join("fsync-baseline");
     let mut f = fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -242,6 +346,7 @@ fn raw_fsync(dir: &Path, append: bool) -> Result<Vec<u32>> {
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
     let block = [0x5au8; 4096];
+    let append = matches!(how, Raw::AppendFdatasync);
     if !append {
         f.write_all(&block)
             .and_then(|()| f.sync_all())
@@ -255,8 +360,11 @@ fn raw_fsync(dir: &Path, append: bool) -> Result<Vec<u32>> {
         }
         let t = Instant::now();
         f.write_all(&block)
-            .and_then(|()| f.sync_data())
-            .with_context(|| format!("write + fdatasync on {}", path.display()))?;
+            .and_then(|()| match how {
+                Raw::OverwriteFsync => f.sync_all(),
+                Raw::AppendFdatasync | Raw::OverwriteFdatasync => f.sync_data(),
+            })
+            .with_context(|| format!("write + sync on {}", path.display()))?;
         if i >= 20 {
             lat.push(micros(t.elapsed()));
         }
@@ -285,7 +393,7 @@ async fn close(audit: Arc<Audit>) {
     audit.close().await;
     drop(audit);
     let start = Instant::now();
-    while threads_alive(&WRITER_THREADS) {
+    while threads_alive(&AUDIT_THREADS) {
         if start.elapsed() > Duration::from_secs(60) {
             eprintln!("  warning: audit threads still running 60 s after close");
             break;
@@ -294,14 +402,18 @@ async fn close(audit: Arc<Audit>) {
     }
 }
 
-fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map_or(0, |m| m.len())
+fn file_mib(path: &Path) -> f64 {
+    fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1048576.0)
 }
 
 fn wal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     PathBuf::from(name)
+}
+
+fn sql_seq(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Group commits between two seqs: every record of a batch shares its `ts`.
@@ -317,13 +429,7 @@ fn batches(db: &Path, after: u64, upto: u64) -> Result<(usize, f64, i64)> {
         )
         .context("preparing the batch query")?;
     let sizes: Vec<i64> = stmt
-        .query_map(
-            [
-                i64::try_from(after).unwrap_or(i64::MAX),
-                i64::try_from(upto).unwrap_or(i64::MAX),
-            ],
-            |r| r.get(0),
-        )
+        .query_map([sql_seq(after), sql_seq(upto)], |r| r.get(0))
         .context("querying batch sizes")?
         .collect::<Result<_, _>>()
         .context("reading batch sizes")?;
@@ -332,36 +438,30 @@ fn batches(db: &Path, after: u64, upto: u64) -> Result<(usize, f64, i64)> {
     Ok((sizes.len(), avg, sizes.iter().copied().max().unwrap_or(0)))
 }
 
-/// One 64-writer phase.
-struct Throughput {
+/// One phase through `Audit::commit`.
+struct Phase {
     load: Load,
     batches: Option<(usize, f64, i64)>,
-    writer: Option<Sched>,
-    process_cpu: Option<Duration>,
+    cpu: Cpu,
     wal_mib: f64,
 }
 
-async fn throughput(root: &Path, durability: Durability, name: &str) -> Result<Throughput> {
+async fn phase(
+    root: &Path,
+    name: &str,
+    durability: Durability,
+    writers: usize,
+    budget: Duration,
+    cpus: usize,
+) -> Result<Phase> {
     let (audit, _state) = open(root, name, durability)?;
     let db = audit.db_path().to_owned();
-    let _ = load(&audit, WRITERS, WARMUP, u64::MAX).await;
-    let (sched0, cpu0, seq0) = (
-        thread_sched("audit-writer"),
-        process_cpu(),
-        audit.committed(),
-    );
-    let load = load(&audit, WRITERS, LOAD, u64::MAX).await;
-    let (sched1, cpu1, seq1) = (
-        thread_sched("audit-writer"),
-        process_cpu(),
-        audit.committed(),
-    );
-    let wal_mib = file_len(&wal_path(&db)) as f64 / 1048576.0;
+    let _ = load(&audit, writers, WARMUP, u64::MAX).await;
+    let (p0, seq0) = (Probe::take(), audit.committed());
+    let load = load(&audit, writers, budget, u64::MAX).await;
+    let (p1, seq1) = (Probe::take(), audit.committed());
+    let wal_mib = file_mib(&wal_path(&db));
     close(audit).await;
-    let writer = sched0.zip(sched1).map(|(a, b)| Sched {
-        run: b.run.saturating_sub(a.run),
-        wait: b.wait.saturating_sub(a.wait),
-    });
     let batches = match batches(&db, seq0, seq1) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -369,45 +469,48 @@ async fn throughput(root: &Path, durability: Durability, name: &str) -> Result<T
             None
         }
     };
-    Ok(Throughput {
+    Ok(Phase {
         load,
         batches,
-        writer,
-        process_cpu: cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
+        cpu: cpu_between(p0, p1, cpus),
         wal_mib,
     })
 }
 
-async fn single(root: &Path, durability: Durability, name: &str) -> Result<Load> {
-    let (audit, _state) = open(root, name, durability)?;
-    let _ = load(&audit, 1, WARMUP, u64::MAX).await;
-    let load = load(&audit, 1, SINGLE, u64::MAX).await;
-    close(audit).await;
-    Ok(load)
-}
-
 struct Verified {
     build: Load,
+    build_cpu: Cpu,
     build_wal_mib: f64,
+    /// `close` until the writer and the WAL checkpointer (final TRUNCATE) are gone.
+    close_time: Duration,
+    /// Reading every row alone: default pragmas, then with `mmap_size` (wall, CPU).
+    scans: [(Duration, Option<Duration>, u64); 2],
     records: u64,
     checkpoints: usize,
     elapsed: Duration,
+    /// CPU time of the thread that ran `verify`.
+    thread_cpu: Option<Duration>,
+    cpu: Cpu,
     db_mib: f64,
 }
 
-async fn verify_phase(root: &Path) -> Result<Verified> {
+async fn verify_phase(root: &Path, cpus: usize) -> Result<Verified> {
     let (audit, state) = open(root, "verify", Durability::Commit)?;
     let db = audit.db_path().to_owned();
+    let p0 = Probe::take();
     let build = load(&audit, WRITERS, Duration::from_secs(3600), VERIFY_RECORDS).await;
-    let build_wal_mib = file_len(&wal_path(&db)) as f64 / 1048576.0;
+    let build_cpu = cpu_between(p0, Probe::take(), cpus);
+    let build_wal_mib = file_mib(&wal_path(&db));
+    let t = Instant::now();
     close(audit).await;
+    let close_time = t.elapsed();
     let public = fs::read_to_string(state.path("audit.pub")).context("reading audit.pub")?;
     let jsonl = state.path("checkpoints.jsonl");
-    let db_mib = (file_len(&db) + file_len(&wal_path(&db))) as f64 / 1048576.0;
-    let t = Instant::now();
+    let db_mib = file_mib(&db) + file_mib(&wal_path(&db));
+    let (p0, c0) = (Probe::take(), this_thread_cpu());
     let report = verify(&db, Some(&jsonl), Some(public.trim()))
         .with_context(|| format!("verifying {}", db.display()))?;
-    let elapsed = t.elapsed();
+    let (p1, c1) = (Probe::take(), this_thread_cpu());
     if let Some(p) = &report.problem {
         bail!(
             "verify found a problem in a log it should accept: seq {}: {}",
@@ -422,33 +525,290 @@ async fn verify_phase(root: &Path) -> Result<Verified> {
             build.ok
         );
     }
+    let scans = [scan(&db, false)?, scan(&db, true)?];
+    for (_, _, n) in &scans {
+        if *n != report.records {
+            bail!("scanned {n} records, verify counted {}", report.records);
+        }
+    }
     Ok(Verified {
         build,
+        build_cpu,
         build_wal_mib,
+        close_time,
+        scans,
         records: report.records,
         checkpoints: report.checkpoints,
-        elapsed,
+        elapsed: p1.at.duration_since(p0.at),
+        thread_cpu: c0.zip(c1).map(|(a, b)| b.saturating_sub(a)),
+        cpu: cpu_between(p0, p1, cpus),
         db_mib,
     })
 }
 
-/// CPU the writer spends per record outside SQLite: `seq`/`ts`, canonical JSON,
-/// SHA-256 link, hex (what `store::Writer::commit` does before each INSERT).
-fn chain_cost(audit_like: &Map<String, Value>) -> f64 {
-    const N: usize = 200_000;
-    let mut records: Vec<Map<String, Value>> = (0..N).map(|_| audit_like.clone()).collect();
-    let mut head = chain::genesis("bench");
-    let mut bytes = 0usize;
-    let start = Instant::now();
-    for (seq, record) in records.iter_mut().enumerate() {
-        record.insert("seq".into(), (seq as u64 + 1).into());
-        record.insert("ts".into(), 1_760_000_000_000_000i64.into());
-        let text = chain::canonical(&Value::Object(std::mem::take(record)));
-        head = chain::link(&head, text.as_bytes());
-        bytes += chain::hex(&head).len();
+/// Reads every record the way `verify` does (same query, row by row), doing nothing with
+/// them: the SQLite share of `verify`. Returns (wall, this thread's CPU).
+fn scan(db: &Path, mmap: bool) -> Result<(Duration, Option<Duration>, u64)> {
+    let err = || format!("scanning {}", db.display());
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(err)?;
+    if mmap {
+        conn.pragma_update(None, "mmap_size", 1i64 << 31)
+            .with_context(err)?;
+    }
+    let (t, c0) = (Instant::now(), this_thread_cpu());
+    let mut stmt = conn
+        .prepare("SELECT seq, record, hash FROM records ORDER BY seq")
+        .with_context(err)?;
+    let mut rows = stmt.query([]).with_context(err)?;
+    let (mut n, mut bytes) = (0u64, 0usize);
+    while let Some(row) = rows.next().with_context(err)? {
+        let seq: i64 = row.get(0).with_context(err)?;
+        let record = row
+            .get_ref(1)
+            .with_context(err)?
+            .as_bytes()
+            .map_or(0, <[u8]>::len);
+        let hash = row
+            .get_ref(2)
+            .with_context(err)?
+            .as_str()
+            .map_or(0, str::len);
+        bytes += record + hash + usize::from(seq > 0);
+        n += 1;
     }
     std::hint::black_box(bytes);
-    start.elapsed().as_nanos() as f64 / N as f64
+    let cpu = c0.zip(this_thread_cpu()).map(|(a, b)| b.saturating_sub(a));
+    Ok((t.elapsed(), cpu, n))
+}
+
+/// SQLite alone: `rows` prebuilt records per transaction on one connection with the audit
+/// log's pragmas (WAL, no autocheckpoint) and statements (`BEGIN IMMEDIATE`, read the head,
+/// INSERTs, COMMIT), no queue, threads or chain work. Sorted µs per transaction.
+fn sqlite_only(dir: &Path, sync: &str, rows: usize, text: &str) -> Result<Load> {
+    let path = dir.join(format!("sqlite-only-{sync}-{rows}.db"));
+    let err = || format!("sqlite-only bench on {}", path.display());
+    let mut conn = rusqlite::Connection::open(&path).with_context(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| conn.pragma_update(None, "synchronous", sync))
+        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", 0))
+        .and_then(|()| {
+            conn.execute_batch(
+                "CREATE TABLE records (seq INTEGER PRIMARY KEY, record TEXT NOT NULL, \
+                 hash TEXT NOT NULL);",
+            )
+        })
+        .with_context(err)?;
+    let hash = "ab".repeat(32);
+    let mut seq = 0i64;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < SINGLE {
+        let t = Instant::now();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .with_context(err)?;
+        let head: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .with_context(err)?;
+        if head.as_ref().map_or(0, |(seq, _)| *seq) != seq {
+            bail!("sqlite-only bench: head {head:?} is not {seq}");
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)")
+                .with_context(err)?;
+            for _ in 0..rows {
+                seq += 1;
+                stmt.execute(rusqlite::params![seq, text, hash])
+                    .with_context(err)?;
+            }
+        }
+        tx.commit().with_context(err)?;
+        lat.push(micros(t.elapsed()));
+    }
+    let elapsed = start.elapsed();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    lat.sort_unstable();
+    Ok(Load {
+        ok: u64::try_from(seq).unwrap_or(0),
+        errors: 0,
+        first_error: None,
+        elapsed,
+        lat,
+    })
+}
+
+/// The queue + wake-up round trip alone: a task sends a record through a tokio `mpsc` to a
+/// std thread in `blocking_recv` and awaits a `oneshot` reply (what `commit` does, minus
+/// SQLite and the chain).
+async fn wakeup_floor(template: &Map<String, Value>) -> Result<Load> {
+    type Job = (Map<String, Value>, oneshot::Sender<u64>);
+    let (tx, mut rx) = mpsc::channel::<Job>(1024);
+    let thread = std::thread::Builder::new()
+        .name("bench-echo".into())
+        .spawn(move || {
+            while let Some((record, done)) = rx.blocking_recv() {
+                let _ = done.send(record.len() as u64);
+            }
+        })
+        .context("spawning the echo thread")?;
+    let template = template.clone();
+    let task = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < SINGLE {
+            let (done, wait) = oneshot::channel();
+            let record = template.clone();
+            let t = Instant::now();
+            if tx.send((record, done)).await.is_err() || wait.await.is_err() {
+                break;
+            }
+            lat.push(micros(t.elapsed()));
+        }
+        (lat, start.elapsed())
+    });
+    let (mut lat, elapsed) = task.await.context("echo task")?;
+    let _ = thread.join();
+    lat.sort_unstable();
+    Ok(Load {
+        ok: lat.len() as u64,
+        errors: 0,
+        first_error: None,
+        elapsed,
+        lat,
+    })
+}
+
+/// CPU nanoseconds per record (this thread's CPU time; wall time if unavailable) of the
+/// work the writer does outside SQLite, as `store::Writer::commit` does it (add seq/ts,
+/// canonical JSON of the taken map and its drop, SHA-256 link, hex), and of `verify`'s
+/// (parse for `seq`, SHA-256, parse the stored hex). Each loop runs record after record
+/// over a working set that fits in cache, as the writer and `verify` do.
+struct Steps {
+    writer: f64,
+    canonical: f64,
+    link: f64,
+    hex: f64,
+    verify: f64,
+    verify_parse: f64,
+    verify_parse_hash: f64,
+}
+
+fn steps(template: &Map<String, Value>) -> Steps {
+    #[derive(serde::Deserialize)]
+    struct SeqOnly {
+        seq: u64,
+    }
+    const N: usize = 20_000;
+    const ROUNDS: usize = 10;
+    struct Clock(Instant, Option<Duration>);
+    let now = || Clock(Instant::now(), this_thread_cpu());
+    let spent = |t: Clock| match (t.1, this_thread_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => t.0.elapsed(),
+    };
+    let per = |d: Duration| d.as_nanos() as f64 / (N * ROUNDS) as f64;
+    let fresh = |seq0: usize| -> Vec<Map<String, Value>> {
+        (0..N)
+            .map(|i| {
+                let mut r = template.clone();
+                r.insert("seq".into(), ((seq0 + i) as u64 + 1).into());
+                r.insert("ts".into(), TS.into());
+                r
+            })
+            .collect()
+    };
+    let mut head = chain::genesis("bench");
+    let (mut writer, mut canonical) = (Duration::ZERO, Duration::ZERO);
+    let mut sink = 0usize;
+    let mut texts = Vec::new();
+    let mut hexes = Vec::new();
+    for round in 0..ROUNDS {
+        let mut records = fresh(round * N);
+        let t = now();
+        for record in &mut records {
+            let text = chain::canonical(&Value::Object(std::mem::take(record)));
+            head = chain::link(&head, text.as_bytes());
+            sink += chain::hex(&head).len() + text.len();
+        }
+        writer += spent(t);
+        let mut records = fresh(round * N);
+        let t = now();
+        for record in &mut records {
+            sink += chain::canonical(&Value::Object(std::mem::take(record))).len();
+        }
+        canonical += spent(t);
+        if round == 0 {
+            let mut head = chain::genesis("bench");
+            for record in &mut fresh(0) {
+                let text = chain::canonical(&Value::Object(std::mem::take(record)));
+                head = chain::link(&head, text.as_bytes());
+                hexes.push(chain::hex(&head));
+                texts.push(text);
+            }
+        }
+    }
+    let text = texts.first().cloned().unwrap_or_default();
+    let t = now();
+    for _ in 0..N * ROUNDS {
+        head = chain::link(&head, text.as_bytes());
+    }
+    let link = spent(t);
+    let t = now();
+    for _ in 0..N * ROUNDS {
+        sink += chain::hex(std::hint::black_box(&head)).len();
+    }
+    let hex = spent(t);
+    let parse =
+        |text: &String| serde_json::from_slice::<SeqOnly>(text.as_bytes()).map_or(0, |r| r.seq);
+    let (mut verify, mut verify_parse, mut verify_parse_hash) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        let t = now();
+        let mut prev = chain::genesis("bench");
+        for (text, stored) in texts.iter().zip(&hexes) {
+            let seq = parse(text);
+            let hash = chain::link(&prev, text.as_bytes());
+            if seq == 0 || chain::parse_hash(stored) != Some(hash) {
+                sink += 1;
+            }
+            prev = hash;
+        }
+        verify += spent(t);
+        let t = now();
+        sink += texts.iter().map(parse).sum::<u64>() as usize;
+        verify_parse += spent(t);
+        let t = now();
+        sink += hexes
+            .iter()
+            .filter(|h| chain::parse_hash(h).is_some())
+            .count();
+        verify_parse_hash += spent(t);
+    }
+    std::hint::black_box((sink, head));
+    Steps {
+        writer: per(writer),
+        canonical: per(canonical),
+        link: per(link),
+        hex: per(hex),
+        verify: per(verify),
+        verify_parse: per(verify_parse),
+        verify_parse_hash: per(verify_parse_hash),
+    }
 }
 
 fn int(n: f64) -> String {
@@ -463,8 +823,12 @@ fn int(n: f64) -> String {
     out
 }
 
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.0}%"))
+}
+
 fn row(out: &mut String, label: &str, fsync: &str, commit: &str, target: &str) {
-    let _ = writeln!(out, "  {label:<34}{fsync:>24}{commit:>24}   {target}");
+    let _ = writeln!(out, "  {label:<36}{fsync:>24}{commit:>24}   {target}");
 }
 
 fn main() -> Result<()> {
@@ -486,38 +850,53 @@ async fn run() -> Result<()> {
         .tempdir_in(&base)
         .with_context(|| format!("creating a temporary directory in {}", base.display()))?;
     let root = dir.path();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let (fs_root, fs_tmp) = (filesystem(root), filesystem(Path::new("/tmp")));
+    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
 
-    eprintln!("audit bench in {} …", root.display());
+    eprintln!("audit bench in {} ({fs_root}) …", root.display());
+    // The record as the pipeline builds it, and as the writer stores it (with seq and ts).
+    let (sample, state) = open(root, "sample", Durability::Commit)?;
+    let template = decision(&sample, 0x1_2345);
+    close(sample).await;
+    drop(state);
+    let mut stored = template.clone();
+    stored.insert("seq".into(), 123_456u64.into());
+    stored.insert("ts".into(), TS.into());
+    let stored = chain::canonical(&Value::Object(stored));
+
     eprintln!("  baseline fsync");
-    let append = raw_fsync(root, true)?;
-    let overwrite = raw_fsync(root, false)?;
+    let append = raw_fsync(root, Raw::AppendFdatasync)?;
+    let overwrite = raw_fsync(root, Raw::OverwriteFdatasync)?;
+    let overwrite_fsync = raw_fsync(root, Raw::OverwriteFsync)?;
     let fsync_p50 = f64::from(pct(&append, 0.5).max(1));
 
-    eprintln!("  64 writers, fsync");
-    let tp_fsync = throughput(root, Durability::Fsync, "tp-fsync").await?;
-    eprintln!("  64 writers, commit");
-    let tp_commit = throughput(root, Durability::Commit, "tp-commit").await?;
+    eprintln!("  {WRITERS} writers, fsync");
+    let tp_fsync = phase(root, "tp-fsync", Durability::Fsync, WRITERS, LOAD, cpus).await?;
+    eprintln!("  {WRITERS} writers, commit");
+    let tp_commit = phase(root, "tp-commit", Durability::Commit, WRITERS, LOAD, cpus).await?;
     eprintln!("  1 writer, fsync");
-    let one_fsync = single(root, Durability::Fsync, "one-fsync").await?;
+    let one_fsync = phase(root, "one-fsync", Durability::Fsync, 1, SINGLE, cpus).await?;
     eprintln!("  1 writer, commit");
-    let one_commit = single(root, Durability::Commit, "one-commit").await?;
+    let one_commit = phase(root, "one-commit", Durability::Commit, 1, SINGLE, cpus).await?;
     eprintln!(
         "  building {} records, then verify",
         int(VERIFY_RECORDS as f64)
     );
-    let verified = verify_phase(root).await?;
-
-    // The record as the writer stores it (with seq and ts), and its CPU cost outside SQLite.
-    let (sample, state) = open(root, "sample", Durability::Commit)?;
-    let mut template = decision(&sample, 0x1_2345);
-    close(sample).await;
-    drop(state);
-    let chain_ns = chain_cost(&template);
-    template.insert("seq".into(), 123_456u64.into());
-    template.insert("ts".into(), 1_760_000_000_000_000i64.into());
-    let record_bytes = chain::canonical(&Value::Object(template)).len();
+    let verified = verify_phase(root, cpus).await?;
+    eprintln!("  SQLite alone, queue round trip, CPU per record");
+    let raw64 = [
+        sqlite_only(root, "FULL", WRITERS, &stored)?,
+        sqlite_only(root, "NORMAL", WRITERS, &stored)?,
+    ];
+    let raw1 = [
+        sqlite_only(root, "FULL", 1, &stored)?,
+        sqlite_only(root, "NORMAL", 1, &stored)?,
+    ];
+    let floor = wakeup_floor(&template).await?;
+    let steps = steps(&template);
 
     let mut out = String::new();
     let _ = writeln!(
@@ -526,41 +905,37 @@ async fn run() -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "  dir {} on {}; /tmp is {}",
-        root.display(),
-        filesystem(root),
-        filesystem(Path::new("/tmp"))
+        "  dir {} on {fs_root}; /tmp is {fs_tmp}",
+        root.display()
     );
     let _ = writeln!(
         out,
-        "  {cpus} CPUs, {workers} tokio workers; record {record_bytes} bytes canonical (decision, allow)"
+        "  {cpus} CPUs, {workers} tokio workers, load average at start {}; record {} bytes canonical (decision, allow)",
+        loadavg.join(" "),
+        stored.len()
     );
     let _ = writeln!(
         out,
-        "  baseline 4 KiB write + fdatasync (n={FSYNC_SAMPLES}): append p50 {} µs p99 {} µs; overwrite p50 {} µs p99 {} µs",
+        "  baseline 4 KiB write + sync, n={FSYNC_SAMPLES}, p50/p99 µs: append+fdatasync {}/{}  overwrite+fdatasync {}/{}  overwrite+fsync {}/{}",
         pct(&append, 0.5),
         pct(&append, 0.99),
         pct(&overwrite, 0.5),
-        pct(&overwrite, 0.99)
+        pct(&overwrite, 0.99),
+        pct(&overwrite_fsync, 0.5),
+        pct(&overwrite_fsync, 0.99),
     );
     let _ = writeln!(out);
     row(&mut out, "", "fsync", "commit", "target");
+
+    let tp = [&tp_fsync, &tp_commit];
     let _ = writeln!(out, "  {WRITERS} writers, {} s", LOAD.as_secs());
-    let both = |f: &dyn Fn(&Throughput) -> String| (f(&tp_fsync), f(&tp_commit));
-    let (a, b) = both(&|t| int(t.load.rate()));
+    let [a, b] = tp.map(|t| int(t.load.rate()));
     row(&mut out, "  durable records/s", &a, &b, "≥ 100,000 (fsync)");
-    let (a, b) = both(&|t| format!("{:.2}×", t.load.rate() / 100_000.0));
+    let [a, b] = tp.map(|t| format!("{:.2}×", t.load.rate() / 100_000.0));
     row(&mut out, "  vs 100,000/s", &a, &b, "");
-    let (a, b) = both(&|t| format!("{:.1}", t.load.rate() * fsync_p50 / 1e6));
-    row(&mut out, "  records per raw fsync p50", &a, &b, "");
-    let (a, b) = both(&|t| {
-        format!(
-            "{}/{}/{}",
-            int(f64::from(t.load.pct(0.5))),
-            int(f64::from(t.load.pct(0.99))),
-            int(f64::from(t.load.max()))
-        )
-    });
+    let [a, b] = tp.map(|t| format!("{:.1}", t.load.rate() * fsync_p50 / 1e6));
+    row(&mut out, "  records per append+fdatasync p50", &a, &b, "");
+    let [a, b] = tp.map(|t| t.load.p50_99_max());
     row(
         &mut out,
         "  commit wait p50/p99/max µs",
@@ -568,71 +943,68 @@ async fn run() -> Result<()> {
         &b,
         "p99 < 10,000",
     );
-    let (a, b) = both(&|t| {
+    let [a, b] = tp.map(|t| {
+        let n = t.load.stalls();
         format!(
-            "{} ({:.3}%)",
-            t.load.stalls(),
-            100.0 * t.load.stalls() as f64 / t.load.lat.len().max(1) as f64
+            "{n} ({:.3}%)",
+            100.0 * n as f64 / t.load.lat.len().max(1) as f64
         )
     });
     row(&mut out, "  stalls > 10 ms", &a, &b, "");
-    let (a, b) = both(&|t| {
+    let [a, b] = tp.map(|t| {
         t.batches.map_or("n/a".into(), |(n, avg, max)| {
             format!("{} × {avg:.1} (max {max})", int(n as f64))
         })
     });
     row(&mut out, "  group commits × avg records", &a, &b, "");
-    let (a, b) = both(&|t| {
+    let [a, b] = tp.map(|t| {
         t.batches.map_or("n/a".into(), |(n, _, _)| {
-            format!(
-                "{:.0}",
-                t.load.elapsed.as_secs_f64() * 1e6 / n.max(1) as f64
-            )
+            int(t.load.elapsed.as_secs_f64() * 1e6 / n.max(1) as f64)
         })
     });
     row(&mut out, "  µs per group commit", &a, &b, "");
-    let (a, b) = both(&|t| {
-        t.writer.map_or("n/a".into(), |s| {
-            let secs = t.load.elapsed.as_secs_f64();
-            format!(
-                "{:.0}% / {:.0}%",
-                100.0 * s.run.as_secs_f64() / secs,
-                100.0 * s.wait.as_secs_f64() / secs
-            )
-        })
+    let [a, b] = tp.map(|t| {
+        format!(
+            "{} / {}",
+            opt_pct(t.cpu.writer_run),
+            opt_pct(t.cpu.writer_wait)
+        )
     });
     row(&mut out, "  writer thread on CPU / runnable", &a, &b, "");
-    let (a, b) = both(&|t| {
-        t.process_cpu.map_or("n/a".into(), |c| {
-            format!(
-                "{:.0}% of {}%",
-                100.0 * c.as_secs_f64() / t.load.elapsed.as_secs_f64(),
-                cpus * 100
-            )
-        })
-    });
-    row(&mut out, "  process CPU", &a, &b, "");
-    let (a, b) = both(&|t| format!("{:.1}", t.wal_mib));
+    let [a, b] = tp.map(|t| format!("{} / {}", opt_pct(t.cpu.workers), opt_pct(t.cpu.wal)));
+    row(
+        &mut out,
+        "  tokio workers / WAL ckpt thread CPU",
+        &a,
+        &b,
+        "",
+    );
+    let [a, b] = tp.map(|t| format!("{} / {}", opt_pct(t.cpu.process), opt_pct(t.cpu.machine)));
+    row(
+        &mut out,
+        "  CPU this process / whole machine",
+        &a,
+        &b,
+        &format!("(of {}%)", cpus * 100),
+    );
+    let [a, b] = tp.map(|t| format!("{:.1}", t.wal_mib));
     row(&mut out, "  WAL at end of load MiB", &a, &b, "");
-    let (a, b) = both(&|t| format!("{}", t.load.errors));
+    let [a, b] = tp.map(|t| t.load.errors.to_string());
     row(&mut out, "  commit errors", &a, &b, "0");
+    let [a, b] = raw64.each_ref().map(|l| int(l.rate()));
+    row(&mut out, "  SQLite alone, 64 rows/txn: rows/s", &a, &b, "");
+    let [a, b] = raw64.each_ref().map(|l| l.p50_99_max());
+    row(&mut out, "    µs per txn p50/p99/max", &a, &b, "");
 
+    let one = [&one_fsync, &one_commit];
     let _ = writeln!(
         out,
         "  1 writer, {} s (one commit at a time)",
         SINGLE.as_secs()
     );
-    let one = [&one_fsync, &one_commit];
-    let [a, b] = one.map(|l| int(l.rate()));
+    let [a, b] = one.map(|l| int(l.load.rate()));
     row(&mut out, "  commits/s", &a, &b, "");
-    let [a, b] = one.map(|l| {
-        format!(
-            "{}/{}/{}",
-            int(f64::from(l.pct(0.5))),
-            int(f64::from(l.pct(0.99))),
-            int(f64::from(l.max()))
-        )
-    });
+    let [a, b] = one.map(|l| l.load.p50_99_max());
     row(
         &mut out,
         "  commit wait p50/p99/max µs",
@@ -640,47 +1012,121 @@ async fn run() -> Result<()> {
         &b,
         "p50 ≤ 250 (fsync), ≤ 60 (commit)",
     );
-    let [a, b] = one.map(|l| format!("{:.2}×", f64::from(l.pct(0.5)) / fsync_p50));
-    row(&mut out, "  p50 / raw fsync p50", &a, &b, "");
-    let [a, b] = one.map(|l| format!("{}", l.errors));
+    let [a, b] = one.map(|l| format!("{:.2}×", f64::from(l.load.pct(0.5)) / fsync_p50));
+    row(&mut out, "  p50 / append+fdatasync p50", &a, &b, "");
+    let [a, b] = one.map(|l| {
+        format!(
+            "{} / {}",
+            opt_pct(l.cpu.writer_run),
+            opt_pct(l.cpu.writer_wait)
+        )
+    });
+    row(&mut out, "  writer thread on CPU / runnable", &a, &b, "");
+    let [a, b] = one.map(|l| format!("{} / {}", opt_pct(l.cpu.workers), opt_pct(l.cpu.wal)));
+    row(
+        &mut out,
+        "  tokio workers / WAL ckpt thread CPU",
+        &a,
+        &b,
+        "",
+    );
+    let [a, b] = one.map(|l| {
+        let cpu_us = l.cpu.process.unwrap_or(0.0) / 100.0 * l.load.elapsed.as_secs_f64() * 1e6;
+        format!("{:.0}", cpu_us / l.load.ok.max(1) as f64)
+    });
+    row(&mut out, "  process CPU µs per commit", &a, &b, "");
+    let [a, b] = one.map(|l| format!("{} / {}", opt_pct(l.cpu.process), opt_pct(l.cpu.machine)));
+    row(
+        &mut out,
+        "  CPU this process / whole machine",
+        &a,
+        &b,
+        &format!("(of {}%)", cpus * 100),
+    );
+    let [a, b] = one.map(|l| format!("{:.1}", l.wal_mib));
+    row(&mut out, "  WAL at end MiB", &a, &b, "");
+    let [a, b] = one.map(|l| l.load.errors.to_string());
     row(&mut out, "  commit errors", &a, &b, "0");
+    let [a, b] = raw1.each_ref().map(|l| l.p50_99_max());
+    row(
+        &mut out,
+        "  SQLite alone, 1 row/txn: µs p50/p99/max",
+        &a,
+        &b,
+        "",
+    );
+    row(
+        &mut out,
+        "  queue + wake-up round trip alone",
+        &floor.p50_99_max(),
+        "(same)",
+        "",
+    );
 
     let v = &verified;
     let _ = writeln!(out, "  verify, {} records", int(v.records as f64));
     let _ = writeln!(
         out,
-        "    built with commit, {WRITERS} writers: {:.1} s, {}/s, commit wait p99 {} µs max {} µs, WAL {:.0} MiB at the end, {} errors",
+        "    build (commit, {WRITERS} writers): {:.1} s, {}/s, wait p99 {} µs max {} µs, WAL {:.0} MiB at the end, CPU {} / machine {}, {} errors",
         v.build.elapsed.as_secs_f64(),
         int(v.build.rate()),
         int(f64::from(v.build.pct(0.99))),
         int(f64::from(v.build.max())),
         v.build_wal_mib,
+        opt_pct(v.build_cpu.process),
+        opt_pct(v.build_cpu.machine),
         v.build.errors
     );
     let _ = writeln!(
         out,
-        "    verify: {:.2} s, {} records/s, {} checkpoints, db {:.0} MiB   (target < 2 s)",
-        v.elapsed.as_secs_f64(),
-        int(v.records as f64 / v.elapsed.as_secs_f64()),
-        v.checkpoints,
-        v.db_mib
+        "    close (final checkpoint + WAL TRUNCATE): {:.2} s",
+        v.close_time.as_secs_f64()
+    );
+    let secs = |d: Option<Duration>| d.map_or("n/a".into(), |d| format!("{:.2}", d.as_secs_f64()));
+    let [(w0, c0, _), (w1, c1, _)] = v.scans;
+    let _ = writeln!(
+        out,
+        "    SQLite scan alone (verify's query, rows untouched): {:.2} s ({} s CPU); with mmap_size: {:.2} s ({} s CPU)",
+        w0.as_secs_f64(),
+        secs(c0),
+        w1.as_secs_f64(),
+        secs(c1)
     );
     let _ = writeln!(
         out,
-        "  writer CPU per record outside SQLite (seq/ts, canonical JSON, SHA-256, hex): {:.2} µs",
-        chain_ns / 1000.0
+        "    verify: {:.2} s ({} s CPU), {} records/s, {} checkpoints, db {:.0} MiB ({:.0} B/record), CPU {} / machine {}   target < 2 s",
+        v.elapsed.as_secs_f64(),
+        v.thread_cpu
+            .map_or("n/a".into(), |c| format!("{:.2}", c.as_secs_f64())),
+        int(v.records as f64 / v.elapsed.as_secs_f64()),
+        v.checkpoints,
+        v.db_mib,
+        v.db_mib * 1048576.0 / v.records.max(1) as f64,
+        opt_pct(v.cpu.process),
+        opt_pct(v.cpu.machine),
     );
-    let first_errors: Vec<String> = [
+    let _ = writeln!(
+        out,
+        "  CPU time per record, µs: writer outside SQLite {:.2} (canonical JSON + drop {:.2}, SHA-256 {:.2}, hex {:.2}); verify outside SQLite {:.2} (JSON parse {:.2}, SHA-256 {:.2}, parse hex {:.2})",
+        steps.writer / 1000.0,
+        steps.canonical / 1000.0,
+        steps.link / 1000.0,
+        steps.hex / 1000.0,
+        steps.verify / 1000.0,
+        steps.verify_parse / 1000.0,
+        steps.link / 1000.0,
+        steps.verify_parse_hash / 1000.0,
+    );
+    let first_error = [
         &tp_fsync.load,
         &tp_commit.load,
-        &one_fsync,
-        &one_commit,
+        &one_fsync.load,
+        &one_commit.load,
         &v.build,
     ]
     .iter()
-    .filter_map(|l| l.first_error.clone())
-    .collect();
-    if let Some(e) = first_errors.first() {
+    .find_map(|l| l.first_error.clone());
+    if let Some(e) = first_error {
         let _ = writeln!(out, "  first commit error: {e}");
     }
     print!("{out}");
