@@ -45,6 +45,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Whether `stored` is the lowercase hex of `hash` (no allocation).
+pub fn hex_matches(hash: &Hash, stored: &str) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let stored = stored.as_bytes();
+    stored.len() == 64
+        && hash.iter().enumerate().all(|(i, b)| {
+            stored[2 * i] == DIGITS[(b >> 4) as usize]
+                && stored[2 * i + 1] == DIGITS[(b & 15) as usize]
+        })
+}
+
 /// Parses lowercase or uppercase hex of a 32-byte hash.
 pub fn parse_hash(s: &str) -> Option<Hash> {
     if s.len() != 64 {
@@ -76,6 +87,10 @@ mod tests {
         assert_eq!(canonical(&rec), r#"{"a":[1,2],"b":"x","seq":1}"#);
         let h = link(&g, canonical(&rec).as_bytes());
         assert_eq!(parse_hash(&hex(&h)), Some(h));
+        assert!(hex_matches(&h, &hex(&h)));
+        assert!(!hex_matches(&h, &hex(&g)));
+        assert!(!hex_matches(&h, &hex(&h).to_uppercase()) || hex(&h) == hex(&h).to_uppercase());
+        assert!(!hex_matches(&h, "00"));
         assert_ne!(genesis("log-2"), g);
         // Known answer: SHA-256("agentgate-audit-v1:log-1").
         assert_eq!(

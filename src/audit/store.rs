@@ -14,6 +14,9 @@ use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, JSONL_FILE, Signed, Signer};
 use super::{AuditError, Durability};
 
+/// After this many records the writer checkpoints the WAL tail itself (see `run`).
+const WAL_TAIL_EVERY: u64 = 4096;
+
 /// Longest an unawaited record (an outcome) waits for a commit to join.
 pub(crate) const OUTCOME_DELAY: Duration = Duration::from_millis(20);
 
@@ -138,6 +141,7 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut pending_since: Option<Instant> = None;
+        let mut since_tail: u64 = 0;
         while let Some(first) = rx.blocking_recv() {
             let mut close = None;
             match first {
@@ -165,8 +169,24 @@ impl Writer {
                     || batch.iter().any(|(_, done)| done.is_some())
                     || since.elapsed() >= OUTCOME_DELAY;
                 if urgent {
+                    let n = batch.len() as u64;
                     self.commit(&mut batch);
                     pending_since = None;
+                    // The WAL thread copies frames into the database, but under steady
+                    // writes it never catches the last ones, and the WAL only rewinds
+                    // once every frame is copied: it would grow without bound. Now and
+                    // then the writer copies the small remaining tail itself, so the
+                    // next commit starts the WAL over.
+                    since_tail += n;
+                    if since_tail >= WAL_TAIL_EVERY {
+                        since_tail = 0;
+                        if let Err(e) =
+                            self.conn
+                                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        {
+                            tracing::debug!(error = %e, "WAL tail checkpoint skipped");
+                        }
+                    }
                 }
             }
             let due = self.seq > self.last_checkpoint.0
