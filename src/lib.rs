@@ -204,6 +204,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     ];
     let workload_api = workload_endpoint.is_some();
     if let Some(endpoint) = workload_endpoint {
+        identity.expect_workload_bundles();
         tracing::info!(%endpoint, "trusting JWT bundles from the SPIFFE Workload API");
         tasks.push(tokio::spawn(identity::workload::follow(
             identity.clone(),

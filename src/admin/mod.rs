@@ -98,10 +98,14 @@ async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
         (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
         (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") if ready => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        (&Method::GET, "/readyz") => {
-            json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#)
-        }
+        (&Method::GET, "/readyz") => match (ready, admin.identity.not_ready()) {
+            (true, None) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+            (true, Some(reason)) => {
+                let body = serde_json::json!({"status": "not ready", "reason": reason});
+                json_bytes(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into())
+            }
+            (false, _) => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+        },
         _ => json(
             StatusCode::NOT_FOUND,
             r#"{"error":"not_found","reason":"no such admin route"}"#,

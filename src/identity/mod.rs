@@ -109,6 +109,8 @@ pub struct Identity {
     cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
     sources: Mutex<Sources>,
     generation: AtomicU64,
+    /// Set when bundles are expected from the Workload API; cleared by the first one.
+    awaiting_workload: std::sync::atomic::AtomicBool,
 }
 
 /// Seconds since the Unix epoch.
@@ -155,6 +157,7 @@ impl Identity {
                 .build(),
             sources: Mutex::new(sources),
             generation: AtomicU64::new(0),
+            awaiting_workload: std::sync::atomic::AtomicBool::new(false),
         };
         identity.publish(&identity.lock_sources());
         Ok(identity)
@@ -278,6 +281,19 @@ impl Identity {
         let mut sources = self.lock_sources();
         sources.workload = bundles;
         self.publish(&sources);
+        self.awaiting_workload.store(false, Ordering::Release);
+    }
+
+    /// Marks that SPIRE callers cannot be verified until the Workload API's first bundles.
+    pub fn expect_workload_bundles(&self) {
+        self.awaiting_workload.store(true, Ordering::Release);
+    }
+
+    /// Why the identity gate is not ready yet, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        self.awaiting_workload
+            .load(Ordering::Acquire)
+            .then_some("waiting for the first JWT bundles from the SPIFFE Workload API")
     }
 
     /// Builds a new snapshot from `sources` and makes it current.

@@ -517,14 +517,29 @@ async fn workload_api_bundles_are_trusted_and_followed() {
         Es256Signer::from_pkcs8(kid.into(), &Es256Signer::generate_pkcs8().unwrap()).unwrap()
     };
     let (k1, k2) = (key("spire-1"), key("spire-2"));
-    wl.set_bundles(json!({"spire.test": to_jwks([("spire-1", &k1.public_key())])}))
-        .await;
     let cfg = env.config().set("identity", "workload_api", "true").set(
         "identity",
         "workload_api_socket",
         &crate::support::proxy::toml_str(&wl.endpoint()),
     );
     let proxy = env.start(cfg);
+    // Not ready until the first bundles arrive: a sidecar's readiness probe waits.
+    let readyz = |addr: std::net::SocketAddr| async move {
+        let mut s = raw::tcp(addr).await;
+        let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        raw::exchange(&mut s, req.as_bytes()).await.expect("readyz")
+    };
+    let before = readyz(proxy.admin_addr).await;
+    assert_eq!(before.status, 503, "{}", before.text());
+    assert!(before.text().contains("Workload API"), "{}", before.text());
+    wl.set_bundles(json!({"spire.test": to_jwks([("spire-1", &k1.public_key())])}))
+        .await;
+    wait_for(
+        "ready after the first bundles",
+        || async { readyz(proxy.admin_addr).await.status },
+        200,
+    )
+    .await;
     let claims = json!({"sub": "spiffe://spire.test/ns/prod/sa/agent", "aud": "agentgate", "exp": agent::now() + 600});
     let t1 = format!("Bearer {}", k1.sign(&claims).unwrap());
     let t2 = format!("Bearer {}", k2.sign(&claims).unwrap());
