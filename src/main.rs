@@ -209,6 +209,7 @@ fn init(home: &Path) -> Result<()> {
     let registry = agentgate::identity::registry::Registry::open(&state)?;
     agentgate::identity::issuer::ensure_key(&state, &registry, agentgate::identity::now())?;
     agentgate::instance::admin_token(&state)?;
+    let audit_key = agentgate::audit::checkpoint::Signer::ensure(&state)?;
     let config_path = state.path("agentgate.toml");
     if !config_path.exists() {
         state::write_public(
@@ -223,6 +224,11 @@ fn init(home: &Path) -> Result<()> {
         if created { "created" } else { "existing" }
     );
     eprintln!("config:     {}", config_path.display());
+    eprintln!(
+        "audit key:  {} (public key {}; keep a copy elsewhere)",
+        state.path(agentgate::audit::checkpoint::PUB_FILE).display(),
+        audit_key.public_hex()
+    );
     eprintln!("next:       agentgate agents register my-bot");
     Ok(())
 }
