@@ -24,9 +24,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body: either streamed from the upstream or a small one we produced.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// Streamed from the upstream as it arrives.
-    Upstream(Incoming),
-    /// Streamed from the upstream, counted; its outcome record is written when it ends.
+    /// Streamed from the upstream as it arrives, counted; its outcome record is written
+    /// when it ends.
     Audited(Incoming, Outcome),
     /// A complete body we generated (errors, health answers).
     Full(Option<Bytes>),
@@ -53,7 +52,6 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Audited(body, outcome) => {
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 match &frame {
@@ -73,14 +71,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) | ProxyBody::Audited(body, _) => body.is_end_stream(),
+            ProxyBody::Audited(body, _) => body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) | ProxyBody::Audited(body, _) => body.size_hint(),
+            ProxyBody::Audited(body, _) => body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
@@ -132,8 +130,8 @@ pub struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    /// Bytes handed upstream so far, for the outcome record.
-    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Bytes handed upstream so far, shared with the outcome record.
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     done: Option<oneshot::Sender<Result<(), BodyFault>>>,
     read_timeout: Duration,
     /// Armed while waiting for the agent; boxed only for requests that have a body.
@@ -183,7 +181,7 @@ impl RequestBody {
         inner: Incoming,
         limit: Option<u64>,
         read_timeout: Duration,
-        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+        counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> (Self, BodyDone) {
         // Most requests have no body: no channel then.
         let (done, rx) = if inner.is_end_stream() {
@@ -251,9 +249,8 @@ impl Body for RequestBody {
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
                 this.seen += data.len() as u64;
-                if let Some(c) = &this.counted {
-                    c.store(this.seen, std::sync::atomic::Ordering::Relaxed);
-                }
+                this.counted
+                    .store(this.seen, std::sync::atomic::Ordering::Relaxed);
                 if let Some(limit) = this.limit.filter(|limit| this.seen > *limit) {
                     return this.fail(BodyFault::TooLarge(limit));
                 }

@@ -137,7 +137,7 @@ impl Pipeline {
                 let record = self.decision(
                     &request_id,
                     caller.as_deref(),
-                    &method,
+                    Some(&method),
                     host,
                     path,
                     Some(&denial),
@@ -178,7 +178,7 @@ impl Pipeline {
         let record = self.decision(
             &request_id,
             caller.as_deref(),
-            &Method::CONNECT,
+            Some(&Method::CONNECT),
             target,
             "",
             result.as_ref().err(),
@@ -277,7 +277,7 @@ impl Pipeline {
         let record = self.decision(
             request_id,
             Some(&who),
-            req.method(),
+            Some(req.method()),
             target.authority.host(),
             req.uri().path(),
             None,
@@ -320,7 +320,8 @@ impl Pipeline {
         &self,
         request_id: &str,
         caller: Option<&Caller>,
-        method: &Method,
+        // `None` when the request never parsed far enough to have one.
+        method: Option<&Method>,
         host: &str,
         path: &str,
         denial: Option<&Denial>,
@@ -344,7 +345,10 @@ impl Pipeline {
                 .and_then(|c| c.jti.clone())
                 .map_or(Value::Null, Value::from),
         );
-        r.insert("method".into(), method.as_str().into());
+        r.insert(
+            "method".into(),
+            method.map_or(Value::Null, |m| m.as_str().into()),
+        );
         r.insert("host".into(), host.into());
         // Path only: query strings carry secrets (Slack's `token=`).
         r.insert("path".into(), path.into());
@@ -384,10 +388,7 @@ impl Pipeline {
         };
         let request_id = self.request_id();
         let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
-        let record = self.decision(&request_id, None, &Method::GET, host, "", Some(&denial));
-        let mut record = record;
-        // The method is unknown: the request never parsed.
-        record.insert("method".into(), serde_json::Value::Null);
+        let record = self.decision(&request_id, None, None, host, "", Some(&denial));
         tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
         self.record_refusal(record).await;
     }
@@ -437,12 +438,8 @@ impl Pipeline {
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        let (body, sent) = RequestBody::new(
-            body,
-            limit,
-            self.config.limits.body_read_timeout,
-            Some(bytes_up),
-        );
+        let (body, sent) =
+            RequestBody::new(body, limit, self.config.limits.body_read_timeout, bytes_up);
         Ok((Request::from_parts(parts, body), sent))
     }
 }

@@ -161,22 +161,18 @@ async fn audit_page(admin: &Admin, query: Option<&str>) -> Response<ProxyBody> {
             "SELECT seq, record, hash FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let mut rows = stmt.query(rusqlite::params![after, limit])?;
-        let mut out = String::from("{\"records\":[");
+        let mut records = Vec::new();
         let mut last = after;
-        let mut first = true;
         while let Some(row) = rows.next()? {
             last = row.get(0)?;
             let record: String = row.get(1)?;
             let hash: String = row.get(2)?;
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            // Records are stored as canonical JSON: embedded as they were hashed.
-            out.push_str(&format!("{{\"hash\":\"{hash}\",\"record\":{record}}}"));
+            // Canonical JSON re-serializes to the same bytes; a damaged row (the log was
+            // tampered with) is passed on as a string rather than breaking the page.
+            let record = serde_json::from_str(&record).unwrap_or(serde_json::Value::String(record));
+            records.push(serde_json::json!({ "hash": hash, "record": record }));
         }
-        out.push_str(&format!("],\"next_after\":{last}}}"));
-        Ok(out)
+        Ok(serde_json::json!({ "records": records, "next_after": last }).to_string())
     };
     match tokio::task::spawn_blocking(read).await {
         Ok(Ok(body)) => json_bytes(StatusCode::OK, body.into()),

@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(parse_hash(&hex(&h)), Some(h));
         assert!(hex_matches(&h, &hex(&h)));
         assert!(!hex_matches(&h, &hex(&g)));
-        assert!(!hex_matches(&h, &hex(&h).to_uppercase()) || hex(&h) == hex(&h).to_uppercase());
+        assert!(
+            !hex_matches(&h, &hex(&h).to_uppercase()),
+            "stored hex is lowercase"
+        );
         assert!(!hex_matches(&h, "00"));
         assert_ne!(genesis("log-2"), g);
         // Known answer: SHA-256("agentgate-audit-v1:log-1").

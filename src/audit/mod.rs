@@ -55,6 +55,17 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
 }
 
+impl AuditConfig {
+    /// The database file: `path`, or `audit.db` in the state dir.
+    pub fn db_path(&self, state: &StateDir) -> PathBuf {
+        if self.path.as_os_str().is_empty() {
+            state.path("audit.db")
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -103,11 +114,7 @@ impl Audit {
         state: &StateDir,
         instance: &str,
     ) -> Result<Audit, AuditError> {
-        let db = if config.path.as_os_str().is_empty() {
-            state.path("audit.db")
-        } else {
-            config.path.clone()
-        };
+        let db = config.db_path(state);
         let (conn, log_id) = store::open(&db, config.durability)?;
         let (seq, head) = store::head(&conn, &log_id).map_err(|e| AuditError::Open {
             path: db.clone(),

@@ -65,13 +65,7 @@ pub enum ExportFormat {
 }
 
 fn db_path(state: &StateDir, config: &Config, db: Option<PathBuf>) -> PathBuf {
-    db.unwrap_or_else(|| {
-        if config.audit.path.as_os_str().is_empty() {
-            state.path("audit.db")
-        } else {
-            config.audit.path.clone()
-        }
-    })
+    db.unwrap_or_else(|| config.audit.db_path(state))
 }
 
 fn open(db: &Path) -> Result<Connection> {
