@@ -127,6 +127,8 @@ impl Drop for Outcome {
 /// the body ended, which starts the upstream response timer (or explains a failure).
 #[derive(Debug)]
 pub struct RequestBody {
+    /// Bytes already read from `inner` (for intent), sent first.
+    replay: Option<Bytes>,
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
@@ -176,9 +178,11 @@ impl Future for BodyDone {
 }
 
 impl RequestBody {
-    /// Wraps an incoming body with an optional byte limit and a per-piece read timeout.
+    /// Wraps an incoming body, after `replay` (its start, already read), with an optional
+    /// byte limit and a per-piece read timeout.
     pub fn new(
         inner: Incoming,
+        replay: Option<Bytes>,
         limit: Option<u64>,
         read_timeout: Duration,
         counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -190,7 +194,9 @@ impl RequestBody {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         };
+        let replay = replay.filter(|b| !b.is_empty());
         let body = RequestBody {
+            replay,
             inner,
             limit,
             seen: 0,
@@ -224,6 +230,12 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(bytes) = this.replay.take() {
+            this.seen += bytes.len() as u64;
+            this.counted
+                .store(this.seen, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
@@ -263,10 +275,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let ahead = self.replay.as_ref().map_or(0, |b| b.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + ahead);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }

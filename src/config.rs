@@ -48,7 +48,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub identity: IdentityConfig,
+    pub intent: IntentConfig,
+    pub policy: crate::policy::PolicyConfig,
     pub audit: crate::audit::AuditConfig,
+}
+
+/// Gate 2: how requests are turned into AuthZEN tuples.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntentConfig {
+    /// Bytes of a body read to find its meaning (GraphQL document, mail recipients, Slack
+    /// channel); beyond it the body streams uninspected and `context.body_truncated` is set.
+    pub max_body: usize,
+}
+
+impl Default for IntentConfig {
+    fn default() -> Self {
+        Self { max_body: 1 << 20 }
+    }
 }
 
 /// The agent-facing proxy listener.
@@ -391,6 +408,15 @@ impl Config {
             return bad(
                 "audit",
                 "commit_timeout and checkpoint_interval must be greater than zero",
+            );
+        }
+        if self.intent.max_body == 0 || self.intent.max_body > 64 << 20 {
+            return bad("intent.max_body", "must be between 1 byte and 64 MiB");
+        }
+        if self.policy.eval_timeout.is_zero() || self.policy.reload_interval.is_zero() {
+            return bad(
+                "policy",
+                "eval_timeout and reload_interval must be greater than zero",
             );
         }
         if self.identity.audience.is_empty() {

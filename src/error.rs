@@ -26,6 +26,12 @@ pub enum Gate {
     Ingress,
     /// Gate 1: who is calling (JWT-SVID in Proxy-Authorization).
     Identity,
+    /// Gate 2: what the request means (its AuthZEN tuple).
+    Intent,
+    /// Gate 3: whether policy allows it.
+    Policy,
+    /// Gate 4: a human's approval, when policy escalates.
+    Consent,
     /// The audit log: a request whose decision cannot be committed is not forwarded.
     Audit,
     /// Egress guard: destination port and address rules.
@@ -42,6 +48,9 @@ impl Gate {
         match self {
             Gate::Ingress => "ingress",
             Gate::Identity => "identity",
+            Gate::Intent => "intent",
+            Gate::Policy => "policy",
+            Gate::Consent => "consent",
             Gate::Audit => "audit",
             Gate::Guard => "guard",
             Gate::Limits => "limits",

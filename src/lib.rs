@@ -17,7 +17,9 @@ pub mod headers;
 pub mod identity;
 pub mod ingress;
 pub mod instance;
+pub mod intent;
 pub mod pipeline;
+pub mod policy;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -53,6 +55,10 @@ pub enum StartError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Catalog(#[from] intent::CatalogError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -132,6 +138,9 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     )
     .map_err(StartError::Workload)?;
     let identity = Arc::new(Identity::load(&config.identity, state)?);
+    let intent = Arc::new(intent::Intent::embedded(config.intent.max_body)?);
+    let policy_dir = policy::resolve_dir(&config.policy, state.root())?;
+    let policy = Arc::new(policy::Policy::load(&policy_dir, &config.policy)?);
     let instance_id = format!("{:08x}", rand::random::<u32>());
     let audit = Arc::new(audit::Audit::open(&config.audit, state, &instance_id)?);
     let admin_token = instance::admin_token(state)?;
@@ -142,6 +151,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         config.clone(),
         instance_id,
         identity.clone(),
+        intent.clone(),
+        policy.clone(),
         audit.clone(),
         guard,
         upstream,
@@ -179,6 +190,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let admin_state = Arc::new(Admin {
         health: health.clone(),
         identity: identity.clone(),
+        policy: policy.clone(),
         audit: audit.clone(),
         state: state.clone(),
         token: admin_token,
@@ -201,6 +213,11 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .clone()
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
+        tokio::spawn(policy.clone().watch(
+            audit.clone(),
+            config.policy.reload_interval,
+            shutdown_rx.clone(),
+        )),
     ];
     let workload_api = workload_endpoint.is_some();
     if let Some(endpoint) = workload_endpoint {
@@ -222,6 +239,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             "durability": config.audit.durability,
             "trust_domain": config.identity.trust_domain,
             "workload_api": workload_api,
+            "policy_dir": policy.dir().display().to_string(),
+            "policy_hash": &*policy.hash(),
+            "policy_mode": config.policy.mode,
+            "catalog_operations": intent.catalog().operations(),
         }),
     );
     audit.commit(loaded).await?;

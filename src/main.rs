@@ -81,6 +81,33 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// Test policies: `agentgate policy test [DIR]`.
+    Policy {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: cli::policy::PolicyCommand,
+    },
+    /// Show what a request means (its AuthZEN tuple) and what policy decides; sends nothing.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// HTTP method, e.g. GET or POST.
+        method: String,
+        /// Full URL, e.g. https://api.github.com/repos/acme/web/issues.
+        url: String,
+        /// Request body from this file (`-` for standard input).
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// A request header, `NAME:VALUE` (repeatable), e.g. --header content-type:application/json.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Decide as this registered agent (owner and tenant from the registry).
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The built-in identity issuer: key rotation, bundle.
     Identity {
         #[command(flatten)]
@@ -166,6 +193,37 @@ fn dispatch(cli: Cli) -> Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Policy { config, command } => {
+            let config = load_config(&cli.home, &config)?;
+            let passed = cli::policy::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            method,
+            url,
+            body,
+            headers,
+            agent,
+            output,
+        } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::policy::explain(
+                &StateDir::open_or_create(&cli.home)?,
+                &config,
+                cli::policy::ExplainArgs {
+                    method,
+                    url,
+                    body,
+                    headers,
+                    agent,
+                    output,
+                },
+            )
         }
         Command::Identity { config, command } => {
             let config = load_config(&cli.home, &config)?;

@@ -35,6 +35,8 @@ use crate::error::{Denial, Gate, REQUEST_ID};
 use crate::gates;
 use crate::headers;
 use crate::identity::{Caller, Identity};
+use crate::intent::{BodyPrefix, Intent, Subject, Tuple};
+use crate::policy::{Decision, Policy};
 
 /// Everything the flow needs, shared by all connections.
 pub struct Pipeline {
@@ -43,6 +45,8 @@ pub struct Pipeline {
     pub(crate) ca: Ca,
     pub(crate) config: Arc<Config>,
     pub(crate) identity: Arc<Identity>,
+    pub(crate) intent: Arc<Intent>,
+    pub(crate) policy: Arc<Policy>,
     pub(crate) audit: Arc<Audit>,
     instance: String,
     via: HeaderValue,
@@ -66,18 +70,40 @@ pub struct Tunnel {
     pub caller: Arc<Caller>,
 }
 
+/// What the gates learned about one request, kept for its decision record and log line
+/// whether it was forwarded or refused.
+#[derive(Default)]
+struct Facts {
+    caller: Option<Arc<Caller>>,
+    tuple: Option<Tuple>,
+    decision: Option<Decision>,
+}
+
 /// Where one request goes.
 struct Target {
     scheme: Scheme,
     authority: Authority,
 }
 
+impl Target {
+    /// The host, lowercase, without brackets or port (what the catalog is keyed by).
+    fn host(&self) -> &str {
+        let h = self.authority.host();
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(h)
+    }
+}
+
 impl Pipeline {
     /// Assembles the pipeline; `instance` is this process's id (in `Via` and request ids).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         instance: String,
         identity: Arc<Identity>,
+        intent: Arc<Intent>,
+        policy: Arc<Policy>,
         audit: Arc<Audit>,
         guard: Arc<Guard>,
         upstream: Upstream,
@@ -91,6 +117,8 @@ impl Pipeline {
             ca,
             config,
             identity,
+            intent,
+            policy,
             audit,
             via_token: format!("agentgate-{instance}"),
             instance,
@@ -127,16 +155,19 @@ impl Pipeline {
         // Only the path is logged: query strings carry tokens (Slack's `token=`).
         let path = uri.path();
 
-        let mut caller = tunnel.map(|t| t.caller.clone());
+        let mut facts = Facts {
+            caller: tunnel.map(|t| t.caller.clone()),
+            ..Facts::default()
+        };
         let (mut resp, denial) = match self
-            .flow(tunnel, &mut caller, &request_id, started, req)
+            .flow(tunnel, &mut facts, &request_id, started, req)
             .await
         {
             Ok(resp) => (resp, None),
             Err(denial) => {
                 let record = self.decision(
                     &request_id,
-                    caller.as_deref(),
+                    &facts,
                     Some(&method),
                     host,
                     path,
@@ -152,7 +183,7 @@ impl Pipeline {
         log_request(
             &request_id,
             client,
-            caller.as_deref(),
+            &facts,
             &method,
             host,
             path,
@@ -173,11 +204,11 @@ impl Pipeline {
         let started = Instant::now();
         let request_id = self.request_id();
         let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-        let mut caller = None;
-        let mut result = self.tunnel_flow(req, client, &mut caller).await;
+        let mut facts = Facts::default();
+        let mut result = self.tunnel_flow(req, client, &mut facts.caller).await;
         let record = self.decision(
             &request_id,
-            caller.as_deref(),
+            &facts,
             Some(&Method::CONNECT),
             target,
             "",
@@ -198,7 +229,7 @@ impl Pipeline {
         log_request(
             &request_id,
             client,
-            caller.as_deref(),
+            &facts,
             &Method::CONNECT,
             target,
             "",
@@ -246,7 +277,7 @@ impl Pipeline {
     async fn flow(
         &self,
         tunnel: Option<&Tunnel>,
-        caller: &mut Option<Arc<Caller>>,
+        facts: &mut Facts,
         request_id: &str,
         started: Instant,
         mut req: Request<Incoming>,
@@ -260,35 +291,87 @@ impl Pipeline {
 
         // 2. Gates.
         // Identity: the tunnel's caller, still live; or this request's own credential.
-        let who = match caller.clone() {
+        let who = match facts.caller.clone() {
             Some(c) => {
                 gates::identity::recheck(&self.identity, &c)?;
                 c
             }
             None => {
                 let c = gates::identity::authenticate(&self.identity, req.headers())?;
-                *caller = Some(c.clone());
+                facts.caller = Some(c.clone());
                 c
             }
         };
-        // Next: intent → policy → consent → token (later issues).
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, mut body) = req.into_parts();
+
+        // Intent: the AuthZEN tuple, from the catalog and, where the API keeps its meaning
+        // there, the first `intent.max_body` bytes of the body.
+        let routed = self
+            .intent
+            .route(crate::intent::Target {
+                method: &parts.method,
+                host: target.host(),
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            })
+            .map_err(gates::intent::refusal)?;
+        let prefix = if routed.needs_body() {
+            Some(self.read_prefix(&mut body).await?)
+        } else {
+            None
+        };
+        let tuple = routed
+            .tuple(
+                Subject::from(&*who),
+                prefix.as_ref().map(|(bytes, truncated)| BodyPrefix {
+                    bytes: &bytes[..bytes.len().min(self.intent.max_body)],
+                    truncated: *truncated,
+                }),
+            )
+            .map_err(gates::intent::refusal)?;
+        drop(routed);
+        let tuple = facts.tuple.insert(tuple);
+
+        // Policy: allow, escalate or deny (observe mode records but never stops).
+        let decision = facts
+            .decision
+            .insert(gates::policy::decide(&self.policy, tuple));
+        match gates::policy::enforce(decision, self.policy.mode)? {
+            gates::policy::Verdict::Proceed => {}
+            // Consent lands with its own gate; until then an escalation cannot be approved.
+            gates::policy::Verdict::Escalate => {
+                return Err(Denial::new(
+                    Gate::Consent,
+                    StatusCode::FORBIDDEN,
+                    "consent_unavailable",
+                    format!(
+                        "policy requires a human's approval ({}), and no consent backend is available",
+                        decision.reason_line()
+                    ),
+                ));
+            }
+        }
+        // Next: token (later issue).
 
         // Audit: the decision is durable before anything leaves.
         let record = self.decision(
             request_id,
-            Some(&who),
-            Some(req.method()),
+            facts,
+            Some(&parts.method),
             target.authority.host(),
-            req.uri().path(),
+            parts.uri.path(),
             None,
         );
         self.audit.commit(record).await.map_err(audit_unavailable)?;
 
         // 3. Egress.
-        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (outbound, body_sent) = self.outbound(req, &target, upgrade, bytes_up.clone())?;
+        let replay = prefix.map(|(bytes, _)| bytes);
+        let (outbound, body_sent) =
+            self.outbound(parts, body, replay, &target, upgrade, bytes_up.clone())?;
         let mut resp = self.upstream.send(outbound, body_sent, upgrade).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -315,11 +398,41 @@ impl Pipeline {
         ))
     }
 
+    /// Reads the start of a request body for intent: up to `intent.max_body` bytes (plus
+    /// the rest of the piece that crossed it). Returns the bytes, to be sent on first, and
+    /// whether more follows.
+    async fn read_prefix(&self, body: &mut Incoming) -> Result<(bytes::Bytes, bool), Denial> {
+        use http_body_util::BodyExt;
+        let max = self.intent.max_body;
+        let stall = self.config.limits.body_read_timeout;
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() <= max && !http_body::Body::is_end_stream(body) {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Err(_) => return Err(BodyFault::Stalled(stall).denial()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(bad_request(format!("reading the request body failed: {e}")));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            if let Some(limit) = self.config.limits.max_request_body {
+                if buf.len() as u64 > limit {
+                    return Err(BodyFault::TooLarge(limit).denial());
+                }
+            }
+        }
+        let more = buf.len() > max || !http_body::Body::is_end_stream(body);
+        Ok((buf.freeze(), more))
+    }
+
     /// The decision record of one request; `denial` is `None` for an allowed one.
     fn decision(
         &self,
         request_id: &str,
-        caller: Option<&Caller>,
+        facts: &Facts,
         // `None` when the request never parsed far enough to have one.
         method: Option<&Method>,
         host: &str,
@@ -327,6 +440,7 @@ impl Pipeline {
         denial: Option<&Denial>,
     ) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
+        let caller = facts.caller.as_deref();
         let mut r = self.audit.record("decision");
         r.insert("request_id".into(), request_id.into());
         r.insert(
@@ -352,23 +466,38 @@ impl Pipeline {
         r.insert("host".into(), host.into());
         // Path only: query strings carry secrets (Slack's `token=`).
         r.insert("path".into(), path.into());
+        if let Some(t) = &facts.tuple {
+            r.insert("action".into(), t.json["action"].clone());
+            r.insert("resource".into(), t.json["resource"].clone());
+            r.insert("context".into(), t.json["context"].clone());
+        }
+        let mut reasons: Vec<Value> = Vec::new();
+        if let Some(d) = &facts.decision {
+            r.insert("policy_effect".into(), d.effect.as_str().into());
+            r.insert("policy_hash".into(), (&*d.policy_hash).into());
+            r.insert("mode".into(), self.policy.mode.as_str().into());
+            if !d.scopes.is_empty() {
+                r.insert("scopes".into(), d.scopes.clone().into());
+            }
+            reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
+        }
         match denial {
             None => {
                 r.insert("effect".into(), "allow".into());
                 r.insert("gate".into(), Value::Null);
-                r.insert("reasons".into(), Value::Array(Vec::new()));
             }
             Some(d) => {
                 r.insert("effect".into(), "deny".into());
                 r.insert("gate".into(), d.gate.as_str().into());
                 r.insert("status".into(), d.status.as_u16().into());
                 r.insert("error".into(), d.error.into());
-                r.insert(
-                    "reasons".into(),
-                    Value::Array(vec![d.reason.to_string().into()]),
-                );
+                // A policy denial's reasons are the policy's own, already listed.
+                if d.gate != Gate::Policy {
+                    reasons.push(d.reason.to_string().into());
+                }
             }
         }
+        r.insert("reasons".into(), Value::Array(reasons));
         r
     }
 
@@ -388,7 +517,14 @@ impl Pipeline {
         };
         let request_id = self.request_id();
         let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
-        let record = self.decision(&request_id, None, None, host, "", Some(&denial));
+        let record = self.decision(
+            &request_id,
+            &Facts::default(),
+            None,
+            host,
+            "",
+            Some(&denial),
+        );
         tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
         self.record_refusal(record).await;
     }
@@ -414,12 +550,13 @@ impl Pipeline {
     /// Rewrites the agent's request into the one sent upstream.
     fn outbound(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        replay: Option<bytes::Bytes>,
         target: &Target,
         upgrade: bool,
         bytes_up: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(Request<RequestBody>, BodyDone), Denial> {
-        let (mut parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -438,8 +575,13 @@ impl Pipeline {
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        let (body, sent) =
-            RequestBody::new(body, limit, self.config.limits.body_read_timeout, bytes_up);
+        let (body, sent) = RequestBody::new(
+            body,
+            replay,
+            limit,
+            self.config.limits.body_read_timeout,
+            bytes_up,
+        );
         Ok((Request::from_parts(parts, body), sent))
     }
 }
@@ -555,7 +697,7 @@ pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
 fn log_request(
     request_id: &str,
     client: SocketAddr,
-    caller: Option<&Caller>,
+    facts: &Facts,
     method: &Method,
     host: &str,
     path: &str,
@@ -567,10 +709,13 @@ fn log_request(
         target: "agentgate::request",
         request_id,
         client = %client,
-        agent = caller.map(|c| c.spiffe_id.as_str()),
+        agent = facts.caller.as_deref().map(|c| c.spiffe_id.as_str()),
         method = %method,
         host,
         path,
+        action = facts.tuple.as_ref().map(|t| &*t.action),
+        resource = facts.tuple.as_ref().map(|t| t.resource_id.as_str()),
+        policy = facts.decision.as_ref().map(|d| d.effect.as_str()),
         status = status.as_u16(),
         denied_by = denied.map(|d| d.gate.as_str()),
         error = denied.map(|d| d.error),

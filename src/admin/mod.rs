@@ -2,6 +2,7 @@
 //! built-in issuer's SPIFFE bundle, and the admin API (bearer admin token from the state
 //! dir). The dashboard grows here.
 
+pub mod authzen;
 pub mod client;
 
 use std::convert::Infallible;
@@ -24,6 +25,7 @@ use crate::ingress::{Activity, drive, http1_builder};
 pub struct Admin {
     pub health: Arc<Health>,
     pub identity: Arc<Identity>,
+    pub policy: Arc<crate::policy::Policy>,
     pub audit: Arc<crate::audit::Audit>,
     /// Where `audit.pub` lives.
     pub state: crate::state::StateDir,
@@ -68,7 +70,7 @@ pub async fn serve(
             let activity = Activity::new();
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, &req).await) }
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
             });
             let conn = http1_builder(&limits)
                 .serve_connection(TokioIo::new(stream), svc)
@@ -78,10 +80,15 @@ pub async fn serve(
     }
 }
 
-async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// Largest JSON body an admin route reads.
+const MAX_ADMIN_BODY: usize = 1 << 20;
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
     let ready = admin.health.ready.load(Ordering::Relaxed);
-    let path = req.uri().path();
-    if path.starts_with("/api/") && !authorized(admin, req) {
+    let path = req.uri().path().to_owned();
+    let path = path.as_str();
+    let protected = path.starts_with("/api/") || path.starts_with("/access/");
+    if protected && !authorized(admin, &req) {
         let mut resp = json(
             StatusCode::UNAUTHORIZED,
             r#"{"error":"unauthorized","reason":"send Authorization: Bearer <admin token> (the admin.token file in the state dir)"}"#,
@@ -94,7 +101,22 @@ async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
         (&Method::GET, "/.well-known/spiffe-bundle") => {
             json_bytes(StatusCode::OK, admin.identity.bundle_jwks())
         }
-        (&Method::POST, "/api/v1/identity/reload") => reload(admin, req).await,
+        (&Method::GET, "/.well-known/authzen-configuration") => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let body = authzen::configuration(&format!("http://{host}"));
+            json_bytes(StatusCode::OK, body.to_string().into())
+        }
+        (&Method::POST, "/access/v1/evaluation") => pdp(admin, req, authzen::evaluation).await,
+        (&Method::POST, "/access/v1/evaluations") => pdp(admin, req, authzen::evaluations).await,
+        (&Method::GET, "/api/v1/policy") => {
+            let body = serde_json::to_string(&admin.policy.status()).unwrap_or_default();
+            json_bytes(StatusCode::OK, body.into())
+        }
+        (&Method::POST, "/api/v1/identity/reload") => reload(admin, &req).await,
         (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
         (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -111,6 +133,62 @@ async fn route(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
             r#"{"error":"not_found","reason":"no such admin route"}"#,
         ),
     }
+}
+
+/// Runs an AuthZEN PDP route on the request's JSON body.
+async fn pdp(
+    admin: &Admin,
+    req: Request<Incoming>,
+    handler: fn(&crate::policy::Policy, &[u8]) -> Result<serde_json::Value, authzen::BadRequest>,
+) -> Response<ProxyBody> {
+    let body = match read_json_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let policy = admin.policy.clone();
+    match tokio::task::spawn_blocking(move || handler(&policy, &body)).await {
+        Ok(Ok(v)) => json_bytes(StatusCode::OK, v.to_string().into()),
+        Ok(Err(e)) => bad_request(&e.to_string()),
+        Err(_) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":"evaluation_failed","reason":"policy evaluation task failed; see the proxy log"}"#,
+        ),
+    }
+}
+
+/// Reads a JSON request body up to [`MAX_ADMIN_BODY`]; refusals come back as responses.
+async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<ProxyBody>> {
+    use http_body_util::BodyExt;
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(bad_request(
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"error":"body_too_large","reason":"admin request bodies are limited to 1 MiB"}"#,
+        )),
+        Err(e) => Err(bad_request(&format!("reading the body failed: {e}"))),
+    }
+}
+
+fn bad_request(reason: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": "bad_request", "reason": reason});
+    json_bytes(StatusCode::BAD_REQUEST, body.to_string().into())
 }
 
 /// Re-reads the agent registry and bundle files now, so a CLI change (revocation, key

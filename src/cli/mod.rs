@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod audit;
 pub mod env;
+pub mod policy;
 
 use clap::ValueEnum;
 

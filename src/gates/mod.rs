@@ -1,3 +1,5 @@
 //! The five gates, one module each, typed in → typed out. The pipeline runs them in order.
 
 pub mod identity;
+pub mod intent;
+pub mod policy;

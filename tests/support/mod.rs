@@ -48,9 +48,19 @@ impl TestEnv {
     }
 
     /// Base config: loopback listeners, our upstream CA trusted, every service
-    /// name on :443 resolved to the in-process upstream.
+    /// name on :443 resolved to the in-process upstream, and a policy that allows
+    /// everything (the proxy-core tests are not about policy; `with_default_policy`
+    /// switches to the shipped one).
     pub fn config(&self) -> ConfigBuilder {
+        let allow_all = self.dir.path().join("allow-all-policy");
+        std::fs::create_dir_all(&allow_all).expect("policy dir");
+        std::fs::write(
+            allow_all.join("allow.rego"),
+            "package agentgate\n\ndecision := {\"effect\": \"allow\", \"reasons\": [\"e2e allow-all policy\"]}\n",
+        )
+        .expect("write policy");
         let mut cfg = ConfigBuilder::new()
+            .set("policy", "dir", &toml_str(&allow_all.display().to_string()))
             .set(
                 "upstream",
                 "extra_roots",
@@ -74,6 +84,11 @@ impl TestEnv {
             cfg = cfg.resolve(&format!("{host}:443"), self.upstream.addr);
         }
         cfg
+    }
+
+    /// The base config with the policy the proxy ships (seeded into the state dir).
+    pub fn with_default_policy(&self) -> ConfigBuilder {
+        self.config().set("policy", "dir", "\"\"")
     }
 
     pub fn write_config(&self, cfg: &ConfigBuilder) -> PathBuf {

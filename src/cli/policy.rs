@@ -1,0 +1,218 @@
+//! `agentgate policy test` and `agentgate explain`: the policy gate, run on the command line
+//! with the same catalog and Rego the proxy uses, sending nothing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use agentgate::config::Config;
+use agentgate::identity::registry::Registry;
+use agentgate::intent::{Intent, Subject};
+use agentgate::policy::{self, Policy, runner};
+use agentgate::state::StateDir;
+
+use super::Output;
+
+/// `agentgate policy`.
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Run a policy directory's tests: Rego `test_*` rules in `*_test.rego` and the cases in
+    /// `*_test.yaml` / `*_test.json`. Exit 1 if any fails.
+    Test {
+        /// Policy directory (default: the one in use, `policy.dir` or `<state>/policies`).
+        dir: Option<PathBuf>,
+        /// Also test every subdirectory holding a policy (e.g. `templates/*`).
+        #[arg(long, short)]
+        recursive: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Runs `agentgate policy …`; returns false when a test failed.
+pub fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> Result<bool> {
+    match command {
+        PolicyCommand::Test {
+            dir,
+            recursive,
+            output,
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => policy::resolve_dir(&config.policy, state.root())?,
+            };
+            test(&dir, recursive, config, output)
+        }
+    }
+}
+
+fn test(root: &Path, recursive: bool, config: &Config, output: Output) -> Result<bool> {
+    let intent = Intent::embedded(config.intent.max_body)?;
+    let dirs = if recursive {
+        runner::policy_dirs(root)
+    } else {
+        vec![root.to_owned()]
+    };
+    if dirs.is_empty() {
+        bail!("no policy (*.rego) under {}", root.display());
+    }
+    let mut all = Vec::new();
+    for dir in &dirs {
+        let results =
+            runner::run_dir(dir, &intent).with_context(|| format!("testing {}", dir.display()))?;
+        if results.is_empty() {
+            bail!(
+                "{} has no tests: add *_test.yaml cases or *_test.rego rules",
+                dir.display()
+            );
+        }
+        for r in results {
+            all.push((dir.display().to_string(), r));
+        }
+    }
+    let failed = all.iter().filter(|(_, r)| !r.passed).count();
+    match output {
+        Output::Json => {
+            let cases: Vec<_> = all
+                .iter()
+                .map(|(dir, r)| serde_json::json!({"dir": dir, "file": r.file, "name": r.name, "passed": r.passed, "detail": r.detail}))
+                .collect();
+            let doc =
+                serde_json::json!({"passed": all.len() - failed, "failed": failed, "cases": cases});
+            println!("{}", &doc.to_string());
+        }
+        Output::Text => {
+            for (dir, r) in &all {
+                let mark = if r.passed { "PASS" } else { "FAIL" };
+                println!("{mark}  {dir}/{}: {}", r.file, r.name);
+                if !r.passed {
+                    println!("      {}", r.detail);
+                }
+            }
+            println!(
+                "{} passed, {failed} failed ({} directories)",
+                all.len() - failed,
+                dirs.len()
+            );
+        }
+    }
+    Ok(failed == 0)
+}
+
+/// What `explain` was asked about.
+pub struct ExplainArgs {
+    pub method: String,
+    pub url: String,
+    pub body: Option<PathBuf>,
+    pub headers: Vec<String>,
+    pub agent: Option<String>,
+    pub output: Output,
+}
+
+/// Prints the tuple and the decision the proxy would make for a request; sends nothing.
+pub fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<()> {
+    let intent = Intent::embedded(config.intent.max_body)?;
+    let dir = policy::resolve_dir(&config.policy, state.root())?;
+    let policy = Policy::load(&dir, &config.policy)?;
+    let mut headers = HeaderMap::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h:?}: expected NAME:VALUE"))?;
+        headers.append(
+            HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("header name {k:?}"))?,
+            HeaderValue::from_str(v.trim()).with_context(|| format!("header value for {k}"))?,
+        );
+    }
+    let body = match &args.body {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+            b
+        }
+        Some(p) => std::fs::read(p).with_context(|| format!("reading --body {}", p.display()))?,
+        None => Vec::new(),
+    };
+    let name = args.agent.as_deref().unwrap_or("explain");
+    let (id, owner, tenant) = match &args.agent {
+        Some(agent) => {
+            let registry = Registry::open(state)?;
+            let a = registry.agent(agent).with_context(|| {
+                format!("agent {agent} is not registered (agentgate agents list shows who is)")
+            })?;
+            (a.spiffe_id, a.owner, a.tenant)
+        }
+        None => (
+            agentgate::identity::issuer::spiffe_id_for(&config.identity.trust_domain, None, name),
+            None,
+            None,
+        ),
+    };
+    let subject = Subject {
+        id: &id,
+        name,
+        tenant: tenant.as_deref(),
+        owner: owner.as_deref(),
+        trust_domain: &config.identity.trust_domain,
+    };
+    let tuple = runner::explain_tuple(&intent, &args.method, &args.url, &headers, &body, subject)
+        .map_err(|e| anyhow::anyhow!("intent gate refuses this request: {e}"))?;
+    let decision = policy.evaluate(&tuple);
+    let enforced = if policy.mode == policy::Mode::Observe {
+        "allow (observe mode: recorded, not enforced)"
+    } else {
+        decision.effect.as_str()
+    };
+    match args.output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "tuple": tuple,
+                "decision": {
+                    "effect": decision.effect,
+                    "reasons": decision.reasons,
+                    "scopes": decision.scopes,
+                    "consent": decision.consent,
+                    "policy_hash": &*decision.policy_hash,
+                },
+                "mode": policy.mode,
+                "policy_dir": dir.display().to_string(),
+            });
+            println!("{}", &serde_json::to_string_pretty(&doc)?);
+        }
+        Output::Text => {
+            println!(
+                "action    {}",
+                tuple["action"]["name"].as_str().unwrap_or("")
+            );
+            println!(
+                "resource  {} {}",
+                tuple["resource"]["type"].as_str().unwrap_or(""),
+                tuple["resource"]["id"].as_str().unwrap_or("")
+            );
+            println!(
+                "class     {}",
+                tuple["action"]["properties"]["class"]
+                    .as_str()
+                    .unwrap_or("")
+            );
+            println!("effect    {enforced}");
+            for r in &decision.reasons {
+                println!("reason    {r}");
+            }
+            if !decision.scopes.is_empty() {
+                println!("scopes    {}", decision.scopes.join(" "));
+            }
+            println!(
+                "policy    {} ({})",
+                dir.display(),
+                &decision.policy_hash[..12.min(decision.policy_hash.len())]
+            );
+            println!("tuple:");
+            println!("{}", &serde_json::to_string_pretty(&tuple)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! Gate 2 — Intent: what the request means. Routes the request through the service catalog
+//! (host, method, path template), reads the body where the API keeps its meaning there, and
+//! returns the AuthZEN tuple; a request whose meaning is ambiguous or unreadable is refused
+//! here, since policy cannot judge what it cannot see.
+
+use http::StatusCode;
+
+use crate::error::{Denial, Gate};
+use crate::intent::{BodyError, IntentError};
+
+/// The refusal for a request whose meaning could not be worked out.
+pub fn refusal(error: IntentError) -> Denial {
+    let (status, code) = match &error {
+        IntentError::Path(_) => (StatusCode::BAD_REQUEST, "ambiguous_path"),
+        IntentError::BadOverride(_) => (StatusCode::BAD_REQUEST, "bad_method_override"),
+        IntentError::Body(BodyError::Invalid(_)) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+        IntentError::Body(BodyError::SlackToken(_)) => {
+            (StatusCode::FORBIDDEN, "credential_in_request")
+        }
+    };
+    Denial::new(Gate::Intent, status, code, error.to_string())
+}

@@ -1,0 +1,244 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use serde_json::json;
+
+use super::*;
+
+fn sources(rego: &str) -> Sources {
+    Sources {
+        rego: vec![("p.rego".into(), rego.into())],
+        ..Sources::default()
+    }
+}
+
+fn policy(rego: &str) -> Policy {
+    Policy::from_sources(&sources(rego), &PolicyConfig::default()).unwrap()
+}
+
+fn input(class: &str) -> Value {
+    json!({
+        "subject": {"type": "agent", "id": "spiffe://agentgate.local/agent/bot", "properties": {"name": "bot", "owner": null, "tenant": null}},
+        "action": {"name": "github.issues.create", "properties": {"method": "POST", "service": "github", "class": class, "known": true}},
+        "resource": {"type": "github.repo", "id": "acme/web", "properties": {}},
+        "context": {"host": "api.github.com", "path": "/repos/acme/web/issues"},
+    })
+}
+
+#[test]
+fn well_formed_decisions_pass_through() {
+    let p = policy(
+        r#"package agentgate
+decision := {"effect": "escalate", "reasons": ["ask"], "scopes": ["issues:write"], "consent": {"binding_message": "ok"}} if input.action.properties.class == "write"
+"#,
+    );
+    let d = p.evaluate(&input("write"));
+    assert_eq!(d.effect, Effect::Escalate);
+    assert_eq!(d.reasons, ["ask"]);
+    assert_eq!(d.scopes, ["issues:write"]);
+    assert_eq!(d.consent.unwrap()["binding_message"], "ok");
+    assert_eq!(d.policy_hash.len(), 64);
+}
+
+#[test]
+fn anything_but_a_decision_denies() {
+    let cases = [
+        (r#"decision := {"effect": "allow"} if false"#, "undefined"),
+        (r#"decision := "allow""#, "not an object"),
+        (r#"decision := {"effect": "permit"}"#, "effect must be"),
+        (
+            r#"decision := {"effect": "allow", "reasons": [1]}"#,
+            "reasons must be",
+        ),
+        (
+            r#"decision := {"effect": "allow", "scopes": {"a": 1}}"#,
+            "scopes must be",
+        ),
+        (
+            r#"decision := {"effect": "allow", "consent": "yes"}"#,
+            "consent must be",
+        ),
+        (r#"decision := {"effect": "allow", "x": 1 / 0}"#, "failed"),
+    ];
+    for (rule, why) in cases {
+        let p = policy(&format!("package agentgate\n{rule}\n"));
+        let d = p.evaluate(&input("read"));
+        assert_eq!(d.effect, Effect::Deny, "{rule}");
+        assert!(d.reason_line().contains(why), "{rule}: {}", d.reason_line());
+    }
+}
+
+#[test]
+fn a_policy_that_runs_too_long_is_denied() {
+    // Walks a large generated range per request: far over a 1 ms bound.
+    let rego = r#"package agentgate
+n := count([x | some x in numbers.range(1, 5000000); x % 7 == 0])
+decision := {"effect": "allow", "reasons": [sprintf("%d", [n])]}
+"#;
+    let config = PolicyConfig {
+        eval_timeout: Duration::from_millis(1),
+        ..PolicyConfig::default()
+    };
+    let p = Policy::from_sources(&sources(rego), &config).unwrap();
+    let d = p.evaluate(&input("read"));
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(
+        d.reason_line().contains("time bound"),
+        "{}",
+        d.reason_line()
+    );
+    set_eval_timeout(PolicyConfig::default().eval_timeout);
+}
+
+#[test]
+fn no_policy_denies_everything() {
+    let p = Policy::from_sources(&Sources::default(), &PolicyConfig::default()).unwrap();
+    let d = p.evaluate(&input("read"));
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(d.reason_line().contains("no policy is loaded"));
+}
+
+#[test]
+fn broken_policies_are_load_errors() {
+    let err = Sources::default();
+    let _ = err;
+    assert!(matches!(
+        sources("package agentgate\ndecision := {").compile(Path::new("x")),
+        Err(PolicyError::Compile { .. })
+    ));
+    assert!(matches!(
+        sources("package other\nx := 1\n").compile(Path::new("x")),
+        Err(PolicyError::NoEntrypoint(_)) | Err(PolicyError::Compile { .. })
+    ));
+    let mut s = sources("package agentgate\ndecision := {\"effect\": \"allow\"}\n");
+    s.data.push(("d.json".into(), "[1, 2]".into()));
+    assert!(matches!(
+        s.compile(Path::new("x")),
+        Err(PolicyError::Data { .. })
+    ));
+}
+
+#[test]
+fn data_files_are_merged_at_the_root() {
+    let mut s = sources(
+        r#"package agentgate
+decision := {"effect": "allow", "reasons": ["internal"]} if "corp.io" in data.settings.internal_domains
+"#,
+    );
+    s.data.push((
+        "settings.json".into(),
+        r#"{"settings": {"internal_domains": ["corp.io"]}}"#.into(),
+    ));
+    let p = Policy::from_sources(&s, &PolicyConfig::default()).unwrap();
+    assert_eq!(p.evaluate(&input("read")).effect, Effect::Allow);
+}
+
+#[test]
+fn reload_keeps_the_last_good_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.rego");
+    std::fs::write(
+        &file,
+        "package agentgate\ndecision := {\"effect\": \"allow\", \"reasons\": [\"v1\"]}\n",
+    )
+    .unwrap();
+    let p = Policy::load(dir.path(), &PolicyConfig::default()).unwrap();
+    assert!(matches!(p.reload(false), Reload::Unchanged));
+    let v1 = p.hash();
+
+    std::fs::write(&file, "package agentgate\ndecision := {\n").unwrap();
+    match p.reload(true) {
+        Reload::Failed(e) => assert!(e.contains("policy.rego"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.hash(), v1);
+    assert_eq!(p.evaluate(&input("read")).reasons, ["v1"]);
+    assert!(p.status().last_error.is_some());
+
+    std::fs::write(
+        &file,
+        "package agentgate\ndecision := {\"effect\": \"deny\", \"reasons\": [\"v2\"]}\n",
+    )
+    .unwrap();
+    assert!(matches!(p.reload(true), Reload::Loaded { .. }));
+    assert_eq!(p.evaluate(&input("read")).reasons, ["v2"]);
+    assert!(p.status().last_error.is_none());
+
+    // Test files are not part of the policy.
+    std::fs::write(
+        dir.path().join("x_test.rego"),
+        "package agentgate\ndecision := 1\n",
+    )
+    .unwrap();
+    assert!(matches!(p.reload(true), Reload::Loaded { .. }));
+    assert_eq!(p.evaluate(&input("read")).reasons, ["v2"]);
+
+    // All policy files removed: deny everything.
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(p.reload(false), Reload::Loaded { .. }));
+    assert_eq!(p.evaluate(&input("read")).effect, Effect::Deny);
+}
+
+#[test]
+fn observe_mode_never_stops_a_request() {
+    use crate::gates::policy::{Verdict, enforce};
+    let d = Decision::deny("no", "h".into());
+    assert!(enforce(&d, Mode::Enforce).is_err());
+    assert!(matches!(enforce(&d, Mode::Observe), Ok(Verdict::Proceed)));
+}
+
+/// The shipped default policy and every template pass their own test tables.
+#[test]
+fn shipped_policies_pass_their_tests() {
+    let intent = crate::intent::Intent::embedded(1 << 20).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dirs = runner::policy_dirs(&root);
+    assert!(dirs.len() >= 6, "{dirs:?}");
+    for dir in dirs {
+        let results = runner::run_dir(&dir, &intent).unwrap();
+        assert!(
+            results.len() >= 8,
+            "{}: {} cases",
+            dir.display(),
+            results.len()
+        );
+        let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+        assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
+    }
+}
+
+#[test]
+fn the_runner_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package agentgate\ndecision := {\"effect\": \"deny\", \"reasons\": [\"nope\"]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p_test.yaml"),
+        "cases:\n  - name: expects allow\n    request: {method: GET, url: \"https://api.github.com/repos/a/b\"}\n    expect: allow\n  - name: expects deny\n    input: {action: {name: x}}\n    expect: deny\n    reason: nope\n  - name: bad\n    expect: maybe\n    input: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package agentgate_test\ntest_ok if { 1 == 1 }\ntest_bad if { 1 == 2 }\n",
+    )
+    .unwrap();
+    let intent = crate::intent::Intent::embedded(1 << 20).unwrap();
+    let results = runner::run_dir(dir.path(), &intent).unwrap();
+    let summary: Vec<(&str, bool)> = results
+        .iter()
+        .map(|r| (r.name.as_str(), r.passed))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("test_ok", true),
+            ("test_bad", false),
+            ("expects allow", false),
+            ("expects deny", true),
+            ("bad", false)
+        ]
+    );
+    assert!(results[2].detail.contains("expected allow, got deny"));
+}
