@@ -82,6 +82,8 @@ pub struct Running {
     pub ca_created: bool,
     /// This process's instance id.
     pub instance: String,
+    /// The policy directory in force.
+    pub policy_dir: PathBuf,
     state: StateDir,
     audit: Arc<audit::Audit>,
     shutdown: watch::Sender<bool>,
@@ -262,6 +264,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         ca_cert: state.ca_cert(),
         ca_created,
         instance,
+        policy_dir,
         state: state.clone(),
         audit,
         shutdown,

@@ -268,6 +268,9 @@ fn init(home: &Path) -> Result<()> {
     agentgate::identity::issuer::ensure_key(&state, &registry, agentgate::identity::now())?;
     agentgate::instance::admin_token(&state)?;
     let audit_key = agentgate::audit::checkpoint::Signer::ensure(&state)?;
+    let policies = state.path("policies");
+    let seeded = agentgate::policy::seed(&policies)
+        .with_context(|| format!("writing the default policy to {}", policies.display()))?;
     let config_path = state.path("agentgate.toml");
     if !config_path.exists() {
         state::write_public(
@@ -282,6 +285,15 @@ fn init(home: &Path) -> Result<()> {
         if created { "created" } else { "existing" }
     );
     eprintln!("config:     {}", config_path.display());
+    eprintln!(
+        "policy:     {} ({})",
+        policies.display(),
+        if seeded {
+            "default policy written"
+        } else {
+            "existing"
+        }
+    );
     eprintln!(
         "audit key:  {} (public key {}; keep a copy elsewhere)",
         state.path(agentgate::audit::checkpoint::PUB_FILE).display(),
@@ -309,6 +321,7 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         );
         eprintln!("  proxy      http://{}", running.proxy_addr);
         eprintln!("  admin      http://{}", running.admin_addr);
+        eprintln!("  policy     {}", running.policy_dir.display());
         eprintln!("  agents     agentgate agents register my-bot");
         eprintln!("             agentgate exec --agent my-bot -- curl https://example.com/");
         println!(

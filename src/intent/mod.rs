@@ -28,7 +28,13 @@ const METHOD_OVERRIDES: [&str; 3] = [
 ];
 
 /// Query keys whose values are secrets: kept out of the tuple, the log and the audit.
-const SECRET_KEYS: [&str; 14] = [
+const SECRET_KEYS: [&str; 20] = [
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "jwt",
+    "session",
     "token",
     "access_token",
     "refresh_token",
