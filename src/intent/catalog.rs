@@ -89,6 +89,9 @@ pub struct Service {
     pub unknown_action: Arc<str>,
     /// GraphQL root fields by operation type, when the service has a GraphQL endpoint.
     pub graphql: Option<GraphqlSchema>,
+    /// The body extractor every operation of the service shares, applied to its unknown
+    /// paths too (Slack: a `token` argument is refused even on a method the catalog lacks).
+    pub unknown_body: Option<BodyKind>,
 }
 
 /// The root fields of a GraphQL schema, classified.
@@ -266,6 +269,7 @@ impl Catalog {
                         default_resource: (rt.into(), rid.into()),
                         unknown_action: format!("{}.unknown", file.service).into(),
                         graphql: graphql.remove(&file.service),
+                        unknown_body: shared_body(&file.operations),
                     });
                     services.insert(file.service.clone(), s.clone());
                     s
@@ -400,6 +404,15 @@ fn walk<'n>(
         }
     }
     None
+}
+
+/// The body kind all `operations` have, if they agree and have one.
+fn shared_body(operations: &[Operation]) -> Option<BodyKind> {
+    let first = operations.first()?.body?;
+    operations
+        .iter()
+        .all(|op| op.body == Some(first))
+        .then_some(first)
 }
 
 fn insert(root: &mut Node, path: &str, method: MethodKey, route: Arc<Route>) -> Result<(), String> {

@@ -197,7 +197,8 @@ impl Routed<'_, '_> {
     pub fn body_kind(&self) -> Option<BodyKind> {
         match &self.found {
             Found::Operation(m) => m.route.body,
-            _ => None,
+            Found::UnknownPath(service) => service.unknown_body,
+            Found::UnknownHost => None,
         }
     }
 
@@ -278,6 +279,15 @@ impl Routed<'_, '_> {
         let mut action = action;
         let mut class = class;
         let mut resource_type = resource_type;
+        if let (Found::UnknownPath(_), Some(BodyKind::Slack)) = (&self.found, self.body_kind()) {
+            // An unknown Slack method is still judged unknown, but never carries a token out.
+            let bytes = body.filter(|b| !b.truncated).map_or(&[][..], |b| b.bytes);
+            extract::slack(
+                t.query,
+                header_str(t.headers, http::header::CONTENT_TYPE),
+                bytes,
+            )?;
+        }
         if let Found::Operation(m) = &self.found {
             if let Some(kind) = m.route.body {
                 let prefix = body.unwrap_or(BodyPrefix {

@@ -7,6 +7,7 @@ mod basic;
 mod cli;
 mod guard;
 mod identity;
+mod intent_policy;
 mod lifecycle;
 mod streaming;
 mod tunnel;

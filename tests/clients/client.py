@@ -18,13 +18,15 @@ def main() -> int:
     p.add_argument("--ca", required=True, help="CA bundle that signs the proxy's leaf certs")
     p.add_argument("--method", default="GET")
     p.add_argument("--data-file", help="send this file's bytes as the request body")
+    p.add_argument("--header", action="append", default=[], help="NAME:VALUE, repeatable")
     a = p.parse_args()
     data = open(a.data_file, "rb").read() if a.data_file else None
+    headers = dict(h.split(":", 1) for h in a.header)
 
     if a.lib == "requests":
         import requests
 
-        r = requests.request(a.method, a.url, data=data, verify=a.ca, timeout=120)
+        r = requests.request(a.method, a.url, data=data, headers=headers, verify=a.ca, timeout=120)
         out = {
             "status": r.status_code,
             "headers": {k.lower(): v for k, v in r.headers.items()},
@@ -36,7 +38,7 @@ def main() -> int:
 
         ctx = ssl.create_default_context(cafile=a.ca)
         with httpx.Client(verify=ctx, http2=(a.lib == "httpx-h2"), timeout=120, trust_env=True) as c:
-            r = c.request(a.method, a.url, content=data)
+            r = c.request(a.method, a.url, content=data, headers=headers)
             out = {
                 "status": r.status_code,
                 "headers": {k.lower(): v for k, v in r.headers.items()},

@@ -2,7 +2,9 @@
 //!
 //! Endpoints: `/echo` and `/echo/<anything>` (JSON description of the request; body
 //! hashed while streaming), `/upload` (same, for big bodies), `/bytes?n=N` (N pattern bytes,
-//! streamed in chunks), `/hang` (never answers), `/ws` (WebSocket echo).
+//! streamed in chunks), `/hang` (never answers), `/ws` (WebSocket echo). GitHub-, Gmail- and
+//! Slack-style API paths (`/repos/…`, `/graphql`, `/gmail/…`, `/upload/…`, `/api/…`) answer
+//! like `/echo`, so tests can check what a forwarded API call carried.
 
 use super::certs::Leaf;
 use super::pattern::{PatternBody, Sha256Stream};
@@ -183,7 +185,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let resp = match path.as_str() {
         "/echo" | "/upload" => echo(req, &sni).await,
-        p if p.starts_with("/echo/") => echo(req, &sni).await,
+        p if p.starts_with("/echo/") || is_api_path(p) => echo(req, &sni).await,
         "/bytes" => {
             let n = query_param(req.uri().query(), "n").unwrap_or(0);
             Response::builder()
@@ -197,6 +199,14 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "no such test endpoint"),
     };
     Ok(resp)
+}
+
+/// Paths shaped like the GitHub, Gmail and Slack APIs the service catalog knows.
+fn is_api_path(path: &str) -> bool {
+    path == "/graphql"
+        || ["/repos/", "/gmail/", "/upload/", "/api/"]
+            .iter()
+            .any(|p| path.starts_with(p))
 }
 
 /// The commit every test repository's `main` points at.
