@@ -70,6 +70,9 @@ pub struct Tunnel {
     pub caller: Arc<Caller>,
 }
 
+/// Most bytes of a refused request's body read (and discarded) so the agent hears the answer.
+const DRAIN_MAX: usize = 16 << 20;
+
 /// What the gates learned about one request, kept for its decision record and log line
 /// whether it was forwarded or refused.
 #[derive(Default)]
@@ -323,36 +326,15 @@ impl Pipeline {
         } else {
             None
         };
-        let tuple = routed
-            .tuple(
-                Subject::from(&*who),
-                prefix.as_ref().map(|(bytes, truncated)| BodyPrefix {
-                    bytes: &bytes[..bytes.len().min(self.intent.max_body)],
-                    truncated: *truncated,
-                }),
-            )
-            .map_err(gates::intent::refusal)?;
+        let judged = self.judge(&routed, &who, prefix.as_ref(), facts);
         drop(routed);
-        let tuple = facts.tuple.insert(tuple);
-
-        // Policy: allow, escalate or deny (observe mode records but never stops).
-        let decision = facts
-            .decision
-            .insert(gates::policy::decide(&self.policy, tuple));
-        match gates::policy::enforce(decision, self.policy.mode)? {
-            gates::policy::Verdict::Proceed => {}
-            // Consent lands with its own gate; until then an escalation cannot be approved.
-            gates::policy::Verdict::Escalate => {
-                return Err(Denial::new(
-                    Gate::Consent,
-                    StatusCode::FORBIDDEN,
-                    "consent_unavailable",
-                    format!(
-                        "policy requires a human's approval ({}), and no consent backend is available",
-                        decision.reason_line()
-                    ),
-                ));
+        if let Err(denial) = judged {
+            // Read what the agent is still sending, so it hears the refusal (HTTP/2 clients
+            // treat a reset during their upload as an error and lose the answer).
+            if prefix.as_ref().is_some_and(|(_, more)| *more) {
+                self.drain(&mut body).await;
             }
+            return Err(denial);
         }
         // Next: token (later issue).
 
@@ -396,6 +378,61 @@ impl Pipeline {
             parts,
             ProxyBody::Audited(body, outcome),
         ))
+    }
+
+    /// Gates 2 and 3: the tuple, then the policy's decision, both kept in `facts` for the
+    /// record; `Ok` when the request may go on.
+    fn judge(
+        &self,
+        routed: &crate::intent::Routed<'_, '_>,
+        who: &Caller,
+        prefix: Option<&(bytes::Bytes, bool)>,
+        facts: &mut Facts,
+    ) -> Result<(), Denial> {
+        let body = prefix.map(|(bytes, truncated)| BodyPrefix {
+            bytes: &bytes[..bytes.len().min(self.intent.max_body)],
+            truncated: *truncated,
+        });
+        let tuple = routed
+            .tuple(Subject::from(who), body)
+            .map_err(gates::intent::refusal)?;
+        let tuple = facts.tuple.insert(tuple);
+
+        // Policy: allow, escalate or deny (observe mode records but never stops).
+        let decision = facts
+            .decision
+            .insert(gates::policy::decide(&self.policy, tuple));
+        match gates::policy::enforce(decision, self.policy.mode)? {
+            gates::policy::Verdict::Proceed => Ok(()),
+            // Consent lands with its own gate; until then an escalation cannot be approved.
+            gates::policy::Verdict::Escalate => Err(Denial::new(
+                Gate::Consent,
+                StatusCode::FORBIDDEN,
+                "consent_unavailable",
+                format!(
+                    "policy requires a human's approval ({}), and no consent backend is available",
+                    decision.reason_line()
+                ),
+            )),
+        }
+    }
+
+    /// Discards the rest of a refused request's body, up to [`DRAIN_MAX`] bytes and while
+    /// the agent keeps sending (`limits.body_read_timeout` per piece).
+    async fn drain(&self, body: &mut Incoming) {
+        use http_body_util::BodyExt;
+        let stall = self
+            .config
+            .limits
+            .body_read_timeout
+            .min(std::time::Duration::from_secs(5));
+        let mut seen = 0usize;
+        while seen <= DRAIN_MAX && !http_body::Body::is_end_stream(body) {
+            match tokio::time::timeout(stall, body.frame()).await {
+                Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
     }
 
     /// Reads the start of a request body for intent: up to `intent.max_body` bytes (plus
