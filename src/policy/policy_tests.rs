@@ -242,3 +242,9 @@ fn the_runner_reports_failures() {
     );
     assert!(results[2].detail.contains("expected allow, got deny"));
 }
+
+#[test]
+fn input_conversion_matches_regorus_own() {
+    let v = json!({"a": [1, -2, 3.5, u64::MAX, null, true, "s"], "b": {"c": {}}, "d": []});
+    assert_eq!(to_rego(&v), regorus::Value::from(v.clone()));
+}
