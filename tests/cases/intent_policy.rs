@@ -847,12 +847,9 @@ async fn oversized_graphql_is_denied_by_the_default_policy() {
     }
 }
 
-/// The default policy documents a `graphql-uninspectable` rule for documents larger than
-/// AgentGate inspects, but a cut-off document's action is `github.graphql` (no
-/// `github.graphql.` prefix), so the rule never fires for a real request: the agent is told
-/// the request "is not an operation in the service catalog" instead.
+/// A GraphQL document larger than AgentGate inspects (action `github.graphql`, cut off) is
+/// denied by the rule that says so, `graphql-uninspectable`, so the agent learns why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: oversized GraphQL is denied by rule unknown-operation, never by the documented graphql-uninspectable (policy checks startswith(action, \"github.graphql.\") but the action is \"github.graphql\")"]
 async fn oversized_graphql_is_denied_as_uninspectable() {
     let env = TestEnv::new().await;
     let proxy = env.start(default_policy(&env));

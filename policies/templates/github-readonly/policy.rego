@@ -6,76 +6,69 @@
 #          hidden beside queries), unknown GitHub paths, GraphQL documents too large to inspect;
 #          every other service; unknown hosts
 # Nothing escalates. Deny beats allow; nothing matched is a deny.
+#
+# Cost: this runs for every request, and in regorus each rule evaluated or function called
+# costs about as much as a dozen lookups; hence `deny` is one union of set comprehensions
+# (one per rule) and the allow rule sits in `decision`.
 package agentgate
 
 import rego.v1
-
-action_name := input.action.name
-
-action_class := input.action.properties.class
-
-is_github if input.action.properties.service == "github"
-
-graphql_fields := object.get(input, ["context", "body", "graphql", "fields"], [])
-
-# ---------------------------------------------------------------------------------------
-# deny
-
-deny contains msg if {
-	is_github
-	action_class != "read"
-	action_class != "unknown"
-	msg := sprintf("%s changes GitHub (class %s): the github-readonly policy only allows reads (rule github-write)", [action_name, action_class])
-}
-
-deny contains msg if {
-	some f in graphql_fields
-	f.class != "read"
-	msg := sprintf("the GraphQL document contains %s %s (class %s): the github-readonly policy only allows queries (rule github-write)", [f.operation, f.field, f.class])
-}
-
-deny contains msg if {
-	is_github
-	action_class == "unknown"
-	msg := sprintf("%s is not an operation in the GitHub catalog: unknown operations are denied by the github-readonly policy (rule unknown-operation)", [action_name])
-}
-
-deny contains msg if {
-	startswith(action_name, "github.graphql.")
-	input.context.body_truncated == true
-	msg := "the GraphQL document is larger than AgentGate inspects: denied by the github-readonly policy (rule graphql-uninspectable)"
-}
-
-deny contains msg if {
-	input.context.body.graphql.list_truncated == true
-	msg := "the GraphQL document has more top-level fields than AgentGate lists: denied by the github-readonly policy (rule graphql-uninspectable)"
-}
-
-deny contains msg if {
-	not is_github
-	input.resource.type != "host"
-	msg := sprintf("%s is not a GitHub operation: the github-readonly policy only allows GitHub reads (rule not-github)", [action_name])
-}
-
-deny contains msg if {
-	input.resource.type == "host"
-	msg := sprintf("%s is not a known service: unknown hosts are denied by the github-readonly policy (rule unknown-host)", [input.resource.id])
-}
-
-# ---------------------------------------------------------------------------------------
-# allow
-
-allow contains msg if {
-	is_github
-	action_class == "read"
-	msg := sprintf("%s is a GitHub read: reads are allowed by the github-readonly policy (rule github-read)", [action_name])
-}
 
 # ---------------------------------------------------------------------------------------
 # The decision: deny beats allow; nothing matched is a deny.
 
 decision := {"effect": "deny", "reasons": sort(deny)} if {
-	count(deny) > 0
-} else := {"effect": "allow", "reasons": sort(allow)} if {
-	count(allow) > 0
+	deny != set()
+} else := {"effect": "allow", "reasons": [reason]} if {
+	# rule github-read
+	input.action.properties.service == "github"
+	input.action.properties.class == "read"
+	reason := sprintf("%s is a GitHub read: reads are allowed by the github-readonly policy (rule github-read)", [input.action.name])
 } else := {"effect": "deny", "reasons": [sprintf("%s (class %v) matches no rule of the github-readonly policy: denied (rule fail-closed)", [object.get(input, ["action", "name"], "the request"), object.get(input, ["action", "properties", "class"], "missing")])]}
+
+# ---------------------------------------------------------------------------------------
+# deny
+
+deny := (
+	# rule github-write: a GitHub action that is not a read, or a GraphQL field that is not
+	# a query field
+	{msg |
+		input.action.properties.service == "github"
+		class := input.action.properties.class
+		class != "read"
+		class != "unknown"
+		msg := sprintf("%s changes GitHub (class %s): the github-readonly policy only allows reads (rule github-write)", [input.action.name, class])
+	}
+	| {msg |
+		some f in input.context.body.graphql.fields
+		f.class != "read"
+		msg := sprintf("the GraphQL document contains %s %s (class %s): the github-readonly policy only allows queries (rule github-write)", [f.operation, f.field, f.class])
+	}
+	# rule unknown-operation
+	| {msg |
+		input.action.properties.class == "unknown"
+		input.action.properties.service == "github"
+		msg := sprintf("%s is not an operation in the GitHub catalog: unknown operations are denied by the github-readonly policy (rule unknown-operation)", [input.action.name])
+	}
+	# rule graphql-uninspectable
+	| {msg |
+		input.context.body_truncated == true
+		startswith(input.action.name, "github.graphql")
+		msg := "the GraphQL document is larger than AgentGate inspects: denied by the github-readonly policy (rule graphql-uninspectable)"
+	}
+	| {msg |
+		input.context.body.graphql.list_truncated == true
+		msg := "the GraphQL document has more top-level fields than AgentGate lists: denied by the github-readonly policy (rule graphql-uninspectable)"
+	}
+	# rule not-github
+	| {msg |
+		input.resource.type != "host"
+		not input.action.properties.service == "github"
+		msg := sprintf("%s is not a GitHub operation: the github-readonly policy only allows GitHub reads (rule not-github)", [input.action.name])
+	}
+	# rule unknown-host
+	| {msg |
+		input.resource.type == "host"
+		msg := sprintf("%s is not a known service: unknown hosts are denied by the github-readonly policy (rule unknown-host)", [input.resource.id])
+	}
+)

@@ -13,6 +13,10 @@
 #             methods, unknown hosts (except GET on settings.read_hosts and any request to
 #             settings.model_hosts, the agent's LLM API)
 # Deny beats escalate beats allow; nothing matched is a deny.
+#
+# Cost: this runs for every request, and in regorus each rule evaluated or function called
+# costs about as much as a dozen lookups; hence `deny`, `escalate` and `allow` are unions of
+# set comprehensions (one per rule), and few helper rules.
 package agentgate
 
 import rego.v1
@@ -68,131 +72,137 @@ toolkit_destructive := {"github.repos.delete-file": "Delete File"}
 # ---------------------------------------------------------------------------------------
 # The request.
 
-default settings := {}
-
-settings := data.settings
-
-action_name := input.action.name
-
-action_class := input.action.properties.class
-
-read_hosts := {lower(h) | some h in object.get(settings, "read_hosts", [])}
-
-model_hosts := {lower(h) | some h in object.get(settings, "model_hosts", [])}
-
-# ---------------------------------------------------------------------------------------
-# deny
-
-deny contains msg if {
-	tool := toolkit_destructive[action_name]
-	msg := sprintf("%s (%s) is destructive: denied by the langgraph policy (rule toolkit-destructive)", [action_name, tool])
-}
-
-deny contains msg if {
-	action_class == "delete"
-	not toolkit_destructive[action_name]
-	msg := sprintf("%s deletes data: denied by the langgraph policy (rule toolkit-destructive)", [action_name])
-}
-
-deny contains msg if {
-	input.resource.type != "host"
-	action_class != "delete"
-	not toolkit_reads[action_name]
-	not toolkit_writes[action_name]
-	not toolkit_destructive[action_name]
-	msg := sprintf("%s is not called by the LangChain GitHub, Gmail or Slack toolkits: denied by the langgraph policy (rule not-in-toolkit)", [action_name])
-}
-
-deny contains msg if {
-	input.resource.type == "host"
-	not read_host_get
-	not lower(input.resource.id) in model_hosts
-	msg := sprintf("%s %s: unknown hosts are denied by the langgraph policy (rule unknown-host)", [upper(object.get(input, ["action", "properties", "method"], "")), input.resource.id])
-}
-
-deny contains msg if {
-	limit := settings.max_recipients
-	n := input.context.body.email.recipient_count
-	n > limit
-	msg := sprintf("%s to %d recipients is bulk mail: more than %d recipients is denied by the langgraph policy (rule bulk-mail)", [action_name, n, limit])
-}
-
-# ---------------------------------------------------------------------------------------
-# escalate
-
-escalate contains msg if {
-	tool := toolkit_writes[action_name]
-	msg := sprintf("%s (%s) changes data: a person approves it under the langgraph policy (rule toolkit-write)", [action_name, tool])
-}
-
-# A listed read that the catalog does not class as a read is treated as a write.
-escalate contains msg if {
-	tool := toolkit_reads[action_name]
-	action_class != "read"
-	msg := sprintf("%s (%s) is not classed as a read: a person approves it under the langgraph policy (rule toolkit-write)", [action_name, tool])
-}
-
-# ---------------------------------------------------------------------------------------
-# allow
-
-allow contains msg if {
-	tool := toolkit_reads[action_name]
-	action_class == "read"
-	msg := sprintf("%s (%s) is a toolkit read: allowed by the langgraph policy (rule toolkit-read)", [action_name, tool])
-}
-
+# GET or HEAD to a host in settings.read_hosts (case-insensitive).
 read_host_get if {
 	input.resource.type == "host"
-	lower(input.resource.id) in read_hosts
+	lower(input.resource.id) in {lower(h) | some h in data.settings.read_hosts}
 	upper(input.action.properties.method) in {"GET", "HEAD"}
 }
 
-allow contains msg if {
-	read_host_get
-	msg := sprintf("GET %s%s is a file download in settings.read_hosts (Overview of files included in PR): allowed by the langgraph policy (rule read-host)", [input.resource.id, object.get(input, ["context", "path"], "")])
-}
-
-allow contains msg if {
+# A request to a host in settings.model_hosts (case-insensitive).
+model_host if {
 	input.resource.type == "host"
-	lower(input.resource.id) in model_hosts
-	msg := sprintf("%s is the agent's model API (settings.model_hosts): allowed by the langgraph policy (rule model-host)", [input.resource.id])
+	lower(input.resource.id) in {lower(h) | some h in data.settings.model_hosts}
 }
 
 # ---------------------------------------------------------------------------------------
 # The decision: deny beats escalate beats allow; nothing matched is a deny.
 
 decision := {"effect": "deny", "reasons": sort(deny)} if {
-	count(deny) > 0
+	deny != set()
 } else := {
 	"effect": "escalate",
 	"reasons": sort(escalate),
 	"consent": {"binding_message": binding_message},
 } if {
-	count(escalate) > 0
+	escalate != set()
 } else := {"effect": "allow", "reasons": sort(allow)} if {
-	count(allow) > 0
+	allow != set()
 } else := {"effect": "deny", "reasons": [sprintf("%s (class %v) matches no rule of the langgraph policy: denied (rule fail-closed)", [object.get(input, ["action", "name"], "the request"), object.get(input, ["action", "properties", "class"], "missing")])]}
+
+# ---------------------------------------------------------------------------------------
+# deny
+
+deny := (
+	# rule toolkit-destructive: the destructive operations the tools call, and every delete
+	{msg |
+		tool := toolkit_destructive[input.action.name]
+		msg := sprintf("%s (%s) is destructive: denied by the langgraph policy (rule toolkit-destructive)", [input.action.name, tool])
+	}
+	| {msg |
+		input.action.properties.class == "delete"
+		not toolkit_destructive[input.action.name]
+		msg := sprintf("%s deletes data: denied by the langgraph policy (rule toolkit-destructive)", [input.action.name])
+	}
+	# rule not-in-toolkit
+	| {msg |
+		input.resource.type != "host"
+		input.action.properties.class != "delete"
+		not toolkit_reads[input.action.name]
+		not toolkit_writes[input.action.name]
+		not toolkit_destructive[input.action.name]
+		msg := sprintf("%s is not called by the LangChain GitHub, Gmail or Slack toolkits: denied by the langgraph policy (rule not-in-toolkit)", [input.action.name])
+	}
+	# rule unknown-host
+	| {msg |
+		input.resource.type == "host"
+		not read_host_get
+		not model_host
+		msg := sprintf("%s %s: unknown hosts are denied by the langgraph policy (rule unknown-host)", [upper(object.get(input, ["action", "properties", "method"], "")), input.resource.id])
+	}
+	# rule bulk-mail
+	| {msg |
+		n := input.context.body.email.recipient_count
+		limit := data.settings.max_recipients
+		n > limit
+		msg := sprintf("%s to %d recipients is bulk mail: more than %d recipients is denied by the langgraph policy (rule bulk-mail)", [input.action.name, n, limit])
+	}
+)
+
+# ---------------------------------------------------------------------------------------
+# escalate
+
+escalate := (
+	# rule toolkit-write
+	{msg |
+		tool := toolkit_writes[input.action.name]
+		msg := sprintf("%s (%s) changes data: a person approves it under the langgraph policy (rule toolkit-write)", [input.action.name, tool])
+	}
+	# ... and a listed read that the catalog does not class as a read
+	| {msg |
+		tool := toolkit_reads[input.action.name]
+		input.action.properties.class != "read"
+		msg := sprintf("%s (%s) is not classed as a read: a person approves it under the langgraph policy (rule toolkit-write)", [input.action.name, tool])
+	}
+)
+
+# ---------------------------------------------------------------------------------------
+# allow
+
+allow := (
+	# rule toolkit-read
+	{msg |
+		tool := toolkit_reads[input.action.name]
+		input.action.properties.class == "read"
+		msg := sprintf("%s (%s) is a toolkit read: allowed by the langgraph policy (rule toolkit-read)", [input.action.name, tool])
+	}
+	# rule read-host (the type test first spares other requests the helper rule's cost)
+	| {msg |
+		input.resource.type == "host"
+		read_host_get
+		msg := sprintf("GET %s%s is a file download in settings.read_hosts (Overview of files included in PR): allowed by the langgraph policy (rule read-host)", [input.resource.id, object.get(input, ["context", "path"], "")])
+	}
+	# rule model-host
+	| {msg |
+		input.resource.type == "host"
+		model_host
+		msg := sprintf("%s is the agent's model API (settings.model_hosts): allowed by the langgraph policy (rule model-host)", [input.resource.id])
+	}
+)
 
 # ---------------------------------------------------------------------------------------
 # Consent text: "<agent>: <action> <resource>", at most 64 characters of letters, digits,
 # space and +-_.,:# (what CIBA providers accept). "/" becomes ":", anything else "_".
 
-agent_name := name if {
-	name := input.subject.properties.name
+binding_message := substring(safe_text(sprintf("%s: %s %s", [agent_name(input.subject), input.action.name, object.get(input, ["resource", "id"], "")])), 0, 64)
+
+agent_name(subject) := name if {
+	name := subject.properties.name
 	is_string(name)
 	name != ""
 } else := last if {
-	parts := split(input.subject.id, "/")
+	parts := split(subject.id, "/")
 	last := parts[count(parts) - 1]
 } else := "agent"
 
-binding_message := substring(safe_text(sprintf("%s: %s %s", [agent_name, action_name, object.get(input, ["resource", "id"], "")])), 0, 64)
-
 binding_chars := "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 +-_.,:#"
 
-safe_text(s) := "" if s == ""
-
-safe_text(s) := concat("", [safe_char(substring(s, i, 1)) | some i in numbers.range(0, count(s) - 1)]) if s != ""
+# The first body is the usual case (one replace and one trim) and gives what the second
+# gives, character by character.
+safe_text(s) := t if {
+	t := replace(s, "/", ":")
+	trim(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 +-_.,:#") == ""
+} else := concat("", [safe_char(substring(s, i, 1)) | some i in numbers.range(0, count(s) - 1)])
 
 safe_char(c) := c if contains(binding_chars, c)
 
