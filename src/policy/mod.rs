@@ -557,7 +557,8 @@ fn set_eval_timeout(limit: Duration) {
     regorus::utils::limits::set_fallback_execution_timer_config(Some(
         regorus::utils::limits::ExecutionTimerConfig {
             limit,
-            check_interval: std::num::NonZeroU32::MIN,
+            // The clock is read every 64 units of work, not at every one.
+            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
         },
     ));
 }
