@@ -60,8 +60,8 @@ fn test(root: &Path, recursive: bool, config: &Config, output: Output) -> Result
     }
     let mut all = Vec::new();
     for dir in &dirs {
-        let results =
-            runner::run_dir(dir, &intent).with_context(|| format!("testing {}", dir.display()))?;
+        let results = runner::run_dir(dir, &intent, &config.policy)
+            .with_context(|| format!("testing {}", dir.display()))?;
         if results.is_empty() {
             bail!(
                 "{} has no tests: add *_test.yaml cases or *_test.rego rules",

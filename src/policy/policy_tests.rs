@@ -69,16 +69,18 @@ fn anything_but_a_decision_denies() {
 
 #[test]
 fn a_policy_that_runs_too_long_is_denied() {
-    // Walks a large generated range per request: far over a 1 ms bound.
+    // Nine million iterations that never match: far over the default 100 ms bound in any
+    // build, with no memory to speak of. (The bound is process-wide in regorus, so this test
+    // uses the default rather than changing it under the tests running beside it.)
     let rego = r#"package agentgate
-n := count([x | some x in numbers.range(1, 5000000); x % 7 == 0])
-decision := {"effect": "allow", "reasons": [sprintf("%d", [n])]}
+slow if {
+    some x in numbers.range(1, 3000)
+    some y in numbers.range(1, 3000)
+    x * y == -1
+}
+decision := {"effect": "allow", "reasons": ["finished"]} if not slow
 "#;
-    let config = PolicyConfig {
-        eval_timeout: Duration::from_millis(1),
-        ..PolicyConfig::default()
-    };
-    let p = Policy::from_sources(&sources(rego), &config).unwrap();
+    let p = Policy::from_sources(&sources(rego), &PolicyConfig::default()).unwrap();
     let d = p.evaluate(&input("read"));
     assert_eq!(d.effect, Effect::Deny);
     assert!(
@@ -86,7 +88,6 @@ decision := {"effect": "allow", "reasons": [sprintf("%d", [n])]}
         "{}",
         d.reason_line()
     );
-    set_eval_timeout(PolicyConfig::default().eval_timeout);
 }
 
 #[test]
@@ -194,7 +195,12 @@ fn shipped_policies_pass_their_tests() {
     let dirs = runner::policy_dirs(&root);
     assert!(dirs.len() >= 6, "{dirs:?}");
     for dir in dirs {
-        let results = runner::run_dir(&dir, &intent).unwrap();
+        // Debug builds evaluate far slower than release; the bound is not under test here.
+        let config = PolicyConfig {
+            eval_timeout: Duration::from_secs(5),
+            ..PolicyConfig::default()
+        };
+        let results = runner::run_dir(&dir, &intent, &config).unwrap();
         assert!(
             results.len() >= 8,
             "{}: {} cases",
@@ -225,7 +231,7 @@ fn the_runner_reports_failures() {
     )
     .unwrap();
     let intent = crate::intent::Intent::embedded(1 << 20).unwrap();
-    let results = runner::run_dir(dir.path(), &intent).unwrap();
+    let results = runner::run_dir(dir.path(), &intent, &PolicyConfig::default()).unwrap();
     let summary: Vec<(&str, bool)> = results
         .iter()
         .map(|r| (r.name.as_str(), r.passed))

@@ -21,12 +21,16 @@ pub struct CaseResult {
 }
 
 /// Runs every test in `dir`: Rego `test_*` rules in `*_test.rego` and the cases in
-/// `*_test.yaml` / `*_test.json`.
-pub fn run_dir(dir: &Path, intent: &Intent) -> Result<Vec<CaseResult>, PolicyError> {
+/// `*_test.yaml` / `*_test.json`, with `config`'s evaluation bound.
+pub fn run_dir(
+    dir: &Path,
+    intent: &Intent,
+    config: &PolicyConfig,
+) -> Result<Vec<CaseResult>, PolicyError> {
     let sources = Sources::read_dir(dir)?;
     let mut results = Vec::new();
     rego_tests(&sources, &mut results)?;
-    let policy = Policy::from_sources(&sources, &PolicyConfig::default())?;
+    let policy = Policy::from_sources(&sources, config)?;
     for (file, text) in &sources.tests {
         if file.ends_with(".rego") {
             continue;

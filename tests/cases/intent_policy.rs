@@ -226,7 +226,8 @@ async fn admin(
 
 /// `agentgate ARGS` with `AGENTGATE_HOME=home`.
 fn agentgate(home: &Path, args: &[&str]) -> Output {
-    cli(home, args, &[])
+    // Debug builds evaluate policies far slower than release; the bound is not under test.
+    cli(home, args, &[("AGENTGATE_POLICY_EVAL_TIMEOUT", "5s")])
 }
 
 fn stdout(o: &Output) -> String {
