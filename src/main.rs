@@ -189,18 +189,12 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Audit { config, command } => {
             let config = load_config(&cli.home, &config)?;
             let intact = cli::audit::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
-            if !intact {
-                std::process::exit(1);
-            }
-            Ok(())
+            exit_unless(intact)
         }
         Command::Policy { config, command } => {
             let config = load_config(&cli.home, &config)?;
             let passed = cli::policy::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
-            if !passed {
-                std::process::exit(1);
-            }
-            Ok(())
+            exit_unless(passed)
         }
         Command::Explain {
             config,
@@ -244,6 +238,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A check command's answer: exit 1 when it found a problem (already reported).
+fn exit_unless(ok: bool) -> Result<()> {
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn load_config(home: &Path, args: &ConfigArgs) -> Result<Config> {

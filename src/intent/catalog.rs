@@ -113,7 +113,7 @@ pub struct Route {
     /// Resource id template: literal pieces and parameter indexes.
     pub resource_id: Vec<Piece>,
     pub body: Option<BodyKind>,
-    /// The template, for `explain` and errors.
+    /// The path template (debug output and test failures).
     pub template: Arc<str>,
 }
 
@@ -160,7 +160,6 @@ pub struct Host {
 pub struct Catalog {
     hosts: HashMap<String, Host>,
     operations: usize,
-    graphql_routed: Vec<String>,
 }
 
 /// A catalog file that cannot be used.
@@ -282,29 +281,27 @@ impl Catalog {
                     root: Node::default(),
                 });
             }
-            if let Some(schema) = &service.graphql {
-                if !catalog.graphql_routed.iter().any(|n| **n == *service.name) {
-                    catalog.graphql_routed.push(service.name.to_string());
-                    let route = Route {
-                        action: format!("{}.graphql", service.name).into(),
-                        class: Class::Unknown,
-                        service: service.clone(),
-                        params: Vec::new(),
-                        resource_type: service.default_resource.0.clone(),
-                        resource_id: vec![Piece::Text(service.default_resource.1.to_string())],
-                        body: Some(BodyKind::Graphql),
-                        template: schema.path.as_str().into(),
-                    };
-                    let host = file.hosts.first().map(|h| host_of(h)).unwrap_or_default();
-                    if let Some(host) = catalog.hosts.get_mut(&host) {
-                        insert(
-                            &mut host.root,
-                            &schema.path,
-                            MethodKey::One(http::Method::POST),
-                            Arc::new(route),
-                        )
-                        .map_err(|r| err(format!("POST {}: {r}", schema.path)))?;
-                    }
+            // The GraphQL file routes its endpoint; its action comes from the body.
+            if let (Some("graphql"), Some(schema)) = (file.kind.as_deref(), &service.graphql) {
+                let route = Route {
+                    action: format!("{}.graphql", service.name).into(),
+                    class: Class::Unknown,
+                    service: service.clone(),
+                    params: Vec::new(),
+                    resource_type: service.default_resource.0.clone(),
+                    resource_id: vec![Piece::Text(service.default_resource.1.to_string())],
+                    body: Some(BodyKind::Graphql),
+                    template: schema.path.as_str().into(),
+                };
+                let host = file.hosts.first().map(|h| host_of(h)).unwrap_or_default();
+                if let Some(host) = catalog.hosts.get_mut(&host) {
+                    insert(
+                        &mut host.root,
+                        &schema.path,
+                        MethodKey::One(http::Method::POST),
+                        Arc::new(route),
+                    )
+                    .map_err(|r| err(format!("POST {}: {r}", schema.path)))?;
                 }
             }
             for op in &file.operations {

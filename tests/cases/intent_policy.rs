@@ -83,21 +83,21 @@ async fn decision_for(proxy: &Proxy, method: &str, path: &str) -> Value {
     })
 }
 
+/// Asserts a refusal by `gate` with `status`, error code `error` and a reason mentioning
+/// `reason_has`; returns the JSON body.
+fn refused(resp: &RawResponse, status: u16, gate: &str, error: &str, reason_has: &str) -> Value {
+    let b = assert_denied(resp, status, gate);
+    assert_eq!(b["error"], error, "{b}");
+    assert!(
+        b["reason"].as_str().unwrap_or("").contains(reason_has),
+        "reason should mention {reason_has:?}: {b}"
+    );
+    b
+}
+
 /// Every record of `kind` in the proxy's audit log (read-only, works while it runs).
 fn audit_records(proxy: &Proxy, kind: &str) -> Vec<Value> {
-    let conn = rusqlite::Connection::open_with_flags(
-        proxy.home.join("audit.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open audit.db");
-    let mut stmt = conn
-        .prepare("SELECT record FROM records ORDER BY seq")
-        .expect("query audit.db");
-    stmt.query_map([], |r| r.get::<_, String>(0))
-        .expect("read audit.db")
-        .map(|r| serde_json::from_str::<Value>(&r.expect("row")).expect("record JSON"))
-        .filter(|r| r["kind"] == kind)
-        .collect()
+    crate::support::read_records(&proxy.home.join("audit.db"), kind)
 }
 
 /// Writes `name` in `dir` atomically (a temp name the policy loader ignores, then rename),
@@ -424,9 +424,7 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
 
     // Encoded slash: which repository is meant depends on who decodes it.
     let out = curl(&proxy, &["https://api.github.com/repos/acme%2Fweb/issues"]).await;
-    let b = assert_denied(&from_curl(&out), 400, "intent");
-    assert_eq!(b["error"], "ambiguous_path", "{b}");
-    assert!(b["reason"].as_str().unwrap().contains("%2F"), "{b}");
+    refused(&from_curl(&out), 400, "intent", "ambiguous_path", "%2F");
 
     // Dot segments (curl would resolve them itself without --path-as-is).
     let out = curl(
@@ -437,9 +435,13 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         ],
     )
     .await;
-    let b = assert_denied(&from_curl(&out), 400, "intent");
-    assert_eq!(b["error"], "ambiguous_path", "{b}");
-    assert!(b["reason"].as_str().unwrap().contains("dot segment"), "{b}");
+    refused(
+        &from_curl(&out),
+        400,
+        "intent",
+        "ambiguous_path",
+        "dot segment",
+    );
 
     // A Slack token in the query and in a form body: credentials are AgentGate's job.
     let out = curl(
@@ -447,9 +449,13 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         &["https://slack.com/api/chat.postMessage?channel=C1&text=hi&token=xoxb-e2e-secret-query"],
     )
     .await;
-    let b = assert_denied(&from_curl(&out), 403, "intent");
-    assert_eq!(b["error"], "credential_in_request", "{b}");
-    assert!(b["reason"].as_str().unwrap().contains("query"), "{b}");
+    refused(
+        &from_curl(&out),
+        403,
+        "intent",
+        "credential_in_request",
+        "query",
+    );
     let out = curl(
         &proxy,
         &[
@@ -459,9 +465,13 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         ],
     )
     .await;
-    let b = assert_denied(&from_curl(&out), 403, "intent");
-    assert_eq!(b["error"], "credential_in_request", "{b}");
-    assert!(b["reason"].as_str().unwrap().contains("body"), "{b}");
+    refused(
+        &from_curl(&out),
+        403,
+        "intent",
+        "credential_in_request",
+        "body",
+    );
 
     // A GraphQL document hiding a deleting mutation between two queries (httpx).
     let hidden = write_file(
@@ -510,9 +520,13 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         "broken.json",
         json!({"query": "query { viewer { "}).to_string().as_bytes(),
     );
-    let b = assert_denied(&from_client(&graphql(broken).await), 400, "intent");
-    assert_eq!(b["error"], "unreadable_body", "{b}");
-    assert!(b["reason"].as_str().unwrap().contains("GraphQL"), "{b}");
+    refused(
+        &from_client(&graphql(broken).await),
+        400,
+        "intent",
+        "unreadable_body",
+        "GraphQL",
+    );
 
     // A POST that asks to be treated as DELETE is judged as the DELETE (Python requests).
     let out = python(

@@ -194,6 +194,11 @@ pub async fn audit_decisions(
 }
 
 fn read_decisions(db: &std::path::Path) -> Vec<serde_json::Value> {
+    read_records(db, "decision")
+}
+
+/// Every record of `kind` in an audit log (read-only, works while the proxy writes).
+pub fn read_records(db: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open audit.db");
@@ -203,6 +208,6 @@ fn read_decisions(db: &std::path::Path) -> Vec<serde_json::Value> {
     stmt.query_map([], |r| r.get::<_, String>(0))
         .expect("read audit.db")
         .map(|r| serde_json::from_str::<serde_json::Value>(&r.expect("row")).expect("record JSON"))
-        .filter(|r| r["kind"] == "decision")
+        .filter(|r| r["kind"] == kind)
         .collect()
 }
