@@ -27,6 +27,8 @@ pub enum ProxyBody {
     /// Streamed from the upstream as it arrives, counted; its outcome record is written
     /// when it ends.
     Audited(Incoming, Outcome),
+    /// Like `Audited`, with every echo of the injected credential masked on the way.
+    Scanned(Incoming, Outcome, Box<Redact>),
     /// A complete body we generated (errors, health answers).
     Full(Option<Bytes>),
 }
@@ -65,6 +67,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
+            ProxyBody::Scanned(body, outcome, redact) => redact.poll_frame(body, outcome, cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -72,13 +75,15 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Audited(body, _) => body.is_end_stream(),
+            ProxyBody::Scanned(_, _, redact) => redact.done,
             ProxyBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Audited(body, _) => body.size_hint(),
+            // Masking keeps every length.
+            ProxyBody::Audited(body, _) | ProxyBody::Scanned(body, _, _) => body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
@@ -96,6 +101,10 @@ pub struct Outcome {
     pub bytes_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub bytes_down: u64,
     pub aborted: bool,
+    /// Echoes of the injected credential masked in the response.
+    pub redacted: u64,
+    /// Why the response could not be scanned for echoes (a compressed body).
+    pub unscanned: Option<String>,
 }
 
 impl Drop for Outcome {
@@ -118,8 +127,109 @@ impl Drop for Outcome {
             (self.started.elapsed().as_micros() as u64).into(),
         );
         r.insert("complete".into(), (!self.aborted).into());
+        if self.redacted > 0 {
+            r.insert("redacted".into(), self.redacted.into());
+        }
+        if let Some(why) = self.unscanned.take() {
+            r.insert("unscanned".into(), why.into());
+        }
         self.audit.submit(r);
     }
+}
+
+/// Masks every occurrence of one secret (the injected credential) in a streamed body with
+/// as many `*`, holding back only the bytes that could begin an occurrence split across
+/// two pieces.
+#[derive(Debug)]
+pub struct Redact {
+    finder: memchr::memmem::Finder<'static>,
+    carry: bytes::BytesMut,
+    pending: Option<Frame<Bytes>>,
+    done: bool,
+}
+
+impl Redact {
+    /// A scanner for `secret` (at least one byte).
+    pub fn new(secret: &[u8]) -> Redact {
+        Redact {
+            finder: memchr::memmem::Finder::new(secret).into_owned(),
+            carry: bytes::BytesMut::new(),
+            pending: None,
+            done: false,
+        }
+    }
+
+    /// Masks `data` in place; returns how many occurrences there were.
+    pub fn mask(&self, data: &mut [u8]) -> u64 {
+        mask_with(&self.finder, data)
+    }
+
+    /// Masks what can be masked of `carry ‖ data`; returns the bytes safe to send now.
+    fn feed(&mut self, data: &[u8], count: &mut u64) -> Bytes {
+        self.carry.extend_from_slice(data);
+        *count += mask_with(&self.finder, &mut self.carry[..]);
+        let keep = (self.finder.needle().len() - 1).min(self.carry.len());
+        let ready = self.carry.len() - keep;
+        self.carry.split_to(ready).freeze()
+    }
+
+    fn poll_frame(
+        &mut self,
+        body: &mut Incoming,
+        outcome: &mut Outcome,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            if let Some(frame) = self.pending.take() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        outcome.bytes_down += data.len() as u64;
+                        let out = self.feed(&data, &mut outcome.redacted);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(trailers) => {
+                        let tail = self.carry.split().freeze();
+                        if tail.is_empty() {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        self.pending = Some(trailers);
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                },
+                Some(Err(e)) => {
+                    outcome.aborted = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    self.done = true;
+                    let tail = self.carry.split().freeze();
+                    if !tail.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mask_with(finder: &memchr::memmem::Finder<'_>, data: &mut [u8]) -> u64 {
+    let n = finder.needle().len();
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(i) = finder.find(&data[at..]) {
+        data[at + i..at + i + n].fill(b'*');
+        at += i + n;
+        count += 1;
+    }
+    count
 }
 
 /// The request body as streamed to the upstream, cut off at the configured size limit and
@@ -287,5 +397,39 @@ impl Body for RequestBody {
             hint.set_upper(upper + ahead);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes and returns (output, occurrences).
+    fn run(secret: &str, input: &str, step: usize) -> (String, u64) {
+        let mut r = Redact::new(secret.as_bytes());
+        let mut count = 0;
+        let mut out = Vec::new();
+        for piece in input.as_bytes().chunks(step) {
+            out.extend_from_slice(&r.feed(piece, &mut count));
+        }
+        out.extend_from_slice(&r.carry.split());
+        (String::from_utf8(out).unwrap_or_default(), count)
+    }
+
+    #[test]
+    fn masks_echoes_split_across_pieces() {
+        let input = r#"{"token":"gho_SECRET123","again":"gho_SECRET123gho_SECRET123"}"#;
+        let want = input.replace("gho_SECRET123", "*************");
+        for step in 1..=input.len() {
+            assert_eq!(
+                run("gho_SECRET123", input, step),
+                (want.clone(), 3),
+                "step {step}"
+            );
+        }
+        assert_eq!(
+            run("gho_SECRET123", "nothing here", 4),
+            ("nothing here".into(), 0)
+        );
     }
 }

@@ -51,6 +51,7 @@ pub struct Config {
     pub intent: IntentConfig,
     pub policy: crate::policy::PolicyConfig,
     pub audit: crate::audit::AuditConfig,
+    pub vault: crate::vault::VaultConfig,
 }
 
 /// Gate 2: how requests are turned into AuthZEN tuples.
@@ -444,6 +445,9 @@ impl Config {
         }
         if self.identity.cache_size == 0 {
             return bad("identity.cache_size", "must be at least 1");
+        }
+        if let Err((key, message)) = self.vault.validate() {
+            return Err(ConfigError::invalid(key, message));
         }
         for key in self.upstream.resolve.keys() {
             if crate::egress::guard::split_host_port(key).is_none() {

@@ -32,6 +32,8 @@ pub enum Gate {
     Policy,
     /// Gate 4: a human's approval, when policy escalates.
     Consent,
+    /// Gate 5: the credential injected for the request.
+    Token,
     /// The audit log: a request whose decision cannot be committed is not forwarded.
     Audit,
     /// Egress guard: destination port and address rules.
@@ -51,6 +53,7 @@ impl Gate {
             Gate::Intent => "intent",
             Gate::Policy => "policy",
             Gate::Consent => "consent",
+            Gate::Token => "token",
             Gate::Audit => "audit",
             Gate::Guard => "guard",
             Gate::Limits => "limits",

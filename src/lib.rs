@@ -18,9 +18,11 @@ pub mod identity;
 pub mod ingress;
 pub mod instance;
 pub mod intent;
+pub mod panic;
 pub mod pipeline;
 pub mod policy;
 pub mod state;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +61,8 @@ pub enum StartError {
     Catalog(#[from] intent::CatalogError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    Vault(#[from] vault::VaultError),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -146,6 +150,12 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let instance_id = format!("{:08x}", rand::random::<u32>());
     let audit = Arc::new(audit::Audit::open(&config.audit, state, &instance_id)?);
     let admin_token = instance::admin_token(state)?;
+    let vault = Arc::new(vault::Vault::open(
+        &config,
+        state,
+        egress::upstream::tls_client_config(&config, provider.clone())?,
+        audit.clone(),
+    )?);
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
     let upstream = Upstream::new(&config, guard.clone(), provider)?;
@@ -156,6 +166,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         intent.clone(),
         policy.clone(),
         audit.clone(),
+        vault.clone(),
         guard,
         upstream,
         ca,
@@ -189,11 +200,20 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let slots = Arc::new(Semaphore::new(config.proxy.max_connections));
     let health = Arc::new(Health::default());
     let instance = pipeline.instance().to_owned();
+    let panic = Arc::new(panic::Panic {
+        identity: identity.clone(),
+        vault: vault.clone(),
+        sessions: pipeline.sessions.clone(),
+        audit: audit.clone(),
+        state: state.clone(),
+    });
     let admin_state = Arc::new(Admin {
         health: health.clone(),
         identity: identity.clone(),
         policy: policy.clone(),
         audit: audit.clone(),
+        vault: vault.clone(),
+        panic,
         state: state.clone(),
         token: admin_token,
     });
@@ -215,6 +235,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .clone()
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
+        tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
         tokio::spawn(policy.clone().watch(
             audit.clone(),
             config.policy.reload_interval,
@@ -273,6 +294,25 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         health,
         tasks,
     })
+}
+
+/// Applies CLI changes to the vault (`vault set`/`rm`) even when the instance was not told.
+async fn watch_vault(vault: Arc<vault::Vault>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let v = vault.clone();
+        match tokio::task::spawn_blocking(move || v.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("vault connections reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "vault reload failed; keeping the connections loaded")
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 impl Running {

@@ -108,6 +108,30 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Store, list and remove the credentials AgentGate injects (secrets never on argv).
+    Vault {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: cli::vault::VaultCommand,
+    },
+    /// Revoke an agent (or every agent) and every credential it obtained, at once.
+    Panic {
+        /// The agent: a registered name or a SPIFFE ID.
+        #[arg(long, conflicts_with_all = ["all", "lift"])]
+        agent: Option<String>,
+        /// Every agent.
+        #[arg(long, conflicts_with = "lift")]
+        all: bool,
+        /// Lift a PANIC --all (agents revoked one by one stay revoked).
+        #[arg(long)]
+        lift: bool,
+        /// Why (kept in the audit log and the registry).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The built-in identity issuer: key rotation, bundle.
     Identity {
         #[command(flatten)]
@@ -218,6 +242,20 @@ fn dispatch(cli: Cli) -> Result<()> {
                     output,
                 },
             )
+        }
+        Command::Vault { config, command } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::vault::run(&StateDir::open_or_create(&cli.home)?, &config, command)
+        }
+        Command::Panic {
+            agent,
+            all,
+            lift,
+            reason,
+            output,
+        } => {
+            let state = StateDir::open_or_create(&cli.home)?;
+            exit_unless(cli::panic::run(&state, agent, all, lift, reason, output)?)
         }
         Command::Identity { config, command } => {
             let config = load_config(&cli.home, &config)?;

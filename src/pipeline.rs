@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::{Audit, AuditError};
-use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, RequestBody};
+use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, Redact, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -35,8 +35,10 @@ use crate::error::{Denial, Gate, REQUEST_ID};
 use crate::gates;
 use crate::headers;
 use crate::identity::{Caller, Identity};
+use crate::ingress::sessions::Sessions;
 use crate::intent::{BodyPrefix, Intent, Subject, Tuple};
 use crate::policy::{Decision, Policy};
+use crate::vault::Vault;
 
 /// Everything the flow needs, shared by all connections.
 pub struct Pipeline {
@@ -48,6 +50,9 @@ pub struct Pipeline {
     pub(crate) intent: Arc<Intent>,
     pub(crate) policy: Arc<Policy>,
     pub(crate) audit: Arc<Audit>,
+    pub(crate) vault: Arc<Vault>,
+    /// Open tunnels by agent (PANIC closes them).
+    pub sessions: Arc<Sessions>,
     instance: String,
     via: HeaderValue,
     via_token: String,
@@ -80,6 +85,7 @@ struct Facts {
     caller: Option<Arc<Caller>>,
     tuple: Option<Tuple>,
     decision: Option<Decision>,
+    injection: Option<gates::token::Injection>,
 }
 
 /// Where one request goes.
@@ -108,6 +114,7 @@ impl Pipeline {
         intent: Arc<Intent>,
         policy: Arc<Policy>,
         audit: Arc<Audit>,
+        vault: Arc<Vault>,
         guard: Arc<Guard>,
         upstream: Upstream,
         ca: Ca,
@@ -123,6 +130,8 @@ impl Pipeline {
             intent,
             policy,
             audit,
+            vault,
+            sessions: Arc::default(),
             via_token: format!("agentgate-{instance}"),
             instance,
             via,
@@ -328,7 +337,13 @@ impl Pipeline {
         };
         let judged = self.judge(&routed, &who, prefix.as_ref(), facts);
         drop(routed);
-        if let Err(denial) = judged {
+
+        // Token: the credential for this exact origin, granted to this decision.
+        let granted = match judged {
+            Ok(()) => self.token(&who, &target, facts, &parts.headers).await,
+            Err(denial) => Err(denial),
+        };
+        if let Err(denial) = granted {
             // Read what the agent is still sending, so it hears the refusal (HTTP/2 clients
             // treat a reset during their upload as an error and lose the answer).
             if prefix.as_ref().is_some_and(|(_, more)| *more) {
@@ -336,7 +351,6 @@ impl Pipeline {
             }
             return Err(denial);
         }
-        // Next: token (later issue).
 
         // Audit: the decision is durable before anything leaves.
         let record = self.decision(
@@ -352,8 +366,10 @@ impl Pipeline {
         // 3. Egress.
         let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let replay = prefix.map(|(bytes, _)| bytes);
-        let (outbound, body_sent) =
+        let (mut outbound, body_sent) =
             self.outbound(parts, body, replay, &target, upgrade, bytes_up.clone())?;
+        // After hop-by-hop removal: `Connection: authorization` cannot strip the credential.
+        gates::token::inject(outbound.headers_mut(), facts.injection.as_ref());
         let mut resp = self.upstream.send(outbound, body_sent, upgrade).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -365,7 +381,7 @@ impl Pipeline {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
-        let outcome = Outcome {
+        let mut outcome = Outcome {
             audit: self.audit.clone(),
             request_id: request_id.to_owned(),
             status: parts.status.as_u16(),
@@ -373,11 +389,45 @@ impl Pipeline {
             bytes_up,
             bytes_down: 0,
             aborted: false,
+            redacted: 0,
+            unscanned: None,
         };
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::Audited(body, outcome),
-        ))
+        // Response hygiene: the agent never sees the credential, even if the upstream
+        // echoes it (token introspection, debug endpoints).
+        let body = match &facts.injection {
+            None => ProxyBody::Audited(body, outcome),
+            Some(injection) => {
+                let redact = Redact::new(injection.grant.credential.token().as_bytes());
+                outcome.redacted = gates::token::redact_headers(&mut parts.headers, &redact);
+                outcome.unscanned = parts
+                    .headers
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.eq_ignore_ascii_case("identity"))
+                    .map(|v| format!("content-encoding {v}"));
+                ProxyBody::Scanned(body, outcome, Box::new(redact))
+            }
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Gate 5: the credential to inject, if a vault connection serves the origin. Only
+    /// `https` origins get one.
+    async fn token(
+        &self,
+        who: &Caller,
+        target: &Target,
+        facts: &mut Facts,
+        headers: &http::HeaderMap,
+    ) -> Result<(), Denial> {
+        let Some(tuple) = facts.tuple.as_ref() else {
+            return Ok(());
+        };
+        let scopes = facts.decision.as_ref().map_or(&[][..], |d| &d.scopes[..]);
+        let origin = (target.scheme == Scheme::HTTPS).then(|| target.authority.as_str());
+        facts.injection =
+            gates::token::obtain(&self.vault, who, origin, tuple, scopes, headers).await?;
+        Ok(())
     }
 
     /// Gates 2 and 3: the tuple, then the policy's decision, both kept in `facts` for the
@@ -517,6 +567,22 @@ impl Pipeline {
                 r.insert("scopes".into(), d.scopes.clone().into());
             }
             reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
+        }
+        if let Some(i) = &facts.injection {
+            let c = &i.grant.credential;
+            r.insert(
+                "credential".into(),
+                serde_json::json!({
+                    "id": c.connection.id,
+                    "kind": c.connection.kind.as_str(),
+                    "fingerprint": c.fingerprint,
+                    "expires": c.expires,
+                    "grant_expires": i.grant.expires,
+                }),
+            );
+            if i.reference {
+                r.insert("reference".into(), true.into());
+            }
         }
         match denial {
             None => {
@@ -753,6 +819,7 @@ fn log_request(
         action = facts.tuple.as_ref().map(|t| &*t.action),
         resource = facts.tuple.as_ref().map(|t| t.resource_id.as_str()),
         policy = facts.decision.as_ref().map(|d| d.effect.as_str()),
+        credential = facts.injection.as_ref().map(|i| i.grant.credential.fingerprint.as_str()),
         status = status.as_u16(),
         denied_by = denied.map(|d| d.gate.as_str()),
         error = denied.map(|d| d.error),

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http::Method;
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -29,6 +30,53 @@ pub async fn reload_identity(
     state: &StateDir,
     event: Option<(&str, &str)>,
 ) -> Result<Option<SocketAddr>, NotifyError> {
+    let path = match event {
+        Some((name, subject)) => format!("/api/v1/identity/reload?event={name}&subject={subject}"),
+        None => "/api/v1/identity/reload".to_owned(),
+    };
+    confirm(state, &path).await
+}
+
+/// Asks the running instance (if any) to reload `vault.db`; `subject` names the change in
+/// its audit record.
+pub async fn reload_vault(
+    state: &StateDir,
+    subject: &str,
+) -> Result<Option<SocketAddr>, NotifyError> {
+    let subject: String = form_urlencoded::byte_serialize(subject.as_bytes()).collect();
+    confirm(state, &format!("/api/v1/vault/reload?subject={subject}")).await
+}
+
+async fn confirm(state: &StateDir, path: &str) -> Result<Option<SocketAddr>, NotifyError> {
+    match call(state, Method::POST, path, None).await? {
+        None => Ok(None),
+        Some(answer) if answer.status.is_success() => Ok(Some(answer.addr)),
+        Some(answer) => Err(NotifyError::Failed {
+            addr: answer.addr,
+            reason: format!(
+                "{}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            ),
+        }),
+    }
+}
+
+/// What a running instance answered.
+pub struct Answer {
+    pub addr: SocketAddr,
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+}
+
+/// Calls an admin route of the instance running on `state` with the admin token and an
+/// optional JSON body. `None` when no instance runs.
+pub async fn call(
+    state: &StateDir,
+    method: Method,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<Option<Answer>, NotifyError> {
     let Some(info) = instance::read(state) else {
         return Ok(None);
     };
@@ -46,17 +94,19 @@ pub async fn reload_identity(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let path = match event {
-            Some((name, subject)) => {
-                format!("/api/v1/identity/reload?event={name}&subject={subject}")
-            }
-            None => "/api/v1/identity/reload".to_owned(),
-        };
-        let req = http::Request::post(path)
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, addr.to_string())
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match json {
+            Some(v) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                bytes::Bytes::from(v.to_string())
+            }
+            None => bytes::Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = resp
@@ -65,15 +115,12 @@ pub async fn reload_identity(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-        }
+        Ok::<_, String>(Answer { addr, status, body })
     };
-    match tokio::time::timeout(Duration::from_secs(10), call).await {
-        Ok(Ok(())) => Ok(Some(addr)),
+    // PANIC waits for upstream revocations, each bounded by vault.fetch_timeout.
+    match tokio::time::timeout(Duration::from_secs(60), call).await {
+        Ok(Ok(answer)) => Ok(Some(answer)),
         Ok(Err(reason)) => Err(fail(reason)),
-        Err(_) => Err(fail("no answer within 10 s".into())),
+        Err(_) => Err(fail("no answer within 60 s".into())),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod authzen;
 pub mod client;
+pub mod token;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct Admin {
     pub audit: Arc<crate::audit::Audit>,
     /// Where `audit.pub` lives.
     pub state: crate::state::StateDir,
+    pub vault: Arc<crate::vault::Vault>,
+    pub panic: Arc<crate::panic::Panic>,
     /// The bearer token `/api/` routes require.
     pub token: String,
 }
@@ -87,7 +90,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
     let ready = admin.health.ready.load(Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let path = path.as_str();
-    let protected = path.starts_with("/api/") || path.starts_with("/access/");
+    // References authenticate in their route: an agent may use its own JWT-SVID there.
+    let protected =
+        (path.starts_with("/api/") || path.starts_with("/access/")) && path != "/api/v1/references";
     if protected && !authorized(admin, &req) {
         let mut resp = json(
             StatusCode::UNAUTHORIZED,
@@ -117,6 +122,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
             json_bytes(StatusCode::OK, body.into())
         }
         (&Method::POST, "/api/v1/identity/reload") => reload(admin, &req).await,
+        (&Method::GET, "/api/v1/vault") => token::list(admin),
+        (&Method::POST, "/api/v1/vault/reload") => token::reload(admin, &req).await,
+        (&Method::POST, "/api/v1/references") => token::reference(admin, req).await,
+        (&Method::POST, "/api/v1/panic") => token::panic(admin, req).await,
         (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
         (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -157,7 +166,9 @@ async fn pdp(
 }
 
 /// Reads a JSON request body up to [`MAX_ADMIN_BODY`]; refusals come back as responses.
-async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response<ProxyBody>> {
+pub(crate) async fn read_json_body(
+    req: Request<Incoming>,
+) -> Result<bytes::Bytes, Response<ProxyBody>> {
     use http_body_util::BodyExt;
     let is_json = req
         .headers()
@@ -186,7 +197,7 @@ async fn read_json_body(req: Request<Incoming>) -> Result<bytes::Bytes, Response
     }
 }
 
-fn bad_request(reason: &str) -> Response<ProxyBody> {
+pub(crate) fn bad_request(reason: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({"error": "bad_request", "reason": reason});
     json_bytes(StatusCode::BAD_REQUEST, body.to_string().into())
 }
@@ -292,7 +303,7 @@ async fn audit_verify(admin: &Admin) -> Response<ProxyBody> {
     }
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -305,7 +316,7 @@ fn is_event_name(e: &str) -> bool {
     !e.is_empty() && e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
+pub(crate) fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     let Some(given) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -325,7 +336,7 @@ fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     json_bytes(status, bytes::Bytes::from_static(body.as_bytes()))
 }
 
-fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Response<ProxyBody> {
+pub(crate) fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

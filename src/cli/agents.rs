@@ -34,6 +34,19 @@ pub enum AgentsCommand {
         /// Token lifetime, e.g. 1h, 24h, 30d (default: identity.token_ttl).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
+        /// The agent sends an `agw_…` reference in Authorization (for SDKs that insist on a
+        /// token); get one with `agentgate agents reference NAME SERVICE`.
+        #[arg(long)]
+        reference_tokens: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Get a short-lived `agw_…` reference for an agent in reference-token mode (needs the
+    /// running proxy, which alone can swap it for the real credential).
+    Reference {
+        name: String,
+        /// The vault service it is for, e.g. github.
+        service: String,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
@@ -72,8 +85,20 @@ pub fn agents(state: &StateDir, config: &Config, cmd: AgentsCommand) -> Result<(
             owner,
             tenant,
             ttl,
+            reference_tokens,
             output,
-        } => register(state, config, &name, owner, tenant, ttl, output),
+        } => register(
+            state,
+            config,
+            &name,
+            (owner, tenant, ttl, reference_tokens),
+            output,
+        ),
+        AgentsCommand::Reference {
+            name,
+            service,
+            output,
+        } => reference(state, &name, &service, output),
         AgentsCommand::List { output } => list(state, output),
         AgentsCommand::Revoke { name, jti, reason } => revoke(state, config, &name, jti, &reason),
     }
@@ -83,9 +108,12 @@ fn register(
     state: &StateDir,
     config: &Config,
     name: &str,
-    owner: Option<String>,
-    tenant: Option<String>,
-    ttl: Option<Duration>,
+    (owner, tenant, ttl, reference_tokens): (
+        Option<String>,
+        Option<String>,
+        Option<Duration>,
+        bool,
+    ),
     output: Output,
 ) -> Result<()> {
     let owner = owner.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
@@ -97,6 +125,7 @@ fn register(
         ttl: ttl.unwrap_or(config.identity.token_ttl),
     };
     let reg = issuer::register(state, &mut registry, &config.identity, &req, now())?;
+    registry.set_reference_tokens(name, reference_tokens)?;
     let notified = announce(state, config, "agent_registered", &reg.spiffe_id)?;
     let env = agent_env::for_agent(state, config, name, now()).ok();
     let proxy_url = env
@@ -129,6 +158,30 @@ fn register(
                 eprintln!("note: no running proxy found; start one with `agentgate run`");
             }
         }
+    }
+    Ok(())
+}
+
+fn reference(state: &StateDir, name: &str, service: &str, output: Output) -> Result<()> {
+    let body = serde_json::json!({ "agent": name, "service": service });
+    let answer = block_on(agentgate::admin::client::call(
+        state,
+        http::Method::POST,
+        "/api/v1/references",
+        Some(&body),
+    ))??
+    .context("no proxy is running; references are issued (and swapped) by the running proxy")?;
+    if !answer.status.is_success() {
+        bail!(
+            "the proxy refused ({}): {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Text => println!("{}", doc["reference"].as_str().unwrap_or_default()),
     }
     Ok(())
 }

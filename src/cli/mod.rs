@@ -3,7 +3,9 @@
 pub mod agents;
 pub mod audit;
 pub mod env;
+pub mod panic;
 pub mod policy;
+pub mod vault;
 
 use clap::ValueEnum;
 

@@ -158,6 +158,19 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// A TLS client configuration trusting the system roots plus `upstream.extra_roots`, for
+/// other clients that talk to the same servers (the vault's token endpoints).
+pub fn tls_client_config(
+    config: &Config,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig, UpstreamError> {
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?
+        .with_root_certificates(root_store(&config.upstream.extra_roots)?)
+        .with_no_client_auth())
+}
+
 fn root_store(extra: &[std::path::PathBuf]) -> Result<rustls::RootCertStore, UpstreamError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();

@@ -3,3 +3,4 @@
 pub mod identity;
 pub mod intent;
 pub mod policy;
+pub mod token;

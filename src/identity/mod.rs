@@ -389,7 +389,7 @@ fn check_live(
     if now > caller.expires.saturating_add(rules.leeway.as_secs() as i64) {
         return Err(JwtError::Expired(now - caller.expires).into());
     }
-    if registry.revoked_ids.contains(&caller.spiffe_id) {
+    if registry.all_revoked || registry.revoked_ids.contains(&caller.spiffe_id) {
         return Err(IdentityError::AgentRevoked(caller.spiffe_id.clone()));
     }
     if let Some(jti) = &caller.jti {

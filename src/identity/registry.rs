@@ -29,6 +29,9 @@ pub enum RegistryError {
     UnknownToken(String),
 }
 
+/// The revocation entry `PANIC --all` writes: it refuses every caller, registered or not.
+pub const ALL_AGENTS: &str = "*";
+
 /// One registered agent, as `agents list` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Agent {
@@ -43,6 +46,8 @@ pub struct Agent {
     pub active_tokens: u32,
     /// Expiry of the newest token.
     pub token_expires: Option<i64>,
+    /// Gets `agw_` reference tokens (`agents register --reference-tokens`).
+    pub reference_tokens: bool,
 }
 
 /// A token as issued.
@@ -76,6 +81,8 @@ pub struct Snapshot {
     pub revoked_ids: HashSet<String>,
     /// Token ids refused.
     pub revoked_jtis: HashSet<String>,
+    /// `PANIC --all` is in force: every caller is refused until it is lifted.
+    pub all_revoked: bool,
     /// The issuer keys still in the bundle.
     pub issuer_keys: Vec<IssuerKey>,
 }
@@ -150,6 +157,21 @@ impl Registry {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Added with reference tokens; older registries gain the column in place.
+        let has_refs: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('agents') WHERE name = 'reference_tokens'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(db)?;
+        if !has_refs {
+            conn.execute_batch(
+                "ALTER TABLE agents ADD COLUMN reference_tokens INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(db)?;
+        }
         Ok(Registry {
             conn,
             path: path.to_owned(),
@@ -253,7 +275,8 @@ impl Registry {
             .prepare(
                 "SELECT a.name, a.spiffe_id, a.owner, a.tenant, a.created, a.revoked,
                     (SELECT COUNT(*) FROM tokens t WHERE t.agent = a.name AND t.revoked IS NULL AND t.expires > ?2),
-                    (SELECT MAX(expires) FROM tokens t WHERE t.agent = a.name)
+                    (SELECT MAX(expires) FROM tokens t WHERE t.agent = a.name),
+                    a.reference_tokens
                  FROM agents a WHERE ?1 IS NULL OR a.name = ?1 ORDER BY a.name",
             )
             .map_err(self.db())?;
@@ -268,10 +291,26 @@ impl Registry {
                     revoked: r.get(5)?,
                     active_tokens: r.get(6)?,
                     token_expires: r.get(7)?,
+                    reference_tokens: r.get::<_, i64>(8)? != 0,
                 })
             })
             .map_err(self.db())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
+    }
+
+    /// Sets whether `name` gets `agw_` reference tokens.
+    pub fn set_reference_tokens(&self, name: &str, on: bool) -> Result<(), RegistryError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE agents SET reference_tokens = ?2 WHERE name = ?1",
+                params![name, on as i64],
+            )
+            .map_err(self.db())?;
+        if n == 0 {
+            return Err(RegistryError::UnknownAgent(name.to_owned()));
+        }
+        Ok(())
     }
 
     /// Revokes an agent and every token it holds. Returns how many tokens were revoked.
@@ -316,6 +355,18 @@ impl Registry {
                 params![spiffe_id, now, reason],
             )
             .map(drop)
+            .map_err(self.db())
+    }
+
+    /// Lifts `PANIC --all` (agents revoked one by one stay revoked). Returns whether it was
+    /// in force.
+    pub fn lift_all(&self) -> Result<bool, RegistryError> {
+        self.conn
+            .execute(
+                "DELETE FROM revoked_ids WHERE spiffe_id = ?1",
+                params![ALL_AGENTS],
+            )
+            .map(|n| n > 0)
             .map_err(self.db())
     }
 
@@ -443,6 +494,7 @@ impl Registry {
             .map_err(self.db())?;
         let rows = stmt.query_map([], |r| r.get(0)).map_err(self.db())?;
         snap.revoked_ids = rows.collect::<Result<_, _>>().map_err(self.db())?;
+        snap.all_revoked = snap.revoked_ids.contains(ALL_AGENTS);
         // Expired tokens are refused by their `exp`; only live ones need listing.
         let mut stmt = self
             .conn

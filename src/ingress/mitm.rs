@@ -103,29 +103,40 @@ pub async fn serve(
             }
         })
     };
-    let result = if h2 {
-        let io = TokioIo::new(tls);
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(MAX_H2_STREAMS);
-        drive(
-            b.serve_connection(io, svc),
-            &activity,
-            limits.idle_timeout,
-            shutdown,
-        )
-        .await
-    } else {
-        let io = TokioIo::new(Framing::new(
-            tls,
-            limits.max_header_bytes,
-            limits.max_headers,
-        ));
-        let conn = http1_builder(&limits)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        drive(conn, &activity, limits.idle_timeout, shutdown).await
+    // PANIC closes the tunnel at once, in-flight requests and all.
+    let session = recorder.sessions.open(&target.caller.spiffe_id);
+    let served = async {
+        if h2 {
+            let io = TokioIo::new(tls);
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(MAX_H2_STREAMS);
+            drive(
+                b.serve_connection(io, svc),
+                &activity,
+                limits.idle_timeout,
+                shutdown,
+            )
+            .await
+        } else {
+            let io = TokioIo::new(Framing::new(
+                tls,
+                limits.max_header_bytes,
+                limits.max_headers,
+            ));
+            let conn = http1_builder(&limits)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            drive(conn, &activity, limits.idle_timeout, shutdown).await
+        }
+    };
+    let result = tokio::select! {
+        r = served => r,
+        () = session.killed.notified() => {
+            tracing::info!(client = %client, agent = %target.caller.spiffe_id, "tunnel closed by PANIC");
+            return;
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %client, error = %e, "tunnel ended with an error");

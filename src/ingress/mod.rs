@@ -46,6 +46,7 @@ pub mod connect;
 pub mod framing;
 pub mod listener;
 pub mod mitm;
+pub mod sessions;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,6 +9,7 @@ mod guard;
 mod identity;
 mod intent_policy;
 mod lifecycle;
+mod oidc_provider;
 mod streaming;
 mod tunnel;
 mod workload;

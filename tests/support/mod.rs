@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod certs;
 pub mod clients;
+pub mod oidc;
 pub mod pattern;
 pub mod proxy;
 pub mod raw;

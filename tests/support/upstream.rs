@@ -4,7 +4,11 @@
 //! hashed while streaming), `/upload` (same, for big bodies), `/bytes?n=N` (N pattern bytes,
 //! streamed in chunks), `/hang` (never answers), `/ws` (WebSocket echo). GitHub-, Gmail- and
 //! Slack-style API paths (`/repos/…`, `/graphql`, `/gmail/…`, `/upload/…`, `/api/…`) answer
-//! like `/echo`, so tests can check what a forwarded API call carried.
+//! like `/echo`, so tests can check what a forwarded API call carried. `/redirect?to=URL`
+//! answers 302 to URL. GitHub App routes: `POST /app/installations/{id}/access_tokens`
+//! mints `ghs_…` installation tokens (the request's bearer JWT and JSON body are kept), and
+//! `DELETE /installation/token` revokes one. Every request's credentials (Authorization,
+//! Cookie) are kept per server name for [`Upstream::seen`].
 
 use super::certs::Leaf;
 use super::pattern::{PatternBody, Sha256Stream};
@@ -40,10 +44,31 @@ pub enum Mode {
     Plain,
 }
 
+/// What one request that reached the upstream carried.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// TLS server name (None over cleartext).
+    pub sni: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub cookie: Option<String>,
+    /// Body of GitHub App token requests (JSON), empty otherwise.
+    pub body: String,
+}
+
+#[derive(Clone, Default)]
+struct Logs {
+    /// "METHOD /path?query" of every request that reached this server.
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Installation tokens minted and not revoked.
+    installation_tokens: Arc<Mutex<Vec<String>>>,
+}
+
 pub struct Upstream {
     pub addr: SocketAddr,
-    /// "METHOD /path?query" of every request that reached this server.
-    log: Arc<Mutex<Vec<String>>>,
+    logs: Logs,
     task: JoinHandle<()>,
 }
 
@@ -59,15 +84,30 @@ impl Upstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let logs = Logs::default();
         let acceptor = (mode != Mode::Plain).then(|| tls_acceptor(leaves, mode));
-        let task = tokio::spawn(accept_loop(listener, acceptor, mode, log.clone()));
-        Upstream { addr, log, task }
+        let task = tokio::spawn(accept_loop(listener, acceptor, mode, logs.clone()));
+        Upstream { addr, logs, task }
+    }
+
+    /// The credentials and targets of every request so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.logs.seen.lock().expect("upstream seen").clone()
+    }
+
+    /// GitHub App installation tokens minted here and not yet revoked.
+    pub fn live_installation_tokens(&self) -> Vec<String> {
+        self.logs
+            .installation_tokens
+            .lock()
+            .expect("installation tokens")
+            .clone()
     }
 
     /// Whether any request whose target contains `marker` reached this upstream.
     pub fn saw(&self, marker: &str) -> bool {
-        self.log
+        self.logs
+            .lines
             .lock()
             .expect("upstream log")
             .iter()
@@ -76,7 +116,7 @@ impl Upstream {
 
     /// Every request that reached this upstream so far, as "METHOD /path?query", in order.
     pub fn requests(&self) -> Vec<String> {
-        self.log.lock().expect("upstream log").clone()
+        self.logs.lines.lock().expect("upstream log").clone()
     }
 }
 
@@ -120,12 +160,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: Option<TlsAcceptor>,
-    mode: Mode,
-    log: Arc<Mutex<Vec<String>>>,
-) {
+async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, mode: Mode, log: Logs) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -148,7 +183,7 @@ async fn accept_loop(
     }
 }
 
-async fn serve<IO>(io: TokioIo<IO>, mode: Mode, sni: Option<String>, log: Arc<Mutex<Vec<String>>>)
+async fn serve<IO>(io: TokioIo<IO>, mode: Mode, sni: Option<String>, log: Logs)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -172,18 +207,78 @@ where
 async fn handle(
     mut req: Request<Incoming>,
     sni: Arc<Option<String>>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Logs,
 ) -> Result<Response<Body>, Infallible> {
     let target = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    log.lock()
+    log.lines
+        .lock()
         .expect("upstream log")
         .push(format!("{} {target}", req.method()));
     let path = req.uri().path().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let mut seen = Seen {
+        sni: (*sni).clone(),
+        method: req.method().as_str().to_owned(),
+        path: path.clone(),
+        authorization: header("authorization"),
+        cookie: header("cookie"),
+        body: String::new(),
+    };
+    if req.method() == http::Method::POST
+        && path.starts_with("/app/installations/")
+        && path.ends_with("/access_tokens")
+    {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        seen.body = String::from_utf8_lossy(&body).into_owned();
+        log.seen.lock().expect("upstream seen").push(seen);
+        return Ok(installation_token(&log));
+    }
+    if req.method() == http::Method::DELETE && path == "/installation/token" {
+        let token = seen
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        log.seen.lock().expect("upstream seen").push(seen);
+        let mut live = log.installation_tokens.lock().expect("installation tokens");
+        let before = live.len();
+        live.retain(|t| *t != token);
+        let status = if live.len() < before {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        return Ok(text(status, ""));
+    }
+    log.seen.lock().expect("upstream seen").push(seen);
     let resp = match path.as_str() {
+        "/redirect" => {
+            let to = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("to="))
+                .unwrap_or("/")
+                .to_owned();
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", to)
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("redirect response")
+        }
         "/echo" | "/upload" => echo(req, &sni).await,
         p if p.starts_with("/echo/") || is_api_path(p) => echo(req, &sni).await,
         "/bytes" => {
@@ -199,6 +294,31 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, "no such test endpoint"),
     };
     Ok(resp)
+}
+
+/// A new installation token, valid for an hour.
+fn installation_token(log: &Logs) -> Response<Body> {
+    let token = format!("ghs_{:032x}", rand_u128());
+    log.installation_tokens
+        .lock()
+        .expect("installation tokens")
+        .push(token.clone());
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let expires = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format time");
+    let body = serde_json::json!({"token": token, "expires_at": expires});
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("token response")
+}
+
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).expect("random");
+    u128::from_be_bytes(b)
 }
 
 /// Paths shaped like the GitHub, Gmail and Slack APIs the service catalog knows.

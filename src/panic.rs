@@ -1,0 +1,253 @@
+//! PANIC: revoke an agent (or every agent) and everything it obtained, at once.
+//!
+//! The local cut-off comes first and takes milliseconds: identity and tokens revoked in the
+//! registry (and reloaded), `agw_` references voided, open tunnels closed (in-flight requests
+//! die with them), cached credentials and grants dropped, and what the agents received
+//! deny-listed until it expires. Only then is anything revoked upstream, concurrently and
+//! bounded. Every step is an audit record; the report says what was revoked and what could
+//! not be, and why. Running it twice is harmless.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::audit::Audit;
+use crate::identity::Identity;
+use crate::identity::registry::{ALL_AGENTS, Registry, RegistryError};
+use crate::ingress::sessions::Sessions;
+use crate::state::StateDir;
+use crate::vault::Vault;
+use crate::vault::credentials::panic::Upstream;
+
+/// Whom PANIC is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A registered agent's name, or any SPIFFE ID.
+    Agent(String),
+    All,
+}
+
+/// What PANIC did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub panic_id: String,
+    pub scope: &'static str,
+    /// The SPIFFE IDs cut off (for `all`: every one known here).
+    pub agents: Vec<String>,
+    pub reason: String,
+    /// Time to the end of the local cut-off.
+    pub local_ms: u64,
+    pub steps: Vec<Step>,
+    pub upstream: Vec<Upstream>,
+    pub ok: bool,
+}
+
+/// One local step.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub step: &'static str,
+    pub count: u64,
+    pub detail: String,
+}
+
+/// Why PANIC could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PanicError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("reloading identity after the revocation failed: {0}")]
+    Reload(String),
+}
+
+/// What PANIC reaches.
+pub struct Panic {
+    pub identity: Arc<Identity>,
+    pub vault: Arc<Vault>,
+    pub sessions: Arc<Sessions>,
+    pub audit: Arc<Audit>,
+    pub state: StateDir,
+}
+
+impl Panic {
+    /// Runs PANIC for `target`.
+    pub async fn run(&self, target: Target, reason: &str) -> Result<Report, PanicError> {
+        let started = Instant::now();
+        let panic_id = format!(
+            "panic_{}",
+            crate::vault::store::hex(&rand::random::<[u8; 6]>())
+        );
+        let mut steps = Vec::new();
+
+        // 1. Identity: the registry first, so no new request of the agent passes gate 1.
+        let (agents, revoked_tokens) = self.revoke_identity(&target, reason).await?;
+        let scope: Option<&HashSet<String>> = match target {
+            Target::All => None,
+            Target::Agent(_) => Some(&agents),
+        };
+        steps.push(Step {
+            step: "identity",
+            count: revoked_tokens as u64,
+            detail: match target {
+                Target::All => "every registered agent and token revoked; every other SPIFFE ID refused until `agentgate panic --lift`".into(),
+                Target::Agent(_) => format!("{} revoked with its tokens", join(&agents)),
+            },
+        });
+        // 2. References.
+        let refs = self.vault.references.revoke(scope);
+        steps.push(Step {
+            step: "references",
+            count: refs as u64,
+            detail: "agw_ references voided".into(),
+        });
+        // 3. Open tunnels, with whatever they had in flight.
+        let closed = self.sessions.kill(scope);
+        steps.push(Step {
+            step: "connections",
+            count: closed as u64,
+            detail: "open tunnels closed; their in-flight requests fail".into(),
+        });
+        // 4. Held requests and pending consents: escalations are refused at once until a
+        // consent backend exists, so none are ever held.
+        steps.push(Step {
+            step: "consents",
+            count: 0,
+            detail: "no request is held for consent".into(),
+        });
+        // 5. Credentials: cache and grants dropped, received credentials deny-listed.
+        let cut = self.vault.cut_off(scope);
+        steps.push(Step {
+            step: "credentials",
+            count: cut.fresh.len() as u64,
+            detail: format!(
+                "{} credential(s) the agents received deny-listed until they expire; {} cached credential(s) and {} grant(s) dropped",
+                cut.fresh.len(),
+                cut.cached_dropped,
+                cut.grants_dropped
+            ),
+        });
+        let local_ms = started.elapsed().as_millis() as u64;
+        for s in &steps {
+            self.record(&panic_id, reason, &agents, "panic", serde_json::to_value(s))
+                .await;
+        }
+
+        // 6. Upstream, where the provider allows it.
+        let upstream = self.vault.revoke_upstream(&cut, reason).await;
+        for u in &upstream {
+            self.record(
+                &panic_id,
+                reason,
+                &agents,
+                "credential_revoked",
+                serde_json::to_value(u),
+            )
+            .await;
+        }
+        let mut agents: Vec<String> = agents.into_iter().collect();
+        agents.sort();
+        let report = Report {
+            panic_id,
+            scope: match target {
+                Target::All => "all",
+                Target::Agent(_) => "agent",
+            },
+            agents,
+            reason: reason.to_owned(),
+            local_ms,
+            steps,
+            upstream,
+            ok: true,
+        };
+        tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
+        Ok(report)
+    }
+
+    /// Revokes in the registry and reloads identity; returns the SPIFFE IDs cut off and
+    /// how many tokens were revoked.
+    async fn revoke_identity(
+        &self,
+        target: &Target,
+        reason: &str,
+    ) -> Result<(HashSet<String>, usize), PanicError> {
+        let state = self.state.clone();
+        let target = target.clone();
+        let reason = format!("PANIC: {reason}");
+        let identity = self.identity.clone();
+        let seen = self.sessions.agents();
+        tokio::task::spawn_blocking(move || {
+            let mut registry = Registry::open(&state)?;
+            let now = crate::identity::now();
+            let mut agents = HashSet::new();
+            let mut tokens = 0;
+            match target {
+                Target::Agent(name) if name.starts_with("spiffe://") => {
+                    let registered = registry
+                        .agents(None, now)?
+                        .into_iter()
+                        .find(|a| a.spiffe_id == name);
+                    match registered {
+                        Some(a) => tokens += registry.revoke_agent(&a.name, &reason, now)?,
+                        None => registry.revoke_id(&name, &reason, now)?,
+                    }
+                    agents.insert(name);
+                }
+                Target::Agent(name) => {
+                    let a = registry.agent(&name)?;
+                    tokens += registry.revoke_agent(&name, &reason, now)?;
+                    agents.insert(a.spiffe_id);
+                }
+                Target::All => {
+                    for a in registry.agents(None, now)? {
+                        tokens += registry.revoke_agent(&a.name, &reason, now)?;
+                        agents.insert(a.spiffe_id);
+                    }
+                    registry.revoke_id(ALL_AGENTS, &reason, now)?;
+                    agents.extend(seen);
+                }
+            }
+            identity
+                .refresh(true)
+                .map_err(|e| PanicError::Reload(e.to_string()))?;
+            Ok::<_, PanicError>((agents, tokens))
+        })
+        .await
+        .map_err(|e| PanicError::Reload(e.to_string()))?
+    }
+
+    /// Commits one audit record of this PANIC (durably: it is evidence).
+    async fn record(
+        &self,
+        panic_id: &str,
+        reason: &str,
+        agents: &HashSet<String>,
+        event: &str,
+        detail: Result<serde_json::Value, serde_json::Error>,
+    ) {
+        let mut r = self.audit.record("admin");
+        r.insert("event".into(), event.into());
+        let mut agents: Vec<&String> = agents.iter().collect();
+        agents.sort();
+        r.insert(
+            "detail".into(),
+            serde_json::json!({
+                "panic_id": panic_id,
+                "reason": reason,
+                "agents": agents,
+                "step": detail.unwrap_or_default(),
+            }),
+        );
+        if let Err(e) = self.audit.commit(r).await {
+            tracing::error!(error = %e, event, "a PANIC step could not be recorded in the audit log");
+        }
+    }
+}
+
+fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    items
+        .into_iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

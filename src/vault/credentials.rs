@@ -1,0 +1,705 @@
+//! The running vault: which connection serves a request, the cache of short-lived
+//! credentials (single-flight: concurrent requests share one fetch, and refreshes of one
+//! connection never overlap — providers treat a reused refresh token as theft), per-decision
+//! grants, and the ledger of what each agent received, which PANIC revokes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use aws_lc_rs::hmac;
+use http::HeaderValue;
+
+use super::fetch::{FetchError, Fetcher, Obtained};
+use super::references::References;
+use super::store::{Store, fingerprint_with};
+use super::{Connection, Kind, Secret, VaultConfig, VaultError};
+use crate::audit::Audit;
+use crate::identity::now;
+
+/// Most credentials remembered for PANIC (the oldest expired ones go first).
+const MAX_LEDGER: usize = 100_000;
+/// Most per-decision grants held.
+const MAX_GRANTS: u64 = 100_000;
+
+/// A usable credential: the token, its header value, and who received it.
+pub struct Credential {
+    pub connection: Arc<Connection>,
+    token: Secret,
+    header: HeaderValue,
+    /// Keyed fingerprint of the token (logged and audited instead of it).
+    pub fingerprint: String,
+    /// Unix expiry, when known.
+    pub expires: Option<i64>,
+    /// When the cache lets go of it (expiry minus skew).
+    renew_in: Option<Duration>,
+    /// Set by PANIC: deny-listed until it expires.
+    revoked: AtomicBool,
+    /// SPIFFE IDs of the agents it was injected for.
+    users: Mutex<HashSet<String>>,
+}
+
+impl Credential {
+    /// The `Authorization` value to inject.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The raw token, for redacting echoes of it from responses.
+    pub fn token(&self) -> &str {
+        self.token.expose()
+    }
+
+    /// Unrevoked and not about to expire.
+    pub fn usable(&self, now: i64) -> bool {
+        !self.revoked.load(Ordering::Relaxed) && self.expires.is_none_or(|e| e > now + 1)
+    }
+}
+
+/// One decision's use of a credential, reused by retries of the same tuple.
+pub struct Grant {
+    pub credential: Arc<Credential>,
+    /// Unix expiry.
+    pub expires: i64,
+}
+
+/// Why no credential could be had. Never holds a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("the vault could not be read: {0}")]
+    Store(String),
+    #[error("the static credential of {0} expired; store a new one with `agentgate vault set`")]
+    StaticExpired(String),
+    #[error(
+        "the token endpoint handed back a credential PANIC revoked ({0}); it stays refused until it expires"
+    )]
+    DenyListed(String),
+    #[error(
+        "connection {0} was revoked by PANIC; store a new credential with `agentgate vault set`"
+    )]
+    Revoked(String),
+}
+
+/// What a request needs a credential for.
+pub struct Want<'a> {
+    /// The agent's SPIFFE ID.
+    pub agent: &'a str,
+    /// Scopes from the policy decision.
+    pub scopes: &'a [String],
+    /// A GitHub repository (`owner/repo`) to limit a GitHub App token to.
+    pub repository: Option<&'a str>,
+    /// Digest of (agent, tuple): retries of the same tuple reuse the grant.
+    pub digest: [u8; 16],
+}
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct CacheKey {
+    connection: String,
+    scopes: String,
+    repository: String,
+}
+
+/// Connections by origin.
+#[derive(Default)]
+struct Index {
+    by_origin: HashMap<String, Vec<Arc<Connection>>>,
+    count: usize,
+}
+
+/// The vault as the proxy uses it.
+pub struct Vault {
+    config: VaultConfig,
+    store: Mutex<Store>,
+    fingerprint_key: hmac::Key,
+    index: ArcSwap<Index>,
+    seen_version: AtomicI64,
+    cache: moka::future::Cache<CacheKey, Arc<Credential>>,
+    failures: moka::sync::Cache<CacheKey, Arc<TokenError>>,
+    grants: moka::sync::Cache<[u8; 16], Arc<Grant>>,
+    refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    ledger: Mutex<Vec<Arc<Credential>>>,
+    fetcher: Fetcher,
+    audit: Arc<Audit>,
+    /// Live `agw_` references.
+    pub references: References,
+}
+
+struct RenewAt;
+
+impl moka::Expiry<CacheKey, Arc<Credential>> for RenewAt {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Arc<Credential>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        value.renew_in
+    }
+}
+
+impl Vault {
+    /// Opens the vault (see [`Store::open`]) and loads its connections.
+    pub fn open(
+        config: &crate::config::Config,
+        state: &crate::state::StateDir,
+        tls: rustls::ClientConfig,
+        audit: Arc<Audit>,
+    ) -> Result<Vault, VaultError> {
+        let v = &config.vault;
+        let key_file = (!v.key_file.as_os_str().is_empty()).then_some(v.key_file.as_path());
+        let store = Store::open(state, key_file)?;
+        let vault = Vault {
+            fingerprint_key: store.fingerprinter(),
+            seen_version: AtomicI64::new(store.data_version()?),
+            store: Mutex::new(store),
+            index: ArcSwap::default(),
+            cache: moka::future::Cache::builder()
+                .max_capacity(v.cache_size)
+                .expire_after(RenewAt)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(v.cache_size)
+                .time_to_live(v.failure_backoff)
+                .build(),
+            grants: moka::sync::Cache::builder()
+                .max_capacity(MAX_GRANTS)
+                .time_to_live(v.grant_ttl)
+                .build(),
+            refresh_locks: Mutex::default(),
+            ledger: Mutex::default(),
+            fetcher: Fetcher::new(config, tls)?,
+            audit,
+            references: References::new(v.reference_ttl),
+            config: v.clone(),
+        };
+        vault.reload()?;
+        Ok(vault)
+    }
+
+    /// Reloads connections from the database and forgets every cached credential, so a
+    /// removed or replaced connection is never used again. Returns how many there are.
+    pub fn reload(&self) -> Result<usize, VaultError> {
+        let list = {
+            let store = self.lock_store();
+            self.seen_version
+                .store(store.data_version()?, Ordering::Relaxed);
+            store.list()?
+        };
+        let mut index = Index {
+            count: list.len(),
+            ..Index::default()
+        };
+        for c in list {
+            index
+                .by_origin
+                .entry(c.origin.clone())
+                .or_default()
+                .push(Arc::new(c));
+        }
+        self.index.store(Arc::new(index));
+        self.cache.invalidate_all();
+        self.failures.invalidate_all();
+        self.grants.invalidate_all();
+        Ok(self.index.load().count)
+    }
+
+    /// Reloads when another process (the CLI) changed the database; for a periodic check.
+    pub fn reload_if_changed(&self) -> Result<bool, VaultError> {
+        let version = self.lock_store().data_version()?;
+        if version == self.seen_version.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.reload().map(|_| true)
+    }
+
+    /// Every connection (metadata only).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        let index = self.index.load();
+        let mut all: Vec<_> = index.by_origin.values().flatten().cloned().collect();
+        all.sort_by(|a, b| (&a.tenant, &a.service, &a.user).cmp(&(&b.tenant, &b.service, &b.user)));
+        all
+    }
+
+    /// The connection serving `origin` for a caller: the owner's own first, then the
+    /// tenant's shared one.
+    pub fn connection_for(
+        &self,
+        tenant: Option<&str>,
+        origin: &str,
+        owner: Option<&str>,
+    ) -> Option<Arc<Connection>> {
+        let index = self.index.load();
+        let candidates = index.by_origin.get(origin)?;
+        let tenant = tenant.unwrap_or("");
+        let owner = owner.unwrap_or("");
+        let mine =
+            |c: &&Arc<Connection>| c.tenant == tenant && !owner.is_empty() && c.user == owner;
+        let shared = |c: &&Arc<Connection>| c.tenant == tenant && c.user.is_empty();
+        candidates
+            .iter()
+            .find(mine)
+            .or_else(|| candidates.iter().find(shared))
+            .cloned()
+    }
+
+    /// The grant for one decision: reused for retries of the same tuple within
+    /// `vault.grant_ttl`, otherwise made from a cached or newly fetched credential.
+    pub async fn grant(
+        &self,
+        connection: &Arc<Connection>,
+        want: &Want<'_>,
+    ) -> Result<Arc<Grant>, TokenError> {
+        if connection.revoked.is_some() {
+            return Err(TokenError::Revoked(connection.id.clone()));
+        }
+        let now = now();
+        if let Some(g) = self.grants.get(&want.digest) {
+            if g.expires > now
+                && g.credential.usable(now)
+                && g.credential.connection.id == connection.id
+            {
+                return Ok(g);
+            }
+        }
+        let credential = self.credential(connection, want).await?;
+        if let Ok(mut users) = credential.users.lock() {
+            users.insert(want.agent.to_owned());
+        }
+        let ttl = self.config.grant_ttl.as_secs() as i64;
+        let expires = credential.expires.map_or(now + ttl, |e| e.min(now + ttl));
+        let grant = Arc::new(Grant {
+            credential,
+            expires,
+        });
+        self.grants.insert(want.digest, grant.clone());
+        Ok(grant)
+    }
+
+    async fn credential(
+        &self,
+        connection: &Arc<Connection>,
+        want: &Want<'_>,
+    ) -> Result<Arc<Credential>, TokenError> {
+        let mut scopes = want.scopes.to_vec();
+        if scopes.is_empty() {
+            scopes.clone_from(&connection.settings.scopes);
+        }
+        scopes.sort();
+        scopes.dedup();
+        let key = CacheKey {
+            connection: connection.id.clone(),
+            scopes: scopes.join(" "),
+            repository: want.repository.unwrap_or_default().to_owned(),
+        };
+        if let Some(failed) = self.failures.get(&key) {
+            return Err((*failed).clone());
+        }
+        for _ in 0..2 {
+            let fetched = self
+                .cache
+                .try_get_with(
+                    key.clone(),
+                    self.obtain(connection.clone(), &scopes, want.repository),
+                )
+                .await;
+            match fetched {
+                Ok(c) if c.usable(now()) => return Ok(c),
+                // Revoked or expired while cached: fetch anew, once.
+                Ok(_) => self.cache.invalidate(&key).await,
+                Err(e) => {
+                    self.failures.insert(key, e.clone());
+                    return Err((*e).clone());
+                }
+            }
+        }
+        Err(TokenError::Fetch(FetchError::Setup(
+            "the token endpoint keeps returning unusable credentials".into(),
+        )))
+    }
+
+    /// Gets a fresh credential from the connection's source.
+    async fn obtain(
+        &self,
+        connection: Arc<Connection>,
+        scopes: &[String],
+        repository: Option<&str>,
+    ) -> Result<Arc<Credential>, TokenError> {
+        let secret = |id: &str| {
+            self.lock_store()
+                .secret(id)
+                .map_err(|e| TokenError::Store(e.to_string()))
+        };
+        let c = &connection;
+        let obtained = match c.kind {
+            Kind::Static => {
+                if c.expires.is_some_and(|e| e <= now()) {
+                    return Err(TokenError::StaticExpired(c.id.clone()));
+                }
+                Obtained {
+                    token: secret(&c.id)?,
+                    expires_in: c.expires.map(|e| e - now()),
+                    refresh_token: None,
+                }
+            }
+            Kind::Oauth => {
+                // One refresh per connection at a time, whatever the scopes: the stored
+                // refresh token is read under the lock, after any rotation before us.
+                let lock = self.refresh_lock(&c.id);
+                let _held = lock.lock().await;
+                let refresh = secret(&c.id)?;
+                let provider = c.settings.provider.as_deref().unwrap_or(&c.service);
+                let got = self.fetcher.refresh(provider, &refresh, scopes).await?;
+                if let Some(rotated) = &got.refresh_token {
+                    if *rotated != refresh {
+                        self.lock_store()
+                            .set_secret(&c.id, rotated, now())
+                            .map_err(|e| {
+                                tracing::error!(connection = %c.id, error = %e, "a rotated refresh token could not be stored; the connection needs `vault set` again");
+                                TokenError::Store(e.to_string())
+                            })?;
+                        self.seen_version.store(
+                            self.lock_store().data_version().unwrap_or_default(),
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
+                got
+            }
+            Kind::Auth0 => {
+                let connection_name = c.settings.connection.as_deref().unwrap_or(&c.service);
+                self.fetcher
+                    .exchange(connection_name, &secret(&c.id)?, scopes)
+                    .await?
+            }
+            Kind::GithubApp => {
+                let (Some(app), Some(installation)) =
+                    (c.settings.app_id, c.settings.installation_id)
+                else {
+                    return Err(TokenError::Store(format!(
+                        "{} has no app id or installation id",
+                        c.id
+                    )));
+                };
+                let api = c
+                    .settings
+                    .api_url
+                    .as_deref()
+                    .unwrap_or("https://api.github.com");
+                let repos: Vec<String> = repository
+                    .and_then(|r| r.split_once('/'))
+                    .map(|(_, name)| vec![name.to_owned()])
+                    .unwrap_or_default();
+                self.fetcher
+                    .github_installation(
+                        api,
+                        app,
+                        installation,
+                        &secret(&c.id)?,
+                        &repos,
+                        &github_permissions(scopes),
+                    )
+                    .await?
+            }
+        };
+        self.admit(connection, obtained)
+    }
+
+    /// Turns a fetched token into a credential, unless PANIC deny-listed it.
+    fn admit(
+        &self,
+        connection: Arc<Connection>,
+        obtained: Obtained,
+    ) -> Result<Arc<Credential>, TokenError> {
+        let fingerprint = fingerprint_with(&self.fingerprint_key, obtained.token.expose());
+        let now = now();
+        let scheme = match connection.settings.scheme.as_str() {
+            "" => "Bearer",
+            s => s,
+        };
+        let mut header = HeaderValue::from_str(&format!("{scheme} {}", obtained.token.expose()))
+            .map_err(|_| {
+                TokenError::Fetch(FetchError::Setup(
+                    "the token holds characters not allowed in a header".into(),
+                ))
+            })?;
+        header.set_sensitive(true);
+        let lifetime = obtained.expires_in.map(|s| s.max(1) as u64);
+        let renew_in = lifetime.map(|l| {
+            let skew = self.config.refresh_skew.as_secs().min(l / 2);
+            Duration::from_secs(l - skew)
+        });
+        let credential = Arc::new(Credential {
+            token: obtained.token,
+            header,
+            expires: lifetime.map(|l| now + l as i64),
+            renew_in,
+            revoked: AtomicBool::new(false),
+            users: Mutex::default(),
+            fingerprint,
+            connection,
+        });
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.retain(|c| c.expires.is_none_or(|e| e > now) || !c.users_empty());
+        if ledger
+            .iter()
+            .any(|c| c.fingerprint == credential.fingerprint && c.revoked.load(Ordering::Relaxed))
+        {
+            return Err(TokenError::DenyListed(credential.fingerprint.clone()));
+        }
+        if ledger.len() >= MAX_LEDGER {
+            tracing::warn!(
+                "credential ledger full; the oldest entry is forgotten (PANIC can no longer revoke it)"
+            );
+            ledger.remove(0);
+        }
+        ledger.push(credential.clone());
+        drop(ledger);
+        let mut r = self.audit.record("admin");
+        r.insert("event".into(), "credential_issued".into());
+        r.insert(
+            "detail".into(),
+            serde_json::json!({
+                "connection": credential.connection.id,
+                "service": credential.connection.service,
+                "kind": credential.connection.kind.as_str(),
+                "fingerprint": credential.fingerprint,
+                "expires": credential.expires,
+            }),
+        );
+        self.audit.submit(r);
+        Ok(credential)
+    }
+
+    fn refresh_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Credential {
+    fn users_empty(&self) -> bool {
+        self.users.lock().map_or(true, |u| u.is_empty())
+    }
+}
+
+/// GitHub App permissions from policy scopes such as `issues:write`, `contents:read`.
+fn github_permissions(scopes: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    scopes
+        .iter()
+        .filter_map(|s| s.split_once(':'))
+        .filter(|(_, level)| matches!(*level, "read" | "write" | "admin"))
+        .map(|(name, level)| (name.to_owned(), level.into()))
+        .collect()
+}
+
+/// PANIC's view of the vault: cut off locally first, then revoke upstream.
+pub mod panic {
+    use super::*;
+
+    /// The outcome of revoking one credential upstream.
+    #[derive(Debug, Clone, serde::Serialize)]
+    pub struct Upstream {
+        pub credential: String,
+        pub service: String,
+        pub kind: &'static str,
+        pub fingerprint: String,
+        /// `revoked`, `failed`, `not_revocable` or `already_revoked`.
+        pub result: &'static str,
+        pub detail: String,
+        pub deny_listed_until: Option<i64>,
+    }
+
+    /// What the local cut-off found.
+    pub struct CutOff {
+        /// Credentials the agents received, newly deny-listed.
+        pub fresh: Vec<Arc<Credential>>,
+        /// Credentials an earlier PANIC already revoked.
+        pub already: Vec<Arc<Credential>>,
+        pub cached_dropped: u64,
+        pub grants_dropped: u64,
+    }
+
+    impl Vault {
+        /// Deny-lists every credential `agents` received (all when `None`) and drops every
+        /// cached credential and grant. Instant; nothing leaves the process.
+        pub fn cut_off(&self, agents: Option<&HashSet<String>>) -> CutOff {
+            let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut fresh, mut already) = (Vec::new(), Vec::new());
+            for c in ledger.iter() {
+                let theirs = agents.is_none_or(|a| {
+                    c.users
+                        .lock()
+                        .map_or(true, |u| u.iter().any(|x| a.contains(x)))
+                });
+                if !theirs {
+                    continue;
+                }
+                if c.connection.kind == Kind::Static {
+                    // The user's own token: other agents keep using it; PANIC cannot
+                    // revoke it upstream (reported), and the agent never held it.
+                    fresh.push(c.clone());
+                } else if c.revoked.swap(true, Ordering::Relaxed) {
+                    already.push(c.clone());
+                } else {
+                    fresh.push(c.clone());
+                }
+            }
+            drop(ledger);
+            let cached_dropped = self.cache.entry_count();
+            let grants_dropped = self.grants.entry_count();
+            self.cache.invalidate_all();
+            self.grants.invalidate_all();
+            self.failures.invalidate_all();
+            CutOff {
+                fresh,
+                already,
+                cached_dropped,
+                grants_dropped,
+            }
+        }
+
+        /// Revokes upstream what can be revoked, all at once, each call bounded by
+        /// `vault.fetch_timeout`.
+        pub async fn revoke_upstream(&self, cut: &CutOff, reason: &str) -> Vec<Upstream> {
+            let mut out: Vec<Upstream> = cut
+                .already
+                .iter()
+                .map(|c| entry(c, "already_revoked", "revoked by an earlier PANIC".into()))
+                .collect();
+            let calls = cut.fresh.iter().map(|c| self.revoke_one(c));
+            out.extend(futures_util::future::join_all(calls).await);
+            // Auth0: the user's refresh token, once per connection the agents used.
+            let mut seen = HashSet::new();
+            for c in cut
+                .fresh
+                .iter()
+                .filter(|c| c.connection.kind == Kind::Auth0)
+            {
+                if seen.insert(c.connection.id.clone()) {
+                    out.push(self.revoke_auth0_refresh(&c.connection, reason).await);
+                }
+            }
+            out
+        }
+
+        async fn revoke_one(&self, c: &Arc<Credential>) -> Upstream {
+            let conn = &c.connection;
+            let result = match conn.kind {
+                Kind::Static => {
+                    return entry(
+                        c,
+                        "not_revocable",
+                        "a static credential is the user's own and never reached the agent; rotate it at the provider if it may have leaked".into(),
+                    );
+                }
+                Kind::Oauth => {
+                    let provider = conn.settings.provider.as_deref().unwrap_or(&conn.service);
+                    self.fetcher
+                        .revoke(Some(provider), &c.token, "access_token")
+                        .await
+                        .map(|done| {
+                            (!done).then(|| format!("[vault.providers.{provider}] has no revoke_url"))
+                        })
+                }
+                Kind::GithubApp => {
+                    let api = conn.settings.api_url.as_deref().unwrap_or("https://api.github.com");
+                    self.fetcher
+                        .revoke_github_installation(api, &c.token)
+                        .await
+                        .map(|()| None)
+                }
+                Kind::Auth0 => Ok(Some(
+                    "Auth0 cannot revoke an issued provider access token; the Auth0 refresh token behind it is revoked below".into(),
+                )),
+            };
+            match result {
+                Ok(None) => entry(c, "revoked", "revoked at the provider".into()),
+                Ok(Some(why)) => entry(c, "not_revocable", why),
+                Err(e) => entry(c, "failed", e.to_string()),
+            }
+        }
+
+        async fn revoke_auth0_refresh(&self, conn: &Arc<Connection>, reason: &str) -> Upstream {
+            let mut e = Upstream {
+                credential: conn.id.clone(),
+                service: conn.service.clone(),
+                kind: conn.kind.as_str(),
+                fingerprint: conn.fingerprint.clone(),
+                result: "revoked",
+                detail: "Auth0 refresh token revoked (/oauth/revoke); the connection is disabled until `agentgate vault set` stores a new one".into(),
+                deny_listed_until: None,
+            };
+            let secret = self.lock_store().secret(&conn.id);
+            let revoked = match secret {
+                Ok(s) => self.fetcher.revoke(None, &s, "refresh_token").await,
+                Err(err) => Err(FetchError::Setup(err.to_string())),
+            };
+            match revoked {
+                Ok(true) => {}
+                Ok(false) => {
+                    e.result = "not_revocable";
+                    e.detail =
+                        "[vault.auth0] has no revocation endpoint; the connection is disabled here"
+                            .into();
+                }
+                Err(err) => {
+                    e.result = "failed";
+                    e.detail = format!("{err}; the connection is disabled here anyway");
+                }
+            }
+            // Disabled either way: the next request gets 503 credential_revoked.
+            let marked =
+                self.lock_store()
+                    .mark_revoked(&conn.id, &format!("PANIC: {reason}"), now());
+            if let Err(err) = marked
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.reload().map(drop).map_err(|e| e.to_string()))
+            {
+                e.detail = format!("{}; marking it revoked failed: {err}", e.detail);
+            }
+            e
+        }
+    }
+
+    fn entry(c: &Credential, result: &'static str, detail: String) -> Upstream {
+        Upstream {
+            credential: c.connection.id.clone(),
+            service: c.connection.service.clone(),
+            kind: c.connection.kind.as_str(),
+            fingerprint: c.fingerprint.clone(),
+            result,
+            detail,
+            deny_listed_until: (c.connection.kind != Kind::Static)
+                .then_some(c.expires)
+                .flatten(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_scopes_to_github_permissions() {
+        let p = github_permissions(&[
+            "issues:write".into(),
+            "contents:read".into(),
+            "repo".into(),
+            "x:bogus".into(),
+        ]);
+        assert_eq!(
+            serde_json::Value::Object(p),
+            serde_json::json!({"issues": "write", "contents": "read"})
+        );
+    }
+}
