@@ -304,11 +304,10 @@ async fn audit_verify(admin: &Admin) -> Response<ProxyBody> {
 }
 
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+    // Form-decoded: the CLI encodes subjects (`set cred_… github` arrives as `set+cred_…+github`).
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Admin event names are short snake_case words.

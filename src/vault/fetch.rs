@@ -334,10 +334,17 @@ impl Fetcher {
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, Vec<u8>), FetchError> {
         let call = async {
-            let mut resp = req.send().await.map_err(|e| unreachable(url, &e))?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| unreachable(url, &e, self.timeout))?;
             let status = resp.status().as_u16();
             let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(url, &e))? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| unreachable(url, &e, self.timeout))?
+            {
                 if body.len() + chunk.len() > MAX_ANSWER {
                     return Err(garbage(
                         url,
@@ -384,9 +391,10 @@ fn check_fresh(url: &str, expires_in: Option<i64>) -> Result<(), FetchError> {
     }
 }
 
-fn unreachable(url: &str, e: &reqwest::Error) -> FetchError {
+/// `timeout` is the client's own bound (the same `vault.fetch_timeout`), named when it fired.
+fn unreachable(url: &str, e: &reqwest::Error, timeout: Duration) -> FetchError {
     if e.is_timeout() {
-        return FetchError::Timeout(Duration::ZERO);
+        return FetchError::Timeout(timeout);
     }
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);

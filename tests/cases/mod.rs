@@ -10,6 +10,8 @@ mod identity;
 mod intent_policy;
 mod lifecycle;
 mod oidc_provider;
+mod panic;
 mod streaming;
+mod token;
 mod tunnel;
 mod workload;
