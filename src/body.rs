@@ -159,6 +159,11 @@ impl Redact {
         }
     }
 
+    /// Whether the secret occurs in `data`.
+    pub fn occurs_in(&self, data: &[u8]) -> bool {
+        self.finder.find(data).is_some()
+    }
+
     /// Masks `data` in place; returns how many occurrences there were.
     pub fn mask(&self, data: &mut [u8]) -> u64 {
         mask_with(&self.finder, data)

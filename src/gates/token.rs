@@ -86,13 +86,14 @@ pub fn inject(headers: &mut HeaderMap, injection: Option<&Injection>) {
 pub fn redact_headers(headers: &mut HeaderMap, redact: &crate::body::Redact) -> u64 {
     let mut count = 0;
     for value in headers.values_mut() {
+        if !redact.occurs_in(value.as_bytes()) {
+            continue;
+        }
         let mut bytes = value.as_bytes().to_vec();
-        let n = redact.mask(&mut bytes);
-        if n > 0 {
-            count += n;
-            if let Ok(masked) = HeaderValue::from_bytes(&bytes) {
-                *value = masked;
-            }
+        count += redact.mask(&mut bytes);
+        // Masking with '*' keeps a valid header value valid.
+        if let Ok(masked) = HeaderValue::from_bytes(&bytes) {
+            *value = masked;
         }
     }
     count

@@ -21,6 +21,8 @@ use crate::identity::now;
 
 /// Most credentials remembered for PANIC (the oldest expired ones go first).
 const MAX_LEDGER: usize = 100_000;
+/// Ledger size from which expired entries are swept on each new credential.
+const LEDGER_PRUNE_AT: usize = 1024;
 /// Most per-decision grants held.
 const MAX_GRANTS: u64 = 100_000;
 
@@ -121,7 +123,8 @@ pub struct Vault {
     failures: moka::sync::Cache<CacheKey, Arc<TokenError>>,
     grants: moka::sync::Cache<[u8; 16], Arc<Grant>>,
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    ledger: Mutex<Vec<Arc<Credential>>>,
+    /// Credentials handed out, by fingerprint, until they expire.
+    ledger: Mutex<HashMap<String, Arc<Credential>>>,
     fetcher: Fetcher,
     audit: Arc<Audit>,
     /// Live `agw_` references.
@@ -443,20 +446,29 @@ impl Vault {
             connection,
         });
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger.retain(|c| c.expires.is_none_or(|e| e > now) || !c.users_empty());
-        if ledger
-            .iter()
-            .any(|c| c.fingerprint == credential.fingerprint && c.revoked.load(Ordering::Relaxed))
-        {
-            return Err(TokenError::DenyListed(credential.fingerprint.clone()));
+        if ledger.len() >= LEDGER_PRUNE_AT {
+            ledger.retain(|_, c| c.expires.is_none_or(|e| e > now));
+        }
+        if let Some(known) = ledger.get(&credential.fingerprint) {
+            if known.revoked.load(Ordering::Relaxed) {
+                if known.expires.is_none_or(|e| e > now) {
+                    return Err(TokenError::DenyListed(credential.fingerprint.clone()));
+                }
+            } else if known.connection.id == credential.connection.id {
+                // The same token again (a static one after a reload): one entry, so PANIC
+                // sees every agent it reached.
+                return Ok(known.clone());
+            }
         }
         if ledger.len() >= MAX_LEDGER {
             tracing::warn!(
-                "credential ledger full; the oldest entry is forgotten (PANIC can no longer revoke it)"
+                "credential ledger full; an entry is forgotten (PANIC can no longer revoke it)"
             );
-            ledger.remove(0);
+            if let Some(k) = ledger.keys().next().cloned() {
+                ledger.remove(&k);
+            }
         }
-        ledger.push(credential.clone());
+        ledger.insert(credential.fingerprint.clone(), credential.clone());
         drop(ledger);
         let mut r = self.audit.record("admin");
         r.insert("event".into(), "credential_issued".into());
@@ -481,12 +493,6 @@ impl Vault {
 
     fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Credential {
-    fn users_empty(&self) -> bool {
-        self.users.lock().map_or(true, |u| u.is_empty())
     }
 }
 
@@ -533,7 +539,7 @@ pub mod panic {
         pub fn cut_off(&self, agents: Option<&HashSet<String>>) -> CutOff {
             let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let (mut fresh, mut already) = (Vec::new(), Vec::new());
-            for c in ledger.iter() {
+            for c in ledger.values() {
                 let theirs = agents.is_none_or(|a| {
                     c.users
                         .lock()
