@@ -19,7 +19,7 @@ use crate::identity::registry::{ALL_AGENTS, Registry, RegistryError};
 use crate::ingress::sessions::Sessions;
 use crate::state::StateDir;
 use crate::vault::Vault;
-use crate::vault::credentials::panic::Upstream;
+use crate::vault::revoke::Upstream;
 
 /// Whom PANIC is for.
 #[derive(Debug, Clone)]

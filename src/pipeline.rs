@@ -10,9 +10,14 @@
 //!    committed to the audit log. Identity is checked once per tunnel at `CONNECT` (where
 //!    clients send `Proxy-Authorization`) and re-checked for revocation and expiry on every
 //!    request inside it; plain `http://` requests carry their credential each time.
-//!    The later gates land with their own issues, in this order.
-//! 3. **Egress** — the outbound request is prepared (hop-by-hop headers removed, `Via`
-//!    added) and sent through the guarded, certificate-verifying upstream client.
+//!    Consent lands with its own issue; until then an escalation is refused.
+//! 3. **Egress** — the outbound request is prepared (hop-by-hop headers removed, the
+//!    agent's credentials replaced by the granted one, `Via` added) and sent through the
+//!    guarded, certificate-verifying upstream client; the response is streamed back with
+//!    echoes of the credential masked.
+//!
+//! Where a request goes lives in `pipeline/target.rs`; what is recorded about it in
+//! `pipeline/record.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +44,12 @@ use crate::ingress::sessions::Sessions;
 use crate::intent::{BodyPrefix, Intent, Subject, Tuple};
 use crate::policy::{Decision, Policy};
 use crate::vault::Vault;
+
+mod record;
+mod target;
+use record::log_request;
+pub use target::split_authority;
+use target::{Target, target_of, upstream_authority};
 
 /// Everything the flow needs, shared by all connections.
 pub struct Pipeline {
@@ -86,22 +97,6 @@ struct Facts {
     tuple: Option<Tuple>,
     decision: Option<Decision>,
     injection: Option<gates::token::Injection>,
-}
-
-/// Where one request goes.
-struct Target {
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Target {
-    /// The host, lowercase, without brackets or port (what the catalog is keyed by).
-    fn host(&self) -> &str {
-        let h = self.authority.host();
-        h.strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(h)
-    }
 }
 
 impl Pipeline {
@@ -515,130 +510,6 @@ impl Pipeline {
         Ok((buf.freeze(), more))
     }
 
-    /// The decision record of one request; `denial` is `None` for an allowed one.
-    fn decision(
-        &self,
-        request_id: &str,
-        facts: &Facts,
-        // `None` when the request never parsed far enough to have one.
-        method: Option<&Method>,
-        host: &str,
-        path: &str,
-        denial: Option<&Denial>,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        use serde_json::Value;
-        let caller = facts.caller.as_deref();
-        let mut r = self.audit.record("decision");
-        r.insert("request_id".into(), request_id.into());
-        r.insert(
-            "agent".into(),
-            caller.map_or(Value::Null, |c| c.spiffe_id.clone().into()),
-        );
-        r.insert(
-            "tenant".into(),
-            caller
-                .and_then(|c| c.tenant.clone())
-                .map_or(Value::Null, Value::from),
-        );
-        r.insert(
-            "jti".into(),
-            caller
-                .and_then(|c| c.jti.clone())
-                .map_or(Value::Null, Value::from),
-        );
-        r.insert(
-            "method".into(),
-            method.map_or(Value::Null, |m| m.as_str().into()),
-        );
-        r.insert("host".into(), host.into());
-        // Path only: query strings carry secrets (Slack's `token=`).
-        r.insert("path".into(), path.into());
-        if let Some(t) = &facts.tuple {
-            r.insert("action".into(), t.json["action"].clone());
-            r.insert("resource".into(), t.json["resource"].clone());
-            r.insert("context".into(), t.json["context"].clone());
-        }
-        let mut reasons: Vec<Value> = Vec::new();
-        if let Some(d) = &facts.decision {
-            r.insert("policy_effect".into(), d.effect.as_str().into());
-            r.insert("policy_hash".into(), (&*d.policy_hash).into());
-            r.insert("mode".into(), self.policy.mode.as_str().into());
-            if !d.scopes.is_empty() {
-                r.insert("scopes".into(), d.scopes.clone().into());
-            }
-            reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
-        }
-        if let Some(i) = &facts.injection {
-            let c = &i.grant.credential;
-            r.insert(
-                "credential".into(),
-                serde_json::json!({
-                    "id": c.connection.id,
-                    "kind": c.connection.kind.as_str(),
-                    "fingerprint": c.fingerprint,
-                    "expires": c.expires,
-                    "grant_expires": i.grant.expires,
-                }),
-            );
-            if i.reference {
-                r.insert("reference".into(), true.into());
-            }
-        }
-        match denial {
-            None => {
-                r.insert("effect".into(), "allow".into());
-                r.insert("gate".into(), Value::Null);
-            }
-            Some(d) => {
-                r.insert("effect".into(), "deny".into());
-                r.insert("gate".into(), d.gate.as_str().into());
-                r.insert("status".into(), d.status.as_u16().into());
-                r.insert("error".into(), d.error.into());
-                // A policy denial's reasons are the policy's own, already listed.
-                if d.gate != Gate::Policy {
-                    reasons.push(d.reason.to_string().into());
-                }
-            }
-        }
-        r.insert("reasons".into(), Value::Array(reasons));
-        r
-    }
-
-    /// Records a request that the HTTP parser refused before it reached the flow (hyper
-    /// answered it `400`/`431`), so that refusal has its decision record like every other.
-    /// Connections merely closed or timed out are not requests and leave no record.
-    pub async fn record_parse_refusal(&self, client: SocketAddr, host: &str, error: &hyper::Error) {
-        let (status, code) = if error.is_parse_too_large() {
-            (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-            )
-        } else if error.is_parse() {
-            (StatusCode::BAD_REQUEST, "bad_request")
-        } else {
-            return;
-        };
-        let request_id = self.request_id();
-        let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
-        let record = self.decision(
-            &request_id,
-            &Facts::default(),
-            None,
-            host,
-            "",
-            Some(&denial),
-        );
-        tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
-        self.record_refusal(record).await;
-    }
-
-    /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).
-    async fn record_refusal(&self, record: serde_json::Map<String, serde_json::Value>) {
-        if let Err(e) = self.audit.commit(record).await {
-            tracing::error!(error = %e, "refusal not recorded in the audit log");
-        }
-    }
-
     /// Refuses a body whose declared length (Content-Length) is already over the limit;
     /// undeclared bodies are counted while they stream (see `RequestBody`).
     fn check_body_size(&self, req: &Request<Incoming>) -> Result<(), Denial> {
@@ -687,145 +558,6 @@ impl Pipeline {
         );
         Ok((Request::from_parts(parts, body), sent))
     }
-}
-
-/// Works out where a request goes, and refuses it if that disagrees with its tunnel.
-fn target_of(tunnel: Option<&Tunnel>, req: &Request<Incoming>) -> Result<Target, Denial> {
-    let Some(tunnel) = tunnel else {
-        return plain_target(req);
-    };
-    if let Some(reason) = &tunnel.misdirected {
-        return Err(misdirected(reason.clone()));
-    }
-    // h2 carries :authority in the URI; h1 carries Host (or, rarely, an absolute URI).
-    let authority = match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
-    };
-    let Some(authority) = authority else {
-        return Err(bad_request("request has no Host header"));
-    };
-    let (host, port) = split_authority(authority).ok_or_else(|| bad_request("invalid Host"))?;
-    let agrees = same_host(host, &tunnel.host) && port.is_none_or(|p| p == tunnel.port);
-    if !agrees {
-        return Err(misdirected(format!(
-            "Host {authority} does not match the CONNECT target {}:{}",
-            tunnel.host, tunnel.port
-        )));
-    }
-    Ok(Target {
-        scheme: Scheme::HTTPS,
-        authority: tunnel.authority.clone(),
-    })
-}
-
-/// A request outside a tunnel must be an absolute-form `http://` request.
-fn plain_target(req: &Request<Incoming>) -> Result<Target, Denial> {
-    let uri = req.uri();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad_request(
-                "https:// requests must use CONNECT; set HTTPS_PROXY to this proxy",
-            ));
-        }
-        Some(other) => {
-            return Err(bad_request(format!("unsupported scheme {other}")));
-        }
-        None => {
-            return Err(bad_request(
-                "this is a forward proxy: send an absolute-form http:// request or CONNECT",
-            ));
-        }
-    }
-    if req.method() == Method::CONNECT {
-        return Err(bad_request("CONNECT handled elsewhere"));
-    }
-    let host = uri
-        .host()
-        .and_then(normalize_host)
-        .ok_or_else(|| bad_request("request URI has no valid host"))?;
-    let authority = upstream_authority(&host, uri.port_u16().unwrap_or(80), 80)?;
-    Ok(Target {
-        scheme: Scheme::HTTP,
-        authority,
-    })
-}
-
-/// The authority sent upstream: brackets for IPv6, port only when not the default.
-fn upstream_authority(host: &str, port: u16, default_port: u16) -> Result<Authority, Denial> {
-    let bracketed = host.contains(':');
-    let text = match (bracketed, port == default_port) {
-        (false, true) => host.to_owned(),
-        (false, false) => format!("{host}:{port}"),
-        (true, true) => format!("[{host}]"),
-        (true, false) => format!("[{host}]:{port}"),
-    };
-    Authority::try_from(text).map_err(|_| bad_request("invalid host"))
-}
-
-/// Whether a Host value names `tunnel_host` (already normalized), without allocating:
-/// case-insensitive, brackets and one trailing dot ignored.
-fn same_host(host: &str, tunnel_host: &str) -> bool {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let host = host.strip_suffix('.').unwrap_or(host);
-    host.eq_ignore_ascii_case(tunnel_host)
-}
-
-/// Splits an authority into host and optional port (IPv6 in brackets).
-pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let host = &authority[..=end];
-        let rest = &authority[end + 1..];
-        return match rest.strip_prefix(':') {
-            Some(p) => Some((host, Some(p.parse().ok()?))),
-            None if rest.is_empty() => Some((host, None)),
-            None => None,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
-        None => Some((authority, None)),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn log_request(
-    request_id: &str,
-    client: SocketAddr,
-    facts: &Facts,
-    method: &Method,
-    host: &str,
-    path: &str,
-    status: StatusCode,
-    denied: Option<&Denial>,
-    started: Instant,
-) {
-    tracing::info!(
-        target: "agentgate::request",
-        request_id,
-        client = %client,
-        agent = facts.caller.as_deref().map(|c| c.spiffe_id.as_str()),
-        method = %method,
-        host,
-        path,
-        action = facts.tuple.as_ref().map(|t| &*t.action),
-        resource = facts.tuple.as_ref().map(|t| t.resource_id.as_str()),
-        policy = facts.decision.as_ref().map(|d| d.effect.as_str()),
-        credential = facts.injection.as_ref().map(|i| i.grant.credential.fingerprint.as_str()),
-        status = status.as_u16(),
-        denied_by = denied.map(|d| d.gate.as_str()),
-        error = denied.map(|d| d.error),
-        reason = denied.map(|d| &*d.reason),
-        duration_us = started.elapsed().as_micros() as u64,
-    );
 }
 
 fn audit_unavailable(e: AuditError) -> Denial {
@@ -877,29 +609,5 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
     let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compares_hosts_like_the_tunnel() {
-        assert!(same_host("API.GitHub.com", "api.github.com"));
-        assert!(same_host("api.github.com.", "api.github.com"));
-        assert!(same_host("[::1]", "::1"));
-        assert!(!same_host("api.github.com.evil", "api.github.com"));
-        assert!(!same_host("", "api.github.com"));
-    }
-
-    #[test]
-    fn splits_authorities() {
-        assert_eq!(split_authority("a.com"), Some(("a.com", None)));
-        assert_eq!(split_authority("a.com:8443"), Some(("a.com", Some(8443))));
-        assert_eq!(split_authority("[::1]:443"), Some(("[::1]", Some(443))));
-        assert_eq!(split_authority("[::1]"), Some(("[::1]", None)));
-        assert_eq!(split_authority("a.com:x"), None);
     }
 }

@@ -29,7 +29,7 @@ const MAX_GRANTS: u64 = 100_000;
 /// A usable credential: the token, its header value, and who received it.
 pub struct Credential {
     pub connection: Arc<Connection>,
-    token: Secret,
+    pub(super) token: Secret,
     header: HeaderValue,
     /// Keyed fingerprint of the token (logged and audited instead of it).
     pub fingerprint: String,
@@ -38,9 +38,9 @@ pub struct Credential {
     /// When the cache lets go of it (expiry minus skew).
     renew_in: Option<Duration>,
     /// Set by PANIC: deny-listed until it expires.
-    revoked: AtomicBool,
+    pub(super) revoked: AtomicBool,
     /// SPIFFE IDs of the agents it was injected for.
-    users: Mutex<HashSet<String>>,
+    pub(super) users: Mutex<HashSet<String>>,
 }
 
 impl Credential {
@@ -124,8 +124,8 @@ pub struct Vault {
     grants: moka::sync::Cache<[u8; 16], Arc<Grant>>,
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Credentials handed out, by fingerprint, until they expire.
-    ledger: Mutex<HashMap<String, Arc<Credential>>>,
-    fetcher: Fetcher,
+    pub(super) ledger: Mutex<HashMap<String, Arc<Credential>>>,
+    pub(super) fetcher: Fetcher,
     audit: Arc<Audit>,
     /// Live `agw_` references.
     pub references: References,
@@ -204,10 +204,18 @@ impl Vault {
                 .push(Arc::new(c));
         }
         self.index.store(Arc::new(index));
+        self.forget_all();
+        Ok(self.index.load().count)
+    }
+
+    /// Drops every cached credential, grant and remembered failure; returns how many
+    /// credentials and grants were held.
+    pub(super) fn forget_all(&self) -> (u64, u64) {
+        let held = (self.cache.entry_count(), self.grants.entry_count());
         self.cache.invalidate_all();
         self.failures.invalidate_all();
         self.grants.invalidate_all();
-        Ok(self.index.load().count)
+        held
     }
 
     /// Reloads when another process (the CLI) changed the database; for a periodic check.
@@ -491,7 +499,7 @@ impl Vault {
         locks.entry(id.to_owned()).or_default().clone()
     }
 
-    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(super) fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -504,190 +512,6 @@ fn github_permissions(scopes: &[String]) -> serde_json::Map<String, serde_json::
         .filter(|(_, level)| matches!(*level, "read" | "write" | "admin"))
         .map(|(name, level)| (name.to_owned(), level.into()))
         .collect()
-}
-
-/// PANIC's view of the vault: cut off locally first, then revoke upstream.
-pub mod panic {
-    use super::*;
-
-    /// The outcome of revoking one credential upstream.
-    #[derive(Debug, Clone, serde::Serialize)]
-    pub struct Upstream {
-        pub credential: String,
-        pub service: String,
-        pub kind: &'static str,
-        pub fingerprint: String,
-        /// `revoked`, `failed`, `not_revocable` or `already_revoked`.
-        pub result: &'static str,
-        pub detail: String,
-        pub deny_listed_until: Option<i64>,
-    }
-
-    /// What the local cut-off found.
-    pub struct CutOff {
-        /// Credentials the agents received, newly deny-listed.
-        pub fresh: Vec<Arc<Credential>>,
-        /// Credentials an earlier PANIC already revoked.
-        pub already: Vec<Arc<Credential>>,
-        pub cached_dropped: u64,
-        pub grants_dropped: u64,
-    }
-
-    impl Vault {
-        /// Deny-lists every credential `agents` received (all when `None`) and drops every
-        /// cached credential and grant. Instant; nothing leaves the process.
-        pub fn cut_off(&self, agents: Option<&HashSet<String>>) -> CutOff {
-            let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut fresh, mut already) = (Vec::new(), Vec::new());
-            for c in ledger.values() {
-                let theirs = agents.is_none_or(|a| {
-                    c.users
-                        .lock()
-                        .map_or(true, |u| u.iter().any(|x| a.contains(x)))
-                });
-                if !theirs {
-                    continue;
-                }
-                if c.connection.kind == Kind::Static {
-                    // The user's own token: other agents keep using it; PANIC cannot
-                    // revoke it upstream (reported), and the agent never held it.
-                    fresh.push(c.clone());
-                } else if c.revoked.swap(true, Ordering::Relaxed) {
-                    already.push(c.clone());
-                } else {
-                    fresh.push(c.clone());
-                }
-            }
-            drop(ledger);
-            let cached_dropped = self.cache.entry_count();
-            let grants_dropped = self.grants.entry_count();
-            self.cache.invalidate_all();
-            self.grants.invalidate_all();
-            self.failures.invalidate_all();
-            CutOff {
-                fresh,
-                already,
-                cached_dropped,
-                grants_dropped,
-            }
-        }
-
-        /// Revokes upstream what can be revoked, all at once, each call bounded by
-        /// `vault.fetch_timeout`.
-        pub async fn revoke_upstream(&self, cut: &CutOff, reason: &str) -> Vec<Upstream> {
-            let mut out: Vec<Upstream> = cut
-                .already
-                .iter()
-                .map(|c| entry(c, "already_revoked", "revoked by an earlier PANIC".into()))
-                .collect();
-            let calls = cut.fresh.iter().map(|c| self.revoke_one(c));
-            out.extend(futures_util::future::join_all(calls).await);
-            // Auth0: the user's refresh token, once per connection the agents used.
-            let mut seen = HashSet::new();
-            for c in cut
-                .fresh
-                .iter()
-                .filter(|c| c.connection.kind == Kind::Auth0)
-            {
-                if seen.insert(c.connection.id.clone()) {
-                    out.push(self.revoke_auth0_refresh(&c.connection, reason).await);
-                }
-            }
-            out
-        }
-
-        async fn revoke_one(&self, c: &Arc<Credential>) -> Upstream {
-            let conn = &c.connection;
-            let result = match conn.kind {
-                Kind::Static => {
-                    return entry(
-                        c,
-                        "not_revocable",
-                        "a static credential is the user's own and never reached the agent; rotate it at the provider if it may have leaked".into(),
-                    );
-                }
-                Kind::Oauth => {
-                    let provider = conn.settings.provider.as_deref().unwrap_or(&conn.service);
-                    self.fetcher
-                        .revoke(Some(provider), &c.token, "access_token")
-                        .await
-                        .map(|done| {
-                            (!done).then(|| format!("[vault.providers.{provider}] has no revoke_url"))
-                        })
-                }
-                Kind::GithubApp => {
-                    let api = conn.settings.api_url.as_deref().unwrap_or("https://api.github.com");
-                    self.fetcher
-                        .revoke_github_installation(api, &c.token)
-                        .await
-                        .map(|()| None)
-                }
-                Kind::Auth0 => Ok(Some(
-                    "Auth0 cannot revoke an issued provider access token; the Auth0 refresh token behind it is revoked below".into(),
-                )),
-            };
-            match result {
-                Ok(None) => entry(c, "revoked", "revoked at the provider".into()),
-                Ok(Some(why)) => entry(c, "not_revocable", why),
-                Err(e) => entry(c, "failed", e.to_string()),
-            }
-        }
-
-        async fn revoke_auth0_refresh(&self, conn: &Arc<Connection>, reason: &str) -> Upstream {
-            let mut e = Upstream {
-                credential: conn.id.clone(),
-                service: conn.service.clone(),
-                kind: conn.kind.as_str(),
-                fingerprint: conn.fingerprint.clone(),
-                result: "revoked",
-                detail: "Auth0 refresh token revoked (/oauth/revoke); the connection is disabled until `agentgate vault set` stores a new one".into(),
-                deny_listed_until: None,
-            };
-            let secret = self.lock_store().secret(&conn.id);
-            let revoked = match secret {
-                Ok(s) => self.fetcher.revoke(None, &s, "refresh_token").await,
-                Err(err) => Err(FetchError::Setup(err.to_string())),
-            };
-            match revoked {
-                Ok(true) => {}
-                Ok(false) => {
-                    e.result = "not_revocable";
-                    e.detail =
-                        "[vault.auth0] has no revocation endpoint; the connection is disabled here"
-                            .into();
-                }
-                Err(err) => {
-                    e.result = "failed";
-                    e.detail = format!("{err}; the connection is disabled here anyway");
-                }
-            }
-            // Disabled either way: the next request gets 503 credential_revoked.
-            let marked =
-                self.lock_store()
-                    .mark_revoked(&conn.id, &format!("PANIC: {reason}"), now());
-            if let Err(err) = marked
-                .map_err(|e| e.to_string())
-                .and_then(|()| self.reload().map(drop).map_err(|e| e.to_string()))
-            {
-                e.detail = format!("{}; marking it revoked failed: {err}", e.detail);
-            }
-            e
-        }
-    }
-
-    fn entry(c: &Credential, result: &'static str, detail: String) -> Upstream {
-        Upstream {
-            credential: c.connection.id.clone(),
-            service: c.connection.service.clone(),
-            kind: c.connection.kind.as_str(),
-            fingerprint: c.fingerprint.clone(),
-            result,
-            detail,
-            deny_listed_until: (c.connection.kind != Kind::Static)
-                .then_some(c.expires)
-                .flatten(),
-        }
-    }
 }
 
 #[cfg(test)]

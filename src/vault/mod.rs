@@ -6,6 +6,7 @@
 pub mod credentials;
 pub mod fetch;
 pub mod references;
+pub mod revoke;
 pub mod store;
 
 use std::collections::BTreeMap;
