@@ -1207,3 +1207,107 @@ fn check_app_jwt(jwt: &str, key: &rcgen::KeyPair) {
         .is_err()
     );
 }
+
+/// PANIC with an Auth0 Token Vault connection: the federated access token cannot be revoked
+/// at Auth0 (reported `not_revocable`, deny-listed), so the user's Auth0 refresh token behind
+/// it is revoked at `/oauth/revoke` and the connection is disabled: the provider no longer
+/// accepts that refresh token, `vault list` shows it revoked, and another agent's request to
+/// that origin is refused 503 `credential_revoked` instead of going out without a credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_revokes_the_auth0_refresh_token_and_disables_the_connection() {
+    let env = TestEnv::new().await;
+    let op = OidcProvider::start(600).await;
+    let refresh = op
+        .refresh_token("alice", crate::support::oidc::POST_CLIENT_ID)
+        .await;
+    let cfg = env
+        .config()
+        .set("vault.auth0", "token_url", &toml_str(&op.token_url()))
+        .set("vault.auth0", "revoke_url", &toml_str(&op.revoke_url()))
+        .set(
+            "vault.auth0",
+            "client_id",
+            &toml_str(crate::support::oidc::POST_CLIENT_ID),
+        )
+        .set(
+            "vault.auth0",
+            "client_secret_env",
+            &toml_str("OIDC_CLIENT_SECRET"),
+        )
+        .set(
+            "vault.auth0",
+            "client_auth",
+            &toml_str("client_secret_post"),
+        );
+    let proxy = env.start_with_env(cfg, &[("OIDC_CLIENT_SECRET", CLIENT_SECRET)]);
+    let a = register(&proxy, "a", "alice", &[]).await;
+    let b = register(&proxy, "b", "alice", &[]).await;
+    let conn = vault_set(
+        &env,
+        &proxy,
+        "github",
+        &["--kind", "auth0", "--connection", "github"],
+        &refresh,
+    )
+    .await;
+
+    let host = "api.github.com";
+    let mut a_h1 = open(&proxy, &a.bearer(), host).await;
+    let resp = get(&mut a_h1, "/repos/acme/web/issues", host, None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let fed = authorization_on(&env, "/repos/acme/web/issues");
+    assert!(fed.starts_with("Bearer fed_github_"), "{fed}");
+    assert!(op.active(&refresh).await);
+
+    let report = panic_cli(&proxy, &["--agent", "a", "--reason", "auth0 test"]).await;
+    assert_report_shape(&report, "agent", "auth0 test");
+    let upstream = report["upstream"].as_array().expect("upstream");
+    let results: Vec<(&str, &str)> = upstream
+        .iter()
+        .map(|u| {
+            assert_eq!(u["credential"], conn.as_str(), "{u}");
+            assert_eq!(u["kind"], "auth0", "{u}");
+            (
+                u["result"].as_str().expect("result"),
+                u["detail"].as_str().expect("detail"),
+            )
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "{report:#}");
+    assert_eq!(results[0].0, "not_revocable", "{report:#}");
+    assert!(upstream[0]["deny_listed_until"].is_i64(), "{report:#}");
+    assert_eq!(results[1].0, "revoked", "{report:#}");
+    assert!(results[1].1.contains("refresh token"), "{report:#}");
+
+    // At the provider: exactly the refresh token was revoked, as a refresh token.
+    let stats = op.stats().await;
+    assert_eq!(
+        stats["revocations"],
+        json!([{"token": refresh, "token_type_hint": "refresh_token"}]),
+        "{stats:#}"
+    );
+    assert!(
+        !op.active(&refresh).await,
+        "the Auth0 refresh token is still active"
+    );
+
+    // The connection is disabled: b (same owner) is refused, nothing goes out.
+    let before = env.upstream.seen().len();
+    let mut b_h1 = open(&proxy, &b.bearer(), host).await;
+    let resp = get(&mut b_h1, "/repos/acme/web/pulls", host, None).await;
+    let body = assert_denied(&resp, 503, "token");
+    assert_eq!(body["error"], "credential_revoked", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("vault set")),
+        "{body}"
+    );
+    assert_eq!(env.upstream.seen().len(), before, "a request went out");
+    let list: Value = serde_json::from_str(&ok(
+        &agentgate(&proxy, &["vault", "list", "-o", "json"]).await,
+        "vault list",
+    ))
+    .expect("vault list JSON");
+    assert!(list[0]["revoked"].is_i64(), "{list:#}");
+}
