@@ -52,6 +52,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     pub audit: crate::audit::AuditConfig,
     pub vault: crate::vault::VaultConfig,
+    pub consent: crate::consent::ConsentConfig,
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 /// Gate 2: how requests are turned into AuthZEN tuples.
@@ -448,6 +450,13 @@ impl Config {
         }
         if let Err((key, message)) = self.vault.validate() {
             return Err(ConfigError::invalid(key, message));
+        }
+        if let Err((key, message)) = self.consent.validate() {
+            return Err(ConfigError::invalid(key, message));
+        }
+        for hook in &self.webhooks {
+            hook.check()
+                .map_err(|m| ConfigError::invalid("webhooks", m))?;
         }
         for key in self.upstream.resolve.keys() {
             if crate::egress::guard::split_host_port(key).is_none() {

@@ -77,6 +77,15 @@ pub struct Denial {
     pub error: &'static str,
     /// What went wrong and, where it helps, what to do.
     pub reason: Cow<'static, str>,
+    /// More for the agent: fields added to the JSON body, and a `Retry-After` (seconds).
+    pub extra: Option<std::sync::Arc<Extra>>,
+}
+
+/// Fields a denial adds to its body (a pending consent's id and code), and when to retry.
+#[derive(Debug)]
+pub struct Extra {
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -92,18 +101,37 @@ impl Denial {
             status,
             error,
             reason: reason.into(),
+            extra: None,
         }
+    }
+
+    /// The same denial with more fields in its body and a `Retry-After`.
+    pub fn with_extra(
+        mut self,
+        fields: serde_json::Map<String, serde_json::Value>,
+        retry_after: Option<u64>,
+    ) -> Self {
+        self.extra = Some(std::sync::Arc::new(Extra {
+            fields,
+            retry_after,
+        }));
+        self
     }
 
     /// The JSON body for this denial.
     pub fn body(&self, request_id: &str) -> String {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.error,
             "gate": self.gate.as_str(),
             "reason": self.reason,
             "request_id": request_id,
-        })
-        .to_string()
+        });
+        if let (Some(extra), Some(obj)) = (&self.extra, body.as_object_mut()) {
+            for (k, v) in &extra.fields {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        body.to_string()
     }
 
     /// The HTTP response for this denial.
@@ -118,6 +146,9 @@ impl Denial {
         h.insert(DENIED_BY, HeaderValue::from_static(self.gate.as_str()));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID, v);
+        }
+        if let Some(secs) = self.extra.as_ref().and_then(|e| e.retry_after) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             h.insert(

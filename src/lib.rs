@@ -10,6 +10,7 @@ pub mod audit;
 pub mod body;
 pub mod ca;
 pub mod config;
+pub mod consent;
 pub mod egress;
 pub mod error;
 pub mod gates;
@@ -23,6 +24,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod state;
 pub mod vault;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +65,10 @@ pub enum StartError {
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
     Vault(#[from] vault::VaultError),
+    #[error(transparent)]
+    Consent(#[from] consent::ConsentError),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -159,19 +165,6 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
     let upstream = Upstream::new(&config, guard.clone(), provider)?;
-    let pipeline = Arc::new(Pipeline::new(
-        config.clone(),
-        instance_id,
-        identity.clone(),
-        intent.clone(),
-        policy.clone(),
-        audit.clone(),
-        vault.clone(),
-        guard,
-        upstream,
-        ca,
-    ));
-
     let bind = |addr, key, env| async move {
         TcpListener::bind(addr)
             .await
@@ -196,6 +189,50 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     )
     .await?;
 
+    // Gate 4: consents, asked of the CIBA provider (which pings the admin listener) or of
+    // the local approver; events go out as webhooks.
+    let webhooks = Arc::new(
+        webhooks::Webhooks::start(
+            &config.webhooks,
+            egress::upstream::tls_client_config(&config, crypto_provider())?,
+        )
+        .map_err(StartError::Webhooks)?,
+    );
+    let ciba = match (&config.consent.backend, &config.consent.ciba) {
+        (consent::Backend::Ciba, Some(c)) => {
+            let tls = egress::upstream::tls_client_config(&config, crypto_provider())?;
+            let ciba = Arc::new(consent::ciba::Ciba::new(c, tls, admin_addr)?);
+            if ciba.delivery() == consent::Delivery::Ping {
+                tracing::info!(
+                    url = ciba.notification_url(),
+                    "CIBA ping delivery: register this URL as the client's backchannel_client_notification_endpoint"
+                );
+            }
+            Some(ciba)
+        }
+        _ => None,
+    };
+    let consents = consent::Consents::open(
+        &config.consent,
+        state,
+        audit.clone(),
+        webhooks.clone(),
+        ciba.clone(),
+    )?;
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        instance_id,
+        identity.clone(),
+        intent.clone(),
+        policy.clone(),
+        audit.clone(),
+        vault.clone(),
+        consents.clone(),
+        guard,
+        upstream,
+        ca,
+    ));
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(config.proxy.max_connections));
     let health = Arc::new(Health::default());
@@ -204,6 +241,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         identity: identity.clone(),
         vault: vault.clone(),
         sessions: pipeline.sessions.clone(),
+        consents: consents.clone(),
+        webhooks: webhooks.clone(),
         audit: audit.clone(),
         state: state.clone(),
     });
@@ -213,6 +252,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         policy: policy.clone(),
         audit: audit.clone(),
         vault: vault.clone(),
+        consents: consents.clone(),
+        ciba,
         panic,
         state: state.clone(),
         token: admin_token,
@@ -236,6 +277,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
+        tokio::spawn(consents.clone().sweep(shutdown_rx.clone())),
         tokio::spawn(policy.clone().watch(
             audit.clone(),
             config.policy.reload_interval,

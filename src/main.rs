@@ -108,6 +108,11 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Answer escalated requests: list, approve (once or --for a window), deny.
+    Consent {
+        #[command(subcommand)]
+        command: cli::consent::ConsentCommand,
+    },
     /// Store, list and remove the credentials AgentGate injects (secrets never on argv).
     Vault {
         #[command(flatten)]
@@ -242,6 +247,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                     output,
                 },
             )
+        }
+        Command::Consent { command } => {
+            cli::consent::run(&StateDir::open_or_create(&cli.home)?, command)
         }
         Command::Vault { config, command } => {
             let config = load_config(&cli.home, &config)?;

@@ -66,6 +66,8 @@ pub struct Panic {
     pub identity: Arc<Identity>,
     pub vault: Arc<Vault>,
     pub sessions: Arc<Sessions>,
+    pub consents: Arc<crate::consent::Consents>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub audit: Arc<Audit>,
     pub state: StateDir,
 }
@@ -108,12 +110,14 @@ impl Panic {
             count: closed as u64,
             detail: "open tunnels closed; their in-flight requests fail".into(),
         });
-        // 4. Held requests and pending consents: escalations are refused at once until a
-        // consent backend exists, so none are ever held.
+        // 4. Pending consents denied: requests held on them are answered 403 now.
+        let denied = self
+            .consents
+            .deny_agents(scope, &format!("PANIC: {reason}"));
         steps.push(Step {
             step: "consents",
-            count: 0,
-            detail: "no request is held for consent".into(),
+            count: denied as u64,
+            detail: "pending consents denied; requests held on them refused".into(),
         });
         // 5. Credentials: cache and grants dropped, received credentials deny-listed.
         let cut = self.vault.cut_off(scope);
@@ -160,6 +164,15 @@ impl Panic {
             upstream,
             ok: true,
         };
+        self.webhooks.emit(
+            "agent.panic",
+            serde_json::json!({
+                "panic_id": report.panic_id,
+                "scope": report.scope,
+                "agents": report.agents,
+                "reason": report.reason,
+            }),
+        );
         tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
         Ok(report)
     }

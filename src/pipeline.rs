@@ -62,6 +62,7 @@ pub struct Pipeline {
     pub(crate) policy: Arc<Policy>,
     pub(crate) audit: Arc<Audit>,
     pub(crate) vault: Arc<Vault>,
+    pub(crate) consents: Arc<crate::consent::Consents>,
     /// Open tunnels by agent (PANIC closes them).
     pub sessions: Arc<Sessions>,
     instance: String,
@@ -97,6 +98,8 @@ struct Facts {
     tuple: Option<Tuple>,
     decision: Option<Decision>,
     injection: Option<gates::token::Injection>,
+    /// The consent that let an escalated request through, or why none did.
+    consent: Option<Result<crate::consent::Granted, &'static str>>,
 }
 
 impl Pipeline {
@@ -110,6 +113,7 @@ impl Pipeline {
         policy: Arc<Policy>,
         audit: Arc<Audit>,
         vault: Arc<Vault>,
+        consents: Arc<crate::consent::Consents>,
         guard: Arc<Guard>,
         upstream: Upstream,
         ca: Ca,
@@ -126,6 +130,7 @@ impl Pipeline {
             policy,
             audit,
             vault,
+            consents,
             sessions: Arc::default(),
             via_token: format!("agentgate-{instance}"),
             instance,
@@ -325,7 +330,7 @@ impl Pipeline {
                 headers: &parts.headers,
             })
             .map_err(gates::intent::refusal)?;
-        let prefix = if routed.needs_body() {
+        let mut prefix = if routed.needs_body() {
             Some(self.read_prefix(&mut body).await?)
         } else {
             None
@@ -333,8 +338,17 @@ impl Pipeline {
         let judged = self.judge(&routed, &who, prefix.as_ref(), facts);
         drop(routed);
 
+        // Consent: a person approves what policy escalated, bound to this exact request.
+        let approved = match judged {
+            Ok(gates::policy::Verdict::Proceed) => Ok(()),
+            Ok(gates::policy::Verdict::Escalate) => {
+                self.consent(&who, &target, &parts, &mut body, &mut prefix, facts)
+                    .await
+            }
+            Err(denial) => Err(denial),
+        };
         // Token: the credential for this exact origin, granted to this decision.
-        let granted = match judged {
+        let granted = match approved {
             Ok(()) => self.token(&who, &target, facts, &parts.headers).await,
             Err(denial) => Err(denial),
         };
@@ -433,7 +447,7 @@ impl Pipeline {
         who: &Caller,
         prefix: Option<&(bytes::Bytes, bool)>,
         facts: &mut Facts,
-    ) -> Result<(), Denial> {
+    ) -> Result<gates::policy::Verdict, Denial> {
         let body = prefix.map(|(bytes, truncated)| BodyPrefix {
             bytes: &bytes[..bytes.len().min(self.intent.max_body)],
             truncated: *truncated,
@@ -447,19 +461,36 @@ impl Pipeline {
         let decision = facts
             .decision
             .insert(gates::policy::decide(&self.policy, tuple));
-        match gates::policy::enforce(decision, self.policy.mode)? {
-            gates::policy::Verdict::Proceed => Ok(()),
-            // Consent lands with its own gate; until then an escalation cannot be approved.
-            gates::policy::Verdict::Escalate => Err(Denial::new(
-                Gate::Consent,
-                StatusCode::FORBIDDEN,
-                "consent_unavailable",
-                format!(
-                    "policy requires a human's approval ({}), and no consent backend is available",
-                    decision.reason_line()
-                ),
-            )),
+        gates::policy::enforce(decision, self.policy.mode)
+    }
+
+    /// Gate 4: the consent for an escalated request. The body is read (up to
+    /// `intent.max_body`) if intent did not already, because the approval binds it.
+    async fn consent(
+        &self,
+        who: &Caller,
+        target: &Target,
+        parts: &http::request::Parts,
+        body: &mut Incoming,
+        prefix: &mut Option<(bytes::Bytes, bool)>,
+        facts: &mut Facts,
+    ) -> Result<(), Denial> {
+        if prefix.is_none() && !http_body::Body::is_end_stream(body) {
+            *prefix = Some(self.read_prefix(body).await?);
         }
+        let (Some(tuple), Some(decision)) = (facts.tuple.as_ref(), facts.decision.as_ref()) else {
+            return Ok(());
+        };
+        let origin = format!("{}://{}", target.scheme, target.authority);
+        let request = gates::consent::Request {
+            method: &parts.method,
+            origin: &origin,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            body: prefix.as_ref().map(|(b, _)| &b[..]),
+        };
+        let granted = gates::consent::ask(&self.consents, who, tuple, decision, &request).await;
+        facts.consent = Some(granted.clone().map_err(|d| d.error));
+        granted.map(drop)
     }
 
     /// Discards the rest of a refused request's body, up to [`DRAIN_MAX`] bytes and while

@@ -4,6 +4,7 @@
 
 pub mod authzen;
 pub mod client;
+pub mod consent;
 pub mod token;
 
 use std::convert::Infallible;
@@ -31,6 +32,9 @@ pub struct Admin {
     /// Where `audit.pub` lives.
     pub state: crate::state::StateDir,
     pub vault: Arc<crate::vault::Vault>,
+    pub consents: Arc<crate::consent::Consents>,
+    /// The CIBA client, whose pings arrive here.
+    pub ciba: Option<Arc<crate::consent::ciba::Ciba>>,
     pub panic: Arc<crate::panic::Panic>,
     /// The bearer token `/api/` routes require.
     pub token: String,
@@ -91,8 +95,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
     let path = path.as_str();
     // References authenticate in their route: an agent may use its own JWT-SVID there.
-    let protected =
-        (path.starts_with("/api/") || path.starts_with("/access/")) && path != "/api/v1/references";
+    let protected = (path.starts_with("/api/") || path.starts_with("/access/"))
+        && path != "/api/v1/references"
+        && path != "/api/v1/ciba/notify";
     if protected && !authorized(admin, &req) {
         let mut resp = json(
             StatusCode::UNAUTHORIZED,
@@ -126,6 +131,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
         (&Method::POST, "/api/v1/vault/reload") => token::reload(admin, &req).await,
         (&Method::POST, "/api/v1/references") => token::reference(admin, req).await,
         (&Method::POST, "/api/v1/panic") => token::panic(admin, req).await,
+        (&Method::POST, "/api/v1/ciba/notify") => consent::notify(admin, req).await,
+        (_, p) if p == "/api/v1/consents" || p.starts_with("/api/v1/consents/") => {
+            consent::route(admin, req).await
+        }
         (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
         (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),

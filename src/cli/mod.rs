@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod consent;
 pub mod env;
 pub mod panic;
 pub mod policy;

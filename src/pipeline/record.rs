@@ -62,6 +62,18 @@ impl Pipeline {
             }
             reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
         }
+        match &facts.consent {
+            Some(Ok(g)) => {
+                r.insert(
+                    "consent".into(),
+                    serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by}),
+                );
+            }
+            Some(Err(code)) => {
+                r.insert("consent".into(), serde_json::json!({"error": code}));
+            }
+            None => {}
+        }
         if let Some(i) = &facts.injection {
             let c = &i.grant.credential;
             r.insert(

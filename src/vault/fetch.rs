@@ -364,18 +364,29 @@ impl Fetcher {
 fn authenticate<'a>(
     req: reqwest::RequestBuilder,
     client: &'a Client,
+    form: Vec<(&'a str, &'a str)>,
+) -> reqwest::RequestBuilder {
+    client_auth(req, client.auth, &client.client_id, &client.secret, form)
+}
+
+/// Authenticates an OAuth client on a form request (`client_secret_basic` or `_post`).
+pub fn client_auth<'a>(
+    req: reqwest::RequestBuilder,
+    auth: ClientAuth,
+    client_id: &'a str,
+    secret: &'a Secret,
     mut form: Vec<(&'a str, &'a str)>,
 ) -> reqwest::RequestBuilder {
-    match client.auth {
+    match auth {
         ClientAuth::ClientSecretBasic => {
             // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
             let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            req.basic_auth(enc(&client.client_id), Some(enc(client.secret.expose())))
+            req.basic_auth(enc(client_id), Some(enc(secret.expose())))
                 .form(&form)
         }
         ClientAuth::ClientSecretPost => {
-            form.push(("client_id", &client.client_id));
-            form.push(("client_secret", client.secret.expose()));
+            form.push(("client_id", client_id));
+            form.push(("client_secret", secret.expose()));
             req.form(&form)
         }
     }
@@ -392,7 +403,7 @@ fn check_fresh(url: &str, expires_in: Option<i64>) -> Result<(), FetchError> {
 }
 
 /// `timeout` is the client's own bound (the same `vault.fetch_timeout`), named when it fired.
-fn unreachable(url: &str, e: &reqwest::Error, timeout: Duration) -> FetchError {
+pub fn unreachable(url: &str, e: &reqwest::Error, timeout: Duration) -> FetchError {
     if e.is_timeout() {
         return FetchError::Timeout(timeout);
     }
@@ -418,7 +429,7 @@ fn garbage(url: &str, e: impl std::fmt::Display) -> FetchError {
 
 /// An error answer: the OAuth `error` / `error_description` when there is one (they never
 /// hold secrets), otherwise just the status.
-fn refused(url: &str, status: u16, answer: &[u8]) -> FetchError {
+pub fn refused(url: &str, status: u16, answer: &[u8]) -> FetchError {
     let v: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
     let field = |k: &str| {
         v[k].as_str()
@@ -441,17 +452,18 @@ fn refused(url: &str, status: u16, answer: &[u8]) -> FetchError {
 
 /// The client secret from its variable or file.
 fn client_secret(c: &ClientConfig) -> Result<Secret, String> {
-    let value = if !c.client_secret_env.is_empty() {
-        std::env::var(&c.client_secret_env).map_err(|_| {
-            format!(
-                "client_secret_env names {}, which is not set; export it before starting",
-                c.client_secret_env
-            )
+    load_secret(&c.client_secret_env, &c.client_secret_file)
+}
+
+/// A secret from the environment variable `env`, or else the (0600) file `file`; trimmed.
+pub fn load_secret(env: &str, file: &std::path::Path) -> Result<Secret, String> {
+    let value = if !env.is_empty() {
+        std::env::var(env).map_err(|_| {
+            format!("client_secret_env names {env}, which is not set; export it before starting")
         })?
     } else {
-        let bytes = crate::state::read_private(&c.client_secret_file).map_err(|e| e.to_string())?;
-        String::from_utf8(bytes)
-            .map_err(|_| format!("{} is not UTF-8 text", c.client_secret_file.display()))?
+        let bytes = crate::state::read_private(file).map_err(|e| e.to_string())?;
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", file.display()))?
     };
     let value = value.trim().to_owned();
     if value.is_empty() {

@@ -27,6 +27,8 @@ use crate::support::{TestEnv, assert_denied, audit_decisions};
 fn default_policy(env: &TestEnv) -> crate::support::proxy::ConfigBuilder {
     env.with_default_policy()
         .set("policy", "eval_timeout", &toml_str("5s"))
+        // Escalations answer at once (pending) instead of holding the request.
+        .set("consent", "mode", &toml_str("async"))
 }
 
 /// A curl result as a [`RawResponse`], for `assert_denied`.
@@ -370,10 +372,10 @@ async fn default_policy_denies_deleting_a_repository() {
     );
 }
 
-/// A write needs a person's approval; with no consent backend yet it is refused by the
-/// consent gate, and the record says policy escalated.
+/// A write needs a person's approval: in async mode the consent gate answers at once with
+/// a pending consent (and the policy's reason), and the record says policy escalated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_escalate_and_are_refused_without_a_consent_backend() {
+async fn writes_escalate_to_a_pending_consent() {
     let env = TestEnv::new().await;
     let proxy = env.start(default_policy(&env));
 
@@ -391,7 +393,15 @@ async fn writes_escalate_and_are_refused_without_a_consent_backend() {
     )
     .await;
     let body = assert_denied(&from_curl(&out), 403, "consent");
-    assert_eq!(body["error"], "consent_unavailable", "{body}");
+    assert_eq!(body["error"], "consent_pending", "{body}");
+    assert!(
+        body["consent_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("cns_")),
+        "{body}"
+    );
+    assert_eq!(body["status"], "pending", "{body}");
+    assert_eq!(out.header("retry-after"), Some("5"), "{:?}", out.headers);
     assert!(
         body["reason"].as_str().unwrap().contains("write-escalates"),
         "the refusal should carry the policy's reason: {body}"
@@ -406,7 +416,7 @@ async fn writes_escalate_and_are_refused_without_a_consent_backend() {
     assert_eq!(r["policy_effect"], "escalate", "{r:#}");
     assert_eq!(r["effect"], "deny", "{r:#}");
     assert_eq!(r["gate"], "consent", "{r:#}");
-    assert_eq!(r["error"], "consent_unavailable", "{r:#}");
+    assert_eq!(r["error"], "consent_pending", "{r:#}");
     assert_eq!(r["action"]["name"], "github.issues.create", "{r:#}");
     assert_eq!(r["action"]["properties"]["class"], "write", "{r:#}");
     assert!(reasons(&r["reasons"]).contains("write-escalates"), "{r:#}");
@@ -692,7 +702,7 @@ async fn gmail_send_to_outside_domains_escalates_with_the_domains() {
     )
     .await;
     let b = assert_denied(&from_client(&out), 403, "consent");
-    assert_eq!(b["error"], "consent_unavailable", "{b}");
+    assert_eq!(b["error"], "consent_pending", "{b}");
     assert!(
         b["reason"]
             .as_str()

@@ -1,0 +1,593 @@
+//! The consent lifecycle: ask (or reuse an approval), wait, answer, expire, cancel. State
+//! lives in the store; this process keeps a watch channel per pending consent so held
+//! requests wake the moment an answer lands, from whichever approver.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::watch;
+
+use super::ciba::Ciba;
+use super::store::Store;
+use super::{AnswerError, Backend, Consent, ConsentConfig, ConsentError, Mode, Status};
+use crate::audit::Audit;
+use crate::error::{Denial, Gate};
+use crate::identity::{Caller, now};
+use crate::intent::Tuple;
+use crate::webhooks::Webhooks;
+
+/// Alphabet of binding codes: no 0/O, 1/I.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// What the consent gate is asked about.
+pub struct Ask<'a> {
+    pub caller: &'a Caller,
+    pub tuple: &'a Tuple,
+    /// Digest of the exact request (method, URL, body, tuple).
+    pub digest: String,
+    /// The policy's `consent.binding_message`, if it gave one.
+    pub message: Option<&'a str>,
+    /// Why policy escalated (its reasons), for the agent.
+    pub why: String,
+}
+
+/// A consent that lets this request through.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub id: String,
+    /// `once` or `window`.
+    pub scope: &'static str,
+    pub answered_by: Option<String>,
+}
+
+/// A pending consent in this process.
+struct Live {
+    tx: watch::Sender<Status>,
+    /// Held requests waiting on it; the last one to leave cancels it.
+    waiters: AtomicUsize,
+}
+
+/// All consents.
+pub struct Consents {
+    config: ConsentConfig,
+    store: Mutex<Store>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    audit: Arc<Audit>,
+    webhooks: Arc<Webhooks>,
+    ciba: Option<Arc<Ciba>>,
+}
+
+impl Consents {
+    /// Opens the store; consents pending from an earlier run stay pending (and are asked
+    /// again through CIBA, whose tickets did not survive).
+    pub fn open(
+        config: &ConsentConfig,
+        state: &crate::state::StateDir,
+        audit: Arc<Audit>,
+        webhooks: Arc<Webhooks>,
+        ciba: Option<Arc<Ciba>>,
+    ) -> Result<Arc<Consents>, ConsentError> {
+        let store = Store::open(state)?;
+        let pending = store.list(true, u32::MAX)?;
+        let consents = Arc::new(Consents {
+            config: config.clone(),
+            store: Mutex::new(store),
+            live: Mutex::default(),
+            audit,
+            webhooks,
+            ciba,
+        });
+        for c in pending {
+            consents.track(&c.id);
+            if let Some(ciba) = &consents.ciba {
+                ciba.clone().ask(consents.clone(), c);
+            }
+        }
+        Ok(consents)
+    }
+
+    /// The mode requests are handled in.
+    pub fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    /// Gate 4: lets the request through on an approval that covers it, or asks a person
+    /// (holding the request, or answering at once in async mode).
+    pub async fn ask(self: &Arc<Self>, ask: Ask<'_>) -> Result<Granted, Denial> {
+        let now = now();
+        let agent = &ask.caller.spiffe_id;
+        let tuple_key = tuple_key(agent, ask.tuple);
+        // An open window for this agent, action and resource.
+        if let Some(c) = self.with_store(|s| s.window(agent, &tuple_key, now))? {
+            return Ok(granted(&c, "window"));
+        }
+        let existing = self.with_store(|s| s.for_request(agent, &ask.digest, now))?;
+        let consent = match existing {
+            Some(c) if c.status == Status::Approved => return self.use_once(&c),
+            Some(c) if c.status == Status::Denied => return Err(denied(&c)),
+            // The identical request again while its consent is open: the same consent.
+            Some(c) => c,
+            None => self.create(&ask, tuple_key, now)?,
+        };
+        match self.config.mode {
+            Mode::Async => Err(pending(&consent, &ask.why, self.config.retry_after)),
+            Mode::Hold => self.hold(&consent).await,
+        }
+    }
+
+    /// Waits for the answer, up to the consent's expiry. Dropped (the agent went away),
+    /// the last waiter cancels the consent.
+    async fn hold(self: &Arc<Self>, consent: &Consent) -> Result<Granted, Denial> {
+        let live = self.track(&consent.id);
+        let mut rx = live.tx.subscribe();
+        live.waiters.fetch_add(1, Ordering::Relaxed);
+        let mut leave = Leave {
+            consents: self.clone(),
+            live: live.clone(),
+            id: consent.id.clone(),
+            armed: true,
+        };
+        let wait = consent.expires.saturating_sub(now()).max(0) as u64;
+        let answered = tokio::time::timeout(
+            Duration::from_secs(wait),
+            rx.wait_for(|s| *s != Status::Pending),
+        )
+        .await
+        .map(|s| s.map(|s| *s));
+        leave.armed = false;
+        drop(leave);
+        live.waiters.fetch_sub(1, Ordering::Relaxed);
+        match answered {
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+            Err(_) => self.expire(&consent.id),
+        }
+        let c = self
+            .with_store(|s| s.get(&consent.id))?
+            .ok_or_else(|| unavailable("the consent vanished from the store"))?;
+        match c.status {
+            Status::Approved if c.window_until.is_some() => Ok(granted(&c, "window")),
+            Status::Approved => self.use_once(&c),
+            Status::Denied => Err(denied(&c)),
+            Status::Expired => Err(Denial::new(
+                Gate::Consent,
+                StatusCode::FORBIDDEN,
+                "consent_timeout",
+                format!(
+                    "consent timed out after {}s with no answer (consent {}, code {})",
+                    self.config.timeout.as_secs(),
+                    c.id,
+                    c.binding_code
+                ),
+            )),
+            Status::Cancelled | Status::Pending => Err(Denial::new(
+                Gate::Consent,
+                StatusCode::FORBIDDEN,
+                "consent_cancelled",
+                format!("consent {} was cancelled", c.id),
+            )),
+        }
+    }
+
+    fn use_once(&self, c: &Consent) -> Result<Granted, Denial> {
+        if self.with_store(|s| s.use_once(&c.id))? {
+            Ok(granted(c, "once"))
+        } else {
+            Err(Denial::new(
+                Gate::Consent,
+                StatusCode::FORBIDDEN,
+                "consent_used",
+                format!(
+                    "the one-time approval of consent {} was used by an identical request; retry to ask again",
+                    c.id
+                ),
+            ))
+        }
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        ask: &Ask<'_>,
+        tuple_key: String,
+        now: i64,
+    ) -> Result<Consent, Denial> {
+        let (total, mine) = self.pending_counts(&ask.caller.spiffe_id)?;
+        if total >= self.config.max_pending || mine >= self.config.max_pending_per_agent {
+            return Err(Denial::new(
+                Gate::Consent,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                format!(
+                    "{} consents are pending ({} of this agent; limits consent.max_pending {} and max_pending_per_agent {}); wait for answers",
+                    total, mine, self.config.max_pending, self.config.max_pending_per_agent
+                ),
+            ));
+        }
+        let taken = self.with_store(Store::pending_codes)?;
+        let code = loop {
+            let c = binding_code();
+            if !taken.contains(&c) {
+                break c;
+            }
+        };
+        let t = ask.tuple;
+        let consent = Consent {
+            id: format!(
+                "cns_{}",
+                crate::vault::store::hex(&rand::random::<[u8; 8]>())
+            ),
+            agent: ask.caller.spiffe_id.clone(),
+            owner: ask.caller.owner.clone(),
+            tenant: ask.caller.tenant.clone(),
+            action: t.action.to_string(),
+            resource_type: t.resource_type.to_string(),
+            resource_id: t.resource_id.clone(),
+            tuple: t.json.clone(),
+            digest: ask.digest.clone(),
+            tuple_key,
+            binding_code: code,
+            backend: match self.config.backend {
+                Backend::Local => "local".into(),
+                Backend::Ciba => "ciba".into(),
+            },
+            created: now,
+            expires: now + self.config.timeout.as_secs() as i64,
+            status: Status::Pending,
+            answered_by: None,
+            how: None,
+            reason: None,
+            answered: None,
+            window_until: None,
+            used: false,
+            auth_req_id: None,
+        };
+        self.with_store(|s| s.insert(&consent))?;
+        self.track(&consent.id);
+        self.announce("consent_requested", "consent.requested", &consent);
+        if let Some(ciba) = &self.ciba {
+            let mut c = consent.clone();
+            c.reason = ask.message.map(str::to_owned);
+            ciba.clone().ask(self.clone(), c);
+        }
+        Ok(consent)
+    }
+
+    /// Approves a pending consent, once or for a window.
+    pub fn approve(
+        &self,
+        id: &str,
+        by: &str,
+        how: &str,
+        window: Option<Duration>,
+    ) -> Result<Consent, AnswerError> {
+        if let Some(w) = window.filter(|w| *w > self.config.max_window) {
+            return Err(AnswerError::WindowTooLong(w));
+        }
+        let until = window.map(|w| now() + w.as_secs() as i64);
+        self.answer(id, Status::Approved, by, how, None, until)
+    }
+
+    /// Denies a pending consent.
+    pub fn deny(
+        &self,
+        id: &str,
+        by: &str,
+        how: &str,
+        reason: Option<&str>,
+    ) -> Result<Consent, AnswerError> {
+        self.answer(id, Status::Denied, by, how, reason, None)
+    }
+
+    fn answer(
+        &self,
+        id: &str,
+        status: Status,
+        by: &str,
+        how: &str,
+        reason: Option<&str>,
+        window_until: Option<i64>,
+    ) -> Result<Consent, AnswerError> {
+        let now = now();
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let current = store
+            .get(id)?
+            .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
+        if current.status == Status::Pending && current.expires <= now {
+            drop(store);
+            self.expire(id);
+            return Err(self.late(&current, status, by, how));
+        }
+        if !store.answer(id, status, by, how, reason, window_until, now)? {
+            let c = store.get(id)?.unwrap_or(current);
+            if c.status == Status::Expired {
+                return Err(self.late(&c, status, by, how));
+            }
+            return Err(AnswerError::AlreadyAnswered {
+                id: id.to_owned(),
+                status: c.status.as_str(),
+                how: c.how.unwrap_or_default(),
+            });
+        }
+        let c = store
+            .get(id)?
+            .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
+        drop(store);
+        let (event, hook) = match status {
+            Status::Approved => ("consent_approved", "consent.approved"),
+            _ => ("consent_denied", "consent.denied"),
+        };
+        self.announce(event, hook, &c);
+        self.settle(id, c.status);
+        Ok(c)
+    }
+
+    /// Records an answer that came after the consent expired.
+    fn late(&self, c: &Consent, status: Status, by: &str, how: &str) -> AnswerError {
+        let mut r = self.audit.record("admin");
+        r.insert("event".into(), "consent_late_answer".into());
+        r.insert(
+            "detail".into(),
+            serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": status.as_str(), "by": by, "how": how}),
+        );
+        self.audit.submit(r);
+        AnswerError::Expired(c.id.clone())
+    }
+
+    /// Marks a pending consent expired (its time is up).
+    pub fn expire(&self, id: &str) {
+        self.close(id, Status::Expired, "timeout", None);
+    }
+
+    /// Cancels a pending consent (the held agent went away).
+    fn cancel(&self, id: &str) {
+        self.close(
+            id,
+            Status::Cancelled,
+            "disconnect",
+            Some("the agent disconnected while held"),
+        );
+    }
+
+    fn close(&self, id: &str, status: Status, how: &str, reason: Option<&str>) {
+        let closed = self.with_store(|s| {
+            if s.answer(id, status, "agentgate", how, reason, None, now())? {
+                s.get(id)
+            } else {
+                Ok(None)
+            }
+        });
+        match closed {
+            Ok(Some(c)) => {
+                let (event, hook) = match status {
+                    Status::Expired => ("consent_expired", "consent.expired"),
+                    _ => ("consent_cancelled", "consent.cancelled"),
+                };
+                self.announce(event, hook, &c);
+                self.settle(id, status);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(consent = id, error = %e.reason, "consent could not be closed")
+            }
+        }
+    }
+
+    /// Denies every pending consent of `agents` (all when `None`): PANIC. Returns how many.
+    pub fn deny_agents(&self, agents: Option<&HashSet<String>>, reason: &str) -> usize {
+        let pending = self
+            .with_store(|s| s.list(true, u32::MAX))
+            .unwrap_or_default();
+        pending
+            .iter()
+            .filter(|c| agents.is_none_or(|a| a.contains(&c.agent)))
+            .filter(|c| self.deny(&c.id, "agentgate", "panic", Some(reason)).is_ok())
+            .count()
+    }
+
+    /// Expires overdue consents every second until `shutdown`.
+    pub async fn sweep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let overdue = self.with_store(|s| s.overdue(now())).unwrap_or_default();
+            for id in overdue {
+                self.expire(&id);
+            }
+        }
+    }
+
+    /// Consents for the API and CLI.
+    pub fn list(&self, pending_only: bool) -> Result<Vec<Consent>, ConsentError> {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list(pending_only, 500)
+    }
+
+    /// One consent.
+    pub fn get(&self, id: &str) -> Result<Option<Consent>, ConsentError> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+    }
+
+    /// Records the CIBA ticket asking for consent `id`.
+    pub(super) fn set_auth_req_id(&self, id: &str, auth_req_id: &str) {
+        if let Err(e) = self.with_store(|s| s.set_auth_req_id(id, auth_req_id)) {
+            tracing::error!(consent = id, error = %e.reason, "CIBA ticket not recorded");
+        }
+    }
+
+    /// A receiver that changes when consent `id` is answered.
+    pub(super) fn watch(&self, id: &str) -> watch::Receiver<Status> {
+        self.track(id).tx.subscribe()
+    }
+
+    fn track(&self, id: &str) -> Arc<Live> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Live {
+                    tx: watch::channel(Status::Pending).0,
+                    waiters: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Wakes everyone waiting on `id` and forgets it.
+    fn settle(&self, id: &str, status: Status) {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(l) = live {
+            l.tx.send_replace(status);
+        }
+    }
+
+    fn pending_counts(&self, agent: &str) -> Result<(usize, usize), Denial> {
+        let pending = self.with_store(|s| s.list(true, u32::MAX))?;
+        let mine = pending.iter().filter(|c| c.agent == agent).count();
+        Ok((pending.len(), mine))
+    }
+
+    fn announce(&self, event: &str, hook: &'static str, c: &Consent) {
+        let mut r = self.audit.record("admin");
+        r.insert("event".into(), event.into());
+        r.insert(
+            "detail".into(),
+            serde_json::json!({
+                "consent_id": c.id,
+                "agent": c.agent,
+                "action": c.action,
+                "resource": {"type": c.resource_type, "id": c.resource_id},
+                "digest": c.digest,
+                "status": c.status.as_str(),
+                "by": c.answered_by,
+                "how": c.how,
+                "reason": c.reason,
+                "window_until": c.window_until,
+                "backend": c.backend,
+                "auth_req_id": c.auth_req_id,
+            }),
+        );
+        self.audit.submit(r);
+        tracing::info!(consent = %c.id, agent = %c.agent, action = %c.action, resource = %c.resource_id, status = c.status.as_str(), how = c.how.as_deref(), code = %c.binding_code, "{event}");
+        self.webhooks.emit(hook, public(c));
+    }
+
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, ConsentError>,
+    ) -> Result<T, Denial> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&store).map_err(|e| unavailable(&e.to_string()))
+    }
+}
+
+/// Cancels the consent when the last held request waiting on it goes away unanswered.
+struct Leave {
+    consents: Arc<Consents>,
+    live: Arc<Live>,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if self.armed && self.live.waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.consents.cancel(&self.id);
+        }
+    }
+}
+
+/// What webhooks and listings show of a consent (no digest, no tuple context).
+pub fn public(c: &Consent) -> serde_json::Value {
+    serde_json::json!({
+        "consent_id": c.id,
+        "agent": c.agent,
+        "owner": c.owner,
+        "action": c.action,
+        "resource": {"type": c.resource_type, "id": c.resource_id},
+        "status": c.status.as_str(),
+        "binding_code": c.binding_code,
+        "expires": c.expires,
+        "answered_by": c.answered_by,
+        "how": c.how,
+        "reason": c.reason,
+    })
+}
+
+fn granted(c: &Consent, scope: &'static str) -> Granted {
+    Granted {
+        id: c.id.clone(),
+        scope,
+        answered_by: c.answered_by.clone(),
+    }
+}
+
+fn denied(c: &Consent) -> Denial {
+    Denial::new(
+        Gate::Consent,
+        StatusCode::FORBIDDEN,
+        "consent_denied",
+        format!(
+            "consent {} was denied by {} ({}){}",
+            c.id,
+            c.answered_by.as_deref().unwrap_or("?"),
+            c.how.as_deref().unwrap_or("?"),
+            c.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+fn pending(c: &Consent, why: &str, retry_after: Duration) -> Denial {
+    let mut fields = serde_json::Map::new();
+    fields.insert("consent_id".into(), c.id.clone().into());
+    fields.insert("status".into(), "pending".into());
+    fields.insert("binding_code".into(), c.binding_code.clone().into());
+    fields.insert("expires".into(), c.expires.into());
+    Denial::new(
+        Gate::Consent,
+        StatusCode::FORBIDDEN,
+        "consent_pending",
+        format!(
+            "{why}: a person must approve this request (consent {}, code {}); retry the identical request after approval",
+            c.id, c.binding_code
+        ),
+    )
+    .with_extra(fields, Some(retry_after.as_secs().max(1)))
+}
+
+fn unavailable(reason: &str) -> Denial {
+    Denial::new(
+        Gate::Consent,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "consent_unavailable",
+        format!("consent could not be asked: {reason}"),
+    )
+}
+
+/// Agent + action + resource.
+fn tuple_key(agent: &str, t: &Tuple) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [agent, &t.action, &t.resource_type, &t.resource_id] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    crate::vault::store::hex(&ctx.finish().as_ref()[..16])
+}
+
+fn binding_code() -> String {
+    rand::random::<[u8; 6]>()
+        .iter()
+        .map(|b| CODE_ALPHABET[(*b as usize) % CODE_ALPHABET.len()] as char)
+        .collect()
+}

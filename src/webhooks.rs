@@ -1,0 +1,288 @@
+//! Webhooks: consent and PANIC events POSTed to configured endpoints, signed per the
+//! Standard Webhooks scheme (`webhook-id`, `webhook-timestamp`, `webhook-signature:
+//! v1,<base64 HMAC-SHA256>`). Delivery runs in the background from a bounded queue with
+//! retries and backoff; a full queue or a dead endpoint is logged and counted, and never
+//! slows a request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Events a webhook can subscribe to.
+pub const EVENTS: [&str; 6] = [
+    "consent.requested",
+    "consent.approved",
+    "consent.denied",
+    "consent.expired",
+    "consent.cancelled",
+    "agent.panic",
+];
+/// Events waiting for delivery; beyond it new events are dropped (and counted).
+const QUEUE: usize = 1000;
+/// Deliveries in flight at once, over all endpoints.
+const IN_FLIGHT: usize = 16;
+/// Delays before the 2nd, 3rd, … attempt.
+const BACKOFF_MS: [u64; 5] = [500, 1000, 2000, 4000, 8000];
+/// Bound on one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// https, or http on loopback.
+    pub url: String,
+    /// Environment variable holding the `whsec_…` secret.
+    pub secret_env: String,
+    /// File (0600) holding the `whsec_…` secret.
+    pub secret_file: PathBuf,
+    /// Events to send; empty means all.
+    pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// Checks the entry; `Err` is the message.
+    pub fn check(&self) -> Result<(), String> {
+        crate::vault::fetch::check_endpoint(&self.url)?;
+        if self.secret_env.is_empty() == self.secret_file.as_os_str().is_empty() {
+            return Err(format!(
+                "{}: set exactly one of secret_env and secret_file",
+                self.url
+            ));
+        }
+        if let Some(e) = self.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+            return Err(format!("unknown event {e:?}; one of {}", EVENTS.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// Delivery counters (for logs now, `/metrics` later).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// An endpoint with its signing key.
+struct Endpoint {
+    url: String,
+    key: hmac::Key,
+    events: Vec<String>,
+}
+
+struct Event {
+    kind: &'static str,
+    body: Arc<str>,
+    id: String,
+}
+
+/// The webhook sender.
+pub struct Webhooks {
+    tx: Option<mpsc::Sender<Event>>,
+    pub stats: Arc<Stats>,
+}
+
+impl Webhooks {
+    /// No endpoints: events go nowhere.
+    pub fn none() -> Webhooks {
+        Webhooks {
+            tx: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Loads every endpoint's secret and starts the dispatcher. A missing secret is a
+    /// startup error naming the variable or file.
+    pub fn start(configs: &[WebhookConfig], tls: rustls::ClientConfig) -> Result<Webhooks, String> {
+        if configs.is_empty() {
+            return Ok(Webhooks::none());
+        }
+        let mut endpoints = Vec::new();
+        for c in configs {
+            c.check()?;
+            endpoints.push(Endpoint {
+                url: c.url.clone(),
+                key: hmac::Key::new(hmac::HMAC_SHA256, &secret(c)?),
+                events: c.events.clone(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(ATTEMPT_TIMEOUT)
+            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(dispatch(rx, Arc::new(endpoints), http, stats.clone()));
+        Ok(Webhooks {
+            tx: Some(tx),
+            stats,
+        })
+    }
+
+    /// Queues `kind` with `data` for every subscribed endpoint; never waits.
+    pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
+        let Some(tx) = &self.tx else { return };
+        let now = time::OffsetDateTime::now_utc();
+        let timestamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let body = serde_json::json!({"type": kind, "timestamp": timestamp, "data": data});
+        let id = format!(
+            "msg_{}",
+            crate::vault::store::hex(&rand::random::<[u8; 12]>())
+        );
+        let event = Event {
+            kind,
+            body: body.to_string().into(),
+            id,
+        };
+        if tx.try_send(event).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(event = kind, "webhook queue full; event dropped");
+        }
+    }
+}
+
+async fn dispatch(
+    mut rx: mpsc::Receiver<Event>,
+    endpoints: Arc<Vec<Endpoint>>,
+    http: reqwest::Client,
+    stats: Arc<Stats>,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(event) = rx.recv().await {
+        let event = Arc::new(event);
+        for (i, e) in endpoints.iter().enumerate() {
+            if !(e.events.is_empty() || e.events.iter().any(|k| k == event.kind)) {
+                continue;
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (endpoints, http, stats, event) = (
+                endpoints.clone(),
+                http.clone(),
+                stats.clone(),
+                event.clone(),
+            );
+            tokio::spawn(async move {
+                deliver(&endpoints[i], &http, &event, &stats).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// Sends one event to one endpoint, retrying with backoff.
+async fn deliver(e: &Endpoint, http: &reqwest::Client, event: &Event, stats: &Stats) {
+    let mut last = String::new();
+    for attempt in 0..=BACKOFF_MS.len() {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1])).await;
+        }
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let signature = sign(&e.key, &event.id, &timestamp, &event.body);
+        let sent = http
+            .post(&e.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", &timestamp)
+            .header("webhook-signature", signature)
+            .body(event.body.to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(r) => last = format!("answered {}", r.status()),
+            Err(err) => last = err.to_string(),
+        }
+        tracing::warn!(url = %e.url, event = event.kind, id = %event.id, attempt = attempt + 1, error = %last, "webhook delivery failed");
+    }
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(url = %e.url, event = event.kind, id = %event.id, error = %last, "webhook not delivered; giving up");
+}
+
+/// The Standard Webhooks signature header value.
+pub fn sign(key: &hmac::Key, id: &str, timestamp: &str, body: &str) -> String {
+    let tag = hmac::sign(key, format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(tag.as_ref()))
+}
+
+/// The signing key from a `whsec_<base64>` secret.
+fn secret(c: &WebhookConfig) -> Result<Vec<u8>, String> {
+    let text = if !c.secret_env.is_empty() {
+        std::env::var(&c.secret_env).map_err(|_| {
+            format!(
+                "webhook {}: secret_env names {}, which is not set",
+                c.url, c.secret_env
+            )
+        })?
+    } else {
+        let bytes = crate::state::read_private(&c.secret_file)
+            .map_err(|e| format!("webhook {}: {e}", c.url))?;
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let text = text.trim();
+    let b64 = text.strip_prefix("whsec_").unwrap_or(text);
+    STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|k| k.len() >= 16)
+        .ok_or_else(|| {
+            format!(
+                "webhook {}: the secret must be whsec_<base64 of at least 16 bytes>",
+                c.url
+            )
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_like_standard_webhooks() {
+        // The example of the Standard Webhooks specification.
+        let key = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+        let sig = sign(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            r#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn checks_entries() {
+        let mut c = WebhookConfig {
+            url: "https://hooks.example/x".into(),
+            secret_env: "S".into(),
+            ..WebhookConfig::default()
+        };
+        c.check().unwrap();
+        c.events = vec!["consent.approved".into(), "nope".into()];
+        assert!(c.check().unwrap_err().contains("nope"));
+        c.events.clear();
+        c.url = "http://hooks.example/x".into();
+        assert!(c.check().is_err());
+    }
+}
