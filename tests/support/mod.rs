@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod proxy;
 pub mod raw;
 pub mod upstream;
+pub mod webhook;
 pub mod workload;
 
 use certs::{HOSTS, Pki};
