@@ -115,12 +115,7 @@ impl Webhooks {
                 events: c.events.clone(),
             });
         }
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(ATTEMPT_TIMEOUT)
-            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+        let http = crate::vault::fetch::http_client(tls, ATTEMPT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(QUEUE);

@@ -5,7 +5,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{Admin, bad_request, json_bytes, query_param, read_json_body};
+use super::{Admin, bad_request, bearer, error, json_bytes, query_param, read_json_body};
 use crate::body::ProxyBody;
 use crate::consent::AnswerError;
 
@@ -125,12 +125,7 @@ async fn answer(
 /// `POST /api/v1/ciba/notify`: the provider's ping. The bearer token must be the one sent
 /// with that very request; anything else is refused without saying which part was wrong.
 pub async fn notify(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
+    let bearer = bearer(&req);
     let Some(ciba) = &admin.ciba else {
         return error(StatusCode::NOT_FOUND, "not_found", "CIBA is not configured");
     };
@@ -184,9 +179,4 @@ fn not_found(id: &str) -> Response<ProxyBody> {
 
 fn conflict(code: &str, e: &AnswerError) -> Response<ProxyBody> {
     error(StatusCode::CONFLICT, code, &e.to_string())
-}
-
-fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": code, "reason": reason});
-    json_bytes(status, body.to_string().into())
 }

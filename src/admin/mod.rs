@@ -324,6 +324,29 @@ fn is_event_name(e: &str) -> bool {
     !e.is_empty() && e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
+/// The bearer token of a request, if it sent one.
+pub(crate) fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+}
+
+/// A JSON error answer.
+pub(crate) fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": code, "reason": reason});
+    json_bytes(status, body.to_string().into())
+}
+
+/// 401 with a `WWW-Authenticate: Bearer` challenge.
+pub(crate) fn unauthorized(reason: &str) -> Response<ProxyBody> {
+    let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", reason);
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
 pub(crate) fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     let Some(given) = req
         .headers()

@@ -1,10 +1,12 @@
 //! Admin routes of gate 5: vault connections (metadata only), `agw_` references, PANIC.
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{Admin, bad_request, json_bytes, query_param, read_json_body};
+use super::{
+    Admin, bad_request, bearer, error, json_bytes, query_param, read_json_body, unauthorized,
+};
 use crate::body::ProxyBody;
 use crate::identity::registry::{Registry, RegistryError};
 use crate::panic::{PanicError, Target};
@@ -55,12 +57,7 @@ struct ReferenceRequest {
 /// `--reference-tokens`. With the admin token the body names the agent; an agent may ask
 /// for its own with its JWT-SVID as the bearer token.
 pub async fn reference(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned());
+    let bearer = bearer(&req);
     let as_admin = super::authorized(admin, &req);
     let caller = match (&bearer, as_admin) {
         (_, true) => None,
@@ -234,18 +231,4 @@ pub async fn panic(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody>
             &e.to_string(),
         ),
     }
-}
-
-fn unauthorized(reason: &str) -> Response<ProxyBody> {
-    let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", reason);
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer"),
-    );
-    resp
-}
-
-fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": code, "reason": reason});
-    json_bytes(status, body.to_string().into())
 }

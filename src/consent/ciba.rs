@@ -74,12 +74,7 @@ impl Ciba {
     ) -> Result<Ciba, ConsentError> {
         let secret = load_secret(&config.client_secret_env, &config.client_secret_file)
             .map_err(ConsentError::Setup)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(CALL_TIMEOUT)
-            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+        let http = crate::vault::fetch::http_client(tls, CALL_TIMEOUT)
             .build()
             .map_err(|e| ConsentError::Setup(e.to_string()))?;
         let notification_url = if config.notification_url.is_empty() {
@@ -249,14 +244,10 @@ impl Ciba {
             form.push(("client_notification_token", t));
         }
         let url = &endpoints.backchannel;
-        let req = client_auth(
-            self.http.post(url),
-            self.config.client_auth,
-            &self.config.client_id,
-            &self.secret,
-            form,
-        );
-        let (status, _, answer) = self.send(url, req).await.map_err(|e| e.to_string())?;
+        let (status, _, answer) = self
+            .send(url, self.post_form(url, form))
+            .await
+            .map_err(|e| e.to_string())?;
         if status != 200 {
             let e = refused(url, status, &answer).to_string();
             return Err(if e.contains("unknown_user_id") {
@@ -354,14 +345,7 @@ impl Ciba {
         };
         let url = &endpoints.token;
         let form = vec![("grant_type", CIBA_GRANT), ("auth_req_id", auth_req_id)];
-        let req = client_auth(
-            self.http.post(url),
-            self.config.client_auth,
-            &self.config.client_id,
-            &self.secret,
-            form,
-        );
-        let (status, retry_after, answer) = match self.send(url, req).await {
+        let (status, retry_after, answer) = match self.send(url, self.post_form(url, form)).await {
             Ok(r) => r,
             Err(e) => return Poll::Transport(e.to_string()),
         };
@@ -383,6 +367,21 @@ impl Ciba {
                 refused(url, status, &answer)
             ))),
         }
+    }
+
+    /// A form POST to `url`, authenticated as our client.
+    fn post_form<'a>(
+        &'a self,
+        url: &str,
+        form: Vec<(&'a str, &'a str)>,
+    ) -> reqwest::RequestBuilder {
+        client_auth(
+            self.http.post(url),
+            self.config.client_auth,
+            &self.config.client_id,
+            &self.secret,
+            form,
+        )
     }
 
     /// The provider's endpoints, discovered once (retried on the next use if it failed).

@@ -82,13 +82,7 @@ impl Fetcher {
             key: "providers".into(),
             reason,
         };
-        let mut builder = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(vault.fetch_timeout)
-            .connect_timeout(vault.fetch_timeout)
-            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")));
+        let mut builder = http_client(tls, vault.fetch_timeout);
         for (host_port, addr) in &config.upstream.resolve {
             if let Some((host, _)) = crate::egress::guard::split_host_port(host_port) {
                 builder = builder.resolve(host, *addr);
@@ -470,6 +464,18 @@ pub fn load_secret(env: &str, file: &std::path::Path) -> Result<Secret, String> 
         return Err("the client secret is empty".into());
     }
     Ok(Secret::new(value))
+}
+
+/// A client for calls AgentGate makes itself (token endpoints, CIBA, webhooks): our TLS
+/// roots, no proxy, no redirects (a secret must not follow one), every call bounded.
+pub fn http_client(tls: rustls::ClientConfig, timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
 }
 
 /// Refuses endpoints a secret must not be sent to: anything but https, except loopback http.
