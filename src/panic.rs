@@ -103,14 +103,8 @@ impl Panic {
             count: refs as u64,
             detail: "agw_ references voided".into(),
         });
-        // 3. Open tunnels, with whatever they had in flight.
-        let closed = self.sessions.kill(scope);
-        steps.push(Step {
-            step: "connections",
-            count: closed as u64,
-            detail: "open tunnels closed; their in-flight requests fail".into(),
-        });
-        // 4. Pending consents denied: requests held on them are answered 403 now.
+        // 3. Pending consents denied first, so requests held on them are answered 403
+        //    (and the consent says why) before their tunnels close.
         let denied = self
             .consents
             .deny_agents(scope, &format!("PANIC: {reason}"));
@@ -118,6 +112,13 @@ impl Panic {
             step: "consents",
             count: denied as u64,
             detail: "pending consents denied; requests held on them refused".into(),
+        });
+        // 4. Open tunnels, with whatever they had in flight.
+        let closed = self.sessions.kill(scope);
+        steps.push(Step {
+            step: "connections",
+            count: closed as u64,
+            detail: "open tunnels closed; their in-flight requests fail".into(),
         });
         // 5. Credentials: cache and grants dropped, received credentials deny-listed.
         let cut = self.vault.cut_off(scope);

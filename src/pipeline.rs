@@ -99,7 +99,7 @@ struct Facts {
     decision: Option<Decision>,
     injection: Option<gates::token::Injection>,
     /// The consent that let an escalated request through, or why none did.
-    consent: Option<Result<crate::consent::Granted, &'static str>>,
+    consent: Option<Result<crate::consent::Granted, Denial>>,
 }
 
 impl Pipeline {
@@ -489,7 +489,7 @@ impl Pipeline {
             body: prefix.as_ref().map(|(b, _)| &b[..]),
         };
         let granted = gates::consent::ask(&self.consents, who, tuple, decision, &request).await;
-        facts.consent = Some(granted.clone().map_err(|d| d.error));
+        facts.consent = Some(granted.clone());
         granted.map(drop)
     }
 

@@ -24,10 +24,11 @@ pub const EVENTS: [&str; 6] = [
     "consent.cancelled",
     "agent.panic",
 ];
-/// Events waiting for delivery; beyond it new events are dropped (and counted).
+/// Events waiting for delivery per endpoint; beyond it its new events are dropped (and
+/// counted), so a dead endpoint never holds up another.
 const QUEUE: usize = 1000;
-/// Deliveries in flight at once, over all endpoints.
-const IN_FLIGHT: usize = 16;
+/// Deliveries in flight at once per endpoint.
+const IN_FLIGHT: usize = 4;
 /// Delays before the 2nd, 3rd, … attempt.
 const BACKOFF_MS: [u64; 5] = [500, 1000, 2000, 4000, 8000];
 /// Bound on one attempt.
@@ -76,7 +77,6 @@ pub struct Stats {
 struct Endpoint {
     url: String,
     key: hmac::Key,
-    events: Vec<String>,
 }
 
 struct Event {
@@ -85,9 +85,9 @@ struct Event {
     id: String,
 }
 
-/// The webhook sender.
+/// The webhook sender: one queue per endpoint.
 pub struct Webhooks {
-    tx: Option<mpsc::Sender<Event>>,
+    queues: Vec<(Vec<String>, mpsc::Sender<Arc<Event>>)>,
     pub stats: Arc<Stats>,
 }
 
@@ -95,7 +95,7 @@ impl Webhooks {
     /// No endpoints: events go nowhere.
     pub fn none() -> Webhooks {
         Webhooks {
-            tx: None,
+            queues: Vec::new(),
             stats: Arc::default(),
         }
     }
@@ -106,30 +106,29 @@ impl Webhooks {
         if configs.is_empty() {
             return Ok(Webhooks::none());
         }
-        let mut endpoints = Vec::new();
-        for c in configs {
-            c.check()?;
-            endpoints.push(Endpoint {
-                url: c.url.clone(),
-                key: hmac::Key::new(hmac::HMAC_SHA256, &secret(c)?),
-                events: c.events.clone(),
-            });
-        }
         let http = crate::vault::fetch::http_client(tls, ATTEMPT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
-        let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        tokio::spawn(dispatch(rx, Arc::new(endpoints), http, stats.clone()));
-        Ok(Webhooks {
-            tx: Some(tx),
-            stats,
-        })
+        let mut queues = Vec::new();
+        for c in configs {
+            c.check()?;
+            let endpoint = Endpoint {
+                url: c.url.clone(),
+                key: hmac::Key::new(hmac::HMAC_SHA256, &secret(c)?),
+            };
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(serve(rx, Arc::new(endpoint), http.clone(), stats.clone()));
+            queues.push((c.events.clone(), tx));
+        }
+        Ok(Webhooks { queues, stats })
     }
 
     /// Queues `kind` with `data` for every subscribed endpoint; never waits.
     pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
-        let Some(tx) = &self.tx else { return };
+        if self.queues.is_empty() {
+            return;
+        }
         let now = time::OffsetDateTime::now_utc();
         let timestamp = now
             .format(&time::format_description::well_known::Rfc3339)
@@ -139,45 +138,46 @@ impl Webhooks {
             "msg_{}",
             crate::vault::store::hex(&rand::random::<[u8; 12]>())
         );
-        let event = Event {
+        let event = Arc::new(Event {
             kind,
             body: body.to_string().into(),
             id,
-        };
-        if tx.try_send(event).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(event = kind, "webhook queue full; event dropped");
+        });
+        for (events, tx) in &self.queues {
+            if !(events.is_empty() || events.iter().any(|k| k == kind)) {
+                continue;
+            }
+            if tx.try_send(event.clone()).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    event = kind,
+                    "webhook queue full (endpoint not keeping up); event dropped"
+                );
+            }
         }
     }
 }
 
-async fn dispatch(
-    mut rx: mpsc::Receiver<Event>,
-    endpoints: Arc<Vec<Endpoint>>,
+/// Delivers one endpoint's events, at most [`IN_FLIGHT`] at a time.
+async fn serve(
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    endpoint: Arc<Endpoint>,
     http: reqwest::Client,
     stats: Arc<Stats>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(event) = rx.recv().await {
-        let event = Arc::new(event);
-        for (i, e) in endpoints.iter().enumerate() {
-            if !(e.events.is_empty() || e.events.iter().any(|k| k == event.kind)) {
-                continue;
-            }
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (endpoints, http, stats, event) = (
-                endpoints.clone(),
-                http.clone(),
-                stats.clone(),
-                event.clone(),
-            );
-            tokio::spawn(async move {
-                deliver(&endpoints[i], &http, &event, &stats).await;
-                drop(slot);
-            });
-        }
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(event) = rx.recv().await else {
+            return;
+        };
+        let (endpoint, http, stats) = (endpoint.clone(), http.clone(), stats.clone());
+        tokio::spawn(async move {
+            deliver(&endpoint, &http, &event, &stats).await;
+            drop(slot);
+        });
     }
 }
 

@@ -111,8 +111,10 @@ async fn answer(
     match result {
         Ok(c) => json_bytes(StatusCode::OK, listed(&c).to_string().into()),
         Err(AnswerError::NotFound(_)) => not_found(id),
-        Err(e @ AnswerError::AlreadyAnswered { .. }) => conflict("already_answered", &e),
-        Err(e @ AnswerError::Expired(_)) => conflict("expired", &e),
+        Err(e @ AnswerError::AlreadyAnswered { status, .. }) => {
+            conflict("already_answered", status, &e)
+        }
+        Err(e @ AnswerError::Expired(_)) => conflict("expired", "expired", &e),
         Err(e @ AnswerError::WindowTooLong(_)) => bad_request(&e.to_string()),
         Err(e @ AnswerError::Store(_)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,6 +179,8 @@ fn not_found(id: &str) -> Response<ProxyBody> {
     )
 }
 
-fn conflict(code: &str, e: &AnswerError) -> Response<ProxyBody> {
-    error(StatusCode::CONFLICT, code, &e.to_string())
+/// `409 {"error", "status", "reason"}`: the consent was answered (or expired) before.
+fn conflict(code: &str, status: &str, e: &AnswerError) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": code, "status": status, "reason": e.to_string()});
+    json_bytes(StatusCode::CONFLICT, body.to_string().into())
 }

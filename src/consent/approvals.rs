@@ -41,6 +41,8 @@ pub struct Granted {
     /// `once` or `window`.
     pub scope: &'static str,
     pub answered_by: Option<String>,
+    /// How it was answered: `cli`, `api`, `ciba`.
+    pub how: Option<String>,
 }
 
 /// A pending consent in this process.
@@ -151,22 +153,28 @@ impl Consents {
             Status::Approved if c.window_until.is_some() => Ok(granted(&c, "window")),
             Status::Approved => self.use_once(&c),
             Status::Denied => Err(denied(&c)),
-            Status::Expired => Err(Denial::new(
-                Gate::Consent,
-                StatusCode::FORBIDDEN,
-                "consent_timeout",
-                format!(
-                    "consent timed out after {}s with no answer (consent {}, code {})",
-                    self.config.timeout.as_secs(),
-                    c.id,
-                    c.binding_code
+            Status::Expired => Err(about(
+                &c,
+                Denial::new(
+                    Gate::Consent,
+                    StatusCode::FORBIDDEN,
+                    "consent_timeout",
+                    format!(
+                        "consent timed out after {}s with no answer (consent {}, code {})",
+                        self.config.timeout.as_secs(),
+                        c.id,
+                        c.binding_code
+                    ),
                 ),
             )),
-            Status::Cancelled | Status::Pending => Err(Denial::new(
-                Gate::Consent,
-                StatusCode::FORBIDDEN,
-                "consent_cancelled",
-                format!("consent {} was cancelled", c.id),
+            Status::Cancelled | Status::Pending => Err(about(
+                &c,
+                Denial::new(
+                    Gate::Consent,
+                    StatusCode::FORBIDDEN,
+                    "consent_cancelled",
+                    format!("consent {} was cancelled", c.id),
+                ),
             )),
         }
     }
@@ -175,13 +183,16 @@ impl Consents {
         if self.with_store(|s| s.use_once(&c.id))? {
             Ok(granted(c, "once"))
         } else {
-            Err(Denial::new(
-                Gate::Consent,
-                StatusCode::FORBIDDEN,
-                "consent_used",
-                format!(
-                    "the one-time approval of consent {} was used by an identical request; retry to ask again",
-                    c.id
+            Err(about(
+                c,
+                Denial::new(
+                    Gate::Consent,
+                    StatusCode::FORBIDDEN,
+                    "consent_used",
+                    format!(
+                        "the one-time approval of consent {} was used by an identical request; retry to ask again",
+                        c.id
+                    ),
                 ),
             ))
         }
@@ -527,23 +538,34 @@ fn granted(c: &Consent, scope: &'static str) -> Granted {
         id: c.id.clone(),
         scope,
         answered_by: c.answered_by.clone(),
+        how: c.how.clone(),
     }
 }
 
+/// Names the consent in a refusal's body (and so in its decision record).
+fn about(c: &Consent, d: Denial) -> Denial {
+    let mut fields = serde_json::Map::new();
+    fields.insert("consent_id".into(), c.id.clone().into());
+    d.with_extra(fields, None)
+}
+
 fn denied(c: &Consent) -> Denial {
-    Denial::new(
-        Gate::Consent,
-        StatusCode::FORBIDDEN,
-        "consent_denied",
-        format!(
-            "consent {} was denied by {} ({}){}",
-            c.id,
-            c.answered_by.as_deref().unwrap_or("?"),
-            c.how.as_deref().unwrap_or("?"),
-            c.reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
+    about(
+        c,
+        Denial::new(
+            Gate::Consent,
+            StatusCode::FORBIDDEN,
+            "consent_denied",
+            format!(
+                "consent {} was denied by {} ({}){}",
+                c.id,
+                c.answered_by.as_deref().unwrap_or("?"),
+                c.how.as_deref().unwrap_or("?"),
+                c.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
         ),
     )
 }

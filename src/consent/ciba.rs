@@ -47,7 +47,10 @@ struct Ticket {
 /// How one ticket ended.
 enum Outcome {
     Approved,
+    /// The owner said no (or let it lapse at the provider).
     Denied(String),
+    /// No answer can be had: the provider refused or could not be reached.
+    Failed(String),
     /// The ticket expired; ask again if the consent is still open.
     Expired,
     /// The consent was answered or closed elsewhere.
@@ -74,7 +77,10 @@ impl Ciba {
     ) -> Result<Ciba, ConsentError> {
         let secret = load_secret(&config.client_secret_env, &config.client_secret_file)
             .map_err(ConsentError::Setup)?;
+        // No idle connections kept: polls come seconds apart, often just as the provider
+        // closes an idle keep-alive connection, and a POST lost that way is not retried.
         let http = crate::vault::fetch::http_client(tls, CALL_TIMEOUT)
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| ConsentError::Setup(e.to_string()))?;
         let notification_url = if config.notification_url.is_empty() {
@@ -146,7 +152,7 @@ impl Ciba {
             {
                 Ok(t) => t,
                 Err(reason) => {
-                    let _ = consents.deny(&c.id, &user, "ciba", Some(&reason));
+                    let _ = consents.deny(&c.id, "agentgate", "ciba", Some(&reason));
                     return;
                 }
             };
@@ -163,6 +169,10 @@ impl Ciba {
                 }
                 Outcome::Denied(reason) => {
                     let _ = consents.deny(&c.id, &user, "ciba", Some(&reason));
+                    return;
+                }
+                Outcome::Failed(reason) => {
+                    let _ = consents.deny(&c.id, "agentgate", "ciba", Some(&reason));
                     return;
                 }
                 Outcome::Closed => return,
@@ -292,7 +302,7 @@ impl Ciba {
                 Poll::Transport(reason) => {
                     failures += 1;
                     if failures >= MAX_FAILURES {
-                        return Outcome::Denied(format!(
+                        return Outcome::Failed(format!(
                             "the CIBA provider could not be reached {failures} times in a row: {reason}"
                         ));
                     }
@@ -320,12 +330,24 @@ impl Ciba {
                 _ = status.changed() => break Outcome::Closed,
                 () = tokio::time::sleep_until(deadline) => break Outcome::Expired,
             }
-            match self.token(&t.auth_req_id).await {
+            // After a ping the answer is there: retry a failed call a few times, briefly.
+            let mut failures = 0;
+            let polled = loop {
+                match self.token(&t.auth_req_id).await {
+                    Poll::Transport(reason) if failures + 1 < MAX_FAILURES => {
+                        failures += 1;
+                        tracing::warn!(auth_req_id = %t.auth_req_id, error = %reason, "CIBA token call after a ping failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match polled {
                 Poll::Done(o) => break o,
                 Poll::Pending | Poll::SlowDown(_) => {}
                 Poll::Transport(reason) => {
-                    break Outcome::Denied(format!(
-                        "the CIBA provider could not be reached: {reason}"
+                    break Outcome::Failed(format!(
+                        "the CIBA provider could not be reached {MAX_FAILURES} times in a row: {reason}"
                     ));
                 }
             }
@@ -357,12 +379,17 @@ impl Ciba {
             Some("authorization_pending") => Poll::Pending,
             Some("slow_down") => Poll::SlowDown(v["interval"].as_u64().or(retry_after)),
             Some("expired_token") => Poll::Done(Outcome::Expired),
-            Some("access_denied") => Poll::Done(Outcome::Denied(
-                "the owner denied it at the CIBA provider, or let it expire there (access_denied)"
-                    .into(),
-            )),
+            Some("access_denied") => {
+                let said = v["error_description"]
+                    .as_str()
+                    .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                    .unwrap_or_default();
+                Poll::Done(Outcome::Denied(format!(
+                    "the owner denied it at the CIBA provider, or let it expire there (access_denied){said}"
+                )))
+            }
             _ if status >= 500 => Poll::Transport(refused(url, status, &answer).to_string()),
-            _ => Poll::Done(Outcome::Denied(format!(
+            _ => Poll::Done(Outcome::Failed(format!(
                 "the CIBA provider refused the poll: {}",
                 refused(url, status, &answer)
             ))),

@@ -66,11 +66,18 @@ impl Pipeline {
             Some(Ok(g)) => {
                 r.insert(
                     "consent".into(),
-                    serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by}),
+                    serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by, "how": g.how}),
                 );
             }
-            Some(Err(code)) => {
-                r.insert("consent".into(), serde_json::json!({"error": code}));
+            Some(Err(d)) => {
+                let id = d
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.fields.get("consent_id").cloned());
+                r.insert(
+                    "consent".into(),
+                    serde_json::json!({"id": id, "error": d.error}),
+                );
             }
             None => {}
         }
