@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
         let audit = Arc::new(Audit::open(&config.audit, &state, "bench").expect("audit"));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = agentgate::egress::upstream::tls_client_config(&config, provider).expect("tls");
-        let vault = Vault::open(&config, &state, tls, audit.clone()).expect("vault");
+        let vault = Arc::new(Vault::open(&config, &state, tls, audit.clone()).expect("vault"));
         (vault, audit)
     });
 

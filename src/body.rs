@@ -140,12 +140,21 @@ impl Drop for Outcome {
 /// Masks every occurrence of one secret (the injected credential) in a streamed body with
 /// as many `*`, holding back only the bytes that could begin an occurrence split across
 /// two pieces.
-#[derive(Debug)]
 pub struct Redact {
     finder: memchr::memmem::Finder<'static>,
     carry: bytes::BytesMut,
     pending: Option<Frame<Bytes>>,
     done: bool,
+}
+
+// By hand: the searcher holds the secret, and Debug output must never show it.
+impl std::fmt::Debug for Redact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redact")
+            .field("secret_len", &self.finder.needle().len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Redact {

@@ -207,6 +207,18 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                     url = ciba.notification_url(),
                     "CIBA ping delivery: register this URL as the client's backchannel_client_notification_endpoint"
                 );
+                let local = |u: &str| {
+                    ["://127.", "://localhost", "://[::1]"]
+                        .iter()
+                        .any(|l| u.contains(l))
+                };
+                if local(ciba.notification_url()) && !local(&c.issuer) {
+                    tracing::warn!(
+                        url = ciba.notification_url(),
+                        issuer = %c.issuer,
+                        "the CIBA provider cannot reach a loopback notification URL; set consent.ciba.notification_url to an address it can reach, or use delivery = \"poll\""
+                    );
+                }
             }
             Some(ciba)
         }

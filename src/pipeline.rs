@@ -347,8 +347,15 @@ impl Pipeline {
             }
             Err(denial) => Err(denial),
         };
-        // Token: the credential for this exact origin, granted to this decision.
+        // Token: the credential for this exact origin, granted to this decision. A request
+        // held for consent is checked again: its agent may have been revoked meanwhile.
         let granted = match approved {
+            Ok(()) if facts.consent.is_some() => {
+                match gates::identity::recheck(&self.identity, &who) {
+                    Ok(()) => self.token(&who, &target, facts, &parts.headers).await,
+                    Err(denial) => Err(denial),
+                }
+            }
             Ok(()) => self.token(&who, &target, facts, &parts.headers).await,
             Err(denial) => Err(denial),
         };
@@ -384,7 +391,9 @@ impl Pipeline {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+                // Registered like a tunnel, so PANIC closes it too.
+                let session = self.sessions.open(&who.spiffe_id);
+                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade, session));
             }
         }
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -430,7 +439,7 @@ impl Pipeline {
         headers: &http::HeaderMap,
     ) -> Result<(), Denial> {
         let Some(tuple) = facts.tuple.as_ref() else {
-            return Ok(());
+            return Err(internal("the token gate ran without a tuple"));
         };
         let scopes = facts.decision.as_ref().map_or(&[][..], |d| &d.scopes[..]);
         let origin = (target.scheme == Scheme::HTTPS).then(|| target.authority.as_str());
@@ -479,14 +488,20 @@ impl Pipeline {
             *prefix = Some(self.read_prefix(body).await?);
         }
         let (Some(tuple), Some(decision)) = (facts.tuple.as_ref(), facts.decision.as_ref()) else {
-            return Ok(());
+            return Err(internal(
+                "the consent gate ran without a tuple and decision",
+            ));
         };
         let origin = format!("{}://{}", target.scheme, target.authority);
         let request = gates::consent::Request {
             method: &parts.method,
             origin: &origin,
             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            body: prefix.as_ref().map(|(b, _)| &b[..]),
+            // Exactly the first `intent.max_body` bytes, however the body was framed.
+            body: prefix
+                .as_ref()
+                .map(|(b, _)| &b[..b.len().min(self.intent.max_body)]),
+            truncated: prefix.as_ref().is_some_and(|(_, more)| *more),
         };
         let granted = gates::consent::ask(&self.consents, who, tuple, decision, &request).await;
         facts.consent = Some(granted.clone());
@@ -600,6 +615,20 @@ fn audit_unavailable(e: AuditError) -> Denial {
     )
 }
 
+/// A broken invariant inside the flow: refused, never let through.
+fn internal(reason: &'static str) -> Denial {
+    tracing::error!(
+        reason,
+        "internal error in the request flow; request refused"
+    );
+    Denial::new(
+        Gate::Ingress,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "internal_error",
+        reason,
+    )
+}
+
 fn loop_detected() -> Denial {
     Denial::new(
         Gate::Ingress,
@@ -628,7 +657,11 @@ fn misdirected(reason: String) -> Denial {
 }
 
 /// Joins the agent's and the upstream's upgraded connections (WebSocket) until either closes.
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn splice_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    session: crate::ingress::sessions::Session,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -638,7 +671,14 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        () = session.killed.notified() => {
+            tracing::info!("upgraded connection closed by PANIC");
+        }
     }
 }

@@ -150,6 +150,13 @@ pub fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Result<()> {
                 );
             }
             let secret = read_secret(secret_file.as_deref())?;
+            if kind == Kind::Static
+                && http::HeaderValue::from_str(&format!("{scheme} {}", secret.expose())).is_err()
+            {
+                bail!(
+                    "the token holds characters an HTTP header cannot carry (a newline or control character?); check the file or what was piped in"
+                );
+            }
             if kind == Kind::GithubApp {
                 fetch::check_github_app_key(&secret).map_err(anyhow::Error::msg)?;
             }

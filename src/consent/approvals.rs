@@ -19,6 +19,10 @@ use crate::identity::{Caller, now};
 use crate::intent::Tuple;
 use crate::webhooks::Webhooks;
 
+/// New consents per agent per minute, as a multiple of `consent.max_pending_per_agent`.
+const ASKED_PER_MINUTE: usize = 3;
+/// Requests held on one consent at most (identical retries share it; each holds its body).
+const MAX_WAITERS: usize = 8;
 /// Alphabet of binding codes: no 0/O, 1/I.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
@@ -73,6 +77,11 @@ impl Consents {
         ciba: Option<Arc<Ciba>>,
     ) -> Result<Arc<Consents>, ConsentError> {
         let store = Store::open(state)?;
+        // Closed consents are kept 30 days (their audit records stay for good).
+        let pruned = store.prune(now() - 30 * 24 * 3600)?;
+        if pruned > 0 {
+            tracing::info!(pruned, "old closed consents removed from consents.db");
+        }
         let pending = store.list(true, u32::MAX)?;
         let consents = Arc::new(Consents {
             config: config.clone(),
@@ -125,6 +134,21 @@ impl Consents {
     async fn hold(self: &Arc<Self>, consent: &Consent) -> Result<Granted, Denial> {
         let live = self.track(&consent.id);
         let mut rx = live.tx.subscribe();
+        if live.waiters.load(Ordering::Relaxed) >= MAX_WAITERS {
+            return Err(Denial::new(
+                Gate::Consent,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                format!(
+                    "{MAX_WAITERS} identical requests already wait on consent {}; wait for its answer",
+                    consent.id
+                ),
+            ));
+        }
+        // Subscribed first, then checked: an answer that landed in between is not missed.
+        if !self.still_pending(&consent.id) {
+            rx.mark_changed();
+        }
         live.waiters.fetch_add(1, Ordering::Relaxed);
         let mut leave = Leave {
             consents: self.clone(),
@@ -204,6 +228,21 @@ impl Consents {
         tuple_key: String,
         now: i64,
     ) -> Result<Consent, Denial> {
+        // Asked-for per minute is bounded too: an agent that disconnects and retries must
+        // not page its owner without end.
+        let recent = self.with_store(|s| s.created_since(&ask.caller.spiffe_id, now - 60))?;
+        if recent >= ASKED_PER_MINUTE * self.config.max_pending_per_agent {
+            return Err(Denial::new(
+                Gate::Consent,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                format!(
+                    "this agent asked for {recent} consents in the last minute (limit {ASKED_PER_MINUTE} × consent.max_pending_per_agent {}); wait before asking again",
+                    self.config.max_pending_per_agent
+                ),
+            )
+            .with_extra(serde_json::Map::new(), Some(60)));
+        }
         let (total, mine) = self.pending_counts(&ask.caller.spiffe_id)?;
         if total >= self.config.max_pending || mine >= self.config.max_pending_per_agent {
             return Err(Denial::new(
@@ -342,7 +381,7 @@ impl Consents {
             "detail".into(),
             serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": status.as_str(), "by": by, "how": how}),
         );
-        self.audit.submit(r);
+        self.commit(r);
         AnswerError::Expired(c.id.clone())
     }
 
@@ -385,16 +424,41 @@ impl Consents {
         }
     }
 
-    /// Denies every pending consent of `agents` (all when `None`): PANIC. Returns how many.
+    /// PANIC: denies every pending consent of `agents` (all when `None`) and ends their
+    /// approvals still in force (open windows, unused once-approvals), so nothing a person
+    /// approved before comes back with the agent. Returns how many consents it touched.
     pub fn deny_agents(&self, agents: Option<&HashSet<String>>, reason: &str) -> usize {
         let pending = self
             .with_store(|s| s.list(true, u32::MAX))
             .unwrap_or_default();
-        pending
+        let denied = pending
             .iter()
             .filter(|c| agents.is_none_or(|a| a.contains(&c.agent)))
             .filter(|c| self.deny(&c.id, "agentgate", "panic", Some(reason)).is_ok())
-            .count()
+            .count();
+        let now = now();
+        let ended: usize = match agents {
+            None => self.with_store(|s| s.end_approvals(None, now)).unwrap_or(0),
+            Some(set) => set
+                .iter()
+                .map(|a| {
+                    self.with_store(|s| s.end_approvals(Some(a), now))
+                        .unwrap_or(0)
+                })
+                .sum(),
+        };
+        if ended > 0 {
+            let mut agents: Vec<&String> = agents.map(|a| a.iter().collect()).unwrap_or_default();
+            agents.sort();
+            let mut r = self.audit.record("admin");
+            r.insert("event".into(), "consent_approvals_ended".into());
+            r.insert(
+                "detail".into(),
+                serde_json::json!({"count": ended, "reason": reason, "agents": agents}),
+            );
+            self.commit(r);
+        }
+        denied + ended
     }
 
     /// Expires overdue consents every second until `shutdown`.
@@ -431,9 +495,26 @@ impl Consents {
         }
     }
 
-    /// A receiver that changes when consent `id` is answered.
-    pub(super) fn watch(&self, id: &str) -> watch::Receiver<Status> {
-        self.track(id).tx.subscribe()
+    /// A receiver that changes when consent `id` is answered; `None` when it already was.
+    pub(super) fn watch(&self, id: &str) -> Option<watch::Receiver<Status>> {
+        let rx = self.track(id).tx.subscribe();
+        self.still_pending(id).then_some(rx)
+    }
+
+    /// Whether `id` is pending in the store; if not, its channel is settled (and dropped),
+    /// so nobody waits on an answer that already came.
+    fn still_pending(&self, id: &str) -> bool {
+        match self.with_store(|s| s.get(id)) {
+            Ok(Some(c)) if c.status == Status::Pending => true,
+            Ok(Some(c)) => {
+                self.settle(id, c.status);
+                false
+            }
+            _ => {
+                self.settle(id, Status::Cancelled);
+                false
+            }
+        }
     }
 
     fn track(&self, id: &str) -> Arc<Live> {
@@ -486,9 +567,20 @@ impl Consents {
                 "auth_req_id": c.auth_req_id,
             }),
         );
-        self.audit.submit(r);
+        self.commit(r);
         tracing::info!(consent = %c.id, agent = %c.agent, action = %c.action, resource = %c.resource_id, status = c.status.as_str(), how = c.how.as_deref(), code = %c.binding_code, "{event}");
         self.webhooks.emit(hook, public(c));
+    }
+
+    /// Commits an audit record in the background: durable (consents are evidence), without
+    /// making an answer wait for the log.
+    fn commit(&self, r: serde_json::Map<String, serde_json::Value>) {
+        let audit = self.audit.clone();
+        tokio::spawn(async move {
+            if let Err(e) = audit.commit(r).await {
+                tracing::error!(error = %e, "a consent record could not be committed to the audit log");
+            }
+        });
     }
 
     fn with_store<T>(

@@ -135,7 +135,9 @@ impl Ciba {
 
     async fn run(&self, consents: &Consents, c: Consent) {
         let user = self.user(&c);
-        let mut status = consents.watch(&c.id);
+        let Some(mut status) = consents.watch(&c.id) else {
+            return;
+        };
         loop {
             if *status.borrow() != Status::Pending {
                 return;
@@ -276,8 +278,15 @@ impl Ciba {
             .ok_or_else(|| format!("{url} answered without an auth_req_id"))?;
         Ok(Ticket {
             auth_req_id: auth_req_id.to_owned(),
-            expires_in: v["expires_in"].as_u64().unwrap_or(remaining),
-            interval: v["interval"].as_u64().unwrap_or(DEFAULT_INTERVAL).max(1),
+            // Bounded by what we asked for: a provider's number never outlives our consent.
+            expires_in: v["expires_in"]
+                .as_u64()
+                .unwrap_or(remaining)
+                .clamp(1, remaining.max(1)),
+            interval: v["interval"]
+                .as_u64()
+                .unwrap_or(DEFAULT_INTERVAL)
+                .clamp(1, 60),
         })
     }
 
@@ -328,7 +337,13 @@ impl Ciba {
             tokio::select! {
                 () = wake.notified() => {}
                 _ = status.changed() => break Outcome::Closed,
-                () = tokio::time::sleep_until(deadline) => break Outcome::Expired,
+                () = tokio::time::sleep_until(deadline) => {
+                    // A lost ping must not lose the answer: ask once more before re-asking.
+                    break match self.token(&t.auth_req_id).await {
+                        Poll::Done(o) => o,
+                        _ => Outcome::Expired,
+                    };
+                }
             }
             // After a ping the answer is there: retry a failed call a few times, briefly.
             let mut failures = 0;

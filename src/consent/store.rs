@@ -219,6 +219,44 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// Ends every approval still in force for `agent` (all agents when `None`): open
+    /// windows close now, unused once-approvals count as used. Returns how many.
+    pub fn end_approvals(&self, agent: Option<&str>, now: i64) -> Result<usize, ConsentError> {
+        self.db
+            .execute(
+                "UPDATE consents
+                 SET window_until = CASE WHEN window_until > ?2 THEN ?2 ELSE window_until END,
+                     used = 1
+                 WHERE status = 'approved' AND (?1 IS NULL OR agent = ?1)
+                   AND (window_until > ?2 OR (window_until IS NULL AND used = 0))",
+                params![agent, now],
+            )
+            .map_err(self.err())
+    }
+
+    /// Closed consents older than `before` are deleted; returns how many.
+    pub fn prune(&self, before: i64) -> Result<usize, ConsentError> {
+        self.db
+            .execute(
+                "DELETE FROM consents WHERE status != 'pending' AND expires < ?1
+                   AND (window_until IS NULL OR window_until < ?1)",
+                params![before],
+            )
+            .map_err(self.err())
+    }
+
+    /// How many consents `agent` asked for since `since`.
+    pub fn created_since(&self, agent: &str, since: i64) -> Result<usize, ConsentError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*) FROM consents WHERE agent = ?1 AND created >= ?2",
+                params![agent, since],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+            .map_err(self.err())
+    }
+
     /// Records the CIBA request that asks for this consent.
     pub fn set_auth_req_id(&self, id: &str, auth_req_id: &str) -> Result<(), ConsentError> {
         self.db

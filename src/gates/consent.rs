@@ -24,6 +24,8 @@ pub struct Request<'a> {
     pub path_and_query: &'a str,
     /// The body as read (at most `intent.max_body` bytes), `None` for no body.
     pub body: Option<&'a [u8]>,
+    /// More body follows what is bound (that tail is not covered by the approval).
+    pub truncated: bool,
 }
 
 /// Asks for (or finds) the consent this escalated request needs.
@@ -62,6 +64,7 @@ pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
         r.origin.as_bytes(),
         r.path_and_query.as_bytes(),
         &body,
+        if r.truncated { b"more" } else { b"whole" },
         t.action.as_bytes(),
         t.resource_type.as_bytes(),
         t.resource_id.as_bytes(),

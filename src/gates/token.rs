@@ -28,7 +28,7 @@ pub struct Injection {
 /// Finds the credential for this request. `origin` is `None` for cleartext requests, which
 /// never get one. `Ok(None)`: no connection serves the origin; the request goes without.
 pub async fn obtain(
-    vault: &Vault,
+    vault: &Arc<Vault>,
     caller: &Caller,
     origin: Option<&str>,
     tuple: &Tuple,

@@ -84,6 +84,8 @@ pub enum TokenError {
         "connection {0} was revoked by PANIC; store a new credential with `agentgate vault set`"
     )]
     Revoked(String),
+    #[error("{0}")]
+    Reauthorize(String),
 }
 
 /// What a request needs a credential for.
@@ -260,7 +262,7 @@ impl Vault {
     /// The grant for one decision: reused for retries of the same tuple within
     /// `vault.grant_ttl`, otherwise made from a cached or newly fetched credential.
     pub async fn grant(
-        &self,
+        self: &Arc<Self>,
         connection: &Arc<Connection>,
         want: &Want<'_>,
     ) -> Result<Arc<Grant>, TokenError> {
@@ -291,7 +293,7 @@ impl Vault {
     }
 
     async fn credential(
-        &self,
+        self: &Arc<Self>,
         connection: &Arc<Connection>,
         want: &Want<'_>,
     ) -> Result<Arc<Credential>, TokenError> {
@@ -334,7 +336,7 @@ impl Vault {
 
     /// Gets a fresh credential from the connection's source.
     async fn obtain(
-        &self,
+        self: &Arc<Self>,
         connection: Arc<Connection>,
         scopes: &[String],
         repository: Option<&str>,
@@ -357,28 +359,12 @@ impl Vault {
                 }
             }
             Kind::Oauth => {
-                // One refresh per connection at a time, whatever the scopes: the stored
-                // refresh token is read under the lock, after any rotation before us.
-                let lock = self.refresh_lock(&c.id);
-                let _held = lock.lock().await;
-                let refresh = secret(&c.id)?;
-                let provider = c.settings.provider.as_deref().unwrap_or(&c.service);
-                let got = self.fetcher.refresh(provider, &refresh, scopes).await?;
-                if let Some(rotated) = &got.refresh_token {
-                    if *rotated != refresh {
-                        self.lock_store()
-                            .set_secret(&c.id, rotated, now())
-                            .map_err(|e| {
-                                tracing::error!(connection = %c.id, error = %e, "a rotated refresh token could not be stored; the connection needs `vault set` again");
-                                TokenError::Store(e.to_string())
-                            })?;
-                        self.seen_version.store(
-                            self.lock_store().data_version().unwrap_or_default(),
-                            Ordering::Relaxed,
-                        );
-                    }
-                }
-                got
+                // Detached from the waiting request: once the provider has rotated the
+                // refresh token, the new one is stored even if every waiter went away.
+                let (vault, c, scopes) = (self.clone(), connection.clone(), scopes.to_vec());
+                tokio::spawn(async move { vault.refresh(&c, &scopes).await })
+                    .await
+                    .map_err(|e| TokenError::Store(format!("the refresh task failed: {e}")))??
             }
             Kind::Auth0 => {
                 let connection_name = c.settings.connection.as_deref().unwrap_or(&c.service);
@@ -417,6 +403,33 @@ impl Vault {
             }
         };
         self.admit(connection, obtained)
+    }
+
+    /// One OAuth refresh, storing a rotated refresh token before the access token is used.
+    /// One refresh per connection at a time, whatever the scopes: the stored refresh token
+    /// is read under the lock, after any rotation before us.
+    async fn refresh(&self, c: &Connection, scopes: &[String]) -> Result<Obtained, TokenError> {
+        let lock = self.refresh_lock(&c.id);
+        let _held = lock.lock().await;
+        let refresh = self
+            .lock_store()
+            .secret(&c.id)
+            .map_err(|e| TokenError::Store(e.to_string()))?;
+        let provider = c.settings.provider.as_deref().unwrap_or(&c.service);
+        let got = self
+            .fetcher
+            .refresh(provider, &refresh, scopes)
+            .await
+            .map_err(|e| reauthorize(e, &c.service))?;
+        if let Some(rotated) = got.refresh_token.as_ref().filter(|r| **r != refresh) {
+            self.lock_store()
+                .set_secret(&c.id, rotated, now())
+                .map_err(|e| {
+                    tracing::error!(connection = %c.id, error = %e, "a rotated refresh token could not be stored; the connection needs `vault set` again");
+                    TokenError::Store(e.to_string())
+                })?;
+        }
+        Ok(got)
     }
 
     /// Turns a fetched token into a credential, unless PANIC deny-listed it.
@@ -501,6 +514,20 @@ impl Vault {
 
     pub(super) fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A refused refresh grant: the stored grant is dead, and only the user can mend it.
+fn reauthorize(e: FetchError, service: &str) -> TokenError {
+    match &e {
+        FetchError::Refused { detail, .. }
+            if detail.contains("invalid_grant") || detail.contains("unauthorized_client") =>
+        {
+            TokenError::Reauthorize(format!(
+                "{e}; the stored refresh token no longer works: authorize again and store the new one with `agentgate vault set {service} --kind oauth`"
+            ))
+        }
+        _ => TokenError::Fetch(e),
     }
 }
 
