@@ -360,6 +360,7 @@ impl Pipeline {
             Err(denial) => Err(denial),
         };
         if let Err(denial) = granted {
+            self.release_consent(facts);
             // Read what the agent is still sending, so it hears the refusal (HTTP/2 clients
             // treat a reset during their upload as an error and lose the answer).
             if prefix.as_ref().is_some_and(|(_, more)| *more) {
@@ -377,7 +378,10 @@ impl Pipeline {
             parts.uri.path(),
             None,
         );
-        self.audit.commit(record).await.map_err(audit_unavailable)?;
+        if let Err(e) = self.audit.commit(record).await {
+            self.release_consent(facts);
+            return Err(audit_unavailable(e));
+        }
 
         // 3. Egress.
         let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -427,6 +431,16 @@ impl Pipeline {
             }
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Gives back a one-time approval this request used but never spent: it was refused
+    /// after consent (no credential, audit down), so nothing was sent on the approval.
+    fn release_consent(&self, facts: &Facts) {
+        if let Some(Ok(g)) = &facts.consent {
+            if g.scope == "once" {
+                self.consents.release_once(&g.id);
+            }
+        }
     }
 
     /// Gate 5: the credential to inject, if a vault connection serves the origin. Only

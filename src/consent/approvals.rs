@@ -304,6 +304,13 @@ impl Consents {
         Ok(consent)
     }
 
+    /// Makes a used once-approval usable again (its request was refused before leaving).
+    pub fn release_once(&self, id: &str) {
+        if let Err(e) = self.with_store(|s| s.release_once(id)) {
+            tracing::error!(consent = id, error = %e.reason, "a one-time approval could not be given back");
+        }
+    }
+
     /// Approves a pending consent, once or for a window.
     pub fn approve(
         &self,

@@ -257,6 +257,18 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// Gives back a used once-approval.
+    pub fn release_once(&self, id: &str) -> Result<(), ConsentError> {
+        self.db
+            .execute(
+                "UPDATE consents SET used = 0
+                 WHERE id = ?1 AND status = 'approved' AND window_until IS NULL",
+                params![id],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
     /// Records the CIBA request that asks for this consent.
     pub fn set_auth_req_id(&self, id: &str, auth_req_id: &str) -> Result<(), ConsentError> {
         self.db

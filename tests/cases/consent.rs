@@ -1548,3 +1548,81 @@ async fn consent_admin_api_authenticates_and_validates() {
     assert_eq!(approved[0]["detail"]["how"], "api");
     assert_eq!(approved[0]["detail"]["window_until"], until);
 }
+
+/// A one-time approval is spent only when its request leaves: approved, the identical retry
+/// is refused by the token gate (a vault connection whose OAuth provider is not configured
+/// answers 503), and the approval is given back; once the connection is removed, the next
+/// identical retry passes on the same consent, without asking anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_approval_survives_a_refusal_after_consent() {
+    let env = TestEnv::new().await;
+    let proxy = env.start(config(&env, "async", "60s"));
+    let bot = e2e_agent();
+    let body = r#"{"title":"kept"}"#;
+    let secret = env.dir.path().join("refresh-token");
+    std::fs::write(&secret, "rt-for-an-unconfigured-provider").expect("write secret");
+    ok(
+        &agentgate(
+            &proxy,
+            &[
+                "vault",
+                "set",
+                "github",
+                "--kind",
+                "oauth",
+                "--provider",
+                "nowhere",
+                "--secret-file",
+                &secret.display().to_string(),
+            ],
+        )
+        .await,
+        "vault set",
+    );
+
+    let (id, _) = assert_pending(&post_issue(&proxy, &bot, body).await);
+    ok(
+        &agentgate(&proxy, &["consent", "approve", &id]).await,
+        "consent approve",
+    );
+    let refused = post_issue(&proxy, &bot, body).await;
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let v = refused.json();
+    assert_eq!(v["gate"], "token", "{v}");
+    assert_eq!(v["error"], "token_unavailable", "{v}");
+    assert_eq!(upstream_posts(&env, ISSUES_PATH), 0);
+    let listed = consent_list(&proxy, true).await;
+    let c = listed
+        .iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("consent listed");
+    assert_eq!(
+        c["used"], false,
+        "the approval was spent on a refused request: {c:#}"
+    );
+
+    ok(
+        &agentgate(&proxy, &["vault", "rm", "github"]).await,
+        "vault rm",
+    );
+    let passed = post_issue(&proxy, &bot, body).await;
+    assert_eq!(
+        passed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&passed.body)
+    );
+    let r = decision(&proxy, &passed.request_id()).await;
+    assert_eq!(r["consent"]["id"], id.as_str(), "{r:#}");
+    assert_eq!(upstream_posts(&env, ISSUES_PATH), 1);
+    assert_eq!(
+        consent_list(&proxy, true).await.len(),
+        1,
+        "a new consent was asked for"
+    );
+}
