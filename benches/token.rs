@@ -48,7 +48,10 @@ fn bench(c: &mut Criterion) {
     let (vault, audit) = rt.block_on(async {
         let audit = Arc::new(Audit::open(&config.audit, &state, "bench").expect("audit"));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = agentgate::egress::upstream::tls_client_config(&config, provider).expect("tls");
+        let guard = Arc::new(agentgate::egress::guard::Guard::new(&config));
+        let tls = agentgate::egress::upstream::Upstream::new(&config, guard, provider)
+            .and_then(|u| u.client_config())
+            .expect("tls");
         let vault = Arc::new(Vault::open(&config, &state, tls, audit.clone()).expect("vault"));
         (vault, audit)
     });

@@ -156,15 +156,17 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let instance_id = format!("{:08x}", rand::random::<u32>());
     let audit = Arc::new(audit::Audit::open(&config.audit, state, &instance_id)?);
     let admin_token = instance::admin_token(state)?;
-    let vault = Arc::new(vault::Vault::open(
-        &config,
-        state,
-        egress::upstream::tls_client_config(&config, provider.clone())?,
-        audit.clone(),
-    )?);
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
     let upstream = Upstream::new(&config, guard.clone(), provider)?;
+    // AgentGate's own HTTPS calls (token endpoints, CIBA, webhooks) trust the same roots.
+    let own_tls = upstream.client_config()?;
+    let vault = Arc::new(vault::Vault::open(
+        &config,
+        state,
+        own_tls.clone(),
+        audit.clone(),
+    )?);
     let bind = |addr, key, env| async move {
         TcpListener::bind(addr)
             .await
@@ -192,16 +194,12 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     // Gate 4: consents, asked of the CIBA provider (which pings the admin listener) or of
     // the local approver; events go out as webhooks.
     let webhooks = Arc::new(
-        webhooks::Webhooks::start(
-            &config.webhooks,
-            egress::upstream::tls_client_config(&config, crypto_provider())?,
-        )
-        .map_err(StartError::Webhooks)?,
+        webhooks::Webhooks::start(&config.webhooks, own_tls.clone())
+            .map_err(StartError::Webhooks)?,
     );
     let ciba = match (&config.consent.backend, &config.consent.ciba) {
         (consent::Backend::Ciba, Some(c)) => {
-            let tls = egress::upstream::tls_client_config(&config, crypto_provider())?;
-            let ciba = Arc::new(consent::ciba::Ciba::new(c, tls, admin_addr)?);
+            let ciba = Arc::new(consent::ciba::Ciba::new(c, own_tls.clone(), admin_addr)?);
             if ciba.delivery() == consent::Delivery::Ping {
                 tracing::info!(
                     url = ciba.notification_url(),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::ciba::Ciba;
 use super::store::Store;
-use super::{AnswerError, Backend, Consent, ConsentConfig, ConsentError, Mode, Status};
+use super::{Answer, AnswerError, Backend, Consent, ConsentConfig, ConsentError, Mode, Status};
 use crate::audit::Audit;
 use crate::error::{Denial, Gate};
 use crate::identity::{Caller, now};
@@ -98,11 +98,6 @@ impl Consents {
             }
         }
         Ok(consents)
-    }
-
-    /// The mode requests are handled in.
-    pub fn mode(&self) -> Mode {
-        self.config.mode
     }
 
     /// Gate 4: lets the request through on an approval that covers it, or asks a person
@@ -243,7 +238,7 @@ impl Consents {
             )
             .with_extra(serde_json::Map::new(), Some(60)));
         }
-        let (total, mine) = self.pending_counts(&ask.caller.spiffe_id)?;
+        let (total, mine) = self.with_store(|s| s.pending_counts(&ask.caller.spiffe_id))?;
         if total >= self.config.max_pending || mine >= self.config.max_pending_per_agent {
             return Err(Denial::new(
                 Gate::Consent,
@@ -323,7 +318,16 @@ impl Consents {
             return Err(AnswerError::WindowTooLong(w));
         }
         let until = window.map(|w| now() + w.as_secs() as i64);
-        self.answer(id, Status::Approved, by, how, None, until)
+        self.answer(
+            id,
+            Answer {
+                status: Status::Approved,
+                by,
+                how,
+                reason: None,
+                window_until: until,
+            },
+        )
     }
 
     /// Denies a pending consent.
@@ -334,18 +338,19 @@ impl Consents {
         how: &str,
         reason: Option<&str>,
     ) -> Result<Consent, AnswerError> {
-        self.answer(id, Status::Denied, by, how, reason, None)
+        self.answer(
+            id,
+            Answer {
+                status: Status::Denied,
+                by,
+                how,
+                reason,
+                window_until: None,
+            },
+        )
     }
 
-    fn answer(
-        &self,
-        id: &str,
-        status: Status,
-        by: &str,
-        how: &str,
-        reason: Option<&str>,
-        window_until: Option<i64>,
-    ) -> Result<Consent, AnswerError> {
+    fn answer(&self, id: &str, a: Answer<'_>) -> Result<Consent, AnswerError> {
         let now = now();
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let current = store
@@ -354,12 +359,12 @@ impl Consents {
         if current.status == Status::Pending && current.expires <= now {
             drop(store);
             self.expire(id);
-            return Err(self.late(&current, status, by, how));
+            return Err(self.late(&current, &a));
         }
-        if !store.answer(id, status, by, how, reason, window_until, now)? {
+        if !store.answer(id, &a, now)? {
             let c = store.get(id)?.unwrap_or(current);
             if c.status == Status::Expired {
-                return Err(self.late(&c, status, by, how));
+                return Err(self.late(&c, &a));
             }
             return Err(AnswerError::AlreadyAnswered {
                 id: id.to_owned(),
@@ -371,7 +376,7 @@ impl Consents {
             .get(id)?
             .ok_or_else(|| AnswerError::NotFound(id.to_owned()))?;
         drop(store);
-        let (event, hook) = match status {
+        let (event, hook) = match a.status {
             Status::Approved => ("consent_approved", "consent.approved"),
             _ => ("consent_denied", "consent.denied"),
         };
@@ -381,12 +386,12 @@ impl Consents {
     }
 
     /// Records an answer that came after the consent expired.
-    fn late(&self, c: &Consent, status: Status, by: &str, how: &str) -> AnswerError {
+    fn late(&self, c: &Consent, a: &Answer<'_>) -> AnswerError {
         let mut r = self.audit.record("admin");
         r.insert("event".into(), "consent_late_answer".into());
         r.insert(
             "detail".into(),
-            serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": status.as_str(), "by": by, "how": how}),
+            serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": a.status.as_str(), "by": a.by, "how": a.how}),
         );
         self.commit(r);
         AnswerError::Expired(c.id.clone())
@@ -409,7 +414,14 @@ impl Consents {
 
     fn close(&self, id: &str, status: Status, how: &str, reason: Option<&str>) {
         let closed = self.with_store(|s| {
-            if s.answer(id, status, "agentgate", how, reason, None, now())? {
+            let a = Answer {
+                status,
+                by: "agentgate",
+                how,
+                reason,
+                window_until: None,
+            };
+            if s.answer(id, &a, now())? {
                 s.get(id)
             } else {
                 Ok(None)
@@ -546,12 +558,6 @@ impl Consents {
         if let Some(l) = live {
             l.tx.send_replace(status);
         }
-    }
-
-    fn pending_counts(&self, agent: &str) -> Result<(usize, usize), Denial> {
-        let pending = self.with_store(|s| s.list(true, u32::MAX))?;
-        let mine = pending.iter().filter(|c| c.agent == agent).count();
-        Ok((pending.len(), mine))
     }
 
     fn announce(&self, event: &str, hook: &'static str, c: &Consent) {

@@ -226,6 +226,18 @@ impl Status {
     }
 }
 
+/// An answer to a pending consent: who gave it, how, why, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub status: Status,
+    pub by: &'a str,
+    /// `cli`, `api`, `ciba`, `timeout`, `disconnect`, `panic`.
+    pub how: &'a str,
+    pub reason: Option<&'a str>,
+    /// Approvals for a window: until when.
+    pub window_until: Option<i64>,
+}
+
 /// One consent, as stored and listed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Consent {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Consent, ConsentError, Status};
+use super::{Answer, Consent, ConsentError, Status};
 use crate::state::{StateDir, write_private};
 
 /// File name of the consent database in the state dir.
@@ -185,23 +185,21 @@ impl Store {
     }
 
     /// Answers a pending consent; `Ok(false)` when it was no longer pending.
-    #[allow(clippy::too_many_arguments)]
-    pub fn answer(
-        &self,
-        id: &str,
-        status: Status,
-        by: &str,
-        how: &str,
-        reason: Option<&str>,
-        window_until: Option<i64>,
-        now: i64,
-    ) -> Result<bool, ConsentError> {
+    pub fn answer(&self, id: &str, a: &Answer<'_>, now: i64) -> Result<bool, ConsentError> {
         self.db
             .execute(
                 "UPDATE consents SET status = ?2, answered_by = ?3, how = ?4, reason = ?5,
                      window_until = ?6, answered = ?7
                  WHERE id = ?1 AND status = 'pending'",
-                params![id, status.as_str(), by, how, reason, window_until, now],
+                params![
+                    id,
+                    a.status.as_str(),
+                    a.by,
+                    a.how,
+                    a.reason,
+                    a.window_until,
+                    now
+                ],
             )
             .map(|n| n == 1)
             .map_err(self.err())
@@ -241,6 +239,17 @@ impl Store {
                 "DELETE FROM consents WHERE status != 'pending' AND expires < ?1
                    AND (window_until IS NULL OR window_until < ?1)",
                 params![before],
+            )
+            .map_err(self.err())
+    }
+
+    /// Pending consents: overall, and of `agent`.
+    pub fn pending_counts(&self, agent: &str) -> Result<(usize, usize), ConsentError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(agent = ?1), 0) FROM consents WHERE status = 'pending'",
+                params![agent],
+                |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
             )
             .map_err(self.err())
     }

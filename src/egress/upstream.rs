@@ -45,6 +45,9 @@ pub struct Upstream {
     client: Client<Connector, RequestBody>,
     upgrade_client: Client<Connector, RequestBody>,
     response_timeout: Duration,
+    /// System roots plus `upstream.extra_roots`, loaded once and shared.
+    roots: Arc<rustls::RootCertStore>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl Upstream {
@@ -84,7 +87,19 @@ impl Upstream {
             client: build(connector(tls(&[b"h2", b"http/1.1"])?)),
             upgrade_client: build(connector(tls(&[b"http/1.1"])?)),
             response_timeout: config.upstream.response_timeout,
+            roots,
+            provider,
         })
+    }
+
+    /// A TLS client configuration with the same roots, for AgentGate's own calls to the
+    /// same servers (token endpoints, CIBA, webhooks).
+    pub fn client_config(&self) -> Result<ClientConfig, UpstreamError> {
+        Ok(ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth())
     }
 
     /// Sends `req` (absolute URI) and waits for the response head. The response timeout
@@ -156,19 +171,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
-}
-
-/// A TLS client configuration trusting the system roots plus `upstream.extra_roots`, for
-/// other clients that talk to the same servers (the vault's token endpoints).
-pub fn tls_client_config(
-    config: &Config,
-    provider: Arc<CryptoProvider>,
-) -> Result<ClientConfig, UpstreamError> {
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError::Tls(e.to_string()))?
-        .with_root_certificates(root_store(&config.upstream.extra_roots)?)
-        .with_no_client_auth())
 }
 
 fn root_store(extra: &[std::path::PathBuf]) -> Result<rustls::RootCertStore, UpstreamError> {

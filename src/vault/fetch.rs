@@ -119,11 +119,6 @@ impl Fetcher {
         })
     }
 
-    /// Whether `provider` is configured.
-    pub fn has_provider(&self, provider: &str) -> bool {
-        self.providers.contains_key(provider)
-    }
-
     /// OAuth refresh grant at `provider`'s token endpoint.
     pub async fn refresh(
         &self,

@@ -330,8 +330,7 @@ impl Store {
     /// A stable, keyed fingerprint of a secret: identifies it in logs and the audit log
     /// without letting anyone holding the log test guesses against it.
     pub fn fingerprint(&self, secret: &str) -> String {
-        let tag = hmac::sign(&self.keys.fingerprint, secret.as_bytes());
-        format!("hmac-sha256:{}", hex(&tag.as_ref()[..8]))
+        fingerprint_with(&self.keys.fingerprint, secret)
     }
 
     /// A fingerprint function that outlives the store's lock.

@@ -7,19 +7,17 @@
 //! authorization details the provider receives, both client authentication methods,
 //! unknown users, an unreachable provider, timeouts, and an agent that hangs up.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
+use crate::support::cli::{Registered, consent_list};
+use crate::support::held::{self, Curl, Spawned, finish};
 use crate::support::oidc::{CIBA_CLIENT_ID, CIBA_POST_CLIENT_ID, CLIENT_SECRET, OidcProvider};
-use crate::support::proxy::{ConfigBuilder, Proxy, cli, toml_str};
+use crate::support::proxy::{ConfigBuilder, Proxy, toml_str};
 use crate::support::raw::{self, RawResponse};
 use crate::support::{TestEnv, assert_denied, audit_decisions, read_records};
 
-/// Trust domain of the built-in issuer (agents registered with the CLI).
-const LOCAL_TD: &str = "spiffe://agentgate.local/agent";
 /// The env var carrying the CIBA client secret to the proxy.
 const SECRET_ENV: &str = "CIBA_SECRET";
 /// The write every test makes: the default policy escalates it.
@@ -52,68 +50,13 @@ fn ciba_config(env: &TestEnv, op: &OidcProvider, timeout: &str) -> ConfigBuilder
         .set("consent.ciba", "delivery", &toml_str("poll"))
 }
 
+/// `agents register NAME --owner OWNER`.
+async fn register(proxy: &Proxy, name: &str, owner: &str) -> Registered {
+    crate::support::cli::register(proxy, name, owner, &[]).await
+}
+
 fn start(env: &TestEnv, cfg: ConfigBuilder) -> Proxy {
     env.start_with_env(cfg, &[(SECRET_ENV, CLIENT_SECRET)])
-}
-
-/// `agentgate ARGS` against the proxy's state dir, off the async workers.
-async fn agentgate(proxy: &Proxy, args: &[&str]) -> Output {
-    let home = proxy.home.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&home, &args, &[])
-    })
-    .await
-    .expect("cli task")
-}
-
-/// Asserts success; returns stdout.
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A registered agent: its name, SPIFFE ID and token.
-struct Registered {
-    name: String,
-    spiffe_id: String,
-    token: String,
-}
-
-/// `agents register NAME --owner OWNER -o json`.
-async fn register(proxy: &Proxy, name: &str, owner: &str) -> Registered {
-    let out = agentgate(
-        proxy,
-        &["agents", "register", name, "--owner", owner, "-o", "json"],
-    )
-    .await;
-    let doc: Value = serde_json::from_str(&ok(&out, "agents register")).expect("register JSON");
-    assert_eq!(doc["spiffe_id"], format!("{LOCAL_TD}/{name}"), "{doc}");
-    Registered {
-        name: name.to_owned(),
-        spiffe_id: doc["spiffe_id"].as_str().expect("spiffe_id").to_owned(),
-        token: doc["token"].as_str().expect("token").to_owned(),
-    }
-}
-
-/// `consent list [--all] -o json`.
-async fn consent_list(proxy: &Proxy, all: bool) -> Vec<Value> {
-    let mut args = vec!["consent", "list", "-o", "json"];
-    if all {
-        args.push("--all");
-    }
-    let out = agentgate(proxy, &args).await;
-    let doc: Value = serde_json::from_str(&ok(&out, "consent list")).expect("consent list JSON");
-    doc.as_array()
-        .unwrap_or_else(|| panic!("consent list -o json is not a list: {doc}"))
-        .clone()
 }
 
 /// The one consent `consent list --all` shows with `id`.
@@ -125,100 +68,21 @@ async fn consent_by_id(proxy: &Proxy, id: &str) -> Value {
         .unwrap_or_else(|| panic!("consent {id} not in `consent list --all`"))
 }
 
-/// What a curl run ended with.
-#[derive(Debug)]
-struct CurlResult {
-    /// curl's exit code (0 = a response; 28 = --max-time).
-    exit: Option<i32>,
-    /// HTTP status (0 when none came).
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Shown (through Debug) when an assertion fails.
-    #[allow(dead_code)]
-    stderr: String,
-}
-
-impl CurlResult {
-    fn raw(&self) -> RawResponse {
-        RawResponse {
-            status: self.status,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        self.raw().json()
-    }
-}
-
 /// Starts curl as `agent` (its token in the proxy URL, as `agents register` prints it):
 /// `POST` of [`ISSUE_BODY`] to [`ISSUES_URL`], giving up after `max_time` seconds.
-fn post_issue(proxy: &Proxy, agent: &Registered, max_time: u64) -> JoinHandle<CurlResult> {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let head_file = tmp.path().join("headers");
-    let body_file = tmp.path().join("body");
-    let mut cmd = crate::support::clients::clean_command("curl");
-    cmd.args(["-sS", "--max-time", &max_time.to_string(), "-x"])
-        .arg(format!(
-            "http://{}:{}@{}",
-            agent.name, agent.token, proxy.proxy_addr
-        ))
-        .arg("--cacert")
-        .arg(&proxy.ca_path)
-        .arg("-D")
-        .arg(&head_file)
-        .arg("-o")
-        .arg(&body_file)
-        .args(["-w", "%{http_code}"])
-        .args(["-X", "POST", "-H", "Content-Type: application/json"])
-        .args(["--data-binary", ISSUE_BODY, ISSUES_URL]);
-    tokio::spawn(async move {
-        let out = crate::support::clients::output(cmd, "curl").await;
-        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
-        let result = CurlResult {
-            exit: out.status.code(),
-            status: String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0),
-            headers: last_header_block(&head),
-            body: std::fs::read(&body_file).unwrap_or_default(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        drop(tmp);
-        result
-    })
-}
-
-/// curl's -D file holds the CONNECT answer first; the last block is the response.
-fn last_header_block(dump: &str) -> Vec<(String, String)> {
-    let blocks: Vec<&str> = dump
-        .split("\r\n\r\n")
-        .filter(|b| b.trim_start().starts_with("HTTP/"))
-        .collect();
-    blocks
-        .last()
-        .copied()
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect()
-}
-
-/// Waits (up to `secs`) for a held curl to finish.
-async fn finished(task: JoinHandle<CurlResult>, secs: u64) -> CurlResult {
-    tokio::time::timeout(Duration::from_secs(secs), task)
-        .await
-        .unwrap_or_else(|_| panic!("the held request did not finish within {secs} s"))
-        .expect("curl task")
+fn post_issue(proxy: &Proxy, agent: &Registered, max_time: u64) -> Spawned {
+    held::post_json(
+        agent.proxy_url(proxy),
+        proxy.ca_path.clone(),
+        ISSUES_URL,
+        ISSUE_BODY,
+        max_time,
+        &[],
+    )
 }
 
 /// Asserts a consent-gate refusal with `error` whose reason mentions every one of `has`.
-fn consent_refusal(res: &CurlResult, error: &str, has: &[&str]) -> Value {
+fn consent_refusal(res: &Curl, error: &str, has: &[&str]) -> Value {
     assert_eq!(res.exit, Some(0), "curl: {res:?}");
     let body = assert_denied(&res.raw(), 403, "consent");
     assert_eq!(body["error"], error, "{body}");
@@ -464,7 +328,7 @@ async fn ciba_poll_approve_forwards_the_held_request_once() {
 
     let reply = op.ciba_approve(&code).await;
     assert_eq!(reply["auth_req_id"], req["auth_req_id"], "{reply}");
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     assert_eq!(res.exit, Some(0), "curl: {res:?}");
     assert_eq!(res.status, 200, "{res:?}");
     let echo = res.json();
@@ -537,7 +401,7 @@ async fn ciba_poll_deny_refuses_the_held_request() {
     let reply = op.ciba_deny(&code, Some("not today")).await;
     assert_eq!(reply["status"], "denied", "{reply}");
 
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     let body = consent_refusal(&res, "consent_denied", &["access_denied", "alice"]);
     assert_eq!(upstream_posts(&env), 0, "{:?}", env.upstream.requests());
 
@@ -598,7 +462,7 @@ async fn ciba_plain_login_hint_with_the_users_mapping() {
     assert_eq!(req["authorization_details"], Value::Null, "{req:#}");
 
     op.ciba_approve(req["auth_req_id"].as_str().unwrap()).await;
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(upstream_posts(&env), 1, "{:?}", env.upstream.requests());
     let r = post_decision(&proxy).await;
@@ -619,7 +483,7 @@ async fn ciba_unknown_user_is_denied_at_once() {
     let bot = register(&proxy, "bot", "mallory").await;
 
     let started = Instant::now();
-    let res = finished(post_issue(&proxy, &bot, 60), 10).await;
+    let res = finish(post_issue(&proxy, &bot, 60), 10).await;
     let elapsed = started.elapsed();
     consent_refusal(&res, "consent_denied", &["unknown_user_id", "mallory"]);
     assert!(
@@ -671,7 +535,7 @@ async fn ciba_slow_down_makes_the_proxy_back_off() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     op.ciba_approve(id.as_str().unwrap()).await;
-    let res = finished(held, 20).await;
+    let res = finish(held, 20).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(upstream_posts(&env), 1, "{:?}", env.upstream.requests());
 
@@ -748,7 +612,7 @@ async fn ciba_ping_delivery_wakes_the_held_request() {
         reply.get("ping_error").is_none(),
         "the ping failed: {reply}"
     );
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(upstream_posts(&env), 1, "{:?}", env.upstream.requests());
 
@@ -802,7 +666,7 @@ async fn ciba_client_secret_post_client() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     op.ciba_approve(req["auth_req_id"].as_str().unwrap()).await;
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(upstream_posts(&env), 1, "{:?}", env.upstream.requests());
     let done = ciba_request(&op, &req["auth_req_id"]).await;
@@ -833,7 +697,7 @@ async fn ciba_provider_down_while_polling_denies_after_bounded_retries() {
     let req = pending_request(&op).await;
     op.fault(Some("down"), 0).await;
     let started = Instant::now();
-    let res = finished(held, 15).await;
+    let res = finish(held, 15).await;
     let elapsed = started.elapsed();
     consent_refusal(&res, "consent_denied", &["could not be reached"]);
     assert!(
@@ -877,7 +741,7 @@ async fn ciba_timeout_refuses_and_stops_polling() {
         (1..=3).contains(&expiry),
         "requested_expiry capped at 3 s: {req:#}"
     );
-    let res = finished(held, 15).await;
+    let res = finish(held, 15).await;
     let elapsed = started.elapsed();
     consent_refusal(&res, "consent_timeout", &["consent timed out after 3s"]);
     assert!(
@@ -920,7 +784,7 @@ async fn ciba_agent_disconnect_cancels_and_stops_polling() {
 
     let held = post_issue(&proxy, &bot, 2);
     let req = pending_request(&op).await;
-    let res = finished(held, 10).await;
+    let res = finish(held, 10).await;
     assert_eq!(res.exit, Some(28), "curl should time out: {res:?}");
 
     let deadline = Instant::now() + Duration::from_secs(5);

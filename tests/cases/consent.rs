@@ -6,15 +6,15 @@
 //! or for a window). Bounds, restarts, the audit trail and signed webhooks
 //! (Standard Webhooks) are checked end to end.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::clients::{clean_command, output};
+use crate::support::cli::{Registered as Agent, consent_list, failed, ok};
+use crate::support::held::{self, Curl, Spawned, finish};
 use crate::support::pattern::sha256_hex;
-use crate::support::proxy::{self, ConfigBuilder, Proxy, cli, toml_str};
+use crate::support::proxy::{self, ConfigBuilder, Proxy, toml_str};
 use crate::support::raw::{self, RawResponse};
 use crate::support::webhook::WebhookReceiver;
 use crate::support::{TestEnv, agent, assert_denied, audit_decisions, read_records};
@@ -22,8 +22,6 @@ use crate::support::{TestEnv, agent, assert_denied, audit_decisions, read_record
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// Trust domain of the built-in issuer (agents registered with the CLI).
-const LOCAL_TD: &str = "spiffe://agentgate.local/agent";
 /// The write the shipped policy escalates, and its tuple.
 const ISSUES_URL: &str = "https://api.github.com/repos/acme/web/issues";
 const ISSUES_PATH: &str = "/repos/acme/web/issues";
@@ -46,6 +44,16 @@ fn config(env: &TestEnv, mode: &str, timeout: &str) -> ConfigBuilder {
         .set("consent", "timeout", &toml_str(timeout))
 }
 
+/// `agentgate ARGS` against the proxy's state dir as user [`APPROVER`].
+async fn agentgate(proxy: &Proxy, args: &[&str]) -> Output {
+    crate::support::cli::agentgate(&proxy.home, args, &[("USER", APPROVER)]).await
+}
+
+/// `agents register NAME --owner OWNER`.
+async fn register(proxy: &Proxy, name: &str, owner: &str) -> Agent {
+    crate::support::cli::register(proxy, name, owner, &[]).await
+}
+
 /// The test agent (token from the test trust domain, no owner).
 fn e2e_agent() -> Agent {
     Agent {
@@ -53,88 +61,6 @@ fn e2e_agent() -> Agent {
         spiffe_id: format!("spiffe://{}/agent/{}", agent::TRUST_DOMAIN, agent::NAME),
         token: agent::token().to_owned(),
     }
-}
-
-/// An agent the proxy knows: name, SPIFFE ID, JWT-SVID.
-#[derive(Clone, Debug)]
-struct Agent {
-    name: String,
-    spiffe_id: String,
-    token: String,
-}
-
-impl Agent {
-    /// The proxy URL with this agent's credentials (`http://<name>:<jwt>@addr`).
-    fn proxy_url(&self, proxy: &Proxy) -> String {
-        format!("http://{}:{}@{}", self.name, self.token, proxy.proxy_addr)
-    }
-}
-
-/// `agentgate ARGS` against the proxy's state dir as user [`APPROVER`], off the async
-/// workers.
-async fn agentgate(proxy: &Proxy, args: &[&str]) -> Output {
-    let home = proxy.home.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&home, &args, &[("USER", APPROVER)])
-    })
-    .await
-    .expect("cli task")
-}
-
-/// Asserts success; returns stdout.
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Asserts exit code 1; returns stderr.
-fn failed(out: &Output, what: &str) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{what} should have failed with exit 1:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `agents register NAME --owner OWNER -o json`.
-async fn register(proxy: &Proxy, name: &str, owner: &str) -> Agent {
-    let out = agentgate(
-        proxy,
-        &["agents", "register", name, "--owner", owner, "-o", "json"],
-    )
-    .await;
-    let doc: Value = serde_json::from_str(&ok(&out, "agents register")).expect("register JSON");
-    assert_eq!(doc["spiffe_id"], format!("{LOCAL_TD}/{name}"), "{doc}");
-    Agent {
-        name: name.to_owned(),
-        spiffe_id: doc["spiffe_id"].as_str().expect("spiffe_id").to_owned(),
-        token: doc["token"].as_str().expect("token").to_owned(),
-    }
-}
-
-/// `consent list [--all] -o json`.
-async fn consent_list(proxy: &Proxy, all: bool) -> Vec<Value> {
-    let mut args = vec!["consent", "list", "-o", "json"];
-    if all {
-        args.push("--all");
-    }
-    let out = agentgate(proxy, &args).await;
-    let doc: Value = serde_json::from_str(&ok(&out, "consent list -o json"))
-        .unwrap_or_else(|e| panic!("consent list -o json printed non-JSON: {e}"));
-    doc.as_array()
-        .unwrap_or_else(|| panic!("consent list -o json is not an array: {doc}"))
-        .clone()
 }
 
 /// Polls `consent list -o json` (up to 10 s) until `n` consents are pending.
@@ -169,58 +95,6 @@ async fn wait_status(proxy: &Proxy, id: &str, status: &str) -> Value {
     }
 }
 
-/// What one `curl` run gave: exit code, status (0 when none), last header block, body.
-#[derive(Debug)]
-struct Curl {
-    exit: Option<i32>,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    stderr: String,
-    /// When curl exited.
-    done: Instant,
-}
-
-impl Curl {
-    fn raw(&self) -> RawResponse {
-        RawResponse {
-            status: self.status,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        self.raw().json()
-    }
-
-    /// Asserts curl exited 0 with an answer.
-    fn answered(&self) -> &Self {
-        assert_eq!(
-            self.exit,
-            Some(0),
-            "curl failed: {}\nstatus {} body {}",
-            self.stderr,
-            self.status,
-            String::from_utf8_lossy(&self.body)
-        );
-        self
-    }
-
-    fn request_id(&self) -> String {
-        self.header("x-agentgate-request-id")
-            .unwrap_or_else(|| panic!("no X-AgentGate-Request-Id in {:?}", self.headers))
-            .to_owned()
-    }
-}
-
 /// `curl -X POST --data-binary BODY URL` through the proxy as `agent`, bounded by
 /// `max_time` seconds; never asserts (a held request may be cut off on purpose).
 fn post_json(proxy: &Proxy, who: &Agent, url: &str, body: &str, max_time: u32) -> Spawned {
@@ -236,60 +110,14 @@ fn post_json_with(
     max_time: u32,
     extra: &[&str],
 ) -> Spawned {
-    let proxy_url = who.proxy_url(proxy);
-    let ca = proxy.ca_path.clone();
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(["--data-binary".to_owned(), body.to_owned(), url.to_owned()]);
-    tokio::spawn(async move { run_curl(proxy_url, ca, args, max_time).await })
-}
-
-type Spawned = tokio::task::JoinHandle<Curl>;
-
-async fn run_curl(proxy_url: String, ca: PathBuf, args: Vec<String>, max: u32) -> Curl {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let head_file = tmp.path().join("headers");
-    let body_file = tmp.path().join("body");
-    let mut cmd = clean_command("curl");
-    cmd.args(["-sS", "--max-time", &max.to_string(), "-x", &proxy_url])
-        .arg("--cacert")
-        .arg(&ca)
-        .arg("-D")
-        .arg(&head_file)
-        .arg("-o")
-        .arg(&body_file)
-        .args(["-w", "%{http_code}", "-X", "POST"])
-        .args(["-H", "Content-Type: application/json"])
-        .args(&args);
-    let out = output(cmd, "curl").await;
-    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
-    Curl {
-        exit: out.status.code(),
-        status: String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        headers: last_header_block(&head),
-        body: std::fs::read(&body_file).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        done: Instant::now(),
-    }
-}
-
-/// curl's -D file holds the CONNECT answer first; the last block is the response.
-fn last_header_block(dump: &str) -> Vec<(String, String)> {
-    let blocks: Vec<&str> = dump
-        .split("\r\n\r\n")
-        .filter(|b| b.trim_start().starts_with("HTTP/"))
-        .collect();
-    blocks
-        .last()
-        .copied()
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect()
+    held::post_json(
+        who.proxy_url(proxy),
+        proxy.ca_path.clone(),
+        url,
+        body,
+        u64::from(max_time),
+        extra,
+    )
 }
 
 /// A POST to the issues of acme/web that completes (async mode, or an approved hold).
@@ -299,14 +127,6 @@ async fn post_issue(proxy: &Proxy, who: &Agent, body: &str) -> Curl {
         .expect("curl task");
     c.answered();
     c
-}
-
-/// Awaits a held request, which must finish within `secs`.
-async fn finish(held: Spawned, secs: u64) -> Curl {
-    tokio::time::timeout(Duration::from_secs(secs), held)
-        .await
-        .unwrap_or_else(|_| panic!("the held request did not finish within {secs} s"))
-        .expect("curl task")
 }
 
 /// How many `POST /repos/acme/web/issues` reached the upstream.
@@ -388,14 +208,6 @@ async fn admin_events(proxy: &Proxy, event: &str, id: &str, n: usize) -> Vec<Val
         "{} admin record(s) {event} for {id} within 5 s, expected {n}: {found:#?}",
         found.len()
     );
-}
-
-/// The admin token the proxy wrote into its state dir.
-fn admin_token(proxy: &Proxy) -> String {
-    std::fs::read_to_string(proxy.home.join("admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned()
 }
 
 /// One request to the admin port, optionally with a bearer token and a JSON body.
@@ -699,7 +511,7 @@ async fn held_request_is_released_by_cli_approval() {
         "deny after approve",
     );
     assert!(err.contains("already approved"), "{err}");
-    let token = admin_token(&proxy);
+    let token = proxy.admin_token();
     for verb in ["approve", "deny"] {
         let resp = admin(
             &proxy,
@@ -890,7 +702,7 @@ async fn unanswered_held_request_times_out() {
         &proxy,
         "POST",
         &format!("/api/v1/consents/{id}/deny"),
-        Some(&admin_token(&proxy)),
+        Some(&proxy.admin_token()),
         Some(r#"{"reason":"too late"}"#),
     )
     .await;
@@ -1424,7 +1236,7 @@ async fn consent_admin_api_authenticates_and_validates() {
     let proxy = env.start(config(&env, "async", "60s"));
     let bot = e2e_agent();
     let (id, code) = assert_pending(&post_issue(&proxy, &bot, r#"{"title":"api"}"#).await);
-    let token = admin_token(&proxy);
+    let token = proxy.admin_token();
 
     for bearer in [None, Some("not-the-token")] {
         let resp = admin(&proxy, "GET", "/api/v1/consents", bearer, None).await;

@@ -7,37 +7,15 @@ use std::process::Output;
 
 use serde_json::{Value, json};
 
-use crate::support::proxy::{Proxy, cli};
+use crate::support::cli::ok;
+use crate::support::proxy::Proxy;
 use crate::support::raw::{self, RawResponse};
 use crate::support::upstream::GIT_HEAD;
 use crate::support::{TestEnv, agent, assert_denied, assert_serves};
 
 /// `agentgate ARGS` against the proxy's state dir, off the async workers.
 async fn agentgate(proxy: &Proxy, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let home = proxy.home.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let envs: Vec<(String, String)> = envs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        cli(&home, &args, &envs)
-    })
-    .await
-    .expect("cli task")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::cli::agentgate(&proxy.home, args, envs).await
 }
 
 /// Registers `name` and returns the `-o json` document.

@@ -11,7 +11,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::support::clients::{CurlOut, clean_command, curl, node_fetch, output, python};
+use crate::support::clients::{
+    clean_command, curl, from_client, from_curl, node_fetch, output, python,
+};
 use crate::support::pattern::sha256_hex;
 use crate::support::proxy::{Proxy, cli, toml_str};
 use crate::support::raw::{self, RawResponse};
@@ -29,30 +31,6 @@ fn default_policy(env: &TestEnv) -> crate::support::proxy::ConfigBuilder {
         .set("policy", "eval_timeout", &toml_str("5s"))
         // Escalations answer at once (pending) instead of holding the request.
         .set("consent", "mode", &toml_str("async"))
-}
-
-/// A curl result as a [`RawResponse`], for `assert_denied`.
-fn from_curl(c: &CurlOut) -> RawResponse {
-    RawResponse {
-        status: c.status,
-        headers: c.headers.clone(),
-        body: c.body.clone(),
-    }
-}
-
-/// A `client.py` / `fetch.mjs` result (`{status, headers, body}`) as a [`RawResponse`].
-fn from_client(v: &Value) -> RawResponse {
-    let headers = v["headers"]
-        .as_object()
-        .unwrap_or_else(|| panic!("client output without headers: {v}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-        .collect();
-    RawResponse {
-        status: v["status"].as_u64().expect("status") as u16,
-        headers,
-        body: v["body"].as_str().unwrap_or_default().as_bytes().to_vec(),
-    }
 }
 
 fn is_hex64(v: &Value) -> bool {
@@ -159,14 +137,6 @@ where
         "{what}: not reached within 15 s; last {last:?}"
     );
     last
-}
-
-/// The admin token the proxy wrote into its state dir.
-fn admin_token(proxy: &Proxy) -> String {
-    std::fs::read_to_string(proxy.home.join("admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned()
 }
 
 /// An admin-port answer.
@@ -314,7 +284,7 @@ async fn default_policy_allows_a_github_read_and_records_the_tuple() {
         &proxy,
         "GET",
         "/api/v1/policy",
-        Some(&admin_token(&proxy)),
+        Some(&proxy.admin_token()),
         None,
         None,
     )
@@ -953,7 +923,7 @@ async fn policy_changes_reload_and_a_broken_policy_keeps_the_last_good_one() {
         env.config()
             .set("policy", "dir", &toml_str(&dir.display().to_string())),
     );
-    let token = admin_token(&proxy);
+    let token = proxy.admin_token();
     let policy_status = || async {
         let s = admin(&proxy, "GET", "/api/v1/policy", Some(&token), None, None).await;
         assert_eq!(s.status, 200, "{s:?}");
@@ -1229,7 +1199,7 @@ fn action(name: &str, class: &str) -> Value {
 async fn authzen_pdp_answers_with_the_policy_in_force() {
     let env = TestEnv::new().await;
     let proxy = env.start(default_policy(&env));
-    let token = admin_token(&proxy);
+    let token = proxy.admin_token();
     let t = Some(token.as_str());
     let json_ct = Some("application/json");
     let post = |path: &'static str, body: Value| {

@@ -4,7 +4,6 @@
 //! PANIC of every agent and its lifting, the admin route, and GitHub App installation
 //! tokens minted per repository, cached, and revoked by PANIC.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -16,81 +15,21 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 
+use crate::support::cli::{failed, ok, register};
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, OidcProvider};
-use crate::support::proxy::{Proxy, cli, toml_str};
+use crate::support::proxy::{Proxy, toml_str};
 use crate::support::raw::{self, H1, RawResponse};
 use crate::support::upstream::Seen;
 use crate::support::{TestEnv, agent, assert_denied, audit_decisions, read_records};
 
-/// Trust domain of the built-in issuer (agents registered with the CLI).
-const LOCAL_TD: &str = "spiffe://agentgate.local/agent";
-
-/// `agentgate ARGS` against the proxy's state dir, off the async workers.
+/// `agentgate ARGS` against the proxy's state dir.
 async fn agentgate(proxy: &Proxy, args: &[&str]) -> Output {
-    let home = proxy.home.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&home, &args, &[])
-    })
-    .await
-    .expect("cli task")
+    crate::support::cli::agentgate(&proxy.home, args, &[]).await
 }
 
-/// Asserts success; returns stdout.
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Asserts failure; returns stderr.
-fn failed(out: &Output, what: &str) -> String {
-    assert!(
-        !out.status.success(),
-        "{what} should have failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A registered agent: its SPIFFE ID and the `Proxy-Authorization` value it sends.
-struct Registered {
-    spiffe_id: String,
-    token: String,
-}
-
-impl Registered {
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.token)
-    }
-}
-
-/// `agents register NAME --owner OWNER [extra] -o json`.
-async fn register(proxy: &Proxy, name: &str, owner: &str, extra: &[&str]) -> Registered {
-    let mut args = vec!["agents", "register", name, "--owner", owner, "-o", "json"];
-    args.extend_from_slice(extra);
-    let out = agentgate(proxy, &args).await;
-    let doc: Value = serde_json::from_str(&ok(&out, "agents register")).expect("register JSON");
-    assert_eq!(doc["spiffe_id"], format!("{LOCAL_TD}/{name}"), "{doc}");
-    Registered {
-        spiffe_id: doc["spiffe_id"].as_str().expect("spiffe_id").to_owned(),
-        token: doc["token"].as_str().expect("token").to_owned(),
-    }
-}
-
-/// Writes `content` to a 0600 file in the test dir.
+/// `content` in a 0600 file of the test dir.
 fn secret_file(env: &TestEnv, name: &str, content: &str) -> PathBuf {
-    let path = env.dir.path().join(name);
-    std::fs::write(&path, content).expect("write secret file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
-    path
+    crate::support::cli::secret_file(env.dir.path(), name, content)
 }
 
 /// `vault set SERVICE ARGS --secret-file F`; returns the connection id it printed.
@@ -165,14 +104,6 @@ fn request(
 
 async fn get(h1: &mut H1, path: &str, host: &str, authorization: Option<&str>) -> RawResponse {
     raw::send_h1(h1, request("GET", path, host, authorization, "")).await
-}
-
-/// The admin token the proxy wrote into its state dir.
-fn admin_token(proxy: &Proxy) -> String {
-    std::fs::read_to_string(proxy.home.join("admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned()
 }
 
 /// `POST path` on the admin port with a JSON body and an optional bearer token.
@@ -299,6 +230,16 @@ async fn panic_cli(proxy: &Proxy, args: &[&str]) -> Value {
     })
 }
 
+/// Expects 403 `reference_invalid` from the token gate, with `why` in the reason.
+fn assert_reference_refused(resp: &RawResponse, why: &str) {
+    let body = assert_denied(resp, 403, "token");
+    assert_eq!(body["error"], "reference_invalid", "{body}");
+    assert!(
+        body["reason"].as_str().is_some_and(|r| r.contains(why)),
+        "{body}"
+    );
+}
+
 /// Expects the agent's identity refused: it was revoked (by PANIC).
 fn assert_identity_revoked(resp: &RawResponse) {
     let body = assert_denied(resp, 403, "identity");
@@ -409,12 +350,7 @@ async fn references_are_swapped_only_for_their_agent_and_service() {
         Some(&format!("Bearer {reference}")),
     )
     .await;
-    let body = assert_denied(&resp, 403, "token");
-    assert_eq!(body["error"], "reference_invalid", "{body}");
-    assert!(
-        body["reason"].as_str().unwrap().contains("another agent"),
-        "{body}"
-    );
+    assert_reference_refused(&resp, "another agent");
     // refbot's github reference sent to slack.com (which has a connection of its own).
     let mut slack = open(&proxy, &refbot.bearer(), "slack.com").await;
     let resp = get(
@@ -424,15 +360,7 @@ async fn references_are_swapped_only_for_their_agent_and_service() {
         Some(&format!("Bearer {reference}")),
     )
     .await;
-    let body = assert_denied(&resp, 403, "token");
-    assert_eq!(body["error"], "reference_invalid", "{body}");
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("for service github"),
-        "{body}"
-    );
+    assert_reference_refused(&resp, "for service github");
     // A forged reference.
     let resp = get(
         &mut h1,
@@ -441,12 +369,7 @@ async fn references_are_swapped_only_for_their_agent_and_service() {
         Some("Bearer agw_x"),
     )
     .await;
-    let body = assert_denied(&resp, 403, "token");
-    assert_eq!(body["error"], "reference_invalid", "{body}");
-    assert!(
-        body["reason"].as_str().unwrap().contains("unknown"),
-        "{body}"
-    );
+    assert_reference_refused(&resp, "unknown");
     // An origin no connection serves: nothing to swap it for.
     let mut gmail = open(&proxy, &refbot.bearer(), "gmail.googleapis.com").await;
     let resp = get(
@@ -456,8 +379,7 @@ async fn references_are_swapped_only_for_their_agent_and_service() {
         Some(&format!("Bearer {reference}")),
     )
     .await;
-    let body = assert_denied(&resp, 403, "token");
-    assert_eq!(body["error"], "reference_invalid", "{body}");
+    assert_reference_refused(&resp, "");
     for marker in [
         "by=plain",
         "by=wrong-service",
@@ -612,12 +534,7 @@ async fn expired_references_are_refused() {
         Some(&format!("Bearer {reference}")),
     )
     .await;
-    let body = assert_denied(&resp, 403, "token");
-    assert_eq!(body["error"], "reference_invalid", "{body}");
-    assert!(
-        body["reason"].as_str().unwrap().contains("expired"),
-        "{body}"
-    );
+    assert_reference_refused(&resp, "expired");
     assert!(seen_on(&env, "/repos/acme/web/issues").is_empty());
 }
 
@@ -918,7 +835,7 @@ async fn panic_admin_api_checks_the_token_and_the_body() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
     let n1 = register(&proxy, "n1", "alice", &[]).await;
-    let token = admin_token(&proxy);
+    let token = proxy.admin_token();
     let path = "/api/v1/panic";
 
     let resp = admin_post(&proxy, path, None, r#"{"agent":"n1"}"#).await;

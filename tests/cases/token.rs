@@ -6,7 +6,6 @@
 //! Auth0 Token Vault exchange against a real oidc-provider; token-endpoint faults; vault-key
 //! faults at startup; and removal while running.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -17,9 +16,10 @@ use futures_util::future::join_all;
 use http_body_util::Full;
 use serde_json::Value;
 
-use crate::support::clients::{CurlOut, curl, node_fetch, python};
+use crate::support::cli::{ok, write_private};
+use crate::support::clients::{curl, from_client, from_curl, node_fetch, python};
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, OidcProvider, POST_CLIENT_ID};
-use crate::support::proxy::{self, ConfigBuilder, Launch, Proxy, cli, toml_str};
+use crate::support::proxy::{self, ConfigBuilder, Launch, Proxy, toml_str};
 use crate::support::raw::{self, RawResponse};
 use crate::support::upstream::Seen;
 use crate::support::{TestEnv, assert_denied, audit_decisions, read_records};
@@ -41,54 +41,29 @@ fn canary(prefix: &str) -> String {
     format!("{prefix}{hex}")
 }
 
-fn write_0600(path: &Path, bytes: &[u8]) {
-    use std::io::Write;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    f.write_all(bytes).expect("write 0600 file");
-}
-
 /// `secret` with a trailing newline (as editors leave it) in a 0600 file of the test dir.
 fn secret_file(env: &TestEnv, name: &str, secret: &str) -> PathBuf {
     let path = env.dir.path().join(name);
-    write_0600(&path, format!("{secret}\n").as_bytes());
+    write_private(&path, format!("{secret}\n").as_bytes());
     path
 }
 
 /// `agentgate ARGS` on the env's state dir, with the env's config once it is written, off
 /// the async workers.
 async fn agentgate(env: &TestEnv, args: &[&str]) -> Output {
-    let home = env.home();
     let config = env.dir.path().join("agentgate.toml");
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let config = config.display().to_string();
-        let envs: Vec<(&str, &str)> = if Path::new(&config).exists() {
-            vec![("AGENTGATE_CONFIG", &config)]
-        } else {
-            Vec::new()
-        };
-        cli(&home, &args, &envs)
-    })
-    .await
-    .expect("cli task")
+    let config = config.display().to_string();
+    let envs: &[(&str, &str)] = if Path::new(&config).exists() {
+        &[("AGENTGATE_CONFIG", &config)]
+    } else {
+        &[]
+    };
+    crate::support::cli::agentgate(&env.home(), args, envs).await
 }
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A static GitHub token (`vault set github --kind static`); returns the connection id.
+async fn set_github_static(env: &TestEnv, token: &str) -> String {
+    vault_set(env, "github", "static", &secret_file(env, "t", token), &[]).await
 }
 
 /// `vault set SERVICE --kind KIND --secret-file FILE EXTRA…`; returns the connection id.
@@ -282,30 +257,6 @@ async fn start_with_auth0(env: &TestEnv, op: &OidcProvider, cfg: ConfigBuilder) 
     env.start_with_env(cfg, &[(SECRET_ENV, CLIENT_SECRET)])
 }
 
-/// A curl result as a [`RawResponse`].
-fn from_curl(c: &CurlOut) -> RawResponse {
-    RawResponse {
-        status: c.status,
-        headers: c.headers.clone(),
-        body: c.body.clone(),
-    }
-}
-
-/// A `client.py` / `fetch.mjs` result (`{status, headers, body}`) as a [`RawResponse`].
-fn from_client(v: &Value) -> RawResponse {
-    let headers = v["headers"]
-        .as_object()
-        .unwrap_or_else(|| panic!("client output without headers: {v}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-        .collect();
-    RawResponse {
-        status: v["status"].as_u64().expect("status") as u16,
-        headers,
-        body: v["body"].as_str().unwrap_or_default().as_bytes().to_vec(),
-    }
-}
-
 fn request_id(resp: &RawResponse) -> String {
     resp.header("x-agentgate-request-id")
         .unwrap_or_else(|| panic!("no X-AgentGate-Request-Id in {:?}", resp.headers))
@@ -490,14 +441,7 @@ async fn no_connection_for_the_origin_means_no_authorization() {
         .resolve("api.github.com:80", plain.addr);
     let proxy = env.start(cfg);
     let token = canary("ghp_other");
-    vault_set(
-        &env,
-        "github",
-        "static",
-        &secret_file(&env, "t", &token),
-        &[],
-    )
-    .await;
+    set_github_static(&env, &token).await;
 
     let agent_headers = [
         ("authorization", "Bearer xoxb-agent-own"),
@@ -542,14 +486,7 @@ async fn no_connection_for_the_origin_means_no_authorization() {
 async fn redirect_to_another_origin_carries_no_credential() {
     let env = TestEnv::new().await;
     let token = canary("ghp_redirect");
-    vault_set(
-        &env,
-        "github",
-        "static",
-        &secret_file(&env, "t", &token),
-        &[],
-    )
-    .await;
+    set_github_static(&env, &token).await;
     let proxy = env.start_default();
 
     let out = curl(
@@ -584,14 +521,7 @@ async fn vault_rm_while_running_stops_injection() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
     let token = canary("ghp_rm");
-    let id = vault_set(
-        &env,
-        "github",
-        "static",
-        &secret_file(&env, "t", &token),
-        &[],
-    )
-    .await;
+    let id = set_github_static(&env, &token).await;
 
     let before = get(&proxy, "api.github.com", ISSUES, &[]).await;
     assert_eq!(echoed_authorization(&before), masked("Bearer", &token));
@@ -868,14 +798,7 @@ async fn wrong_or_missing_vault_key_stops_startup() {
     let env = TestEnv::new().await;
     let proxy = env.start_default();
     let token = canary("ghp_key");
-    vault_set(
-        &env,
-        "github",
-        "static",
-        &secret_file(&env, "t", &token),
-        &[],
-    )
-    .await;
+    set_github_static(&env, &token).await;
     let resp = get(&proxy, "api.github.com", ISSUES, &[]).await;
     assert_eq!(echoed_authorization(&resp), masked("Bearer", &token));
     proxy.stop();
@@ -892,7 +815,7 @@ async fn wrong_or_missing_vault_key_stops_startup() {
         "{}\n",
         base64::engine::general_purpose::STANDARD.encode(other)
     );
-    write_0600(&key_path, other.as_bytes());
+    write_private(&key_path, other.as_bytes());
     match launch() {
         Launch::Ready(_) => {
             panic!("the proxy started with a vault key that does not match vault.db")
@@ -926,7 +849,7 @@ async fn wrong_or_missing_vault_key_stops_startup() {
     );
 
     // The right key again: nothing was lost.
-    write_0600(&key_path, &original);
+    write_private(&key_path, &original);
     let proxy = env.start_default();
     let resp = get(&proxy, "api.github.com", ISSUES, &[]).await;
     assert_eq!(echoed_authorization(&resp), masked("Bearer", &token));

@@ -2,6 +2,7 @@
 //! undici fetch. Each talks to the proxy the way a user's agent would.
 
 use super::proxy::Proxy;
+use super::raw::RawResponse;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -180,4 +181,28 @@ fn parse_client_json(out: Output, what: &str) -> serde_json::Value {
     );
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("{what} printed non-JSON ({e}): {stdout}"))
+}
+
+/// A curl result as a [`RawResponse`], for `assert_denied`.
+pub fn from_curl(c: &CurlOut) -> RawResponse {
+    RawResponse {
+        status: c.status,
+        headers: c.headers.clone(),
+        body: c.body.clone(),
+    }
+}
+
+/// A `client.py` / `fetch.mjs` result (`{status, headers, body}`) as a [`RawResponse`].
+pub fn from_client(v: &serde_json::Value) -> RawResponse {
+    let headers = v["headers"]
+        .as_object()
+        .unwrap_or_else(|| panic!("client output without headers: {v}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    RawResponse {
+        status: v["status"].as_u64().expect("status") as u16,
+        headers,
+        body: v["body"].as_str().unwrap_or_default().as_bytes().to_vec(),
+    }
 }

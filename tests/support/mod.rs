@@ -5,7 +5,9 @@
 
 pub mod agent;
 pub mod certs;
+pub mod cli;
 pub mod clients;
+pub mod held;
 pub mod oidc;
 pub mod pattern;
 pub mod proxy;

@@ -278,6 +278,14 @@ impl Proxy {
         )
     }
 
+    /// The admin token the proxy wrote into its state dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.home.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
+    }
+
     /// The proxy URL without credentials.
     pub fn anonymous_url(&self) -> String {
         format!("http://{}", self.proxy_addr)
