@@ -122,10 +122,9 @@ impl Drop for Outcome {
                 .into(),
         );
         r.insert("bytes_down".into(), self.bytes_down.into());
-        r.insert(
-            "duration_us".into(),
-            (self.started.elapsed().as_micros() as u64).into(),
-        );
+        let duration = self.started.elapsed();
+        self.audit.metrics().forwarded(duration);
+        r.insert("duration_us".into(), (duration.as_micros() as u64).into());
         r.insert("complete".into(), (!self.aborted).into());
         if self.redacted > 0 {
             r.insert("redacted".into(), self.redacted.into());

@@ -51,6 +51,8 @@ pub struct Ca {
     sessions: Arc<dyn StoresServerSessions>,
     validity: Duration,
     cache: Cache<String, Arc<ServerConfig>>,
+    /// Leaf cache hits and misses (for `/metrics`).
+    stats: Arc<crate::metrics::CacheStats>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -141,7 +143,13 @@ impl Ca {
             sessions: rustls::server::ServerSessionMemoryCache::new(4096),
             validity,
             cache,
+            stats: Arc::default(),
         })
+    }
+
+    /// The leaf cache's hit and miss counters.
+    pub fn cache_stats(&self) -> Arc<crate::metrics::CacheStats> {
+        self.stats.clone()
     }
 
     /// The CA certificate, PEM.
@@ -153,8 +161,10 @@ impl Ca {
     /// minted on first use and cached.
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
         if let Some(cfg) = self.cache.get(host) {
+            self.stats.hit();
             return Ok(cfg);
         }
+        self.stats.miss();
         self.cache
             .try_get_with(host.to_owned(), || self.mint(host).map(Arc::new))
             .map_err(|e: Arc<CaError>| CaError::Mint {

@@ -54,6 +54,8 @@ pub struct Config {
     pub vault: crate::vault::VaultConfig,
     pub consent: crate::consent::ConsentConfig,
     pub webhooks: Vec<crate::webhooks::WebhookConfig>,
+    /// `[tenants.<t>]`: each tenant's policy, consent, webhooks and admin token.
+    pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,
 }
 
 /// Gate 2: how requests are turned into AuthZEN tuples.
@@ -95,14 +97,30 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Listening beyond loopback needs this and `tls`: the API approves and revokes.
+    pub allow_remote: bool,
+    /// Serve the admin listener over TLS.
+    pub tls: Option<AdminTls>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            allow_remote: false,
+            tls: None,
         }
     }
+}
+
+/// TLS for the admin listener (required to listen beyond loopback).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (keep it 0600).
+    pub key: PathBuf,
 }
 
 /// The interception CA and the leaf certificates it mints.
@@ -458,6 +476,9 @@ impl Config {
             hook.check()
                 .map_err(|m| ConfigError::invalid("webhooks", m))?;
         }
+        if let Err((key, message)) = crate::tenants::validate(&self.tenants, &self.consent) {
+            return Err(ConfigError::invalid(key, message));
+        }
         for key in self.upstream.resolve.keys() {
             if crate::egress::guard::split_host_port(key).is_none() {
                 return Err(ConfigError::invalid(
@@ -467,6 +488,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Whether an agent may be registered (or a vault connection stored) for `tenant`:
+    /// any tenant while `[tenants]` is empty, otherwise a configured one.
+    pub fn check_tenant(&self, tenant: Option<&str>) -> Result<(), ConfigError> {
+        crate::tenants::check(&self.tenants, tenant).map_err(|m| ConfigError::invalid("tenants", m))
     }
 }
 

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::state::{StateDir, StateError, read_private, write_private};
 
 const INSTANCE_FILE: &str = "instance.json";
-const TOKEN_FILE: &str = "admin.token";
+/// The admin token's file name (in the state dir, or a tenant's directory).
+pub const TOKEN_FILE: &str = "admin.token";
 
 /// A running instance, as it describes itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct InstanceFile {
     pub instance: String,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The admin listener's TLS certificate (PEM), when it serves TLS; the CLI trusts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<std::path::PathBuf>,
 }
 
 /// Records this process as the instance running on `state`.
@@ -45,9 +49,13 @@ pub fn remove(state: &StateDir) {
 
 /// The admin token, created (0600) on first use.
 pub fn admin_token(state: &StateDir) -> Result<String, StateError> {
-    let path = state.path(TOKEN_FILE);
+    admin_token_at(&state.path(TOKEN_FILE))
+}
+
+/// The admin token in `path`, created (0600) with a new random token when missing or empty.
+pub fn admin_token_at(path: &Path) -> Result<String, StateError> {
     if path.exists() {
-        let bytes = read_private(&path)?;
+        let bytes = read_private(path)?;
         let token = String::from_utf8_lossy(&bytes).trim().to_owned();
         if !token.is_empty() {
             return Ok(token);
@@ -58,6 +66,6 @@ pub fn admin_token(state: &StateDir) -> Result<String, StateError> {
         rand::random::<u128>(),
         rand::random::<u128>()
     );
-    write_private(&path, format!("{token}\n").as_bytes())?;
+    write_private(path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }

@@ -19,10 +19,12 @@ pub mod identity;
 pub mod ingress;
 pub mod instance;
 pub mod intent;
+pub mod metrics;
 pub mod panic;
 pub mod pipeline;
 pub mod policy;
 pub mod state;
+pub mod tenants;
 pub mod vault;
 pub mod webhooks;
 
@@ -67,6 +69,8 @@ pub enum StartError {
     Vault(#[from] vault::VaultError),
     #[error(transparent)]
     Consent(#[from] consent::ConsentError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminSetupError),
     #[error("webhooks: {0}")]
     Webhooks(String),
     #[error(
@@ -86,6 +90,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// The admin API's URL (`https://` when it serves TLS).
+    pub admin_url: String,
     /// The CA certificate agents must trust.
     pub ca_cert: PathBuf,
     /// Whether this start created a new CA.
@@ -151,10 +157,17 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     .map_err(StartError::Workload)?;
     let identity = Arc::new(Identity::load(&config.identity, state)?);
     let intent = Arc::new(intent::Intent::embedded(config.intent.max_body)?);
-    let policy_dir = policy::resolve_dir(&config.policy, state.root())?;
-    let policy = Arc::new(policy::Policy::load(&policy_dir, &config.policy)?);
+    // Gate 3: the instance's policy, and each tenant's.
+    let policies = Arc::new(policy::Policies::load(&config, state)?);
+    let policy = policies.instance().clone();
+    let policy_dir = policy.dir().to_owned();
     let instance_id = format!("{:08x}", rand::random::<u32>());
-    let audit = Arc::new(audit::Audit::open(&config.audit, state, &instance_id)?);
+    // `/metrics`: one set of counters for the instance, reached through the audit log by
+    // everything that holds it; the admin server renders it.
+    let metrics = Arc::new(metrics::Metrics::default());
+    let audit = Arc::new(
+        audit::Audit::open(&config.audit, state, &instance_id)?.with_metrics(metrics.clone()),
+    );
     let admin_token = instance::admin_token(state)?;
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config));
@@ -184,6 +197,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         "AGENTGATE_PROXY_LISTEN",
     )
     .await?;
+    let admin_tls = admin::tls_acceptor(&config.admin)?;
     let (admin_addr, admin) = bind(
         config.admin.listen,
         "admin.listen",
@@ -197,50 +211,40 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         webhooks::Webhooks::start(&config.webhooks, own_tls.clone())
             .map_err(StartError::Webhooks)?,
     );
-    let ciba = match (&config.consent.backend, &config.consent.ciba) {
-        (consent::Backend::Ciba, Some(c)) => {
-            let ciba = Arc::new(consent::ciba::Ciba::new(c, own_tls.clone(), admin_addr)?);
-            if ciba.delivery() == consent::Delivery::Ping {
-                tracing::info!(
-                    url = ciba.notification_url(),
-                    "CIBA ping delivery: register this URL as the client's backchannel_client_notification_endpoint"
-                );
-                let local = |u: &str| {
-                    ["://127.", "://localhost", "://[::1]"]
-                        .iter()
-                        .any(|l| u.contains(l))
-                };
-                if local(ciba.notification_url()) && !local(&c.issuer) {
-                    tracing::warn!(
-                        url = ciba.notification_url(),
-                        issuer = %c.issuer,
-                        "the CIBA provider cannot reach a loopback notification URL; set consent.ciba.notification_url to an address it can reach, or use delivery = \"poll\""
-                    );
-                }
-            }
-            Some(ciba)
-        }
-        _ => None,
-    };
-    let consents = consent::Consents::open(
-        &config.consent,
-        state,
-        audit.clone(),
-        webhooks.clone(),
-        ciba.clone(),
+    // Each tenant's consents have their own store, CIBA client (pinged at
+    // /api/v1/ciba/notify/<tenant>) and webhooks (which forward to the instance's).
+    let admin_base = format!(
+        "{}://{}",
+        if admin_tls.is_some() { "https" } else { "http" },
+        admin_addr
+    );
+    let tenant_consents = consent::TenantConsents::open(
+        &config,
+        consent::tenants::Setup {
+            state,
+            audit: audit.clone(),
+            webhooks: webhooks.clone(),
+            tls: own_tls.clone(),
+            admin_base: &admin_base,
+        },
     )?;
+    metrics.track_cache(metrics::Cache::LeafCert, ca.cache_stats());
+    metrics.track_cache(metrics::Cache::Identity, identity.cache_stats());
+    metrics.track_cache(metrics::Cache::Vault, vault.cache_stats());
+    metrics.track_webhooks(webhooks.stats.clone());
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
         instance_id,
         identity.clone(),
         intent.clone(),
-        policy.clone(),
+        policies.clone(),
         audit.clone(),
         vault.clone(),
-        consents.clone(),
+        tenant_consents.clone(),
         guard,
         upstream,
         ca,
+        metrics.clone(),
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -251,22 +255,35 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         identity: identity.clone(),
         vault: vault.clone(),
         sessions: pipeline.sessions.clone(),
-        consents: consents.clone(),
+        consents: tenant_consents.clone(),
         webhooks: webhooks.clone(),
         audit: audit.clone(),
         state: state.clone(),
     });
+    // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
+    let tenant_tokens = tenants::admin_tokens(state, &config.tenants)?;
+    let tenant_names: Vec<String> = config.tenants.keys().cloned().collect();
+    let scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let admin_url = format!("{scheme}://{admin_addr}");
     let admin_state = Arc::new(Admin {
         health: health.clone(),
         identity: identity.clone(),
-        policy: policy.clone(),
+        intent: intent.clone(),
+        policies: policies.clone(),
         audit: audit.clone(),
         vault: vault.clone(),
-        consents: consents.clone(),
-        ciba,
+        consents: tenant_consents.clone(),
         panic,
         state: state.clone(),
-        token: admin_token,
+        config: config.clone(),
+        auth: admin::auth::Auth::new(&admin_token, &tenant_tokens),
+        instance: instance.clone(),
+        base_url: admin_url.clone(),
+        tenants: tenant_names,
+        last_seen: Default::default(),
+        streams: admin::events::Streams::new(shutdown_rx.clone()),
+        slots: slots.clone(),
+        max_connections: config.proxy.max_connections,
     });
     let mut tasks = vec![
         tokio::spawn(ingress::listener::serve(
@@ -275,9 +292,14 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             slots.clone(),
             shutdown_rx.clone(),
         )),
+        tokio::spawn(admin::agents::follow(
+            admin_state.clone(),
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(admin::serve(
             admin,
             admin_state,
+            admin_tls,
             config.limits.clone(),
             shutdown_rx.clone(),
         )),
@@ -287,13 +309,9 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
-        tokio::spawn(consents.clone().sweep(shutdown_rx.clone())),
-        tokio::spawn(policy.clone().watch(
-            audit.clone(),
-            config.policy.reload_interval,
-            shutdown_rx.clone(),
-        )),
     ];
+    tasks.extend(tenant_consents.sweep(&shutdown_rx));
+    tasks.extend(policies.watch(&audit, config.policy.reload_interval, &shutdown_rx));
     let workload_api = workload_endpoint.is_some();
     if let Some(endpoint) = workload_endpoint {
         identity.expect_workload_bundles();
@@ -304,6 +322,13 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             shutdown_rx,
         )));
     }
+    let tenant_policies: serde_json::Map<String, serde_json::Value> = policies
+        .tenants()
+        .map(|(t, p)| {
+            let detail = serde_json::json!({"policy_dir": p.dir(), "policy_hash": &*p.hash()});
+            (t.to_owned(), detail)
+        })
+        .collect();
     let mut loaded = audit.record("admin");
     loaded.insert("event".into(), "config_loaded".into());
     loaded.insert(
@@ -317,6 +342,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             "policy_dir": policy.dir().display().to_string(),
             "policy_hash": &*policy.hash(),
             "policy_mode": config.policy.mode,
+            "tenants": tenant_policies,
             "catalog_operations": intent.catalog().operations(),
         }),
     );
@@ -328,12 +354,14 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             instance: instance.clone(),
             proxy: proxy_addr,
             admin: admin_addr,
+            admin_tls: config.admin.tls.as_ref().map(|t| t.cert.clone()),
         },
     )?;
     health.set_ready(true);
     Ok(Running {
         proxy_addr,
         admin_addr,
+        admin_url,
         ca_cert: state.ca_cert(),
         ca_created,
         instance,

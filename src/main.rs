@@ -149,6 +149,15 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print a one-time sign-in link to the running instance's dashboard (and open it).
+    Dashboard {
+        /// A link to one tenant's view.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,6 +274,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             let state = StateDir::open_or_create(&cli.home)?;
             exit_unless(cli::panic::run(&state, agent, all, lift, reason, output)?)
         }
+        Command::Dashboard { tenant, no_open } => {
+            cli::dashboard::run(&StateDir::open_or_create(&cli.home)?, tenant, !no_open)
+        }
         Command::Identity { config, command } => {
             let config = load_config(&cli.home, &config)?;
             cli::agents::identity(&StateDir::open_or_create(&cli.home)?, &config, command)
@@ -368,7 +380,8 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
             if running.ca_created { " (new)" } else { "" }
         );
         eprintln!("  proxy      http://{}", running.proxy_addr);
-        eprintln!("  admin      http://{}", running.admin_addr);
+        eprintln!("  admin      {}", running.admin_url);
+        eprintln!("  dashboard  agentgate dashboard   (prints a one-time sign-in link)");
         eprintln!("  policy     {}", running.policy_dir.display());
         eprintln!("  agents     agentgate agents register my-bot");
         eprintln!("             agentgate exec --agent my-bot -- curl https://example.com/");

@@ -27,6 +27,8 @@ pub enum Target {
     /// A registered agent's name, or any SPIFFE ID.
     Agent(String),
     All,
+    /// Every agent of one tenant (a tenant admin's "all").
+    Tenant(String),
 }
 
 /// What PANIC did.
@@ -66,7 +68,9 @@ pub struct Panic {
     pub identity: Arc<Identity>,
     pub vault: Arc<Vault>,
     pub sessions: Arc<Sessions>,
-    pub consents: Arc<crate::consent::Consents>,
+    /// The instance's consents and each tenant's (all of them are searched).
+    pub consents: Arc<crate::consent::TenantConsents>,
+    /// The instance's webhooks (every PANIC); tenants' own come from `consents`.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub audit: Arc<Audit>,
     pub state: StateDir,
@@ -86,14 +90,18 @@ impl Panic {
         let (agents, revoked_tokens) = self.revoke_identity(&target, reason).await?;
         let scope: Option<&HashSet<String>> = match target {
             Target::All => None,
-            Target::Agent(_) => Some(&agents),
+            Target::Agent(_) | Target::Tenant(_) => Some(&agents),
         };
         steps.push(Step {
             step: "identity",
             count: revoked_tokens as u64,
-            detail: match target {
+            detail: match &target {
                 Target::All => "every registered agent and token revoked; every other SPIFFE ID refused until `agentgate panic --lift`".into(),
                 Target::Agent(_) => format!("{} revoked with its tokens", join(&agents)),
+                Target::Tenant(t) => format!(
+                    "every agent of tenant {t} revoked with its tokens: {}",
+                    join(&agents)
+                ),
             },
         });
         // 2. References.
@@ -157,6 +165,7 @@ impl Panic {
             scope: match target {
                 Target::All => "all",
                 Target::Agent(_) => "agent",
+                Target::Tenant(_) => "tenant",
             },
             agents,
             reason: reason.to_owned(),
@@ -165,17 +174,44 @@ impl Panic {
             upstream,
             ok: true,
         };
-        self.webhooks.emit(
-            "agent.panic",
+        self.audit.metrics().panic();
+        self.announce(&report);
+        tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
+        Ok(report)
+    }
+
+    /// `agent.panic` to the instance's webhooks (every agent) and to each tenant's own
+    /// endpoints (only that tenant's agents).
+    fn announce(&self, report: &Report) {
+        let event = |agents: &[&String], tenant: Option<&str>| {
             serde_json::json!({
                 "panic_id": report.panic_id,
                 "scope": report.scope,
-                "agents": report.agents,
+                "agents": agents,
+                "tenant": tenant,
                 "reason": report.reason,
-            }),
-        );
-        tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
-        Ok(report)
+            })
+        };
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<&String>> = Default::default();
+        for a in &report.agents {
+            if let Some(t) = crate::tenants::of_spiffe_id(a) {
+                by_tenant.entry(t).or_default().push(a);
+            }
+        }
+        let all: Vec<&String> = report.agents.iter().collect();
+        let single = (by_tenant.len() == 1 && by_tenant.values().all(|v| v.len() == all.len()))
+            .then(|| by_tenant.keys().next().copied())
+            .flatten();
+        self.webhooks.emit("agent.panic", event(&all, single));
+        for (tenant, agents) in &by_tenant {
+            // An unconfigured tenant's agents have no endpoints of their own.
+            if !self.consents.tenants().any(|t| t == *tenant) {
+                continue;
+            }
+            self.consents
+                .webhooks_for(Some(tenant))
+                .emit_own("agent.panic", event(agents, Some(tenant)));
+        }
     }
 
     /// Revokes in the registry and reloads identity; returns the SPIFFE IDs cut off and
@@ -220,6 +256,22 @@ impl Panic {
                     registry.revoke_id(ALL_AGENTS, &reason, now)?;
                     agents.extend(seen);
                 }
+                Target::Tenant(t) => {
+                    let of_tenant = registry
+                        .agents(None, now)?
+                        .into_iter()
+                        .filter(|a| a.tenant.as_deref() == Some(t.as_str()));
+                    for a in of_tenant {
+                        tokens += registry.revoke_agent(&a.name, &reason, now)?;
+                        agents.insert(a.spiffe_id);
+                    }
+                    // Unregistered callers of the tenant (trusted bundles) with open tunnels.
+                    let marker = format!("/tenant/{t}/agent/");
+                    for id in seen.into_iter().filter(|id| id.contains(&marker)) {
+                        registry.revoke_id(&id, &reason, now)?;
+                        agents.insert(id);
+                    }
+                }
             }
             identity
                 .refresh(true)
@@ -241,6 +293,14 @@ impl Panic {
     ) {
         let mut r = self.audit.record("admin");
         r.insert("event".into(), event.into());
+        // A PANIC confined to one tenant's agents is that tenant's record (its admin sees
+        // it in the audit pages and the event stream).
+        let mut tenants = agents.iter().map(|a| crate::tenants::of_spiffe_id(a));
+        if let Some(Some(t)) = tenants.next()
+            && tenants.all(|o| o == Some(t))
+        {
+            r.insert("tenant".into(), t.into());
+        }
         let mut agents: Vec<&String> = agents.iter().collect();
         agents.sort();
         r.insert(

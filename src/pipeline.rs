@@ -42,7 +42,7 @@ use crate::headers;
 use crate::identity::{Caller, Identity};
 use crate::ingress::sessions::Sessions;
 use crate::intent::{BodyPrefix, Intent, Subject, Tuple};
-use crate::policy::{Decision, Policy};
+use crate::policy::{Decision, Policies};
 use crate::vault::Vault;
 
 mod record;
@@ -59,16 +59,20 @@ pub struct Pipeline {
     pub(crate) config: Arc<Config>,
     pub(crate) identity: Arc<Identity>,
     pub(crate) intent: Arc<Intent>,
-    pub(crate) policy: Arc<Policy>,
+    /// The instance's policy and each tenant's.
+    pub(crate) policies: Arc<Policies>,
     pub(crate) audit: Arc<Audit>,
     pub(crate) vault: Arc<Vault>,
-    pub(crate) consents: Arc<crate::consent::Consents>,
+    /// The instance's consents and each tenant's.
+    pub(crate) consents: Arc<crate::consent::TenantConsents>,
     /// Open tunnels by agent (PANIC closes them).
     pub sessions: Arc<Sessions>,
     instance: String,
     via: HeaderValue,
     via_token: String,
     next_request: AtomicU64,
+    /// Requests by effect and gate, decision latency (for `/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The destination a client connection is bound to, fixed at CONNECT time.
@@ -100,6 +104,8 @@ struct Facts {
     injection: Option<gates::token::Injection>,
     /// The consent that let an escalated request through, or why none did.
     consent: Option<Result<crate::consent::Granted, Denial>>,
+    /// How long after its start a forwarded request's decision record was committed.
+    decided: Option<std::time::Duration>,
 }
 
 impl Pipeline {
@@ -110,13 +116,14 @@ impl Pipeline {
         instance: String,
         identity: Arc<Identity>,
         intent: Arc<Intent>,
-        policy: Arc<Policy>,
+        policies: Arc<Policies>,
         audit: Arc<Audit>,
         vault: Arc<Vault>,
-        consents: Arc<crate::consent::Consents>,
+        consents: Arc<crate::consent::TenantConsents>,
         guard: Arc<Guard>,
         upstream: Upstream,
         ca: Ca,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let via = HeaderValue::from_str(&format!("1.1 agentgate-{instance}"))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 agentgate"));
@@ -127,7 +134,7 @@ impl Pipeline {
             config,
             identity,
             intent,
-            policy,
+            policies,
             audit,
             vault,
             consents,
@@ -136,6 +143,7 @@ impl Pipeline {
             instance,
             via,
             next_request: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -192,6 +200,12 @@ impl Pipeline {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
+        // Once per request, by its final answer: an upstream failure after the allowed
+        // decision counts as refused by `upstream`, with the latency of that decision.
+        self.metrics.request(
+            denial.as_ref().map(|d| d.gate),
+            facts.decided.unwrap_or_else(|| started.elapsed()),
+        );
         log_request(
             &request_id,
             client,
@@ -238,6 +252,8 @@ impl Pipeline {
             Ok(_) => (StatusCode::OK, None),
             Err(d) => (d.status, Some(d)),
         };
+        self.metrics
+            .tunnel(denied.map(|d| d.gate), started.elapsed());
         log_request(
             &request_id,
             client,
@@ -382,6 +398,7 @@ impl Pipeline {
             self.release_consent(facts);
             return Err(audit_unavailable(e));
         }
+        facts.decided = Some(started.elapsed());
 
         // 3. Egress.
         let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -438,7 +455,8 @@ impl Pipeline {
     fn release_consent(&self, facts: &Facts) {
         if let Some(Ok(g)) = &facts.consent {
             if g.scope == "once" {
-                self.consents.release_once(&g.id);
+                let tenant = facts.caller.as_ref().and_then(|c| c.tenant.as_deref());
+                self.consents.for_tenant(tenant).release_once(&g.id);
             }
         }
     }
@@ -480,11 +498,17 @@ impl Pipeline {
             .map_err(gates::intent::refusal)?;
         let tuple = facts.tuple.insert(tuple);
 
-        // Policy: allow, escalate or deny (observe mode records but never stops).
-        let decision = facts
-            .decision
-            .insert(gates::policy::decide(&self.policy, tuple));
-        gates::policy::enforce(decision, self.policy.mode)
+        // Policy: the caller's tenant's (an unknown tenant is refused whatever the mode),
+        // then allow, escalate or deny (observe mode records but never stops).
+        let policy = match gates::policy::select(&self.policies, who) {
+            Ok(p) => p,
+            Err(refusal) => {
+                let refusal = facts.decision.insert(refusal);
+                return gates::policy::enforce(refusal, crate::policy::Mode::Enforce);
+            }
+        };
+        let decision = facts.decision.insert(gates::policy::decide(policy, tuple));
+        gates::policy::enforce(decision, policy.mode)
     }
 
     /// Gate 4: the consent for an escalated request. The body is read (up to
@@ -517,7 +541,8 @@ impl Pipeline {
                 .map(|(b, _)| &b[..b.len().min(self.intent.max_body)]),
             truncated: prefix.as_ref().is_some_and(|(_, more)| *more),
         };
-        let granted = gates::consent::ask(&self.consents, who, tuple, decision, &request).await;
+        let consents = self.consents.for_tenant(who.tenant.as_deref());
+        let granted = gates::consent::ask(consents, who, tuple, decision, &request).await;
         facts.consent = Some(granted.clone());
         granted.map(drop)
     }

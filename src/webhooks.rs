@@ -85,10 +85,15 @@ struct Event {
     id: String,
 }
 
+/// An endpoint's subscribed events (empty: all) and its delivery queue.
+type Queue = (Vec<String>, mpsc::Sender<Arc<Event>>);
+
 /// The webhook sender: one queue per endpoint.
 pub struct Webhooks {
-    queues: Vec<(Vec<String>, mpsc::Sender<Arc<Event>>)>,
+    queues: Vec<Queue>,
     pub stats: Arc<Stats>,
+    /// A tenant's webhooks: the instance's, which get every tenant's events too.
+    parent: Option<Arc<Webhooks>>,
 }
 
 impl Webhooks {
@@ -97,6 +102,7 @@ impl Webhooks {
         Webhooks {
             queues: Vec::new(),
             stats: Arc::default(),
+            parent: None,
         }
     }
 
@@ -106,10 +112,42 @@ impl Webhooks {
         if configs.is_empty() {
             return Ok(Webhooks::none());
         }
+        let stats = Arc::new(Stats::default());
+        Ok(Webhooks {
+            queues: Self::spawn(configs, tls, &stats)?,
+            stats,
+            parent: None,
+        })
+    }
+
+    /// A tenant's webhooks: its own `configs`, and every event also goes to `instance`
+    /// (whose delivery counters it shares).
+    pub fn start_tenant(
+        configs: &[WebhookConfig],
+        tls: rustls::ClientConfig,
+        instance: Arc<Webhooks>,
+    ) -> Result<Webhooks, String> {
+        let queues = if configs.is_empty() {
+            Vec::new()
+        } else {
+            Self::spawn(configs, tls, &instance.stats)?
+        };
+        Ok(Webhooks {
+            queues,
+            stats: instance.stats.clone(),
+            parent: Some(instance),
+        })
+    }
+
+    /// One delivery task and queue per endpoint.
+    fn spawn(
+        configs: &[WebhookConfig],
+        tls: rustls::ClientConfig,
+        stats: &Arc<Stats>,
+    ) -> Result<Vec<Queue>, String> {
         let http = crate::vault::fetch::http_client(tls, ATTEMPT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
-        let stats = Arc::new(Stats::default());
         let mut queues = Vec::new();
         for c in configs {
             c.check()?;
@@ -121,13 +159,40 @@ impl Webhooks {
             tokio::spawn(serve(rx, Arc::new(endpoint), http.clone(), stats.clone()));
             queues.push((c.events.clone(), tx));
         }
-        Ok(Webhooks { queues, stats })
+        Ok(queues)
     }
 
-    /// Queues `kind` with `data` for every subscribed endpoint; never waits.
+    /// Queues `kind` with `data` for every subscribed endpoint (a tenant's, and then the
+    /// instance's); never waits.
     pub fn emit(&self, kind: &'static str, data: serde_json::Value) {
-        if self.queues.is_empty() {
+        let Some(event) = self.event(kind, data, true) else {
             return;
+        };
+        self.push(&event);
+        if let Some(parent) = &self.parent {
+            parent.push(&event);
+        }
+    }
+
+    /// Like [`emit`](Self::emit), but only to this value's own endpoints (not the
+    /// instance's): for an event the instance's endpoints get in another form.
+    pub fn emit_own(&self, kind: &'static str, data: serde_json::Value) {
+        if let Some(event) = self.event(kind, data, false) {
+            self.push(&event);
+        }
+    }
+
+    /// The event to send, or `None` when nobody would get it.
+    fn event(
+        &self,
+        kind: &'static str,
+        data: serde_json::Value,
+        with_parent: bool,
+    ) -> Option<Arc<Event>> {
+        let parent_listens =
+            with_parent && self.parent.as_ref().is_some_and(|p| !p.queues.is_empty());
+        if self.queues.is_empty() && !parent_listens {
+            return None;
         }
         let now = time::OffsetDateTime::now_utc();
         let timestamp = now
@@ -138,11 +203,16 @@ impl Webhooks {
             "msg_{}",
             crate::vault::store::hex(&rand::random::<[u8; 12]>())
         );
-        let event = Arc::new(Event {
+        Some(Arc::new(Event {
             kind,
             body: body.to_string().into(),
             id,
-        });
+        }))
+    }
+
+    /// Queues `event` for this value's subscribed endpoints.
+    fn push(&self, event: &Arc<Event>) {
+        let kind = event.kind;
         for (events, tx) in &self.queues {
             if !(events.is_empty() || events.iter().any(|k| k == kind)) {
                 continue;

@@ -89,13 +89,9 @@ pub async fn call(
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(None),
         Err(e) => return Err(fail(e.to_string())),
     };
-    let call = async {
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+    let request = || {
         let mut req = http::Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(path)
             .header(http::header::HOST, addr.to_string())
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -106,16 +102,17 @@ pub async fn call(
             }
             None => bytes::Bytes::new(),
         };
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, String>(Answer { addr, status, body })
+        req.body(Full::new(body)).map_err(|e| e.to_string())
+    };
+    let call = async {
+        let req = request()?;
+        match &info.admin_tls {
+            None => exchange(TokioIo::new(stream), req, addr).await,
+            Some(cert) => {
+                let tls = tls_connect(stream, cert, addr).await?;
+                exchange(TokioIo::new(tls), req, addr).await
+            }
+        }
     };
     // PANIC waits for upstream revocations, each bounded by vault.fetch_timeout.
     match tokio::time::timeout(Duration::from_secs(60), call).await {
@@ -123,4 +120,59 @@ pub async fn call(
         Ok(Err(reason)) => Err(fail(reason)),
         Err(_) => Err(fail("no answer within 60 s".into())),
     }
+}
+
+async fn exchange<I>(
+    io: I,
+    req: http::Request<Full<bytes::Bytes>>,
+    addr: SocketAddr,
+) -> Result<Answer, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok(Answer { addr, status, body })
+}
+
+/// TLS to the admin listener, trusting only its configured certificate (or the CA in that
+/// file). The listener's certificate must name the address the CLI dials (127.0.0.1 when
+/// it listens on all addresses).
+async fn tls_connect(
+    stream: TcpStream,
+    cert: &std::path::Path,
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("admin TLS certificate {}: {e}", cert.display()))?
+    {
+        let c = c.map_err(|e| format!("admin TLS certificate {}: {e}", cert.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("admin TLS certificate {}: {e}", cert.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), stream)
+        .await
+        .map_err(|e| format!("TLS to the admin listener failed: {e}"))
 }

@@ -1,97 +1,128 @@
 //! Admin routes of gate 4: the local approver (`/api/v1/consents…`) and the CIBA ping
 //! endpoint (`/api/v1/ciba/notify`, authenticated by the request's own notification token).
 
-use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Request, State};
+use axum::response::IntoResponse;
+use http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use super::{Admin, bad_request, bearer, error, json_bytes, query_param, read_json_body};
-use crate::body::ProxyBody;
-use crate::consent::AnswerError;
+use super::{Admin, Reply, Scope, bad_request, bearer, error, json_bytes, query_param};
+use crate::consent::{AnswerError, Consent};
 
-/// `GET /api/v1/consents[?status=all]`, `GET /api/v1/consents/{id}`,
-/// `POST /api/v1/consents/{id}/approve|deny`.
-pub async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
-    let path = req.uri().path().to_owned();
-    let rest = path
-        .strip_prefix("/api/v1/consents")
-        .unwrap_or_default()
-        .trim_start_matches('/');
-    let mut segments = rest.split('/').filter(|s| !s.is_empty());
-    match (
-        req.method().clone(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) {
-        (Method::GET, None, _, _) => {
-            let all = query_param(req.uri().query(), "status").as_deref() == Some("all");
-            match admin.consents.list(!all) {
-                Ok(list) => {
-                    let body = serde_json::json!({ "consents": list.iter().map(listed).collect::<Vec<_>>() });
-                    json_bytes(StatusCode::OK, body.to_string().into())
-                }
-                Err(e) => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "store_failed",
-                    &e.to_string(),
-                ),
-            }
+/// List consents the caller may see: pending ones, or all with `?status=all`.
+#[utoipa::path(get, path = "/api/v1/consents", tag = "consents",
+    params(("status" = Option<String>, Query, description = "`all` for answered ones too")),
+    responses((status = 200, description = "`{\"consents\": [...]}`", body = Object),
+        (status = 401, body = super::api::ErrorBody)))]
+pub async fn list(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
+    let all = query_param(req.uri().query(), "status").as_deref() == Some("all");
+    let mut visible = Vec::new();
+    for (tenant, store) in admin.consents.all() {
+        // A tenant's store holds only its agents; the instance store may hold agents
+        // with an unconfigured tenant label, so each consent is checked too.
+        if scope.tenant().is_some() && tenant != scope.tenant() {
+            continue;
         }
-        (Method::GET, Some(id), None, _) => match admin.consents.get(id) {
-            Ok(Some(c)) => json_bytes(StatusCode::OK, listed(&c).to_string().into()),
-            Ok(None) => not_found(id),
-            Err(e) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_failed",
-                &e.to_string(),
+        match store.list(!all) {
+            Ok(list) => visible.extend(
+                list.iter()
+                    .filter(|c| scope.sees(c.tenant.as_deref()))
+                    .map(listed),
             ),
-        },
-        (Method::POST, Some(id), Some(verb @ ("approve" | "deny")), None) => {
-            let id = id.to_owned();
-            answer(admin, req, &id, verb == "approve").await
+            Err(e) => return super::internal("store_failed", &e.to_string()),
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such consent route"),
+    }
+    let body = serde_json::json!({ "consents": visible });
+    json_bytes(StatusCode::OK, body.to_string().into())
+}
+
+/// A consent the caller may see (with the store that holds it), or the 404 an unknown
+/// one gets.
+fn visible(
+    admin: &Admin,
+    scope: &Scope,
+    id: &str,
+) -> Result<(Arc<crate::consent::Consents>, Consent), Reply> {
+    match admin.consents.find(id) {
+        Ok(Some((_, store, c))) if scope.sees(c.tenant.as_deref()) => Ok((store.clone(), c)),
+        Ok(_) => Err(not_found(id)),
+        Err(e) => Err(super::internal("store_failed", &e.to_string())),
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct AnswerBody {
-    /// Approve for a window, e.g. "10m".
-    #[serde(rename = "for")]
-    window: Option<String>,
-    reason: Option<String>,
-    /// Who answers (default "admin").
-    by: Option<String>,
-    /// How it was answered: "cli" or "api" (default).
-    via: Option<String>,
+/// One consent.
+#[utoipa::path(get, path = "/api/v1/consents/{id}", tag = "consents",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody)))]
+pub async fn get(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> Reply {
+    match visible(&admin, &scope, &id) {
+        Ok((_, c)) => json_bytes(StatusCode::OK, listed(&c).to_string().into()),
+        Err(resp) => resp,
+    }
 }
 
-async fn answer(
-    admin: &Admin,
-    req: Request<Incoming>,
-    id: &str,
-    approve: bool,
-) -> Response<ProxyBody> {
-    let has_body = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v != "0")
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
-    let body: AnswerBody = if has_body {
-        let bytes = match read_json_body(req).await {
-            Ok(b) => b,
-            Err(resp) => return resp,
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                return bad_request(&format!("expected {{\"for\"?, \"reason\"?, \"by\"?}}: {e}"));
-            }
-        }
-    } else {
-        AnswerBody::default()
+/// An answer to a consent.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    /// Approve for a window, e.g. "10m": the same agent, action and resource pass until then.
+    #[serde(rename = "for")]
+    pub window: Option<String>,
+    pub reason: Option<String>,
+    /// Who answers (default "admin").
+    pub by: Option<String>,
+    /// How it was answered: "cli" or "api" (default).
+    pub via: Option<String>,
+}
+
+/// Approve a pending consent (once, or for a window with `for`).
+#[utoipa::path(post, path = "/api/v1/consents/{id}/approve", tag = "consents",
+    params(("id" = String, Path)), request_body(content = AnswerBody, description = "optional"),
+    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody),
+        (status = 409, description = "already answered or expired", body = Object)))]
+pub async fn approve(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Reply {
+    answer(&admin, &scope, req, &id, true).await
+}
+
+/// Deny a pending consent.
+#[utoipa::path(post, path = "/api/v1/consents/{id}/deny", tag = "consents",
+    params(("id" = String, Path)), request_body(content = AnswerBody, description = "optional"),
+    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody),
+        (status = 409, description = "already answered or expired", body = Object)))]
+pub async fn deny(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Reply {
+    answer(&admin, &scope, req, &id, false).await
+}
+
+async fn answer(admin: &Admin, scope: &Scope, req: Request, id: &str, approve: bool) -> Reply {
+    let store = match visible(admin, scope, id) {
+        Ok((store, _)) => store,
+        Err(resp) => return resp,
+    };
+    let body: AnswerBody = match super::optional_json(req, r#"{"for"?, "reason"?, "by"?}"#).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let window = match body.window.as_deref().map(humantime::parse_duration) {
         None => None,
@@ -104,9 +135,9 @@ async fn answer(
         _ => "api",
     };
     let result = if approve {
-        admin.consents.approve(id, by, how, window)
+        store.approve(id, by, how, window)
     } else {
-        admin.consents.deny(id, by, how, body.reason.as_deref())
+        store.deny(id, by, how, body.reason.as_deref())
     };
     match result {
         Ok(c) => json_bytes(StatusCode::OK, listed(&c).to_string().into()),
@@ -116,22 +147,36 @@ async fn answer(
         }
         Err(e @ AnswerError::Expired(_)) => conflict("expired", "expired", &e),
         Err(e @ AnswerError::WindowTooLong(_)) => bad_request(&e.to_string()),
-        Err(e @ AnswerError::Store(_)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store_failed",
-            &e.to_string(),
-        ),
+        Err(e @ AnswerError::Store(_)) => super::internal("store_failed", &e.to_string()),
     }
 }
 
 /// `POST /api/v1/ciba/notify`: the provider's ping. The bearer token must be the one sent
 /// with that very request; anything else is refused without saying which part was wrong.
-pub async fn notify(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
+#[utoipa::path(post, path = "/api/v1/ciba/notify", tag = "consents", security(()),
+    responses((status = 204, description = "accepted"), (status = 401, body = super::api::ErrorBody)))]
+pub async fn notify(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
+    ping(&admin, None, req).await
+}
+
+/// The CIBA ping for a tenant's own CIBA client.
+#[utoipa::path(post, path = "/api/v1/ciba/notify/{tenant}", tag = "consents", security(()),
+    params(("tenant" = String, Path)),
+    responses((status = 204, description = "accepted"), (status = 401, body = super::api::ErrorBody)))]
+pub async fn notify_tenant(
+    State(admin): State<Arc<Admin>>,
+    Path(tenant): Path<String>,
+    req: Request,
+) -> Reply {
+    ping(&admin, Some(&tenant), req).await
+}
+
+async fn ping(admin: &Admin, tenant: Option<&str>, req: Request) -> Reply {
     let bearer = bearer(&req);
-    let Some(ciba) = &admin.ciba else {
+    let Some(ciba) = admin.consents.ciba_for(tenant).cloned() else {
         return error(StatusCode::NOT_FOUND, "not_found", "CIBA is not configured");
     };
-    let body = match read_json_body(req).await {
+    let body = match super::read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -144,9 +189,7 @@ pub async fn notify(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody
         );
     };
     if ciba.notify(id, &bearer) {
-        let mut resp = Response::new(ProxyBody::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        resp
+        StatusCode::NO_CONTENT.into_response()
     } else {
         error(
             StatusCode::UNAUTHORIZED,
@@ -171,7 +214,7 @@ fn listed(c: &crate::consent::Consent) -> serde_json::Value {
     v
 }
 
-fn not_found(id: &str) -> Response<ProxyBody> {
+fn not_found(id: &str) -> Reply {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -180,7 +223,7 @@ fn not_found(id: &str) -> Response<ProxyBody> {
 }
 
 /// `409 {"error", "status", "reason"}`: the consent was answered (or expired) before.
-fn conflict(code: &str, status: &str, e: &AnswerError) -> Response<ProxyBody> {
+fn conflict(code: &str, status: &str, e: &AnswerError) -> Reply {
     let body = serde_json::json!({"error": code, "status": status, "reason": e.to_string()});
     json_bytes(StatusCode::CONFLICT, body.to_string().into())
 }

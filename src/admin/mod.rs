@@ -1,43 +1,76 @@
-//! The admin listener (`admin.listen`, loopback by default): health and readiness, the
-//! built-in issuer's SPIFFE bundle, and the admin API (bearer admin token from the state
-//! dir). The dashboard grows here.
+//! The admin listener (`admin.listen`, loopback by default): the versioned JSON API under
+//! `/api/v1` (documented at `/api/v1/openapi.json`), the live event stream, `/metrics`,
+//! health, the AuthZEN PDP and the dashboard at `/`. The CLI, the dashboard and automation
+//! all use this one API.
 
+// Handlers return early with a ready response (`Result<_, Reply>`); boxing it would only
+// add an allocation to every refusal.
+#![allow(clippy::result_large_err)]
+
+pub mod agents;
+pub mod api;
+pub mod auth;
 pub mod authzen;
 pub mod client;
 pub mod consent;
+pub mod dashboard;
+pub mod events;
 pub mod token;
 
-use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::ProxyBody;
 use crate::config::LimitsConfig;
 use crate::identity::Identity;
 use crate::ingress::{Activity, drive, http1_builder};
+
+pub use auth::Scope;
+
+/// An admin route's answer.
+pub type Reply = Response;
 
 /// What admin routes reach.
 pub struct Admin {
     pub health: Arc<Health>,
     pub identity: Arc<Identity>,
-    pub policy: Arc<crate::policy::Policy>,
+    pub intent: Arc<crate::intent::Intent>,
+    /// The instance's policy and each tenant's.
+    pub policies: Arc<crate::policy::Policies>,
     pub audit: Arc<crate::audit::Audit>,
     /// Where `audit.pub` lives.
     pub state: crate::state::StateDir,
+    pub config: Arc<crate::config::Config>,
     pub vault: Arc<crate::vault::Vault>,
-    pub consents: Arc<crate::consent::Consents>,
-    /// The CIBA client, whose pings arrive here.
-    pub ciba: Option<Arc<crate::consent::ciba::Ciba>>,
+    /// The instance's consents and each tenant's (with their CIBA clients).
+    pub consents: Arc<crate::consent::TenantConsents>,
     pub panic: Arc<crate::panic::Panic>,
-    /// The bearer token `/api/` routes require.
-    pub token: String,
+    /// Admin, tenant and dashboard tokens.
+    pub auth: auth::Auth,
+    /// This process's instance id.
+    pub instance: String,
+    /// The URL the dashboard is reached at (`http://127.0.0.1:8081`).
+    pub base_url: String,
+    /// Configured tenant names.
+    pub tenants: Vec<String>,
+    /// When each agent (SPIFFE ID) last had a decision.
+    pub last_seen: agents::LastSeen,
+    /// Live event-stream subscribers.
+    pub streams: events::Streams,
+    /// The proxy listener's connection slots (for the open-connections gauge).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    pub max_connections: usize,
 }
 
 /// Readiness shared with the proxy: true once the proxy listener accepts, false when draining.
@@ -51,15 +84,74 @@ impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+
+    /// Whether the instance takes traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the admin listener cannot be set up as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSetupError {
+    #[error(
+        "admin.listen = {0} is not a loopback address; the admin API can approve requests and revoke agents, so set admin.allow_remote = true and configure [admin.tls] (cert, key) to expose it"
+    )]
+    Remote(SocketAddr),
+    #[error(
+        "admin.allow_remote = true needs TLS: set admin.tls.cert and admin.tls.key (PEM files)"
+    )]
+    NoTls,
+    #[error("admin TLS ({path}): {reason}")]
+    Tls { path: PathBuf, reason: String },
+}
+
+/// Checks the listener settings and builds the TLS acceptor when TLS is configured.
+pub fn tls_acceptor(
+    config: &crate::config::AdminConfig,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, AdminSetupError> {
+    if !config.listen.ip().is_loopback() && !config.allow_remote {
+        return Err(AdminSetupError::Remote(config.listen));
+    }
+    let Some(tls) = &config.tls else {
+        return match config.allow_remote {
+            true => Err(AdminSetupError::NoTls),
+            false => Ok(None),
+        };
+    };
+    let fail = |path: &PathBuf, reason: String| AdminSetupError::Tls {
+        path: path.clone(),
+        reason,
+    };
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail(&tls.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail(&tls.cert, "no certificate in the file".into()));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| fail(&tls.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(&tls.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(&tls.key, e.to_string()))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
 /// Serves the admin listener until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     limits: LimitsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let router = api::router(admin.clone());
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -72,112 +164,45 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let (admin, limits, shutdown) = (admin.clone(), limits.clone(), shutdown.clone());
+        let (router, limits, shutdown, tls) = (
+            router.clone(),
+            limits.clone(),
+            shutdown.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
             let activity = Activity::new();
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req).await) }
-            });
-            let conn = http1_builder(&limits)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            let _ = drive(conn, &activity, limits.idle_timeout, shutdown).await;
+            let svc = TowerToHyperService::new(router);
+            match tls {
+                None => {
+                    let conn = http1_builder(&limits)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    let _ = drive(conn, &activity, limits.idle_timeout, shutdown).await;
+                }
+                Some(acceptor) => {
+                    let accepted =
+                        tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                            .await;
+                    let Ok(Ok(stream)) = accepted else {
+                        tracing::debug!("admin TLS handshake failed or timed out");
+                        return;
+                    };
+                    let conn = http1_builder(&limits)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    let _ = drive(conn, &activity, limits.idle_timeout, shutdown).await;
+                }
+            }
         });
     }
 }
 
 /// Largest JSON body an admin route reads.
-const MAX_ADMIN_BODY: usize = 1 << 20;
-
-async fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
-    let ready = admin.health.ready.load(Ordering::Relaxed);
-    let path = req.uri().path().to_owned();
-    let path = path.as_str();
-    // References authenticate in their route: an agent may use its own JWT-SVID there.
-    let protected = (path.starts_with("/api/") || path.starts_with("/access/"))
-        && path != "/api/v1/references"
-        && path != "/api/v1/ciba/notify";
-    if protected && !authorized(admin, &req) {
-        let mut resp = json(
-            StatusCode::UNAUTHORIZED,
-            r#"{"error":"unauthorized","reason":"send Authorization: Bearer <admin token> (the admin.token file in the state dir)"}"#,
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
-    }
-    match (req.method(), path) {
-        (&Method::GET, "/.well-known/spiffe-bundle") => {
-            json_bytes(StatusCode::OK, admin.identity.bundle_jwks())
-        }
-        (&Method::GET, "/.well-known/authzen-configuration") => {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1");
-            let body = authzen::configuration(&format!("http://{host}"));
-            json_bytes(StatusCode::OK, body.to_string().into())
-        }
-        (&Method::POST, "/access/v1/evaluation") => pdp(admin, req, authzen::evaluation).await,
-        (&Method::POST, "/access/v1/evaluations") => pdp(admin, req, authzen::evaluations).await,
-        (&Method::GET, "/api/v1/policy") => {
-            let body = serde_json::to_string(&admin.policy.status()).unwrap_or_default();
-            json_bytes(StatusCode::OK, body.into())
-        }
-        (&Method::POST, "/api/v1/identity/reload") => reload(admin, &req).await,
-        (&Method::GET, "/api/v1/vault") => token::list(admin),
-        (&Method::POST, "/api/v1/vault/reload") => token::reload(admin, &req).await,
-        (&Method::POST, "/api/v1/references") => token::reference(admin, req).await,
-        (&Method::POST, "/api/v1/panic") => token::panic(admin, req).await,
-        (&Method::POST, "/api/v1/ciba/notify") => consent::notify(admin, req).await,
-        (_, p) if p == "/api/v1/consents" || p.starts_with("/api/v1/consents/") => {
-            consent::route(admin, req).await
-        }
-        (&Method::GET, "/api/v1/audit") => audit_page(admin, req.uri().query()).await,
-        (&Method::GET, "/api/v1/audit/verify") => audit_verify(admin).await,
-        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") => match (ready, admin.identity.not_ready()) {
-            (true, None) => json(StatusCode::OK, r#"{"status":"ready"}"#),
-            (true, Some(reason)) => {
-                let body = serde_json::json!({"status": "not ready", "reason": reason});
-                json_bytes(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into())
-            }
-            (false, _) => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
-        },
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":"not_found","reason":"no such admin route"}"#,
-        ),
-    }
-}
-
-/// Runs an AuthZEN PDP route on the request's JSON body.
-async fn pdp(
-    admin: &Admin,
-    req: Request<Incoming>,
-    handler: fn(&crate::policy::Policy, &[u8]) -> Result<serde_json::Value, authzen::BadRequest>,
-) -> Response<ProxyBody> {
-    let body = match read_json_body(req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let policy = admin.policy.clone();
-    match tokio::task::spawn_blocking(move || handler(&policy, &body)).await {
-        Ok(Ok(v)) => json_bytes(StatusCode::OK, v.to_string().into()),
-        Ok(Err(e)) => bad_request(&e.to_string()),
-        Err(_) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"evaluation_failed","reason":"policy evaluation task failed; see the proxy log"}"#,
-        ),
-    }
-}
+pub(crate) const MAX_ADMIN_BODY: usize = 1 << 20;
 
 /// Reads a JSON request body up to [`MAX_ADMIN_BODY`]; refusals come back as responses.
-pub(crate) async fn read_json_body(
-    req: Request<Incoming>,
-) -> Result<bytes::Bytes, Response<ProxyBody>> {
+pub(crate) async fn read_json_body(req: Request) -> Result<bytes::Bytes, Reply> {
     use http_body_util::BodyExt;
     let is_json = req
         .headers()
@@ -193,122 +218,77 @@ pub(crate) async fn read_json_body(
             "send the body as Content-Type: application/json",
         ));
     }
-    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            r#"{"error":"body_too_large","reason":"admin request bodies are limited to 1 MiB"}"#,
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad_request(&format!("reading the body failed: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > MAX_ADMIN_BODY {
+            // Read (bounded) what the client is still sending, so it gets the answer
+            // rather than a reset connection.
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+            return Err(bad_request_code(
+                "body_too_large",
+                "admin request bodies are limited to 1 MiB",
+            ));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// Parses an optional JSON body: none (no length, no chunks) is `T::default()`.
+pub(crate) async fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    req: Request,
+    expected: &str,
+) -> Result<T, Reply> {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if !has_body {
+        return Ok(T::default());
+    }
+    parse_json(req, expected).await
+}
+
+/// Reads and parses a JSON body; `expected` describes the shape for the 400 reason.
+pub(crate) async fn parse_json<T: serde::de::DeserializeOwned>(
+    req: Request,
+    expected: &str,
+) -> Result<T, Reply> {
+    let body = read_json_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| bad_request(&format!("expected {expected}: {e}")))
+}
+
+/// A 400 with its reason.
+pub(crate) fn bad_request(reason: &str) -> Reply {
+    bad_request_code("bad_request", reason)
+}
+
+/// A 400 with a specific code.
+pub(crate) fn bad_request_code(code: &str, reason: &str) -> Reply {
+    error(StatusCode::BAD_REQUEST, code, reason)
+}
+
+/// A 403 for a route or object outside the caller's scope.
+pub(crate) fn forbidden(reason: &str) -> Reply {
+    error(StatusCode::FORBIDDEN, "forbidden", reason)
+}
+
+/// 403 unless the caller is the instance admin.
+pub(crate) fn instance_only(scope: &Scope) -> Result<(), Reply> {
+    match scope {
+        Scope::Instance => Ok(()),
+        Scope::Tenant(_) => Err(forbidden(
+            "this route is for the instance admin token; a tenant token cannot use it",
         )),
-        Err(e) => Err(bad_request(&format!("reading the body failed: {e}"))),
-    }
-}
-
-pub(crate) fn bad_request(reason: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": "bad_request", "reason": reason});
-    json_bytes(StatusCode::BAD_REQUEST, body.to_string().into())
-}
-
-/// Re-reads the agent registry and bundle files now, so a CLI change (revocation, key
-/// rotation) is in force when the CLI returns. The CLI names the change in the query
-/// (`?event=agent_revoked&subject=…`), and it becomes an admin record in the audit log.
-async fn reload(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
-    let identity = admin.identity.clone();
-    match tokio::task::spawn_blocking(move || identity.refresh(true)).await {
-        Ok(Ok(_)) => {
-            let event = query_param(req.uri().query(), "event");
-            if let Some(event) = event.filter(|e| is_event_name(e)) {
-                let subject = query_param(req.uri().query(), "subject").unwrap_or_default();
-                let detail = serde_json::json!({ "subject": subject });
-                if let Err(e) = admin.audit.admin_event(&event, detail).await {
-                    let body =
-                        serde_json::json!({"error": "audit_unavailable", "reason": e.to_string()});
-                    return json_bytes(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into());
-                }
-            }
-            json(StatusCode::OK, r#"{"reloaded":true}"#)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "identity reload failed");
-            let body = serde_json::json!({"error": "reload_failed", "reason": e.to_string()});
-            json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into())
-        }
-        Err(_) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"reload_failed","reason":"reload task failed; see the proxy log"}"#,
-        ),
-    }
-}
-
-/// Records after `after` (default 0), at most `limit` (default 100, max 1000).
-async fn audit_page(admin: &Admin, query: Option<&str>) -> Response<ProxyBody> {
-    let after: i64 = query_param(query, "after")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limit: i64 = query_param(query, "limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
-        .clamp(1, 1000);
-    let db = admin.audit.db_path().to_owned();
-    let read = move || -> Result<String, rusqlite::Error> {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = conn.prepare(
-            "SELECT seq, record, hash FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(rusqlite::params![after, limit])?;
-        let mut records = Vec::new();
-        let mut last = after;
-        while let Some(row) = rows.next()? {
-            last = row.get(0)?;
-            let record: String = row.get(1)?;
-            let hash: String = row.get(2)?;
-            // Canonical JSON re-serializes to the same bytes; a damaged row (the log was
-            // tampered with) is passed on as a string rather than breaking the page.
-            let record = serde_json::from_str(&record).unwrap_or(serde_json::Value::String(record));
-            records.push(serde_json::json!({ "hash": hash, "record": record }));
-        }
-        Ok(serde_json::json!({ "records": records, "next_after": last }).to_string())
-    };
-    match tokio::task::spawn_blocking(read).await {
-        Ok(Ok(body)) => json_bytes(StatusCode::OK, body.into()),
-        Ok(Err(e)) => {
-            let body = serde_json::json!({"error": "audit_read_failed", "reason": e.to_string()});
-            json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into())
-        }
-        Err(_) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"audit_read_failed"}"#,
-        ),
-    }
-}
-
-/// Runs `audit verify` on the live log.
-async fn audit_verify(admin: &Admin) -> Response<ProxyBody> {
-    let db = admin.audit.db_path().to_owned();
-    let jsonl = db.with_file_name(crate::audit::checkpoint::JSONL_FILE);
-    let key = std::fs::read_to_string(admin.state.path(crate::audit::checkpoint::PUB_FILE))
-        .unwrap_or_default();
-    let run = move || {
-        let jsonl = Some(jsonl.as_path()).filter(|p| p.exists());
-        crate::audit::verify::verify(&db, jsonl, Some(key.trim()))
-    };
-    match tokio::task::spawn_blocking(run).await {
-        Ok(Ok(report)) => {
-            let mut body = serde_json::to_value(&report).unwrap_or_default();
-            body["intact"] = report.problem.is_none().into();
-            json_bytes(StatusCode::OK, body.to_string().into())
-        }
-        Ok(Err(e)) => {
-            let body = serde_json::json!({"error": "verify_failed", "reason": e.to_string()});
-            json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into())
-        }
-        Err(_) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"verify_failed"}"#,
-        ),
     }
 }
 
@@ -319,60 +299,67 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Admin event names are short snake_case words.
-fn is_event_name(e: &str) -> bool {
-    !e.is_empty() && e.len() <= 40 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-}
-
 /// The bearer token of a request, if it sent one.
-pub(crate) fn bearer(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn bearer(req: &Request) -> Option<String> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_owned())
 }
 
-/// A JSON error answer.
-pub(crate) fn error(status: StatusCode, code: &str, reason: &str) -> Response<ProxyBody> {
+/// A JSON error answer: `{"error": code, "reason": reason}`.
+pub(crate) fn error(status: StatusCode, code: &str, reason: &str) -> Reply {
     let body = serde_json::json!({"error": code, "reason": reason});
     json_bytes(status, body.to_string().into())
 }
 
+/// A 500 for a failed blocking task or store, with the reason (never a secret).
+pub(crate) fn internal(code: &str, reason: &str) -> Reply {
+    error(StatusCode::INTERNAL_SERVER_ERROR, code, reason)
+}
+
 /// 401 with a `WWW-Authenticate: Bearer` challenge.
-pub(crate) fn unauthorized(reason: &str) -> Response<ProxyBody> {
+pub(crate) fn unauthorized(reason: &str) -> Reply {
     let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", reason);
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
 }
 
-pub(crate) fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
-    let Some(given) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    aws_lc_rs::constant_time::verify_slices_are_equal(
-        given.trim().as_bytes(),
-        admin.token.as_bytes(),
-    )
-    .is_ok()
+/// A JSON answer from a serializable value.
+pub(crate) fn json_value(status: StatusCode, value: &impl Serialize) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_bytes(status, body.into()),
+        Err(e) => internal("encode_failed", &e.to_string()),
+    }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    json_bytes(status, bytes::Bytes::from_static(body.as_bytes()))
-}
-
-pub(crate) fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(body));
+pub(crate) fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Reply {
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Runs blocking work (SQLite, policy evaluation) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    code: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Reply> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| internal(code, "the task failed; see the proxy log"))
+}
+
+impl IntoResponse for auth::Full {
+    fn into_response(self) -> Response {
+        error(StatusCode::TOO_MANY_REQUESTS, "too_many", &self.to_string())
+    }
 }

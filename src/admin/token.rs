@@ -1,24 +1,47 @@
 //! Admin routes of gate 5: vault connections (metadata only), `agw_` references, PANIC.
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Request, State};
+use http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{
-    Admin, bad_request, bearer, error, json_bytes, query_param, read_json_body, unauthorized,
+    Admin, Reply, Scope, bad_request, bearer, error, json_bytes, query_param, read_json_body,
+    unauthorized,
 };
-use crate::body::ProxyBody;
 use crate::identity::registry::{Registry, RegistryError};
 use crate::panic::{PanicError, Target};
 
-/// `GET /api/v1/vault`: every connection, never a secret.
-pub fn list(admin: &Admin) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "connections": admin.vault.connections() });
+/// Vault connections the caller may see: metadata and a keyed fingerprint, never a secret.
+#[utoipa::path(get, path = "/api/v1/vault", tag = "vault",
+    responses((status = 200, description = "`{\"connections\": [...]}`", body = Object),
+        (status = 401, body = super::api::ErrorBody)))]
+pub async fn list(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
+    let visible: Vec<_> = admin
+        .vault
+        .connections()
+        .into_iter()
+        .filter(|c| scope.sees(Some(c.tenant.as_str()).filter(|t| !t.is_empty())))
+        .collect();
+    let body = serde_json::json!({ "connections": visible });
     json_bytes(StatusCode::OK, body.to_string().into())
 }
 
-/// `POST /api/v1/vault/reload`: re-reads `vault.db` after a CLI change and records it.
-pub async fn reload(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// Re-read `vault.db` after a CLI change (`vault set|rm`) and record it (instance admin).
+#[utoipa::path(post, path = "/api/v1/vault/reload", tag = "vault",
+    params(("subject" = Option<String>, Query, description = "the change, for the audit record")),
+    responses((status = 200, body = Object), (status = 403, body = super::api::ErrorBody)))]
+pub async fn reload(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
+    if let Err(resp) = super::instance_only(&scope) {
+        return resp;
+    }
     let vault = admin.vault.clone();
     match tokio::task::spawn_blocking(move || vault.reload()).await {
         Ok(Ok(n)) => {
@@ -46,27 +69,33 @@ pub async fn reload(admin: &Admin, req: &Request<Incoming>) -> Response<ProxyBod
     }
 }
 
-#[derive(Deserialize)]
+/// Ask for an `agw_` reference.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReferenceRequest {
-    agent: Option<String>,
-    service: String,
+pub struct ReferenceRequest {
+    /// The agent (with an admin token); left out when the agent asks with its own JWT-SVID.
+    pub agent: Option<String>,
+    /// The vault service, e.g. github.
+    pub service: String,
 }
 
 /// `POST /api/v1/references`: an `agw_` reference for an agent registered with
 /// `--reference-tokens`. With the admin token the body names the agent; an agent may ask
 /// for its own with its JWT-SVID as the bearer token.
-pub async fn reference(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
+#[utoipa::path(post, path = "/api/v1/references", tag = "vault", request_body = ReferenceRequest,
+    responses((status = 200, body = Object), (status = 401, body = super::api::ErrorBody),
+        (status = 403, body = super::api::ErrorBody), (status = 404, body = super::api::ErrorBody)))]
+pub async fn reference(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
     let bearer = bearer(&req);
-    let as_admin = super::authorized(admin, &req);
-    let caller = match (&bearer, as_admin) {
-        (_, true) => None,
-        (Some(token), false) => match admin.identity.authenticate(token) {
+    let scope = bearer.as_deref().and_then(|t| admin.auth.bearer(t));
+    let caller = match (&bearer, &scope) {
+        (_, Some(_)) => None,
+        (Some(token), None) => match admin.identity.authenticate(token) {
             Ok(c) => Some(c),
             Err(e) => return unauthorized(&e.to_string()),
         },
-        (None, false) => {
-            return unauthorized("send the admin token or the agent's JWT-SVID as a bearer token");
+        (None, None) => {
+            return unauthorized("send an admin token or the agent's JWT-SVID as a bearer token");
         }
     };
     let body = match read_json_body(req).await {
@@ -184,17 +213,26 @@ impl Lookup {
     }
 }
 
-#[derive(Deserialize)]
+/// PANIC: one agent, or all (of the caller's scope).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PanicRequest {
-    agent: Option<String>,
+pub struct PanicRequest {
+    /// Agent name or SPIFFE ID.
+    pub agent: Option<String>,
     #[serde(default)]
-    all: bool,
-    reason: Option<String>,
+    pub all: bool,
+    pub reason: Option<String>,
 }
 
-/// `POST /api/v1/panic`: `{"agent": NAME}` or `{"all": true}`, optional `"reason"`.
-pub async fn panic(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
+/// PANIC: revoke an agent (or all) and every credential it received, at once.
+#[utoipa::path(post, path = "/api/v1/panic", tag = "panic", request_body = PanicRequest,
+    responses((status = 200, description = "the PANIC report", body = Object),
+        (status = 400, body = super::api::ErrorBody), (status = 404, body = super::api::ErrorBody)))]
+pub async fn panic(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -207,9 +245,33 @@ pub async fn panic(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody>
             ));
         }
     };
-    let target = match (ask.agent, ask.all) {
-        (Some(a), false) if !a.is_empty() => Target::Agent(a),
-        (None, true) => Target::All,
+    let target = match (ask.agent, ask.all, scope.tenant()) {
+        (Some(a), false, None) if !a.is_empty() => Target::Agent(a),
+        (Some(a), false, Some(t)) if !a.is_empty() => {
+            // A tenant admin PANICs its own agents only; others look unknown.
+            let state = admin.state.clone();
+            let name = a.clone();
+            let found = super::blocking("registry_failed", move || {
+                Lookup::Name(name.clone()).find(&state).map(|a| a.tenant)
+            })
+            .await;
+            let own = match (a.starts_with("spiffe://"), found) {
+                (true, _) => a.contains(&format!("/tenant/{t}/agent/")),
+                (false, Ok(Ok(tenant))) => tenant.as_deref() == Some(t),
+                (false, Ok(Err(_))) => false,
+                (false, Err(resp)) => return resp,
+            };
+            if !own {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_agent",
+                    &format!("no agent named {a} in tenant {t}"),
+                );
+            }
+            Target::Agent(a)
+        }
+        (None, true, None) => Target::All,
+        (None, true, Some(t)) => Target::Tenant(t.to_owned()),
         _ => return bad_request("give exactly one of \"agent\" and \"all\": true"),
     };
     let reason = ask

@@ -100,11 +100,28 @@ pub struct Audit {
     instance: String,
     commit_timeout: Duration,
     committed: Arc<AtomicU64>,
-    dropped: AtomicU64,
+    /// Commit latency and failures, dropped outcomes (shared with `/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
     stop_checkpointer: Arc<AtomicBool>,
     checkpointer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     db: PathBuf,
     log_id: String,
+    events: tokio::sync::broadcast::Sender<Arc<Committed>>,
+}
+
+/// Committed records kept for live subscribers; one that falls further behind is dropped.
+const EVENTS_BUFFER: usize = 4096;
+
+/// A record as committed, for live subscribers.
+#[derive(Debug)]
+pub struct Committed {
+    pub seq: u64,
+    /// Hex chain hash.
+    pub hash: String,
+    /// The canonical JSON text that was hashed.
+    pub record: String,
+    /// The record's tenant, for per-tenant streams.
+    pub tenant: Option<Arc<str>>,
 }
 
 impl Audit {
@@ -126,6 +143,7 @@ impl Audit {
         })?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
+        let (events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFER);
         let writer = store::Writer {
             conn,
             log_id: log_id.clone(),
@@ -138,6 +156,7 @@ impl Audit {
             checkpoint_interval: config.checkpoint_interval,
             last_checkpoint: (seq, Instant::now()),
             committed: committed.clone(),
+            events: events.clone(),
         };
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -173,11 +192,12 @@ impl Audit {
             instance: instance.to_owned(),
             commit_timeout: config.commit_timeout,
             committed,
-            dropped: AtomicU64::new(0),
+            metrics: Arc::default(),
             stop_checkpointer,
             checkpointer: std::sync::Mutex::new(checkpointer),
             db,
             log_id,
+            events,
         })
     }
 
@@ -196,6 +216,22 @@ impl Audit {
         &self.log_id
     }
 
+    /// Committed records from now on (buffered; a lagging subscriber is told so).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+        self.events.subscribe()
+    }
+
+    /// Counts into `metrics` (the instance's) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this log counts into; reachable by everything that holds the log.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
     /// The highest committed `seq`.
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
@@ -203,6 +239,16 @@ impl Audit {
 
     /// Appends `record` and waits until it is durable; fails after `commit_timeout`.
     pub async fn commit(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
+        let submitted = Instant::now();
+        let result = self.commit_inner(record).await;
+        match &result {
+            Ok(_) => self.metrics.audit_committed(submitted.elapsed()),
+            Err(_) => self.metrics.audit_failed(),
+        }
+        result
+    }
+
+    async fn commit_inner(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
         let (done, wait) = oneshot::channel();
         let job = store::Job::Append {
             record,
@@ -225,7 +271,7 @@ impl Audit {
     pub fn submit(&self, record: Map<String, Value>) {
         let job = store::Job::Append { record, done: None };
         if self.tx.try_send(job).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.metrics.audit_dropped();
             tracing::error!(
                 dropped_total = n,
                 "audit queue full: an outcome record was dropped"

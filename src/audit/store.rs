@@ -134,6 +134,8 @@ pub(crate) struct Writer {
     pub last_checkpoint: (u64, Instant),
     /// Shared with the handle for `/metrics`-style reporting and tests.
     pub committed: Arc<AtomicU64>,
+    /// Committed records for live subscribers (the admin event stream).
+    pub events: tokio::sync::broadcast::Sender<Arc<super::Committed>>,
 }
 
 impl Writer {
@@ -217,6 +219,7 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Pending>) {
         let start_seq = self.seq;
         let start_head = self.head;
+        let mut published = Vec::new();
         let result = (|| -> Result<(), rusqlite::Error> {
             let tx = self
                 .conn
@@ -238,13 +241,26 @@ impl Writer {
                     "INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)",
                 )?;
                 let ts = now_micros();
+                let live = self.events.receiver_count() > 0;
                 for (record, _) in batch.iter_mut() {
                     self.seq += 1;
                     record.insert("seq".into(), self.seq.into());
                     record.insert("ts".into(), ts.into());
+                    let tenant = live
+                        .then(|| record.get("tenant").and_then(|t| t.as_str()).map(Arc::from))
+                        .flatten();
                     let text = chain::canonical(&serde_json::Value::Object(std::mem::take(record)));
                     self.head = chain::link(&self.head, text.as_bytes());
-                    stmt.execute(params![self.seq as i64, text, chain::hex(&self.head)])?;
+                    let hash = chain::hex(&self.head);
+                    stmt.execute(params![self.seq as i64, text, hash])?;
+                    if live {
+                        published.push(Arc::new(super::Committed {
+                            seq: self.seq,
+                            hash,
+                            record: text,
+                            tenant,
+                        }));
+                    }
                 }
             }
             tx.commit()
@@ -252,6 +268,10 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.committed.store(self.seq, Ordering::Release);
+                for event in published {
+                    // No subscriber left is fine: the stream is best effort, the log is not.
+                    let _ = self.events.send(event);
+                }
                 let mut seq = self.seq - batch.len() as u64;
                 for (_, done) in batch.drain(..) {
                     seq += 1;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use agentgate::admin::client::reload_identity;
+use agentgate::admin::client::{call, reload_identity};
 use agentgate::agent_env;
 use agentgate::audit::Audit;
 use agentgate::config::Config;
@@ -15,6 +15,7 @@ use agentgate::identity::issuer::{self, Registration};
 use agentgate::identity::registry::Registry;
 use agentgate::identity::{bundle, now};
 use agentgate::state::StateDir;
+use http::Method;
 
 use super::{Output, block_on, rfc3339};
 
@@ -116,17 +117,55 @@ fn register(
     ),
     output: Output,
 ) -> Result<()> {
+    // Once tenants are configured, an agent of any other tenant would be refused anyway.
+    config.check_tenant(tenant.as_deref())?;
     let owner = owner.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
-    let mut registry = Registry::open(state)?;
-    let req = Registration {
-        name,
-        owner: owner.as_deref(),
-        tenant: tenant.as_deref(),
-        ttl: ttl.unwrap_or(config.identity.token_ttl),
+    let ttl = ttl.unwrap_or(config.identity.token_ttl);
+    // A running instance registers through its API (one place for the change, its audit
+    // record and the reload); otherwise the registry is written here.
+    let body = serde_json::json!({
+        "name": name,
+        "owner": owner,
+        "tenant": tenant,
+        "ttl": humantime::format_duration(ttl).to_string(),
+        "reference_tokens": reference_tokens,
+    });
+    let (reg, notified) = match block_on(call(state, Method::POST, "/api/v1/agents", Some(&body)))??
+    {
+        Some(answer) if answer.status.is_success() => {
+            let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+            let agent = &v["agent"];
+            let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+            let reg = issuer::Registered {
+                name: name.to_owned(),
+                spiffe_id: text(&agent["spiffe_id"]).context("no spiffe_id in the answer")?,
+                owner: text(&agent["owner"]),
+                tenant: text(&agent["tenant"]),
+                jti: text(&v["jti"]).unwrap_or_default(),
+                expires: v["expires"].as_i64().unwrap_or_default(),
+                token: text(&v["token"]).context("no token in the answer")?,
+            };
+            (reg, Some(answer.addr))
+        }
+        Some(answer) => bail!(
+            "the running proxy refused ({}): {}",
+            answer.status,
+            api_reason(&answer.body)
+        ),
+        None => {
+            let mut registry = Registry::open(state)?;
+            let req = Registration {
+                name,
+                owner: owner.as_deref(),
+                tenant: tenant.as_deref(),
+                ttl,
+            };
+            let reg = issuer::register(state, &mut registry, &config.identity, &req, now())?;
+            registry.set_reference_tokens(name, reference_tokens)?;
+            let notified = announce(state, config, "agent_registered", &reg.spiffe_id)?;
+            (reg, notified)
+        }
     };
-    let reg = issuer::register(state, &mut registry, &config.identity, &req, now())?;
-    registry.set_reference_tokens(name, reference_tokens)?;
-    let notified = announce(state, config, "agent_registered", &reg.spiffe_id)?;
     let env = agent_env::for_agent(state, config, name, now()).ok();
     let proxy_url = env
         .as_ref()
@@ -222,6 +261,14 @@ fn list(state: &StateDir, output: Output) -> Result<()> {
     Ok(())
 }
 
+/// The `reason` of an admin API error body (or the body itself).
+fn api_reason(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
 /// Tells the running proxy (reload + audit record), or, when none runs, writes the admin
 /// record to the audit log directly.
 fn announce(
@@ -251,6 +298,30 @@ fn revoke(
     jti: Option<String>,
     reason: &str,
 ) -> Result<()> {
+    let path = format!(
+        "/api/v1/agents/{}/revoke",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let body = serde_json::json!({ "reason": reason, "jti": jti });
+    match block_on(call(state, Method::POST, &path, Some(&body)))?? {
+        Some(answer) if answer.status.is_success() => {
+            let what = match &jti {
+                Some(jti) => format!("token {jti} of agent {name}"),
+                None => format!("agent {name}"),
+            };
+            eprintln!(
+                "revoked {what}; the running proxy (admin {}) refuses it now",
+                answer.addr
+            );
+            return Ok(());
+        }
+        Some(answer) => bail!(
+            "the running proxy refused ({}): {}",
+            answer.status,
+            api_reason(&answer.body)
+        ),
+        None => {}
+    }
     let mut registry = Registry::open(state)?;
     let (what, event, subject) = match (&jti, name.starts_with("spiffe://")) {
         (Some(jti), false) => {

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod audit;
 pub mod consent;
+pub mod dashboard;
 pub mod env;
 pub mod panic;
 pub mod policy;

@@ -114,8 +114,6 @@ pub struct ExplainArgs {
 /// Prints the tuple and the decision the proxy would make for a request; sends nothing.
 pub fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<()> {
     let intent = Intent::embedded(config.intent.max_body)?;
-    let dir = policy::resolve_dir(&config.policy, state.root())?;
-    let policy = Policy::load(&dir, &config.policy)?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {
         let (k, v) = h
@@ -151,6 +149,19 @@ pub fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<(
             None,
         ),
     };
+    // The agent's tenant's policy decides, as in the proxy.
+    let dir = match tenant.as_deref() {
+        Some(t) if !config.tenants.is_empty() => {
+            let Some(tc) = config.tenants.get(t) else {
+                bail!(
+                    "tenant {t} is not configured in [tenants]: the proxy refuses every request of this agent"
+                );
+            };
+            policy::resolve_tenant_dir(t, tc.policy_dir.as_deref(), state)?
+        }
+        _ => policy::resolve_dir(&config.policy, state.root())?,
+    };
+    let policy = Policy::load(&dir, &config.policy)?;
     let subject = Subject {
         id: &id,
         name,

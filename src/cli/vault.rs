@@ -112,6 +112,7 @@ pub fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Result<()> {
             api_url,
             connection,
         } => {
+            config.check_tenant((!tenant.is_empty()).then_some(tenant.as_str()))?;
             let kind = match kind {
                 KindArg::Static => Kind::Static,
                 KindArg::Oauth => Kind::Oauth,

@@ -389,6 +389,9 @@ impl Consents {
     fn late(&self, c: &Consent, a: &Answer<'_>) -> AnswerError {
         let mut r = self.audit.record("admin");
         r.insert("event".into(), "consent_late_answer".into());
+        if let Some(t) = &c.tenant {
+            r.insert("tenant".into(), t.as_str().into());
+        }
         r.insert(
             "detail".into(),
             serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": a.status.as_str(), "by": a.by, "how": a.how}),
@@ -563,6 +566,10 @@ impl Consents {
     fn announce(&self, event: &str, hook: &'static str, c: &Consent) {
         let mut r = self.audit.record("admin");
         r.insert("event".into(), event.into());
+        // Its tenant's admin scope sees it.
+        if let Some(t) = &c.tenant {
+            r.insert("tenant".into(), t.as_str().into());
+        }
         r.insert(
             "detail".into(),
             serde_json::json!({
@@ -581,6 +588,7 @@ impl Consents {
             }),
         );
         self.commit(r);
+        self.audit.metrics().consent(c.status);
         tracing::info!(consent = %c.id, agent = %c.agent, action = %c.action, resource = %c.resource_id, status = c.status.as_str(), how = c.how.as_deref(), code = %c.binding_code, "{event}");
         self.webhooks.emit(hook, public(c));
     }
@@ -627,6 +635,7 @@ pub fn public(c: &Consent) -> serde_json::Value {
         "consent_id": c.id,
         "agent": c.agent,
         "owner": c.owner,
+        "tenant": c.tenant,
         "action": c.action,
         "resource": {"type": c.resource_type, "id": c.resource_id},
         "status": c.status.as_str(),

@@ -69,11 +69,12 @@ pub struct Ciba {
 }
 
 impl Ciba {
-    /// Builds the client; `admin` is the admin listener (the default ping endpoint).
+    /// Builds the client; `default_notification_url` is its ping endpoint on the admin
+    /// listener, used unless `notification_url` is configured.
     pub fn new(
         config: &CibaConfig,
         tls: rustls::ClientConfig,
-        admin: std::net::SocketAddr,
+        default_notification_url: String,
     ) -> Result<Ciba, ConsentError> {
         let secret = load_secret(&config.client_secret_env, &config.client_secret_file)
             .map_err(ConsentError::Setup)?;
@@ -84,7 +85,7 @@ impl Ciba {
             .build()
             .map_err(|e| ConsentError::Setup(e.to_string()))?;
         let notification_url = if config.notification_url.is_empty() {
-            format!("http://{admin}/api/v1/ciba/notify")
+            default_notification_url
         } else {
             config.notification_url.clone()
         };

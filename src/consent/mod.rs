@@ -6,6 +6,7 @@
 pub mod approvals;
 pub mod ciba;
 pub mod store;
+pub mod tenants;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use approvals::{Ask, Consents, Granted};
+pub use tenants::TenantConsents;
 
 /// `[consent]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -281,6 +283,9 @@ pub enum ConsentError {
     Store(String),
     #[error("[consent.ciba]: {0}")]
     Setup(String),
+    /// A tenant's consent scope could not start (its directory, its webhooks).
+    #[error("{0}")]
+    Tenant(String),
 }
 
 /// Why an answer was not taken.

@@ -4,9 +4,12 @@
 
 use http::StatusCode;
 
+use std::sync::Arc;
+
 use crate::error::{Denial, Gate};
+use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::policy::{Decision, Effect, Mode, Policy};
+use crate::policy::{Decision, Effect, Mode, Policies, Policy};
 
 /// What the pipeline does after policy.
 #[derive(Debug)]
@@ -15,6 +18,23 @@ pub enum Verdict {
     Proceed,
     /// A human must approve first (the consent gate).
     Escalate,
+}
+
+/// The policy that decides for `caller`: its tenant's, or the instance's for an agent
+/// without one. An agent of a tenant that is not configured (while others are) gets a
+/// denial instead, enforced even in observe mode: an unknown tenant never passes.
+pub fn select<'p>(policies: &'p Policies, caller: &Caller) -> Result<&'p Arc<Policy>, Decision> {
+    policies
+        .for_tenant(caller.tenant.as_deref())
+        .ok_or_else(|| {
+            Decision::deny(
+                format!(
+                    "tenant {} is not configured in [tenants]",
+                    caller.tenant.as_deref().unwrap_or_default()
+                ),
+                Arc::from(""),
+            )
+        })
 }
 
 /// Decides on `tuple`; never fails (errors inside policy are denials with their reason).

@@ -107,6 +107,8 @@ pub struct Identity {
     trust_domain: String,
     snapshot: ArcSwap<Snapshot>,
     cache: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Verified-token cache hits and misses (for `/metrics`).
+    stats: Arc<crate::metrics::CacheStats>,
     sources: Mutex<Sources>,
     generation: AtomicU64,
     /// Set when bundles are expected from the Workload API; cleared by the first one.
@@ -155,6 +157,7 @@ impl Identity {
                 .max_capacity(config.cache_size)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            stats: Arc::default(),
             sources: Mutex::new(sources),
             generation: AtomicU64::new(0),
             awaiting_workload: std::sync::atomic::AtomicBool::new(false),
@@ -176,8 +179,12 @@ impl Identity {
         let now = now();
         let key = token_hash(token);
         let caller = match self.cache.get(&key) {
-            Some(v) if v.generation == snap.generation => v.caller.clone(),
+            Some(v) if v.generation == snap.generation => {
+                self.stats.hit();
+                v.caller.clone()
+            }
             _ => {
+                self.stats.miss();
                 let caller = Arc::new(self.verify(&snap, token, now)?);
                 self.cache.insert(
                     key,
@@ -191,6 +198,11 @@ impl Identity {
         };
         check_live(&snap.registry, &caller, now, &self.rules)?;
         Ok(caller)
+    }
+
+    /// The verified-token cache's hit and miss counters.
+    pub fn cache_stats(&self) -> Arc<crate::metrics::CacheStats> {
+        self.stats.clone()
     }
 
     /// Checks that a caller verified earlier (at CONNECT) is still unexpired and unrevoked.

@@ -33,7 +33,7 @@ pub enum RegistryError {
 pub const ALL_AGENTS: &str = "*";
 
 /// One registered agent, as `agents list` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Agent {
     pub name: String,
     pub spiffe_id: String,

@@ -56,7 +56,7 @@ impl Pipeline {
         if let Some(d) = &facts.decision {
             r.insert("policy_effect".into(), d.effect.as_str().into());
             r.insert("policy_hash".into(), (&*d.policy_hash).into());
-            r.insert("mode".into(), self.policy.mode.as_str().into());
+            r.insert("mode".into(), self.policies.mode().as_str().into());
             if !d.scopes.is_empty() {
                 r.insert("scopes".into(), d.scopes.clone().into());
             }
@@ -131,6 +131,7 @@ impl Pipeline {
         } else {
             return;
         };
+        let started = Instant::now();
         let request_id = self.request_id();
         let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
         let record = self.decision(
@@ -143,6 +144,7 @@ impl Pipeline {
         );
         tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
         self.record_refusal(record).await;
+        self.metrics.request(Some(Gate::Ingress), started.elapsed());
     }
 
     /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).

@@ -8,6 +8,7 @@
 
 mod embedded;
 pub mod runner;
+mod tenants;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use embedded::{DEFAULT_FILES, default_sources, seed};
+pub use tenants::{Policies, resolve_tenant_dir};
 
 /// The rule every policy must define.
 pub const ENTRYPOINT: &str = "data.agentgate.decision";
@@ -101,7 +103,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn deny(reason: impl Into<String>, policy_hash: Arc<str>) -> Decision {
+    /// A denial with one reason (no policy, or none that may decide).
+    pub fn deny(reason: impl Into<String>, policy_hash: Arc<str>) -> Decision {
         Decision {
             effect: Effect::Deny,
             reasons: vec![reason.into()],
@@ -358,6 +361,8 @@ pub struct Policy {
     pub mode: Mode,
     fingerprint: std::sync::Mutex<Fingerprint>,
     last_error: ArcSwap<Option<String>>,
+    /// The tenant this policy decides for (`None`: the instance's).
+    tenant: Option<String>,
 }
 
 type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
@@ -388,6 +393,7 @@ impl Policy {
             mode: config.mode,
             fingerprint: std::sync::Mutex::new(fingerprint),
             last_error: ArcSwap::from_pointee(None),
+            tenant: None,
         })
     }
 
@@ -401,7 +407,19 @@ impl Policy {
             mode: config.mode,
             fingerprint: std::sync::Mutex::new(Vec::new()),
             last_error: ArcSwap::from_pointee(None),
+            tenant: None,
         })
+    }
+
+    /// Marks this as `tenant`'s policy (named in its reload records).
+    pub fn with_tenant(mut self, tenant: &str) -> Policy {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
+    /// The tenant this policy decides for; `None` for the instance's.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     /// The policy directory.
@@ -511,22 +529,29 @@ impl Policy {
         let (event, detail) = match outcome {
             Reload::Unchanged => return,
             Reload::Loaded { hash } => {
-                tracing::info!(dir = %self.dir.display(), %hash, "policy reloaded");
+                tracing::info!(dir = %self.dir.display(), %hash, tenant = self.tenant(), "policy reloaded");
                 (
                     "policy_reloaded",
-                    serde_json::json!({"dir": self.dir.display().to_string(), "hash": &**hash}),
+                    serde_json::json!({"dir": self.dir.display().to_string(), "hash": &**hash, "tenant": self.tenant}),
                 )
             }
             Reload::Failed(error) => {
-                tracing::error!(dir = %self.dir.display(), %error, "policy not reloaded; the previous policy stays in force");
+                tracing::error!(dir = %self.dir.display(), %error, tenant = self.tenant(), "policy not reloaded; the previous policy stays in force");
                 (
                     "policy_reload_failed",
-                    serde_json::json!({"dir": self.dir.display().to_string(), "error": error, "in_force": &*self.hash()}),
+                    serde_json::json!({"dir": self.dir.display().to_string(), "error": error, "in_force": &*self.hash(), "tenant": self.tenant}),
                 )
             }
         };
+        audit
+            .metrics()
+            .policy_reload(matches!(outcome, Reload::Loaded { .. }));
         let mut r = audit.record("admin");
         r.insert("event".into(), event.into());
+        // A tenant's records carry its name, so its own admin scope sees them.
+        if let Some(t) = &self.tenant {
+            r.insert("tenant".into(), t.as_str().into());
+        }
         r.insert("detail".into(), detail);
         if let Err(e) = audit.commit(r).await {
             tracing::error!(error = %e, "policy reload not recorded in the audit log");

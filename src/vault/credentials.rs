@@ -122,6 +122,8 @@ pub struct Vault {
     index: ArcSwap<Index>,
     seen_version: AtomicI64,
     cache: moka::future::Cache<CacheKey, Arc<Credential>>,
+    /// Credential cache hits and misses (a miss is a fetch; for `/metrics`).
+    stats: Arc<crate::metrics::CacheStats>,
     failures: moka::sync::Cache<CacheKey, Arc<TokenError>>,
     grants: moka::sync::Cache<[u8; 16], Arc<Grant>>,
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -166,6 +168,7 @@ impl Vault {
                 .max_capacity(v.cache_size)
                 .expire_after(RenewAt)
                 .build(),
+            stats: Arc::default(),
             failures: moka::sync::Cache::builder()
                 .max_capacity(v.cache_size)
                 .time_to_live(v.failure_backoff)
@@ -183,6 +186,11 @@ impl Vault {
         };
         vault.reload()?;
         Ok(vault)
+    }
+
+    /// The credential cache's hit and miss counters.
+    pub fn cache_stats(&self) -> Arc<crate::metrics::CacheStats> {
+        self.stats.clone()
     }
 
     /// Reloads connections from the database and forgets every cached credential, so a
@@ -312,13 +320,21 @@ impl Vault {
             return Err((*failed).clone());
         }
         for _ in 0..2 {
+            // Only the caller whose lookup runs the fetch counts a miss (single flight).
+            let mut fetching = false;
             let fetched = self
                 .cache
-                .try_get_with(
-                    key.clone(),
-                    self.obtain(connection.clone(), &scopes, want.repository),
-                )
+                .try_get_with(key.clone(), async {
+                    fetching = true;
+                    self.obtain(connection.clone(), &scopes, want.repository)
+                        .await
+                })
                 .await;
+            if fetching {
+                self.stats.miss();
+            } else {
+                self.stats.hit();
+            }
             match fetched {
                 Ok(c) if c.usable(now()) => return Ok(c),
                 // Revoked or expired while cached: fetch anew, once.

@@ -977,14 +977,7 @@ async fn python_recomputes_the_same_chain() {
 
 /// GET on the admin port; `token` goes in `Authorization: Bearer`.
 async fn admin_get(addr: SocketAddr, path: &str, token: Option<&str>) -> raw::RawResponse {
-    let mut s = raw::tcp(addr).await;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    raw::exchange(&mut s, req.as_bytes())
-        .await
-        .expect("admin answer")
+    crate::support::admin::call(addr, "GET", path, token, None).await
 }
 
 /// The admin API pages through records and verifies the live log; `audit tail` and

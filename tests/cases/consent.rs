@@ -15,7 +15,7 @@ use crate::support::cli::{Registered as Agent, consent_list, failed, ok};
 use crate::support::held::{self, Curl, Spawned, finish};
 use crate::support::pattern::sha256_hex;
 use crate::support::proxy::{self, ConfigBuilder, Proxy, toml_str};
-use crate::support::raw::{self, RawResponse};
+use crate::support::raw::RawResponse;
 use crate::support::webhook::WebhookReceiver;
 use crate::support::{TestEnv, agent, assert_denied, audit_decisions, read_records};
 
@@ -218,26 +218,7 @@ async fn admin(
     token: Option<&str>,
     body: Option<&str>,
 ) -> RawResponse {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body_head = body
-        .map(|b| {
-            format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            )
-        })
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}{body_head}\r\n{}",
-        body.unwrap_or(""),
-        addr = proxy.admin_addr,
-    );
-    let mut s = raw::tcp(proxy.admin_addr).await;
-    raw::exchange(&mut s, req.as_bytes())
-        .await
-        .unwrap_or_else(|| panic!("admin port closed without answering {method} {path}"))
+    crate::support::admin::call(proxy.admin_addr, method, path, token, body).await
 }
 
 /// Asserts a consent listing has the fields the contract names, the tuple of the issue
@@ -382,7 +363,8 @@ fn assert_consent_data(data: &Value, id: &str, who: &Agent, owner: &str, status:
             "owner",
             "reason",
             "resource",
-            "status"
+            "status",
+            "tenant"
         ],
         "{data:#}"
     );
@@ -1167,6 +1149,7 @@ async fn webhooks_are_signed_filtered_and_never_block_requests() {
             "panic_id": report["panic_id"],
             "scope": "agent",
             "agents": [bot.spiffe_id],
+            "tenant": null,
             "reason": "drill",
         }),
         "{v:#}"

@@ -1,5 +1,6 @@
 //! The test cases, grouped by what they exercise.
 
+mod admin_api;
 mod audit;
 mod audit_faults;
 mod bad_input;
@@ -7,13 +8,17 @@ mod basic;
 mod ciba;
 mod cli;
 mod consent;
+mod dashboard;
 mod guard;
 mod identity;
 mod intent_policy;
 mod lifecycle;
+mod metrics;
 mod oidc_provider;
 mod panic;
 mod streaming;
+mod tenants;
+mod tenants_api;
 mod token;
 mod tunnel;
 mod workload;

@@ -3,6 +3,7 @@
 //! are independent and run in parallel.
 #![allow(dead_code)] // not every test uses every helper
 
+pub mod admin;
 pub mod agent;
 pub mod certs;
 pub mod cli;

@@ -1,0 +1,396 @@
+//! `/api/v1/agents`: list (with last activity), register, revoke. The CLI's `agents
+//! register|revoke` come here when an instance runs, so the change, its audit record and
+//! the reload happen in one place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Extension;
+use axum::extract::{Path, Request, State};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+use super::{Admin, Reply, Scope, blocking, error, forbidden, internal, json_value, parse_json};
+use crate::identity::issuer::{self, IssuerError, Registration};
+use crate::identity::now;
+use crate::identity::registry::{Agent, Registry, RegistryError};
+
+/// Most agents whose last activity is remembered (SPIFFE IDs from trusted bundles are not
+/// registered, so the set is bounded here rather than by the registry).
+const MAX_TRACKED: usize = 10_000;
+/// Decision records read at start to seed last activity.
+const SEED_RECORDS: i64 = 20_000;
+
+/// When each agent (SPIFFE ID) last had a decision, in Unix seconds.
+#[derive(Default)]
+pub struct LastSeen(Mutex<HashMap<String, i64>>);
+
+impl LastSeen {
+    fn note(&self, agent: &str, ts: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = map.get_mut(agent) {
+            *t = (*t).max(ts);
+        } else if map.len() < MAX_TRACKED {
+            map.insert(agent.to_owned(), ts);
+        }
+    }
+
+    fn get(&self, agent: &str) -> Option<i64> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(agent).copied()
+    }
+}
+
+/// Keeps [`LastSeen`] current from the audit log: seeded from the newest records, then
+/// fed by committed decisions until shutdown.
+pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+    let mut live = admin.audit.subscribe();
+    let db = admin.audit.db_path().to_owned();
+    let seed = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<(String, i64)>> {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare(
+            "SELECT json_extract(record, '$.agent') AS a, max(json_extract(record, '$.ts'))
+             FROM (SELECT record FROM records ORDER BY seq DESC LIMIT ?1)
+             WHERE json_extract(record, '$.kind') = 'decision' AND a IS NOT NULL GROUP BY a",
+        )?;
+        let rows = stmt.query_map([SEED_RECORDS], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    })
+    .await;
+    match seed {
+        Ok(Ok(rows)) => {
+            for (agent, ts) in rows {
+                admin.last_seen.note(&agent, ts / 1_000_000);
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read last agent activity from the audit log")
+        }
+        Err(_) => {}
+    }
+    loop {
+        let event = tokio::select! {
+            e = live.recv() => e,
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            Ok(committed) => {
+                let Ok(record) = serde_json::from_str::<serde_json::Value>(&committed.record)
+                else {
+                    continue;
+                };
+                if record["kind"] == "decision"
+                    && let (Some(agent), Some(ts)) =
+                        (record["agent"].as_str(), record["ts"].as_i64())
+                {
+                    admin.last_seen.note(agent, ts / 1_000_000);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// An agent as the API shows it: the registry's view plus its last activity.
+#[derive(Serialize, ToSchema)]
+pub struct AgentView {
+    #[serde(flatten)]
+    pub agent: Agent,
+    /// Unix seconds of its last decision record.
+    pub last_seen: Option<i64>,
+}
+
+impl AgentView {
+    fn new(agent: Agent, admin: &Admin) -> Self {
+        let last_seen = admin.last_seen.get(&agent.spiffe_id);
+        Self { agent, last_seen }
+    }
+}
+
+/// `{"agents": […]}`.
+#[derive(Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+/// List the registered agents the caller may see, with their last activity.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses((status = 200, body = AgentList), (status = 401, body = super::api::ErrorBody)))]
+pub async fn list(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
+    let state = admin.state.clone();
+    let found = blocking("registry_failed", move || {
+        Registry::open(&state).and_then(|r| r.agents(None, now()))
+    })
+    .await;
+    let agents = match found {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return internal("registry_failed", &e.to_string()),
+        Err(resp) => return resp,
+    };
+    let agents = agents
+        .into_iter()
+        .filter(|a| scope.sees(a.tenant.as_deref()))
+        .map(|a| AgentView::new(a, &admin))
+        .collect();
+    json_value(StatusCode::OK, &AgentList { agents })
+}
+
+/// `POST /api/v1/agents`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Letters, digits, '.', '_' or '-'.
+    pub name: String,
+    /// The human responsible for the agent.
+    pub owner: Option<String>,
+    /// A configured tenant (a tenant token may only name its own, and is the default).
+    pub tenant: Option<String>,
+    /// Token lifetime, e.g. "24h" (default identity.token_ttl).
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub reference_tokens: bool,
+}
+
+/// The registration and its token (shown once).
+#[derive(Serialize, ToSchema)]
+pub struct RegisterAnswer {
+    pub agent: AgentView,
+    /// The agent's JWT-SVID; AgentGate keeps only its hash.
+    pub token: String,
+    pub jti: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// Register (or re-register) an agent and issue it a JWT-SVID.
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterBody,
+    responses((status = 201, body = RegisterAnswer), (status = 400, body = super::api::ErrorBody),
+        (status = 403, body = super::api::ErrorBody)))]
+pub async fn register(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
+    let ask: RegisterBody = match parse_json(
+        req,
+        r#"{"name", "owner"?, "tenant"?, "ttl"?, "reference_tokens"?}"#,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let tenant = match (&scope, ask.tenant) {
+        (Scope::Tenant(t), None) => Some(t.to_string()),
+        (Scope::Tenant(t), Some(asked)) if *asked == **t => Some(asked),
+        (Scope::Tenant(_), Some(_)) => {
+            return forbidden("a tenant token registers agents in its own tenant only");
+        }
+        (Scope::Instance, t) => t,
+    };
+    if let Some(t) = &tenant
+        && !admin.tenants.is_empty()
+        && !admin.tenants.contains(t)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unknown_tenant",
+            &format!(
+                "tenant {t} is not configured; configured tenants: {}",
+                admin.tenants.join(", ")
+            ),
+        );
+    }
+    let ttl = match ask.ttl.as_deref().map(humantime::parse_duration) {
+        None => admin.config.identity.token_ttl,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return super::bad_request(&format!("ttl: {e} (e.g. \"24h\")")),
+    };
+    let (state, config) = (admin.state.clone(), admin.config.clone());
+    let name = ask.name.clone();
+    let owner = ask.owner.clone();
+    let refs = ask.reference_tokens;
+    let done = blocking("registry_failed", move || -> Result<_, RegisterError> {
+        let mut registry = Registry::open(&state)?;
+        let req = Registration {
+            name: &name,
+            owner: owner.as_deref(),
+            tenant: tenant.as_deref(),
+            ttl,
+        };
+        let reg = issuer::register(&state, &mut registry, &config.identity, &req, now())?;
+        registry.set_reference_tokens(&name, refs)?;
+        let agent = registry.agent(&name)?;
+        Ok((reg, agent))
+    })
+    .await;
+    let (reg, agent) = match done {
+        Ok(Ok(r)) => r,
+        Ok(Err(RegisterError::Issuer(e))) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_registration",
+                &e.to_string(),
+            );
+        }
+        Ok(Err(RegisterError::Registry(e))) => {
+            return internal("registry_failed", &e.to_string());
+        }
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = apply(&admin, "agent_registered", &reg.spiffe_id).await {
+        return resp;
+    }
+    let answer = RegisterAnswer {
+        agent: AgentView::new(agent, &admin),
+        token: reg.token,
+        jti: reg.jti,
+        expires: reg.expires,
+    };
+    json_value(StatusCode::CREATED, &answer)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// `POST /api/v1/agents/{name}/revoke`.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Kept in the registry and the audit record.
+    pub reason: Option<String>,
+    /// Revoke only this token of the agent.
+    pub jti: Option<String>,
+}
+
+/// What was revoked.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub revoked: String,
+    pub spiffe_id: String,
+    /// Live tokens revoked with it.
+    pub tokens: usize,
+}
+
+/// Revoke an agent (or one token with `jti`); `name` may be a SPIFFE ID that is not
+/// registered here (instance admin only).
+#[utoipa::path(post, path = "/api/v1/agents/{name}/revoke", tag = "agents",
+    params(("name" = String, Path, description = "agent name, or a SPIFFE ID")),
+    request_body(content = RevokeBody, description = "optional"),
+    responses((status = 200, body = Revoked), (status = 404, body = super::api::ErrorBody)))]
+pub async fn revoke(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Reply {
+    let ask: RevokeBody = match super::optional_json(req, r#"{"reason"?, "jti"?}"#).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let reason = ask.reason.unwrap_or_else(|| "revoked by operator".into());
+    if name.starts_with("spiffe://") {
+        if let Err(resp) = super::instance_only(&scope) {
+            return resp;
+        }
+        if ask.jti.is_some() {
+            return super::bad_request("jti takes an agent name, not a SPIFFE ID");
+        }
+        if spiffe::SpiffeId::new(&name).is_err() {
+            return super::bad_request("not a valid SPIFFE ID");
+        }
+    }
+    let state = admin.state.clone();
+    let (n, scope2) = (name.clone(), scope.clone());
+    let done = blocking("registry_failed", move || -> Result<_, RegistryError> {
+        let mut registry = Registry::open(&state)?;
+        if n.starts_with("spiffe://") {
+            registry.revoke_id(&n, &reason, now())?;
+            return Ok(Some(("agent_revoked", n.clone(), n, 0)));
+        }
+        let agent = registry.agent(&n)?;
+        if !scope2.sees(agent.tenant.as_deref()) {
+            return Ok(None);
+        }
+        Ok(Some(match ask.jti {
+            Some(jti) => {
+                registry.revoke_token(&n, &jti, now())?;
+                ("token_revoked", format!("{n}:{jti}"), agent.spiffe_id, 1)
+            }
+            None => {
+                let tokens = registry.revoke_agent(&n, &reason, now())?;
+                (
+                    "agent_revoked",
+                    agent.spiffe_id.clone(),
+                    agent.spiffe_id,
+                    tokens,
+                )
+            }
+        }))
+    })
+    .await;
+    let (event, subject, spiffe_id, tokens) = match done {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) | Ok(Err(RegistryError::UnknownAgent(_))) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_agent",
+                &format!("no agent named {name}"),
+            );
+        }
+        Ok(Err(RegistryError::UnknownToken(_))) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_token",
+                &format!("agent {name} has no such token"),
+            );
+        }
+        Ok(Err(e)) => return internal("registry_failed", &e.to_string()),
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = apply(&admin, event, &subject).await {
+        return resp;
+    }
+    json_value(
+        StatusCode::OK,
+        &Revoked {
+            revoked: name,
+            spiffe_id,
+            tokens,
+        },
+    )
+}
+
+/// Puts a registry change in force now and records it.
+async fn apply(admin: &Admin, event: &str, subject: &str) -> Result<(), Reply> {
+    let identity = admin.identity.clone();
+    match blocking("reload_failed", move || identity.refresh(true)).await? {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "identity reload failed");
+            return Err(internal("reload_failed", &e.to_string()));
+        }
+    }
+    let detail = serde_json::json!({ "subject": subject });
+    admin
+        .audit
+        .admin_event(event, detail)
+        .await
+        .map(drop)
+        .map_err(|e| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &e.to_string(),
+            )
+        })
+}

@@ -1,0 +1,536 @@
+//! Counters and latency histograms, rendered for `GET /metrics` in the Prometheus text
+//! format 0.0.4.
+//!
+//! Counting happens on every request's path, so it is a few `Relaxed` atomic adds into
+//! fixed arrays indexed by small enums ([`Gate`], effect, consent [`Status`], [`Cache`]):
+//! no allocation, no lock, no blocking. Histograms are hand-rolled with fixed bucket bounds
+//! for the same reason: `prometheus-client`'s histogram takes a lock per observation, and
+//! the `prometheus` crate looks label values up in a locked map. No label value comes from
+//! user input: every series is fixed at compile time, so cardinality is bounded.
+//!
+//! What the process only knows at scrape time (pending consents, open connections…) comes
+//! in as [`Gauges`]. Caches and webhook delivery keep their own counters, registered once
+//! at start with [`Metrics::track_cache`] and [`Metrics::track_webhooks`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::consent::Status;
+use crate::error::Gate;
+
+/// Every gate, in the order series are rendered.
+const GATES: [Gate; 10] = [
+    Gate::Ingress,
+    Gate::Identity,
+    Gate::Intent,
+    Gate::Policy,
+    Gate::Consent,
+    Gate::Token,
+    Gate::Audit,
+    Gate::Guard,
+    Gate::Limits,
+    Gate::Upstream,
+];
+
+/// Index of a request series: 0 for allowed, 1 + the gate's index for refused.
+fn request_slot(denied: Option<Gate>) -> usize {
+    match denied {
+        None => 0,
+        Some(g) => {
+            1 + match g {
+                Gate::Ingress => 0,
+                Gate::Identity => 1,
+                Gate::Intent => 2,
+                Gate::Policy => 3,
+                Gate::Consent => 4,
+                Gate::Token => 5,
+                Gate::Audit => 6,
+                Gate::Guard => 7,
+                Gate::Limits => 8,
+                Gate::Upstream => 9,
+            }
+        }
+    }
+}
+
+const REQUEST_SERIES: usize = 1 + GATES.len();
+
+/// Consent outcomes, as announced; `Pending` is a new consent request.
+const CONSENTS: [(Status, &str); 5] = [
+    (Status::Pending, "requested"),
+    (Status::Approved, "approved"),
+    (Status::Denied, "denied"),
+    (Status::Expired, "expired"),
+    (Status::Cancelled, "cancelled"),
+];
+
+fn consent_slot(s: Status) -> usize {
+    match s {
+        Status::Pending => 0,
+        Status::Approved => 1,
+        Status::Denied => 2,
+        Status::Expired => 3,
+        Status::Cancelled => 4,
+    }
+}
+
+/// The caches whose hits and misses are counted (in `CACHES` order: the discriminant indexes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// MITM leaf certificates (TLS server configs) by host (`src/ca.rs`).
+    LeafCert,
+    /// Verified JWT-SVIDs by token hash (`src/identity`).
+    Identity,
+    /// Vault credentials by (connection, scopes, repository) (`src/vault`).
+    Vault,
+}
+
+const CACHES: [(Cache, &str); 3] = [
+    (Cache::LeafCert, "leaf_cert"),
+    (Cache::Identity, "identity"),
+    (Cache::Vault, "vault"),
+];
+
+/// Hits and misses of one cache, owned by the cache itself.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheStats {
+    /// A lookup answered from the cache.
+    pub fn hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+
+    /// A lookup that had to compute (mint, verify, fetch) the value.
+    pub fn miss(&self) {
+        self.misses.fetch_add(1, Relaxed);
+    }
+
+    /// `(hits, misses)` so far.
+    pub fn get(&self) -> (u64, u64) {
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds, with their `le` label in seconds.
+/// From 10 µs (a decision with every gate in memory) to 10 s (a held consent, a slow
+/// upstream); the last bucket is `+Inf`.
+const BOUNDS: [(u64, &str); 19] = [
+    (10_000, "0.00001"),
+    (25_000, "0.000025"),
+    (50_000, "0.00005"),
+    (100_000, "0.0001"),
+    (250_000, "0.00025"),
+    (500_000, "0.0005"),
+    (1_000_000, "0.001"),
+    (2_500_000, "0.0025"),
+    (5_000_000, "0.005"),
+    (10_000_000, "0.01"),
+    (25_000_000, "0.025"),
+    (50_000_000, "0.05"),
+    (100_000_000, "0.1"),
+    (250_000_000, "0.25"),
+    (500_000_000, "0.5"),
+    (1_000_000_000, "1"),
+    (2_500_000_000, "2.5"),
+    (5_000_000_000, "5"),
+    (10_000_000_000, "10"),
+];
+
+/// A latency histogram: one counter per bucket (not cumulative; summed at render) and the
+/// sum. The count is the sum of the buckets, so `+Inf` always equals `_count`.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BOUNDS.len() + 1],
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one duration: two atomic adds.
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // The first bucket whose bound is >= ns (`le` is inclusive); past all: +Inf.
+        let i = BOUNDS.partition_point(|&(b, _)| b < ns);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines; `labels` is `""` or `k="v",`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0u64;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Relaxed);
+            let le = BOUNDS.get(i).map_or("+Inf", |(_, le)| le);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        let braces = |l: &str| {
+            let l = l.trim_end_matches(',');
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+    }
+}
+
+/// What is only known at scrape time; the admin server fills it.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    /// Consents waiting for an answer.
+    pub pending_consents: u64,
+    /// Client connections open on the proxy listener.
+    pub open_connections: u64,
+    /// Registered agents neither revoked nor expired.
+    pub agents_active: u64,
+    /// The highest committed audit `seq`.
+    pub audit_seq: u64,
+}
+
+/// The process's counters; one per instance, shared as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    started: u64,
+    /// Decisions by effect and gate: [`request_slot`].
+    requests: [AtomicU64; REQUEST_SERIES],
+    /// The CONNECT subset of `requests`: allowed, refused.
+    tunnels: [AtomicU64; 2],
+    /// Request start → decision durable (or refusal recorded), by effect: allow, deny.
+    decision: [Histogram; 2],
+    /// Forwarded requests, start → response body done (its outcome record).
+    forwarded: Histogram,
+    /// Audit: submit → durable commit acknowledged.
+    audit_commit: Histogram,
+    audit_failed: AtomicU64,
+    audit_dropped: AtomicU64,
+    consents: [AtomicU64; CONSENTS.len()],
+    panics: AtomicU64,
+    /// Policy reloads: loaded, failed.
+    policy_reloads: [AtomicU64; 2],
+    caches: [OnceLock<Arc<CacheStats>>; CACHES.len()],
+    webhooks: OnceLock<Arc<crate::webhooks::Stats>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        Metrics {
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            requests: std::array::from_fn(|_| zero()),
+            tunnels: std::array::from_fn(|_| zero()),
+            decision: Default::default(),
+            forwarded: Histogram::default(),
+            audit_commit: Histogram::default(),
+            audit_failed: zero(),
+            audit_dropped: zero(),
+            consents: std::array::from_fn(|_| zero()),
+            panics: zero(),
+            policy_reloads: std::array::from_fn(|_| zero()),
+            caches: Default::default(),
+            webhooks: OnceLock::new(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One request decided (its decision record written): allowed when `denied` is `None`.
+    /// `latency` runs from the request's start until its decision was durable.
+    pub fn request(&self, denied: Option<Gate>, latency: Duration) {
+        self.requests[request_slot(denied)].fetch_add(1, Relaxed);
+        self.decision[usize::from(denied.is_some())].observe(latency);
+    }
+
+    /// One CONNECT decided: counted as a request, and as a tunnel.
+    pub fn tunnel(&self, denied: Option<Gate>, latency: Duration) {
+        self.request(denied, latency);
+        self.tunnels[usize::from(denied.is_some())].fetch_add(1, Relaxed);
+    }
+
+    /// A forwarded request finished (response body done or abandoned) after `total`.
+    pub fn forwarded(&self, total: Duration) {
+        self.forwarded.observe(total);
+    }
+
+    /// An audit record became durable `latency` after it was submitted.
+    pub fn audit_committed(&self, latency: Duration) {
+        self.audit_commit.observe(latency);
+    }
+
+    /// An audit commit failed or timed out.
+    pub fn audit_failed(&self) {
+        self.audit_failed.fetch_add(1, Relaxed);
+    }
+
+    /// An unawaited audit record (an outcome) was dropped on a full queue; returns the total.
+    pub fn audit_dropped(&self) -> u64 {
+        self.audit_dropped.fetch_add(1, Relaxed) + 1
+    }
+
+    /// A consent was requested (`Pending`) or reached a final status.
+    pub fn consent(&self, status: Status) {
+        self.consents[consent_slot(status)].fetch_add(1, Relaxed);
+    }
+
+    /// A PANIC ran.
+    pub fn panic(&self) {
+        self.panics.fetch_add(1, Relaxed);
+    }
+
+    /// A changed policy directory was reloaded (`ok`) or refused.
+    pub fn policy_reload(&self, ok: bool) {
+        self.policy_reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// Renders `cache`'s counters from now on (first registration wins).
+    pub fn track_cache(&self, cache: Cache, stats: Arc<CacheStats>) {
+        let _ = self.caches[cache as usize].set(stats);
+    }
+
+    /// Renders the webhook delivery counters from now on (first registration wins).
+    pub fn track_webhooks(&self, stats: Arc<crate::webhooks::Stats>) {
+        let _ = self.webhooks.set(stats);
+    }
+
+    /// Requests decided so far with this outcome (for tests and logs).
+    pub fn requests(&self, denied: Option<Gate>) -> u64 {
+        self.requests[request_slot(denied)].load(Relaxed)
+    }
+
+    /// Everything, in the Prometheus text exposition format 0.0.4
+    /// (`Content-Type: text/plain; version=0.0.4; charset=utf-8`).
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let o = &mut out;
+
+        head(
+            o,
+            "agentgate_build_info",
+            "gauge",
+            "Always 1; the version as a label.",
+        );
+        let _ = writeln!(
+            o,
+            "agentgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        head(
+            o,
+            "agentgate_start_time_seconds",
+            "gauge",
+            "When this instance started, in Unix seconds.",
+        );
+        let _ = writeln!(o, "agentgate_start_time_seconds {}", self.started);
+
+        head(
+            o,
+            "agentgate_requests_total",
+            "counter",
+            "Requests decided, one per decision record (CONNECT included), by effect and the gate that refused (none when allowed).",
+        );
+        let _ = writeln!(
+            o,
+            "agentgate_requests_total{{effect=\"allow\",gate=\"none\"}} {}",
+            self.requests[0].load(Relaxed)
+        );
+        for g in GATES {
+            let _ = writeln!(
+                o,
+                "agentgate_requests_total{{effect=\"deny\",gate=\"{}\"}} {}",
+                g.as_str(),
+                self.requests[request_slot(Some(g))].load(Relaxed)
+            );
+        }
+        head(
+            o,
+            "agentgate_tunnels_total",
+            "counter",
+            "CONNECT requests decided (a subset of agentgate_requests_total), by effect.",
+        );
+        for (i, effect) in ["allow", "deny"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "agentgate_tunnels_total{{effect=\"{effect}\"}} {}",
+                self.tunnels[i].load(Relaxed)
+            );
+        }
+
+        head(
+            o,
+            "agentgate_decision_duration_seconds",
+            "histogram",
+            "From a request's start until its decision record was committed (allowed: before forwarding; refused: before the answer), by effect.",
+        );
+        self.decision[0].render(
+            o,
+            "agentgate_decision_duration_seconds",
+            "effect=\"allow\",",
+        );
+        self.decision[1].render(o, "agentgate_decision_duration_seconds", "effect=\"deny\",");
+        head(
+            o,
+            "agentgate_request_duration_seconds",
+            "histogram",
+            "Forwarded requests, from their start until the response body was done (as in their outcome records).",
+        );
+        self.forwarded
+            .render(o, "agentgate_request_duration_seconds", "");
+
+        head(
+            o,
+            "agentgate_audit_commit_duration_seconds",
+            "histogram",
+            "From submitting an audit record until its group commit was durable.",
+        );
+        self.audit_commit
+            .render(o, "agentgate_audit_commit_duration_seconds", "");
+        counter(
+            o,
+            "agentgate_audit_commit_failures_total",
+            "Audit commits that failed or timed out (their requests were refused).",
+            self.audit_failed.load(Relaxed),
+        );
+        counter(
+            o,
+            "agentgate_audit_dropped_total",
+            "Outcome records dropped because the audit queue was full.",
+            self.audit_dropped.load(Relaxed),
+        );
+        gauge(
+            o,
+            "agentgate_audit_seq",
+            "The highest committed audit record seq.",
+            gauges.audit_seq,
+        );
+
+        head(
+            o,
+            "agentgate_cache_requests_total",
+            "counter",
+            "Cache lookups by cache and result (hit, or miss: minted, verified or fetched).",
+        );
+        for (i, (_, name)) in CACHES.iter().enumerate() {
+            let (hits, misses) = self.caches[i].get().map_or((0, 0), |s| s.get());
+            let _ = writeln!(
+                o,
+                "agentgate_cache_requests_total{{cache=\"{name}\",result=\"hit\"}} {hits}"
+            );
+            let _ = writeln!(
+                o,
+                "agentgate_cache_requests_total{{cache=\"{name}\",result=\"miss\"}} {misses}"
+            );
+        }
+
+        head(
+            o,
+            "agentgate_consents_total",
+            "counter",
+            "Consents by outcome (requested when asked; then approved, denied, expired or cancelled).",
+        );
+        for (i, (_, name)) in CONSENTS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "agentgate_consents_total{{outcome=\"{name}\"}} {}",
+                self.consents[i].load(Relaxed)
+            );
+        }
+        gauge(
+            o,
+            "agentgate_pending_consents",
+            "Consents waiting for an answer.",
+            gauges.pending_consents,
+        );
+        counter(
+            o,
+            "agentgate_panics_total",
+            "PANIC runs (agent or all).",
+            self.panics.load(Relaxed),
+        );
+
+        head(
+            o,
+            "agentgate_webhooks_total",
+            "counter",
+            "Webhook events by result: delivered, failed after every retry, dropped on a full queue.",
+        );
+        let hooks = self.webhooks.get();
+        let load =
+            |f: fn(&crate::webhooks::Stats) -> &AtomicU64| hooks.map_or(0, |s| f(s).load(Relaxed));
+        for (result, n) in [
+            ("delivered", load(|s| &s.delivered)),
+            ("failed", load(|s| &s.failed)),
+            ("dropped", load(|s| &s.dropped)),
+        ] {
+            let _ = writeln!(o, "agentgate_webhooks_total{{result=\"{result}\"}} {n}");
+        }
+
+        head(
+            o,
+            "agentgate_policy_reloads_total",
+            "counter",
+            "Policy directory changes by result: loaded, or failed (the previous policy stays).",
+        );
+        for (i, result) in ["loaded", "failed"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "agentgate_policy_reloads_total{{result=\"{result}\"}} {}",
+                self.policy_reloads[i].load(Relaxed)
+            );
+        }
+
+        gauge(
+            o,
+            "agentgate_open_connections",
+            "Client connections open on the proxy listener.",
+            gauges.open_connections,
+        );
+        gauge(
+            o,
+            "agentgate_agents_active",
+            "Registered agents neither revoked nor expired.",
+            gauges.agents_active,
+        );
+        out
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    head(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    head(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests;
