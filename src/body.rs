@@ -96,6 +96,8 @@ impl Body for ProxyBody {
 pub struct Outcome {
     pub audit: std::sync::Arc<crate::audit::Audit>,
     pub request_id: String,
+    /// The caller's tenant: outcome records belong to its audit view and event stream.
+    pub tenant: Option<String>,
     pub status: u16,
     pub started: std::time::Instant,
     pub bytes_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -114,6 +116,9 @@ impl Drop for Outcome {
             "request_id".into(),
             std::mem::take(&mut self.request_id).into(),
         );
+        if let Some(t) = self.tenant.take() {
+            r.insert("tenant".into(), t.into());
+        }
         r.insert("status".into(), self.status.into());
         r.insert(
             "bytes_up".into(),

@@ -101,6 +101,9 @@ pub struct AdminConfig {
     pub allow_remote: bool,
     /// Serve the admin listener over TLS.
     pub tls: Option<AdminTls>,
+    /// The URL people reach the dashboard at (for `agentgate dashboard` links) when it is
+    /// not the listen address, e.g. behind a load balancer.
+    pub public_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -109,6 +112,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             allow_remote: false,
             tls: None,
+            public_url: None,
         }
     }
 }

@@ -263,8 +263,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
     let tenant_tokens = tenants::admin_tokens(state, &config.tenants)?;
     let tenant_names: Vec<String> = config.tenants.keys().cloned().collect();
-    let scheme = if admin_tls.is_some() { "https" } else { "http" };
-    let admin_url = format!("{scheme}://{admin_addr}");
+    admin::check_distinct(&admin_token, &tenant_tokens)?;
+    let admin_url = admin::base_url(&config.admin, admin_addr);
     let admin_state = Arc::new(Admin {
         health: health.clone(),
         identity: identity.clone(),

@@ -141,17 +141,25 @@ impl Panic {
             ),
         });
         let local_ms = started.elapsed().as_millis() as u64;
+        let tenant = match &target {
+            Target::Tenant(t) => Some(t.as_str()),
+            _ => None,
+        };
         for s in &steps {
-            self.record(&panic_id, reason, &agents, "panic", serde_json::to_value(s))
-                .await;
+            self.record(
+                (&panic_id, reason, tenant),
+                &agents,
+                "panic",
+                serde_json::to_value(s),
+            )
+            .await;
         }
 
         // 6. Upstream, where the provider allows it.
         let upstream = self.vault.revoke_upstream(&cut, reason).await;
         for u in &upstream {
             self.record(
-                &panic_id,
-                reason,
+                (&panic_id, reason, tenant),
                 &agents,
                 "credential_revoked",
                 serde_json::to_value(u),
@@ -266,8 +274,8 @@ impl Panic {
                         agents.insert(a.spiffe_id);
                     }
                     // Unregistered callers of the tenant (trusted bundles) with open tunnels.
-                    let marker = format!("/tenant/{t}/agent/");
-                    for id in seen.into_iter().filter(|id| id.contains(&marker)) {
+                    let of_t = |id: &String| crate::tenants::of_spiffe_id(id) == Some(t.as_str());
+                    for id in seen.into_iter().filter(of_t) {
                         registry.revoke_id(&id, &reason, now)?;
                         agents.insert(id);
                     }
@@ -285,8 +293,7 @@ impl Panic {
     /// Commits one audit record of this PANIC (durably: it is evidence).
     async fn record(
         &self,
-        panic_id: &str,
-        reason: &str,
+        (panic_id, reason, tenant): (&str, &str, Option<&str>),
         agents: &HashSet<String>,
         event: &str,
         detail: Result<serde_json::Value, serde_json::Error>,
@@ -296,9 +303,11 @@ impl Panic {
         // A PANIC confined to one tenant's agents is that tenant's record (its admin sees
         // it in the audit pages and the event stream).
         let mut tenants = agents.iter().map(|a| crate::tenants::of_spiffe_id(a));
-        if let Some(Some(t)) = tenants.next()
-            && tenants.all(|o| o == Some(t))
-        {
+        let common = match tenants.next() {
+            Some(Some(t)) if tenants.all(|o| o == Some(t)) => Some(t),
+            _ => None,
+        };
+        if let Some(t) = tenant.or(common) {
             r.insert("tenant".into(), t.into());
         }
         let mut agents: Vec<&String> = agents.iter().collect();

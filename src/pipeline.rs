@@ -423,6 +423,7 @@ impl Pipeline {
         let mut outcome = Outcome {
             audit: self.audit.clone(),
             request_id: request_id.to_owned(),
+            tenant: who.tenant.clone(),
             status: parts.status.as_u16(),
             started,
             bytes_up,

@@ -78,15 +78,8 @@ pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
         };
         match event {
             Ok(committed) => {
-                let Ok(record) = serde_json::from_str::<serde_json::Value>(&committed.record)
-                else {
-                    continue;
-                };
-                if record["kind"] == "decision"
-                    && let (Some(agent), Some(ts)) =
-                        (record["agent"].as_str(), record["ts"].as_i64())
-                {
-                    admin.last_seen.note(agent, ts / 1_000_000);
+                if let Some(agent) = &committed.decided_by {
+                    admin.last_seen.note(agent, committed.ts / 1_000_000);
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -214,8 +207,18 @@ pub async fn register(
     let name = ask.name.clone();
     let owner = ask.owner.clone();
     let refs = ask.reference_tokens;
+    let scoped = scope.tenant().map(str::to_owned);
+    let agent_tenant = tenant.clone();
     let done = blocking("registry_failed", move || -> Result<_, RegisterError> {
         let mut registry = Registry::open(&state)?;
+        // Names are unique across the instance: a tenant may re-register its own agent,
+        // never take over another tenant's (or a tenant-less one).
+        if let Some(own) = &scoped
+            && let Ok(existing) = registry.agent(&name)
+            && existing.tenant.as_deref() != Some(own.as_str())
+        {
+            return Err(RegisterError::Taken(name));
+        }
         let req = Registration {
             name: &name,
             owner: owner.as_deref(),
@@ -240,9 +243,19 @@ pub async fn register(
         Ok(Err(RegisterError::Registry(e))) => {
             return internal("registry_failed", &e.to_string());
         }
+        Ok(Err(e @ RegisterError::Taken(_))) => {
+            return error(StatusCode::CONFLICT, "name_taken", &e.to_string());
+        }
         Err(resp) => return resp,
     };
-    if let Err(resp) = apply(&admin, "agent_registered", &reg.spiffe_id).await {
+    if let Err(resp) = apply(
+        &admin,
+        agent_tenant.as_deref(),
+        "agent_registered",
+        &reg.spiffe_id,
+    )
+    .await
+    {
         return resp;
     }
     let answer = RegisterAnswer {
@@ -260,6 +273,8 @@ enum RegisterError {
     Issuer(#[from] IssuerError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("the agent name {0} is in use (names are unique across the instance); choose another")]
+    Taken(String),
 }
 
 /// `POST /api/v1/agents/{name}/revoke`.
@@ -357,7 +372,8 @@ pub async fn revoke(
         Ok(Err(e)) => return internal("registry_failed", &e.to_string()),
         Err(resp) => return resp,
     };
-    if let Err(resp) = apply(&admin, event, &subject).await {
+    let tenant = crate::tenants::of_spiffe_id(&spiffe_id);
+    if let Err(resp) = apply(&admin, tenant, event, &subject).await {
         return resp;
     }
     json_value(
@@ -371,7 +387,12 @@ pub async fn revoke(
 }
 
 /// Puts a registry change in force now and records it.
-async fn apply(admin: &Admin, event: &str, subject: &str) -> Result<(), Reply> {
+async fn apply(
+    admin: &Admin,
+    tenant: Option<&str>,
+    event: &str,
+    subject: &str,
+) -> Result<(), Reply> {
     let identity = admin.identity.clone();
     match blocking("reload_failed", move || identity.refresh(true)).await? {
         Ok(_) => {}
@@ -383,7 +404,7 @@ async fn apply(admin: &Admin, event: &str, subject: &str) -> Result<(), Reply> {
     let detail = serde_json::json!({ "subject": subject });
     admin
         .audit
-        .admin_event(event, detail)
+        .tenant_event(tenant, event, detail)
         .await
         .map(drop)
         .map_err(|e| {

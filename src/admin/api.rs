@@ -69,6 +69,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
     let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dashboard::whoami))
         .routes(routes!(dashboard::link))
+        .routes(routes!(dashboard::sign_out))
         .routes(routes!(events::ticket))
         .routes(routes!(agents::list, agents::register))
         .routes(routes!(agents::revoke))
@@ -187,24 +188,34 @@ async fn authzen_configuration(req: Request) -> Reply {
     json_value(StatusCode::OK, &body)
 }
 
-/// AuthZEN access evaluation on the instance policy.
+/// AuthZEN access evaluation on the policy of the token's scope (a tenant's, or the
+/// instance's).
 #[utoipa::path(post, path = "/access/v1/evaluation", tag = "authzen",
     request_body(content = Object, description = "AuthZEN evaluation request"),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody)))]
-async fn evaluation(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
-    pdp(&admin, req, super::authzen::evaluation).await
+async fn evaluation(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
+    pdp(&admin, &scope, req, super::authzen::evaluation).await
 }
 
-/// AuthZEN batch evaluation on the instance policy.
+/// AuthZEN batch evaluation on the policy of the token's scope.
 #[utoipa::path(post, path = "/access/v1/evaluations", tag = "authzen",
     request_body(content = Object, description = "AuthZEN evaluations request"),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody)))]
-async fn evaluations(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
-    pdp(&admin, req, super::authzen::evaluations).await
+async fn evaluations(
+    State(admin): State<Arc<Admin>>,
+    Extension(scope): Extension<Scope>,
+    req: Request,
+) -> Reply {
+    pdp(&admin, &scope, req, super::authzen::evaluations).await
 }
 
 async fn pdp(
     admin: &Admin,
+    scope: &Scope,
     req: Request,
     handler: fn(
         &crate::policy::Policy,
@@ -215,7 +226,14 @@ async fn pdp(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let policy = admin.policies.instance().clone();
+    // A tenant's token asks its tenant's policy; the instance token the instance's.
+    let Some(policy) = admin.policies.for_tenant(scope.tenant()).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no policy for this tenant",
+        );
+    };
     match blocking("evaluation_failed", move || handler(&policy, &body)).await {
         Ok(Ok(v)) => json_value(StatusCode::OK, &v),
         Ok(Err(e)) => bad_request(&e.to_string()),

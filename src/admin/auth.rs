@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 /// What a caller may see and act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// The instance admin: every tenant, and instance-wide routes.
     Instance,
@@ -53,9 +53,10 @@ pub const CODE_TTL: Duration = Duration::from_secs(300);
 /// How long an event-stream ticket stays usable.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 
-const MAX_SESSIONS: usize = 256;
-const MAX_CODES: usize = 64;
-const MAX_TICKETS: usize = 1024;
+// Per scope, so one tenant cannot use up another's (or the instance admin's) share.
+const MAX_SESSIONS: usize = 32;
+const MAX_CODES: usize = 16;
+const MAX_TICKETS: usize = 64;
 
 /// Every secret issued would be outstanding at once beyond its bound.
 #[derive(Debug, thiserror::Error)]
@@ -69,20 +70,24 @@ struct Grant {
     expires: Instant,
 }
 
-/// A bounded set of expiring secrets of one kind.
+/// A set of expiring secrets of one kind, bounded per scope.
 struct Issued {
     what: &'static str,
     max: usize,
     ttl: Duration,
+    /// At the bound, the scope's oldest is dropped instead of refusing (sessions: a new
+    /// sign-in always works; the oldest session of that scope ends).
+    evict: bool,
     map: Mutex<HashMap<Key, Grant>>,
 }
 
 impl Issued {
-    fn new(what: &'static str, max: usize, ttl: Duration) -> Self {
+    fn new(what: &'static str, max: usize, ttl: Duration, evict: bool) -> Self {
         Self {
             what,
             max,
             ttl,
+            evict,
             map: Mutex::new(HashMap::new()),
         }
     }
@@ -91,10 +96,14 @@ impl Issued {
         let secret = format!("{prefix}{}", random_token());
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= self.max {
-            map.retain(|_, g| g.expires > now);
-            if map.len() >= self.max {
+        map.retain(|_, g| g.expires > now);
+        let mine = || map.iter().filter(|(_, g)| g.scope == *scope);
+        if mine().count() >= self.max {
+            if !self.evict {
                 return Err(Full(self.what));
+            }
+            if let Some(oldest) = mine().min_by_key(|(_, g)| g.expires).map(|(k, _)| *k) {
+                map.remove(&oldest);
             }
         }
         map.insert(
@@ -107,7 +116,6 @@ impl Issued {
         Ok(secret)
     }
 
-    /// The scope of a live secret; `once` removes it (codes, tickets).
     fn check(&self, secret: &str, once: bool) -> Option<Scope> {
         let k = key(secret);
         let now = Instant::now();
@@ -126,8 +134,9 @@ impl Issued {
         }
     }
 
-    fn revoke_all(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    fn revoke(&self, secret: &str) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&key(secret)).is_some()
     }
 }
 
@@ -149,9 +158,9 @@ impl Auth {
         }
         Self {
             fixed,
-            sessions: Issued::new("dashboard sessions", MAX_SESSIONS, SESSION_TTL),
-            codes: Issued::new("dashboard links", MAX_CODES, CODE_TTL),
-            tickets: Issued::new("event-stream tickets", MAX_TICKETS, TICKET_TTL),
+            sessions: Issued::new("dashboard sessions", MAX_SESSIONS, SESSION_TTL, true),
+            codes: Issued::new("dashboard links", MAX_CODES, CODE_TTL, false),
+            tickets: Issued::new("event-stream tickets", MAX_TICKETS, TICKET_TTL, false),
         }
     }
 
@@ -187,11 +196,9 @@ impl Auth {
         self.tickets.check(ticket, true)
     }
 
-    /// Ends every dashboard session, link and ticket (e.g. after PANIC --all).
-    pub fn end_sessions(&self) {
-        self.sessions.revoke_all();
-        self.codes.revoke_all();
-        self.tickets.revoke_all();
+    /// Ends a dashboard session (sign-out); false when it was not one.
+    pub fn end_session(&self, token: &str) -> bool {
+        self.sessions.revoke(token)
     }
 }
 
@@ -244,17 +251,31 @@ mod tests {
         );
         assert_eq!(auth.redeem(&ticket), Some(scope));
         assert_eq!(auth.redeem(&ticket), None);
-        auth.end_sessions();
+        assert!(auth.end_session(&session));
         assert_eq!(auth.bearer(&session), None);
     }
 
     #[test]
-    fn issued_secrets_are_bounded() {
+    fn issued_secrets_are_bounded_per_scope() {
         let auth = Auth::new("a", &[]);
+        let acme = Scope::Tenant("acme".into());
         for _ in 0..MAX_CODES {
-            auth.link_code(&Scope::Instance).unwrap();
+            auth.link_code(&acme).unwrap();
         }
-        assert!(auth.link_code(&Scope::Instance).is_err());
+        assert!(auth.link_code(&acme).is_err(), "acme's links are bounded");
+        assert!(
+            auth.link_code(&Scope::Instance).is_ok(),
+            "another scope is not affected"
+        );
+        // Sessions: the scope's oldest gives way, so sign-in always works.
+        let mut sessions = Vec::new();
+        for _ in 0..=MAX_SESSIONS {
+            let code = auth.link_code(&Scope::Instance).unwrap();
+            sessions.push(auth.exchange(&code).unwrap().unwrap().0);
+            // Codes are used up by the exchange, so they never hit their own bound here.
+        }
+        assert_eq!(auth.bearer(&sessions[0]), None, "the oldest session ended");
+        assert!(auth.bearer(&sessions[MAX_SESSIONS]).is_some());
     }
 
     #[test]

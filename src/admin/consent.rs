@@ -173,9 +173,23 @@ pub async fn notify_tenant(
 
 async fn ping(admin: &Admin, tenant: Option<&str>, req: Request) -> Reply {
     let bearer = bearer(&req);
-    let Some(ciba) = admin.consents.ciba_for(tenant).cloned() else {
-        return error(StatusCode::NOT_FOUND, "not_found", "CIBA is not configured");
+    // The instance URL also serves tenants whose CIBA settings (and so notification URL)
+    // are inherited from the instance's; each client knows only its own auth_req_ids.
+    let clients: Vec<_> = match tenant {
+        Some(t) => admin
+            .consents
+            .ciba_for(Some(t))
+            .cloned()
+            .into_iter()
+            .collect(),
+        None => std::iter::once(None)
+            .chain(admin.consents.tenants().map(Some))
+            .filter_map(|t| admin.consents.ciba_for(t).cloned())
+            .collect(),
     };
+    if clients.is_empty() {
+        return error(StatusCode::NOT_FOUND, "not_found", "CIBA is not configured");
+    }
     let body = match super::read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -188,7 +202,7 @@ async fn ping(admin: &Admin, tenant: Option<&str>, req: Request) -> Reply {
             "send the auth_req_id with its client_notification_token",
         );
     };
-    if ciba.notify(id, &bearer) {
+    if clients.iter().any(|ciba| ciba.notify(id, &bearer)) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(

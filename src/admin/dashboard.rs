@@ -189,3 +189,13 @@ pub async fn exchange(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
         ),
     }
 }
+
+/// Sign out: ends the dashboard session the request carries (other tokens are unaffected).
+#[utoipa::path(delete, path = "/api/v1/dashboard/session", tag = "dashboard",
+    responses((status = 204, description = "signed out"), (status = 401, body = super::api::ErrorBody)))]
+pub async fn sign_out(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
+    if let Some(token) = super::bearer(&req) {
+        admin.auth.end_session(&token);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

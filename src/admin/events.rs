@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 
 use super::{Admin, Reply, Scope, bad_request, bearer, error, json_value, query_param};
 
-/// Event streams open at once.
-pub const MAX_STREAMS: usize = 64;
+/// Event streams open at once, per scope (the instance admin, each tenant).
+pub const MAX_STREAMS: usize = 16;
 /// Events buffered per subscriber before it counts as too slow.
 const CLIENT_BUFFER: usize = 256;
 /// Most records `?backlog=N` replays.
@@ -31,9 +31,9 @@ const PAGE: i64 = 200;
 /// How long a replayed event may wait for a slow subscriber.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The open event streams.
+/// The open event streams, bounded per scope so one tenant cannot take all of them.
 pub struct Streams {
-    slots: Arc<Semaphore>,
+    slots: std::sync::Mutex<std::collections::HashMap<Scope, Arc<Semaphore>>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -41,9 +41,20 @@ impl Streams {
     /// Streams end when `shutdown` flips.
     pub fn new(shutdown: watch::Receiver<bool>) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(MAX_STREAMS)),
+            slots: Default::default(),
             shutdown,
         }
+    }
+
+    /// A slot for one more stream of `scope`, if it has one left.
+    fn acquire(&self, scope: &Scope) -> Option<OwnedSemaphorePermit> {
+        let slots = {
+            let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(scope.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_STREAMS)))
+                .clone()
+        };
+        slots.try_acquire_owned().ok()
     }
 }
 
@@ -112,11 +123,13 @@ pub async fn stream(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
         },
         (None, None) => Start::Live,
     };
-    let Ok(permit) = admin.streams.slots.clone().try_acquire_owned() else {
+    let Some(permit) = admin.streams.acquire(&scope) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_streams",
-            &format!("at most {MAX_STREAMS} event streams at once; close one and retry"),
+            &format!(
+                "at most {MAX_STREAMS} event streams at once for this token's scope; close one and retry"
+            ),
         );
     };
     // Subscribe before replaying, so nothing committed in between is missed.
@@ -320,6 +333,8 @@ mod tests {
             hash: "00".into(),
             record: "{}".into(),
             tenant: tenant.map(Arc::from),
+            decided_by: None,
+            ts: 0,
         })
     }
 

@@ -104,7 +104,51 @@ pub enum AdminSetupError {
     NoTls,
     #[error("admin TLS ({path}): {reason}")]
     Tls { path: PathBuf, reason: String },
+    #[error(
+        "{0} and {1} have the same admin token, so one would act as the other; give each tenant its own admin_token_file"
+    )]
+    SharedToken(String, String),
 }
+
+/// Refuses admin tokens that two scopes share (e.g. a tenant's `admin_token_file` pointing
+/// at the instance's `admin.token`).
+pub fn check_distinct(
+    admin_token: &str,
+    tenant_tokens: &[(String, String)],
+) -> Result<(), AdminSetupError> {
+    let mut seen: Vec<(&str, String)> = vec![(admin_token, "the instance".to_owned())];
+    for (tenant, token) in tenant_tokens {
+        if let Some((_, other)) = seen.iter().find(|(t, _)| *t == token.as_str()) {
+            return Err(AdminSetupError::SharedToken(
+                format!("tenant {tenant}"),
+                other.clone(),
+            ));
+        }
+        seen.push((token, format!("tenant {tenant}")));
+    }
+    Ok(())
+}
+
+/// The URL the dashboard link points at: `admin.public_url`, or the listener's own address
+/// (loopback when it listens on every address).
+pub fn base_url(config: &crate::config::AdminConfig, addr: SocketAddr) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    format!("{scheme}://{addr}")
+}
+
+/// Admin connections open at once; beyond it new ones are closed at once.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
 
 /// Checks the listener settings and builds the TLS acceptor when TLS is configured.
 pub fn tls_acceptor(
@@ -152,6 +196,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let router = api::router(admin.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -164,6 +209,13 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "admin listener at {MAX_ADMIN_CONNECTIONS} connections; closing a new one"
+            );
+            drop(stream);
+            continue;
+        };
         let (router, limits, shutdown, tls) = (
             router.clone(),
             limits.clone(),
@@ -171,6 +223,7 @@ pub async fn serve(
             tls.clone(),
         );
         tokio::spawn(async move {
+            let _permit = permit;
             let activity = Activity::new();
             let svc = TowerToHyperService::new(router);
             match tls {

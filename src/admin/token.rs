@@ -140,6 +140,16 @@ pub async fn reference(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
             );
         }
     };
+    // A tenant's admin gets references for its own agents only; others look unknown.
+    if let Some(scope) = &scope
+        && !scope.sees(agent.tenant.as_deref())
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_agent",
+            &format!("no registered agent {}", agent.name),
+        );
+    }
     if agent.revoked.is_some() {
         return error(
             StatusCode::FORBIDDEN,
@@ -256,7 +266,7 @@ pub async fn panic(
             })
             .await;
             let own = match (a.starts_with("spiffe://"), found) {
-                (true, _) => a.contains(&format!("/tenant/{t}/agent/")),
+                (true, _) => crate::tenants::of_spiffe_id(&a) == Some(t),
                 (false, Ok(Ok(tenant))) => tenant.as_deref() == Some(t),
                 (false, Ok(Err(_))) => false,
                 (false, Err(resp)) => return resp,

@@ -122,6 +122,10 @@ pub struct Committed {
     pub record: String,
     /// The record's tenant, for per-tenant streams.
     pub tenant: Option<Arc<str>>,
+    /// For a decision record: the agent (SPIFFE ID) it was about.
+    pub decided_by: Option<Arc<str>>,
+    /// Unix microseconds.
+    pub ts: i64,
 }
 
 impl Audit {
@@ -303,8 +307,22 @@ impl Audit {
 
     /// An admin event (agent registered/revoked, key rotated, config loaded…).
     pub async fn admin_event(&self, event: &str, detail: Value) -> Result<u64, AuditError> {
+        self.tenant_event(None, event, detail).await
+    }
+
+    /// [`Audit::admin_event`] about one tenant's objects: the record carries `tenant`, so
+    /// it shows in that tenant's audit view and event stream.
+    pub async fn tenant_event(
+        &self,
+        tenant: Option<&str>,
+        event: &str,
+        detail: Value,
+    ) -> Result<u64, AuditError> {
         let mut m = self.record("admin");
         m.insert("event".into(), event.into());
+        if let Some(t) = tenant {
+            m.insert("tenant".into(), t.into());
+        }
         m.insert("detail".into(), detail);
         self.commit(m).await
     }

@@ -246,9 +246,18 @@ impl Writer {
                     self.seq += 1;
                     record.insert("seq".into(), self.seq.into());
                     record.insert("ts".into(), ts.into());
-                    let tenant = live
-                        .then(|| record.get("tenant").and_then(|t| t.as_str()).map(Arc::from))
-                        .flatten();
+                    let text_of = |k: &str| record.get(k).and_then(|t| t.as_str()).map(Arc::from);
+                    let (tenant, agent) = match live {
+                        false => (None, None),
+                        true => {
+                            let decision =
+                                record.get("kind").and_then(|k| k.as_str()) == Some("decision");
+                            (
+                                text_of("tenant"),
+                                decision.then(|| text_of("agent")).flatten(),
+                            )
+                        }
+                    };
                     let text = chain::canonical(&serde_json::Value::Object(std::mem::take(record)));
                     self.head = chain::link(&self.head, text.as_bytes());
                     let hash = chain::hex(&self.head);
@@ -259,6 +268,8 @@ impl Writer {
                             hash,
                             record: text,
                             tenant,
+                            decided_by: agent,
+                            ts,
                         }));
                     }
                 }

@@ -120,6 +120,42 @@ async fn a_tenant_token_sees_and_acts_on_its_tenant_only() {
     assert_eq!(resp.status, 400, "unknown tenant: {}", resp.text());
     assert!(resp.text().contains("acme, globex"), "{}", resp.text());
 
+    // Names are instance-wide: a tenant cannot take over another tenant's agent by
+    // registering its name, nor mint references for it.
+    let resp = call(
+        addr,
+        "POST",
+        "/api/v1/agents",
+        Some(&acme),
+        Some(r#"{"name":"globex-bot"}"#),
+    )
+    .await;
+    assert_eq!(resp.status, 409, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "name_taken");
+    let resp = call(
+        addr,
+        "POST",
+        "/api/v1/references",
+        Some(&acme),
+        Some(r#"{"agent":"globex-bot","service":"github"}"#),
+    )
+    .await;
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    let missing = call(
+        addr,
+        "POST",
+        "/api/v1/references",
+        Some(&acme),
+        Some(r#"{"agent":"nobody-at-all","service":"github"}"#),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        resp.json()["error"],
+        missing.json()["error"],
+        "same answer as a missing agent"
+    );
+
     // Traffic from both: a read each, and a write each (escalated: a pending consent).
     for url in [&globex_bot, &acme_bot] {
         let (status, _) = as_agent(&proxy, url, &[ISSUES]).await;
@@ -204,6 +240,20 @@ async fn a_tenant_token_sees_and_acts_on_its_tenant_only() {
     assert!(
         records.iter().all(|r| r["record"]["tenant"] == "acme"),
         "{page}"
+    );
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["record"]["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"outcome"),
+        "its outcome records are its own: {kinds:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["record"]["event"] == "agent_registered"),
+        "its own admin actions are in its view"
     );
     let all = admin::json(addr, "GET", "/api/v1/audit?limit=1000", &root, None, 200).await;
     let foreign = all["records"]
@@ -300,6 +350,16 @@ async fn a_tenant_token_sees_and_acts_on_its_tenant_only() {
     )
     .await;
     assert_eq!(names(&list, "agents", "name"), ["acme-bot"]);
+    let st = session["token"].as_str().unwrap();
+    let resp = call(addr, "DELETE", "/api/v1/dashboard/session", Some(st), None).await;
+    assert_eq!(resp.status, 204, "sign-out");
+    let resp = call(addr, "GET", "/api/v1/whoami", Some(st), None).await;
+    assert_eq!(resp.status, 401, "the session ended on the server");
+    let resp = call(addr, "GET", "/api/v1/whoami", Some(&acme), None).await;
+    assert_eq!(
+        resp.status, 200,
+        "signing out a session leaves the tenant token alone"
+    );
     let resp = call(
         addr,
         "POST",
@@ -363,4 +423,28 @@ async fn a_tenant_token_sees_and_acts_on_its_tenant_only() {
             .any(|r| r["record"]["event"] == "panic"),
         "the tenant's PANIC is in its own audit view"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_token_file_shared_with_another_scope_is_refused() {
+    let env = TestEnv::new().await;
+    let shared = env.home().join("admin.token");
+    let cfg = env.config().set(
+        "tenants",
+        "acme",
+        &format!(
+            "{{ admin_token_file = {} }}",
+            toml_str(&shared.display().to_string())
+        ),
+    );
+    let path = env.write_config(&cfg);
+    match crate::support::proxy::launch(&env.home(), &path, &[]) {
+        crate::support::proxy::Launch::Ready(_) => {
+            panic!("started with a tenant sharing the instance admin token")
+        }
+        crate::support::proxy::Launch::Exited { status, stderr } => {
+            assert!(!status.success());
+            assert!(stderr.contains("same admin token"), "{stderr}");
+        }
+    }
 }

@@ -963,7 +963,19 @@ function bindStatic() {
     }
     trySignIn(token, 'That token was not accepted. Check that you pasted the whole admin token.');
   });
-  $('signout-button').addEventListener('click', () => signOut('Signed out.'));
+  $('signout-button').addEventListener('click', () => {
+    // End a dashboard session on the server too (a pasted admin token is not a session;
+    // the server leaves it alone).
+    if (state.token) {
+      fetch('/api/v1/dashboard/session', {
+        method: 'DELETE',
+        headers: { Authorization: `Bearer ${state.token}` },
+        cache: 'no-store',
+        credentials: 'omit',
+      }).catch(() => {});
+    }
+    signOut('Signed out.');
+  });
   $('panic-button').addEventListener('click', openPanic);
   $('panic-cancel').addEventListener('click', () => $('panic-dialog').close());
   $('panic-close').addEventListener('click', () => $('panic-dialog').close());
