@@ -254,7 +254,7 @@ async fn metrics(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Sc
         let pending: usize = admin2
             .consents
             .all()
-            .map(|(_, c)| c.list(true).map_or(0, |l| l.len()))
+            .map(|(_, c)| c.pending_count().unwrap_or(0))
             .sum();
         let now = crate::identity::now();
         let agents = crate::identity::registry::Registry::open(&admin2.state)
@@ -518,39 +518,20 @@ async fn audit_page(
     };
     let tenant = scope.tenant().map(str::to_owned);
     let db = admin.audit.db_path().to_owned();
-    let read = move || -> Result<serde_json::Value, rusqlite::Error> {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let filter = "(?3 IS NULL OR json_extract(record, '$.tenant') = ?3)";
-        let (sql, from) = match before {
-            Some(b) => (
-                format!(
-                    "SELECT seq, record, hash FROM records WHERE seq < ?1 AND {filter} ORDER BY seq DESC LIMIT ?2"
-                ),
-                b,
-            ),
-            None => (
-                format!(
-                    "SELECT seq, record, hash FROM records WHERE seq > ?1 AND {filter} ORDER BY seq LIMIT ?2"
-                ),
-                after.unwrap_or(0),
-            ),
-        };
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params![from, limit, tenant])?;
-        let mut records = Vec::new();
-        let mut last = from;
-        while let Some(row) = rows.next()? {
-            last = row.get(0)?;
-            let record: String = row.get(1)?;
-            let hash: String = row.get(2)?;
-            records.push(serde_json::json!({ "hash": hash, "record": parse_record(record) }));
+    let (page, from, next) = match before {
+        Some(b) => (super::events::Page::Before(b, limit), b, "next_before"),
+        None => {
+            let a = after.unwrap_or(0);
+            (super::events::Page::After(a, limit), a, "next_after")
         }
-        let next = if before.is_some() {
-            "next_before"
-        } else {
-            "next_after"
-        };
+    };
+    let read = move || -> Result<serde_json::Value, rusqlite::Error> {
+        let rows = super::events::rows(&db, tenant.as_deref(), page)?;
+        let last = rows.last().map_or(from, |r| r.0 as i64);
+        let records: Vec<_> = rows
+            .into_iter()
+            .map(|(_, record, hash)| serde_json::json!({ "hash": hash, "record": parse_record(record) }))
+            .collect();
         Ok(serde_json::json!({ "records": records, next: last }))
     };
     match blocking("audit_read_failed", read).await {

@@ -178,7 +178,7 @@ async fn feed(
         Start::Live => 0,
         Start::After(seq) => seq as u64,
         Start::Backlog(n) => {
-            let Some(rows) = read(&admin, tenant.clone(), Page::Newest(n)).await else {
+            let Some(rows) = read(&admin, tenant.clone(), Page::Before(i64::MAX, n)).await else {
                 return;
             };
             let mut last = 0;
@@ -193,7 +193,8 @@ async fn feed(
     };
     if let Start::After(_) = start {
         loop {
-            let Some(rows) = read(&admin, tenant.clone(), Page::After(sent as i64)).await else {
+            let Some(rows) = read(&admin, tenant.clone(), Page::After(sent as i64, PAGE)).await
+            else {
                 return;
             };
             let done = (rows.len() as i64) < PAGE;
@@ -273,43 +274,58 @@ async fn send(tx: &Tx, ev: Result<Event, Infallible>) -> bool {
     )
 }
 
-enum Page {
-    After(i64),
-    Newest(i64),
+/// A page of the audit log, with at most `limit` rows.
+pub(super) enum Page {
+    /// Oldest first, after this seq.
+    After(i64, i64),
+    /// Newest first, before this seq.
+    Before(i64, i64),
 }
 
-/// Committed rows visible to `tenant` (None: all), oldest first.
+/// Committed rows `(seq, record, hash)` visible to `tenant` (None: all), in the page's
+/// order. Shared by the stream's replay and `GET /api/v1/audit`.
+pub(super) fn rows(
+    db: &std::path::Path,
+    tenant: Option<&str>,
+    page: Page,
+) -> rusqlite::Result<Vec<(u64, String, String)>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let filter = "(?3 IS NULL OR json_extract(record, '$.tenant') = ?3)";
+    let (sql, from, limit) = match page {
+        Page::After(seq, limit) => (
+            format!(
+                "SELECT seq, record, hash FROM records WHERE seq > ?1 AND {filter} ORDER BY seq LIMIT ?2"
+            ),
+            seq,
+            limit,
+        ),
+        Page::Before(seq, limit) => (
+            format!(
+                "SELECT seq, record, hash FROM records WHERE seq < ?1 AND {filter} ORDER BY seq DESC LIMIT ?2"
+            ),
+            seq,
+            limit,
+        ),
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params![from, limit, tenant], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect()
+}
+
+/// Rows for the stream, oldest first; a read failure ends the stream (logged).
 async fn read(
     admin: &Admin,
     tenant: Option<String>,
     page: Page,
 ) -> Option<Vec<(u64, String, String)>> {
     let db = admin.audit.db_path().to_owned();
-    let read = move || -> rusqlite::Result<Vec<(u64, String, String)>> {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let filter = "(?2 IS NULL OR json_extract(record, '$.tenant') = ?2)";
-        let (sql, arg) = match page {
-            Page::After(seq) => (
-                format!(
-                    "SELECT seq, record, hash FROM records WHERE seq > ?1 AND {filter} ORDER BY seq LIMIT {PAGE}"
-                ),
-                seq,
-            ),
-            Page::Newest(n) => (
-                format!(
-                    "SELECT seq, record, hash FROM records WHERE ?1 >= 0 AND {filter} ORDER BY seq DESC LIMIT {n}"
-                ),
-                0,
-            ),
-        };
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params![arg, tenant], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-        })?;
-        let mut rows: Vec<_> = rows.collect::<Result<_, _>>()?;
+    let read = move || {
+        let mut rows = rows(&db, tenant.as_deref(), page)?;
         rows.sort_by_key(|r| r.0);
-        Ok(rows)
+        Ok::<_, rusqlite::Error>(rows)
     };
     match tokio::task::spawn_blocking(read).await {
         Ok(Ok(rows)) => Some(rows),

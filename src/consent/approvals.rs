@@ -505,6 +505,12 @@ impl Consents {
             .list(pending_only, 500)
     }
 
+    /// How many consents wait for an answer (one SQL count).
+    pub fn pending_count(&self) -> Result<usize, ConsentError> {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store.pending_counts("").map(|(total, _)| total)
+    }
+
     /// One consent.
     pub fn get(&self, id: &str) -> Result<Option<Consent>, ConsentError> {
         self.store.lock().unwrap_or_else(|p| p.into_inner()).get(id)
