@@ -47,6 +47,7 @@
 # Action names:
 #   github.<operationId, "/" -> ".">           e.g. github.repos.create-webhook
 #   github.graphql.<optype>.<field>            e.g. github.graphql.mutation.deleteRef
+#   github.git.fetch | github.git.push         git over HTTPS on github.com (read | write)
 #   gmail.<discovery method id minus "gmail.">  e.g. gmail.users.messages.send
 #   slack.<Web API method>                     e.g. slack.admin.users.remove
 #

@@ -90,7 +90,9 @@ pub fn for_agent(
         ("REQUESTS_CA_BUNDLE", bundle.clone()),
         ("CURL_CA_BUNDLE", bundle.clone()),
         ("NODE_EXTRA_CA_CERTS", bundle.clone()),
-        ("GIT_SSL_CAINFO", bundle),
+        ("GIT_SSL_CAINFO", bundle.clone()),
+        // httplib2 (Google's API client for Python, e.g. Gmail) trusts only this one.
+        ("HTTPLIB2_CA_CERTS", bundle),
     ];
     Ok(AgentEnv {
         vars,

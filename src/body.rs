@@ -100,7 +100,8 @@ pub struct Outcome {
     pub tenant: Option<String>,
     pub status: u16,
     pub started: std::time::Instant,
-    pub bytes_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// What of the request body went upstream (counted and hashed as it streamed).
+    pub sent: std::sync::Arc<SentBody>,
     pub bytes_down: u64,
     pub aborted: bool,
     /// Echoes of the injected credential masked in the response.
@@ -120,11 +121,14 @@ impl Drop for Outcome {
             r.insert("tenant".into(), t.into());
         }
         r.insert("status".into(), self.status.into());
+        r.insert("bytes_up".into(), self.sent.bytes().into());
+        // Only a body sent in full has a digest: the property checked is "what left is
+        // what was judged", and a cut-off body is recorded as such by `complete`.
         r.insert(
-            "bytes_up".into(),
-            self.bytes_up
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .into(),
+            "body_sha256".into(),
+            self.sent.sha256.get().map_or(serde_json::Value::Null, |d| {
+                crate::vault::store::hex(d).into()
+            }),
         );
         r.insert("bytes_down".into(), self.bytes_down.into());
         let duration = self.started.elapsed();
@@ -141,11 +145,43 @@ impl Drop for Outcome {
     }
 }
 
-/// Masks every occurrence of one secret (the injected credential) in a streamed body with
-/// as many `*`, holding back only the bytes that could begin an occurrence split across
-/// two pieces.
+/// The request body as it went upstream: bytes counted as they stream, and the SHA-256 of
+/// the whole body once it ended (for the outcome record).
+#[derive(Debug, Default)]
+pub struct SentBody {
+    bytes: std::sync::atomic::AtomicU64,
+    /// Set when the body was sent in full.
+    pub sha256: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl SentBody {
+    /// Bytes handed upstream so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A running SHA-256 (the digest context has no `Debug` of its own).
+struct Hasher(aws_lc_rs::digest::Context);
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher(SHA-256)")
+    }
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref());
+    out
+}
+
+/// Masks every occurrence of a secret (the injected credential, and the encoded form it was
+/// sent in) in a streamed body with as many `*`, holding back only the bytes that could begin
+/// an occurrence split across two pieces.
 pub struct Redact {
-    finder: memchr::memmem::Finder<'static>,
+    finders: Vec<memchr::memmem::Finder<'static>>,
     carry: bytes::BytesMut,
     pending: Option<Frame<Bytes>>,
     done: bool,
@@ -155,7 +191,7 @@ pub struct Redact {
 impl std::fmt::Debug for Redact {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redact")
-            .field("secret_len", &self.finder.needle().len())
+            .field("secrets", &self.finders.len())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -164,29 +200,44 @@ impl std::fmt::Debug for Redact {
 impl Redact {
     /// A scanner for `secret` (at least one byte).
     pub fn new(secret: &[u8]) -> Redact {
+        Redact::any_of(&[secret])
+    }
+
+    /// A scanner for each of `secrets` (empty ones are ignored).
+    pub fn any_of(secrets: &[&[u8]]) -> Redact {
         Redact {
-            finder: memchr::memmem::Finder::new(secret).into_owned(),
+            finders: secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| memchr::memmem::Finder::new(s).into_owned())
+                .collect(),
             carry: bytes::BytesMut::new(),
             pending: None,
             done: false,
         }
     }
 
-    /// Whether the secret occurs in `data`.
+    /// Whether a secret occurs in `data`.
     pub fn occurs_in(&self, data: &[u8]) -> bool {
-        self.finder.find(data).is_some()
+        self.finders.iter().any(|f| f.find(data).is_some())
     }
 
     /// Masks `data` in place; returns how many occurrences there were.
     pub fn mask(&self, data: &mut [u8]) -> u64 {
-        mask_with(&self.finder, data)
+        self.finders.iter().map(|f| mask_with(f, data)).sum()
     }
 
     /// Masks what can be masked of `carry ‖ data`; returns the bytes safe to send now.
     fn feed(&mut self, data: &[u8], count: &mut u64) -> Bytes {
         self.carry.extend_from_slice(data);
-        *count += mask_with(&self.finder, &mut self.carry[..]);
-        let keep = (self.finder.needle().len() - 1).min(self.carry.len());
+        let carry = &mut self.carry[..];
+        *count += self
+            .finders
+            .iter()
+            .map(|f| mask_with(f, carry))
+            .sum::<u64>();
+        let longest = self.finders.iter().map(|f| f.needle().len()).max();
+        let keep = longest.unwrap_or(1).saturating_sub(1).min(self.carry.len());
         let ready = self.carry.len() - keep;
         self.carry.split_to(ready).freeze()
     }
@@ -260,8 +311,11 @@ pub struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    /// Bytes handed upstream so far, shared with the outcome record.
-    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes handed upstream so far and the body's digest, shared with the outcome record.
+    sent: std::sync::Arc<SentBody>,
+    /// Hashes what streams; `None` when the digest is already known (the whole body was
+    /// read for intent) or set.
+    hash: Option<Hasher>,
     done: Option<oneshot::Sender<Result<(), BodyFault>>>,
     read_timeout: Duration,
     /// Armed while waiting for the agent; boxed only for requests that have a body.
@@ -307,13 +361,15 @@ impl Future for BodyDone {
 
 impl RequestBody {
     /// Wraps an incoming body, after `replay` (its start, already read), with an optional
-    /// byte limit and a per-piece read timeout.
+    /// byte limit and a per-piece read timeout. `whole` is the digest of `replay` when it
+    /// is the whole body, so nothing is hashed twice.
     pub fn new(
         inner: Incoming,
         replay: Option<Bytes>,
+        whole: Option<[u8; 32]>,
         limit: Option<u64>,
         read_timeout: Duration,
-        counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        sent: std::sync::Arc<SentBody>,
     ) -> (Self, BodyDone) {
         // Most requests have no body: no channel then.
         let (done, rx) = if inner.is_end_stream() {
@@ -323,12 +379,26 @@ impl RequestBody {
             (Some(tx), Some(rx))
         };
         let replay = replay.filter(|b| !b.is_empty());
+        let hash = match whole {
+            Some(d) => {
+                let _ = sent.sha256.set(d);
+                None
+            }
+            None if done.is_none() && replay.is_none() => {
+                let _ = sent.sha256.set(sha256(b""));
+                None
+            }
+            None => Some(Hasher(aws_lc_rs::digest::Context::new(
+                &aws_lc_rs::digest::SHA256,
+            ))),
+        };
         let body = RequestBody {
             replay,
             inner,
             limit,
             seen: 0,
-            counted,
+            sent,
+            hash,
             done,
             read_timeout,
             stall: None,
@@ -338,8 +408,26 @@ impl RequestBody {
     }
 
     fn finish(&mut self, outcome: Result<(), BodyFault>) {
+        if outcome.is_ok() {
+            if let Some(hash) = self.hash.take() {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(hash.0.finish().as_ref());
+                let _ = self.sent.sha256.set(d);
+            }
+        }
         if let Some(tx) = self.done.take() {
             let _ = tx.send(outcome);
+        }
+    }
+
+    /// Counts (and hashes) bytes handed upstream.
+    fn count(&mut self, data: &[u8]) {
+        self.seen += data.len() as u64;
+        self.sent
+            .bytes
+            .store(self.seen, std::sync::atomic::Ordering::Relaxed);
+        if let Some(hash) = &mut self.hash {
+            hash.0.update(data);
         }
     }
 
@@ -359,9 +447,10 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(bytes) = this.replay.take() {
-            this.seen += bytes.len() as u64;
-            this.counted
-                .store(this.seen, std::sync::atomic::Ordering::Relaxed);
+            this.count(&bytes);
+            if this.inner.is_end_stream() {
+                this.finish(Ok(()));
+            }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -386,11 +475,16 @@ impl Body for RequestBody {
                 return this.fail(BodyFault::Stalled(this.read_timeout));
             }
         };
+        if let Some(Ok(f)) = &frame {
+            // Trailers would be headers that arrive after the decision: never forwarded.
+            if f.is_trailers() {
+                this.finish(Ok(()));
+                return Poll::Ready(None);
+            }
+        }
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
-                this.seen += data.len() as u64;
-                this.counted
-                    .store(this.seen, std::sync::atomic::Ordering::Relaxed);
+                this.count(data);
                 if let Some(limit) = this.limit.filter(|limit| this.seen > *limit) {
                     return this.fail(BodyFault::TooLarge(limit));
                 }
@@ -449,5 +543,25 @@ mod tests {
             run("gho_SECRET123", "nothing here", 4),
             ("nothing here".into(), 0)
         );
+    }
+
+    #[test]
+    fn masks_every_secret_split_across_pieces() {
+        let input = "Basic eC1hY2Nlc3M6dG9r and tok, tok";
+        let want = "Basic **************** and ***, ***";
+        for step in 1..=input.len() {
+            let mut r = Redact::any_of(&[b"tok", b"eC1hY2Nlc3M6dG9r", b""]);
+            let mut count = 0;
+            let mut out = Vec::new();
+            for piece in input.as_bytes().chunks(step) {
+                out.extend_from_slice(&r.feed(piece, &mut count));
+            }
+            out.extend_from_slice(&r.carry.split());
+            assert_eq!(
+                (String::from_utf8_lossy(&out).as_ref(), count),
+                (want, 3),
+                "step {step}"
+            );
+        }
     }
 }

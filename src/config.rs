@@ -65,11 +65,17 @@ pub struct IntentConfig {
     /// Bytes of a body read to find its meaning (GraphQL document, mail recipients, Slack
     /// channel); beyond it the body streams uninspected and `context.body_truncated` is set.
     pub max_body: usize,
+    /// Where protocol upgrades (WebSocket) are allowed; anywhere else an `Upgrade` is
+    /// refused, since after `101` the bytes are no longer requests the gates can judge.
+    pub upgrades: Vec<crate::intent::UpgradeRoute>,
 }
 
 impl Default for IntentConfig {
     fn default() -> Self {
-        Self { max_body: 1 << 20 }
+        Self {
+            max_body: 1 << 20,
+            upgrades: Vec::new(),
+        }
     }
 }
 
@@ -404,6 +410,20 @@ impl Config {
         }
         if self.ca.leaf_cache_size == 0 {
             return bad("ca.leaf_cache_size", "must be at least 1");
+        }
+        for u in &self.intent.upgrades {
+            if !u.path.starts_with('/') || u.path.contains('?') {
+                return bad(
+                    "intent.upgrades",
+                    "each path must be an exact path starting with / and without a query, e.g. \"/ws\"",
+                );
+            }
+            if u.host.is_empty() || u.protocols.is_empty() {
+                return bad(
+                    "intent.upgrades",
+                    "each entry needs a host and at least one protocol, e.g. protocols = [\"websocket\"]",
+                );
+            }
         }
         for (name, d) in [
             ("upstream.connect_timeout", self.upstream.connect_timeout),

@@ -47,6 +47,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Headers left out of [`forwarded_digest`]: AgentGate sets or replaces them (`Host`,
+/// credentials, `Via`), or the connection decides them (framing, hop-by-hop).
+const NOT_DIGESTED: [HeaderName; 10] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::VIA,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+];
+
+/// SHA-256 of the end-to-end headers a request forwards, in a canonical form others can
+/// recompute (docs/audit-format.md): names lowercase, sorted by name (values of one name in
+/// order), each name and value prefixed by its length as a big-endian u64. With
+/// `injected`, `Accept-Encoding` is left out too: the token gate replaces it.
+pub fn forwarded_digest(headers: &HeaderMap, injected: bool) -> [u8; 32] {
+    let mut entries: Vec<(&HeaderName, &HeaderValue)> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let replaced = injected && *name == header::ACCEPT_ENCODING;
+            !replaced && !NOT_DIGESTED.contains(name)
+        })
+        .collect();
+    // Stable: the values of one name keep their order.
+    entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (name, value) in entries {
+        for part in [name.as_str().as_bytes(), value.as_bytes()] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Whether a request asks for a protocol upgrade (WebSocket) on HTTP/1.1.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -112,6 +153,59 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn forwarded_digest_is_canonical_and_covers_every_end_to_end_header() {
+        let a = map(&[
+            ("content-type", "multipart/related; boundary=A"),
+            ("x-one", "1"),
+            ("x-one", "2"),
+            ("authorization", "Bearer agent"),
+            ("accept-encoding", "gzip"),
+        ]);
+        // Other name order, other credentials and framing: the same request leaves.
+        let b = map(&[
+            ("x-one", "1"),
+            ("content-length", "10"),
+            ("content-type", "multipart/related; boundary=A"),
+            ("x-one", "2"),
+            ("host", "elsewhere"),
+            ("accept-encoding", "gzip"),
+        ]);
+        assert_eq!(forwarded_digest(&a, false), forwarded_digest(&b, false));
+        // A boundary, a value order, an extra header: another request.
+        for other in [
+            map(&[
+                ("content-type", "multipart/related; boundary=B"),
+                ("x-one", "1"),
+                ("x-one", "2"),
+                ("accept-encoding", "gzip"),
+            ]),
+            map(&[
+                ("content-type", "multipart/related; boundary=A"),
+                ("x-one", "2"),
+                ("x-one", "1"),
+                ("accept-encoding", "gzip"),
+            ]),
+            map(&[
+                ("content-type", "multipart/related; boundary=A"),
+                ("x-one", "1"),
+                ("x-one", "2"),
+                ("accept-encoding", "gzip"),
+                ("x-two", ""),
+            ]),
+        ] {
+            assert_ne!(forwarded_digest(&a, false), forwarded_digest(&other, false));
+        }
+        // Accept-Encoding counts unless the token gate replaces it.
+        let c = map(&[
+            ("content-type", "multipart/related; boundary=A"),
+            ("x-one", "1"),
+            ("x-one", "2"),
+        ]);
+        assert_ne!(forwarded_digest(&a, false), forwarded_digest(&c, false));
+        assert_eq!(forwarded_digest(&a, true), forwarded_digest(&c, true));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub enum StartError {
     Consent(#[from] consent::ConsentError),
     #[error(transparent)]
     Admin(#[from] admin::AdminSetupError),
+    #[error("cannot start the admin API's runtime: {0}")]
+    AdminRuntime(std::io::Error),
     #[error("webhooks: {0}")]
     Webhooks(String),
     #[error(
@@ -156,7 +158,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     )
     .map_err(StartError::Workload)?;
     let identity = Arc::new(Identity::load(&config.identity, state)?);
-    let intent = Arc::new(intent::Intent::embedded(config.intent.max_body)?);
+    let intent = Arc::new(
+        intent::Intent::embedded(config.intent.max_body)?
+            .with_upgrades(config.intent.upgrades.clone()),
+    );
     // Gate 3: the instance's policy, and each tenant's.
     let policies = Arc::new(policy::Policies::load(&config, state)?);
     let policy = policies.instance().clone();
@@ -296,13 +301,13 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             admin_state.clone(),
             shutdown_rx.clone(),
         )),
-        tokio::spawn(admin::serve(
+        spawn_admin(
             admin,
             admin_state,
             admin_tls,
             config.limits.clone(),
             shutdown_rx.clone(),
-        )),
+        )?,
         tokio::spawn(
             identity
                 .clone()
@@ -374,6 +379,43 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         health,
         tasks,
     })
+}
+
+/// Serves the admin API on a runtime and thread of its own, so PANIC, approvals and the
+/// dashboard answer while the proxy's workers are saturated.
+fn spawn_admin(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: config::LimitsConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let listener = listener.into_std().map_err(StartError::AdminRuntime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("agentgate-admin")
+        .enable_all()
+        .build()
+        .map_err(StartError::AdminRuntime)?;
+    let mut stop = shutdown.clone();
+    let served = runtime.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => admin::serve(listener, admin, tls, limits, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "admin listener could not be served"),
+        }
+    });
+    // The runtime lives until shutdown; it is dropped on a thread of its own, where
+    // blocking is allowed.
+    std::thread::Builder::new()
+        .name("agentgate-admin-rt".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let _ = stop.changed().await;
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })
+        .map_err(StartError::AdminRuntime)?;
+    Ok(served)
 }
 
 /// Applies CLI changes to the vault (`vault set`/`rm`) even when the instance was not told.

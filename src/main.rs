@@ -384,7 +384,7 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         eprintln!("  dashboard  agentgate dashboard   (prints a one-time sign-in link)");
         eprintln!("  policy     {}", running.policy_dir.display());
         eprintln!("  agents     agentgate agents register my-bot");
-        eprintln!("             agentgate exec --agent my-bot -- curl https://example.com/");
+        eprintln!("             agentgate exec --agent my-bot -- curl https://api.github.com/repos/rust-lang/rust");
         println!(
             "READY proxy={} admin={} ca={}",
             running.proxy_addr,

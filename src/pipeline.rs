@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::{Audit, AuditError};
-use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, Redact, RequestBody};
+use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::egress::guard::{Guard, normalize_host};
@@ -73,6 +73,8 @@ pub struct Pipeline {
     next_request: AtomicU64,
     /// Requests by effect and gate, decision latency (for `/metrics`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// Bounds how many large bodies are judged at once (one per core).
+    heavy: tokio::sync::Semaphore,
 }
 
 /// The destination a client connection is bound to, fixed at CONNECT time.
@@ -106,6 +108,8 @@ struct Facts {
     consent: Option<Result<crate::consent::Granted, Denial>>,
     /// How long after its start a forwarded request's decision record was committed.
     decided: Option<std::time::Duration>,
+    /// What a forwarded request sends upstream, as its decision record describes it.
+    sent: Option<record::Sent>,
 }
 
 impl Pipeline {
@@ -144,6 +148,9 @@ impl Pipeline {
             via,
             next_request: AtomicU64::new(1),
             metrics,
+            heavy: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -330,7 +337,15 @@ impl Pipeline {
                 c
             }
         };
+        // What is judged is what leaves: hop-by-hop headers (and every header `Connection`
+        // names) go before intent reads anything, so no header is read that is not sent.
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        if upgrade {
+            self.intent
+                .check_upgrade(target.host(), req.uri().path(), req.headers())
+                .map_err(gates::intent::refusal)?;
+        }
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, mut body) = req.into_parts();
 
@@ -351,7 +366,27 @@ impl Pipeline {
         } else {
             None
         };
-        let judged = self.judge(&routed, &who, prefix.as_ref(), facts);
+        // An inspected operation sent as GET or HEAD is judged without its body: a body
+        // would be one the vendor might read and intent did not.
+        if routed.body_kind().is_some()
+            && prefix.is_none()
+            && !http_body::Body::is_end_stream(&body)
+        {
+            return Err(gates::intent::refusal(
+                crate::intent::IntentError::Ambiguous(format!(
+                    "{} requests to this operation are judged without a body, and this one has one; send it without",
+                    parts.method
+                )),
+            ));
+        }
+        // A large body's extraction is CPU work: it leaves the async workers (so one agent's
+        // upload cannot stall the others), a bounded number at a time.
+        let judged = if prefix.as_ref().is_some_and(|(b, _)| b.len() > HEAVY_BODY) {
+            let _permit = self.heavy.acquire().await;
+            off_worker(|| self.judge(&routed, &who, prefix.as_ref(), facts))
+        } else {
+            self.judge(&routed, &who, prefix.as_ref(), facts)
+        };
         drop(routed);
 
         // Consent: a person approves what policy escalated, bound to this exact request.
@@ -385,7 +420,19 @@ impl Pipeline {
             return Err(denial);
         }
 
-        // Audit: the decision is durable before anything leaves.
+        // Audit: the decision is durable before anything leaves, and says exactly what
+        // leaves (method, target, headers and, when read whole, body digests).
+        let whole_body = match &prefix {
+            Some((bytes, false)) => Some(crate::body::sha256(bytes)),
+            None if http_body::Body::is_end_stream(&body) => Some(crate::body::sha256(b"")),
+            _ => None,
+        };
+        facts.sent = Some(record::Sent::new(
+            &parts,
+            facts.injection.is_some(),
+            whole_body,
+            prefix.as_ref().map(|(b, _)| b.len()),
+        ));
         let record = self.decision(
             request_id,
             facts,
@@ -401,10 +448,10 @@ impl Pipeline {
         facts.decided = Some(started.elapsed());
 
         // 3. Egress.
-        let bytes_up = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = Arc::new(crate::body::SentBody::default());
         let replay = prefix.map(|(bytes, _)| bytes);
         let (mut outbound, body_sent) =
-            self.outbound(parts, body, replay, &target, upgrade, bytes_up.clone())?;
+            self.outbound(parts, body, replay, whole_body, &target, sent.clone())?;
         // After hop-by-hop removal: `Connection: authorization` cannot strip the credential.
         gates::token::inject(outbound.headers_mut(), facts.injection.as_ref());
         let mut resp = self.upstream.send(outbound, body_sent, upgrade).await?;
@@ -412,9 +459,19 @@ impl Pipeline {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                // Registered like a tunnel, so PANIC closes it too.
+                // Registered like a tunnel, so PANIC closes it too; audited when it ends.
                 let session = self.sessions.open(&who.spiffe_id);
-                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade, session));
+                let mut ended = self.audit.record("upgrade");
+                ended.insert("request_id".into(), request_id.into());
+                if let Some(t) = &who.tenant {
+                    ended.insert("tenant".into(), t.as_str().into());
+                }
+                tokio::spawn(splice_upgraded(
+                    client_upgrade,
+                    upstream_upgrade,
+                    session,
+                    (self.audit.clone(), ended),
+                ));
             }
         }
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -426,7 +483,7 @@ impl Pipeline {
             tenant: who.tenant.clone(),
             status: parts.status.as_u16(),
             started,
-            bytes_up,
+            sent,
             bytes_down: 0,
             aborted: false,
             redacted: 0,
@@ -437,7 +494,7 @@ impl Pipeline {
         let body = match &facts.injection {
             None => ProxyBody::Audited(body, outcome),
             Some(injection) => {
-                let redact = Redact::new(injection.grant.credential.token().as_bytes());
+                let redact = injection.redactor();
                 outcome.redacted = gates::token::redact_headers(&mut parts.headers, &redact);
                 outcome.unscanned = parts
                     .headers
@@ -526,6 +583,19 @@ impl Pipeline {
         if prefix.is_none() && !http_body::Body::is_end_stream(body) {
             *prefix = Some(self.read_prefix(body).await?);
         }
+        // An approval binds the whole request; a body longer than what is read cannot be
+        // bound, so it is refused rather than approved in part.
+        if prefix.as_ref().is_some_and(|(_, more)| *more) {
+            return Err(Denial::new(
+                Gate::Consent,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large_for_consent",
+                format!(
+                    "this request needs a person's approval, and an approval covers the whole request; its body is longer than intent.max_body ({} bytes)",
+                    self.intent.max_body
+                ),
+            ));
+        }
         let (Some(tuple), Some(decision)) = (facts.tuple.as_ref(), facts.decision.as_ref()) else {
             return Err(internal(
                 "the consent gate ran without a tuple and decision",
@@ -536,11 +606,8 @@ impl Pipeline {
             method: &parts.method,
             origin: &origin,
             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            // Exactly the first `intent.max_body` bytes, however the body was framed.
-            body: prefix
-                .as_ref()
-                .map(|(b, _)| &b[..b.len().min(self.intent.max_body)]),
-            truncated: prefix.as_ref().is_some_and(|(_, more)| *more),
+            headers: headers::forwarded_digest(&parts.headers, false),
+            body: prefix.as_ref().map(|(b, _)| &b[..]),
         };
         let consents = self.consents.for_tenant(who.tenant.as_deref());
         let granted = gates::consent::ask(consents, who, tuple, decision, &request).await;
@@ -613,9 +680,9 @@ impl Pipeline {
         mut parts: http::request::Parts,
         body: Incoming,
         replay: Option<bytes::Bytes>,
+        whole: Option<[u8; 32]>,
         target: &Target,
-        upgrade: bool,
-        bytes_up: Arc<std::sync::atomic::AtomicU64>,
+        sent: Arc<crate::body::SentBody>,
     ) -> Result<(Request<RequestBody>, BodyDone), Denial> {
         let path_and_query = parts
             .uri
@@ -629,20 +696,21 @@ impl Pipeline {
             .build()
             .map_err(|_| bad_request("invalid request target"))?;
         // The client derives Host / :authority from the URI, which the tunnel checks pinned.
+        // Hop-by-hop headers went before intent.
         parts.headers.remove(header::HOST);
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.append(header::VIA, self.via.clone());
         // The upstream connection picks its own HTTP version (ALPN); this one is the agent's.
         parts.version = Version::HTTP_11;
         let limit = self.config.limits.max_request_body;
-        let (body, sent) = RequestBody::new(
+        let (body, done) = RequestBody::new(
             body,
             replay,
+            whole,
             limit,
             self.config.limits.body_read_timeout,
-            bytes_up,
+            sent,
         );
-        Ok((Request::from_parts(parts, body), sent))
+        Ok((Request::from_parts(parts, body), done))
     }
 }
 
@@ -696,29 +764,53 @@ fn misdirected(reason: String) -> Denial {
     )
 }
 
-/// Joins the agent's and the upstream's upgraded connections (WebSocket) until either closes.
+/// Joins the agent's and the upstream's upgraded connections (WebSocket) until either
+/// closes or PANIC ends it; then writes the `upgrade` record with what crossed each way.
 async fn splice_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     session: crate::ingress::sessions::Session,
+    (audit, mut record): (Arc<Audit>, serde_json::Map<String, serde_json::Value>),
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
+            record.insert("ended".into(), "failed".into());
+            audit.submit(record);
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
+    let up = Arc::new(AtomicU64::new(0));
+    let down = Arc::new(AtomicU64::new(0));
+    let mut client = crate::ingress::counted::Counted::new(TokioIo::new(client), up.clone());
+    let mut upstream = crate::ingress::counted::Counted::new(TokioIo::new(upstream), down.clone());
+    let ended = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = copied {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
+            "closed"
         }
         () = session.killed.notified() => {
             tracing::info!("upgraded connection closed by PANIC");
+            "panic"
         }
+    };
+    record.insert("bytes_up".into(), up.load(Ordering::Relaxed).into());
+    record.insert("bytes_down".into(), down.load(Ordering::Relaxed).into());
+    record.insert("ended".into(), ended.into());
+    audit.submit(record);
+}
+
+/// Bodies longer than this are judged off the async workers.
+const HEAVY_BODY: usize = 64 << 10;
+
+/// Runs CPU-heavy work where it cannot stall other requests: on a multi-threaded runtime
+/// the worker hands its other tasks on first.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the AgentGate service catalog (config/services/*.json) from vendor API descriptions.
 
-    python3 config/services/generate.py            # download (or reuse cache), write the four files
+    python3 config/services/generate.py            # download (or reuse cache), write the five files
     python3 config/services/generate.py --check    # regenerate in memory, compare with committed files
     python3 config/services/generate.py --out DIR  # write elsewhere
     python3 config/services/generate.py --samples 8  # also print a sample of every class per service
@@ -41,6 +41,9 @@ Facts checked in the sources (asserted below; the run fails if they stop being t
     in preference to schema.graphql. Query has 30 fields, Mutation 242, there is no Subscription type.
   * Slack (@slack/web-api 8.2.0): dist/methods.js binds 280 distinct methods with
     bindApiCall(this, '<method>') / bindApiCallWithOptionalArgument(this, '<method>').
+  * github-git.json is the one file NOT derived from a vendor description: GitHub publishes
+    none for git over HTTPS, so its four operations are written out in GIT_SMART_HTTP below,
+    after git's own protocol document (gitprotocol-http(5)). Nothing is downloaded for it.
 """
 
 from __future__ import annotations
@@ -192,6 +195,32 @@ SLACK_CLASS_OVERRIDES = {
 }
 SLACK_HOST = "slack.com"
 
+# --- git over HTTPS on github.com: HAND-WRITTEN, not from a vendor description ---
+# GitHub publishes no machine-readable description of its git endpoints: they are git's own
+# "smart HTTP" protocol (gitprotocol-http(5), https://git-scm.com/docs/gitprotocol-http),
+# which github.com serves for every repository at https://github.com/{owner}/{repo}[.git].
+# A client discovers refs with GET .../info/refs?service=<service>, then POSTs to .../<service>:
+# git-upload-pack sends objects to the client (clone, fetch, pull, ls-remote): read;
+# git-receive-pack takes objects and moves refs (push, including branch deletion): write.
+# info/refs is one path whose operation the `service` query parameter names, so those two
+# operations carry "query": {"service": ...}; the proxy picks by it and refuses a missing,
+# repeated or unknown value (src/intent/refine.rs). "{repo}" may end in ".git" (git adds it
+# to URLs, GitHub accepts both): "strip_suffix" drops it from the resource id.
+# Dumb HTTP (GET of .../objects/...) and LFS (.../info/lfs/...) are not listed: unknown.
+GIT_HOST = "github.com"
+GIT_SPEC = {"document": "gitprotocol-http(5)", "url": "https://git-scm.com/docs/gitprotocol-http",
+            "note": "hand-written in config/services/generate.py (GIT_SMART_HTTP), not a vendor description"}
+GIT_SERVICES = {"git-upload-pack": ("github.git.fetch", "read"), "git-receive-pack": ("github.git.push", "write")}
+GIT_SMART_HTTP = [
+    op
+    for service, (action, cls) in GIT_SERVICES.items()
+    for op in (
+        {"action": action, "class": cls, "method": "GET", "path": "/{owner}/{repo}/info/refs",
+         "query": {"service": service}},
+        {"action": action, "class": cls, "method": "POST", "path": "/{owner}/{repo}/" + service},
+    )
+]
+
 # ---------------------------------------------------------------------------------------------
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -325,12 +354,13 @@ def route_key(op: dict) -> tuple:
     for seg in op["path"].split("/")[1:]:
         m = PARAM_SEG.match(seg)
         segs.append(("{+}" if m.group(1) else "{}") if m else seg)
-    return (op.get("host", ""), op["method"], "/".join(segs))
+    return (op.get("host", ""), op["method"], "/".join(segs), json.dumps(op.get("query"), sort_keys=True))
 
 
 def validate(service: dict, fname: str) -> None:
     """Checks a generated file against the contract before anything is written."""
     seen: dict[tuple, str] = {}
+    query_params: dict[tuple, tuple] = {}
     for op in service["operations"]:
         where = f"{fname}: {op['action']} {op['method']} {op['path']}"
         if op["class"] not in CLASSES:
@@ -346,6 +376,13 @@ def validate(service: dict, fname: str) -> None:
                 raise GenerateError(f"{where}: segment {seg!r} mixes a parameter and text")
             if m and m.group(1) and i != len(segs) - 1:
                 raise GenerateError(f"{where}: {{+{m.group(2)}}} is not the last segment")
+        if "query" in op:
+            q = op["query"]
+            if not (isinstance(q, dict) and len(q) == 1 and all(isinstance(v, str) and v for v in q.values())):
+                raise GenerateError(f"{where}: query must name exactly one parameter and its value")
+        for name, suffix in op.get("strip_suffix", {}).items():
+            if name not in path_params(op["path"]) or not suffix.isascii() or not suffix:
+                raise GenerateError(f"{where}: strip_suffix {name}={suffix!r} needs a path parameter and an ASCII suffix")
         if "body" in op and op["body"] not in BODY_KINDS:
             raise GenerateError(f"{where}: bad body {op['body']}")
         if "host" in op and op["host"] not in service["hosts"][1:]:
@@ -359,13 +396,24 @@ def validate(service: dict, fname: str) -> None:
         if key in seen:
             raise GenerateError(f"{where}: duplicate route, same as {seen[key]}")
         seen[key] = op["action"]
-    keys = [(op["path"], op["method"], op.get("host", "")) for op in service["operations"]]
+        # Operations sharing a route must all be told apart by the same query parameter.
+        param = next(iter(op["query"])) if "query" in op else None
+        if key[:3] not in query_params:
+            query_params[key[:3]] = (param, op["action"])
+        elif param is None or query_params[key[:3]][0] != param:
+            raise GenerateError(f"{where}: shares its route with {query_params[key[:3]][1]} "
+                                "without the same query parameter")
+    keys = [op_sort_key(op) for op in service["operations"]]
     if keys != sorted(keys):
         raise GenerateError(f"{fname}: operations not sorted")
 
 
+def op_sort_key(op: dict) -> tuple:
+    return (op["path"], op["method"], op.get("host", ""), json.dumps(op.get("query"), sort_keys=True))
+
+
 def sort_ops(ops: list[dict]) -> list[dict]:
-    return sorted(ops, key=lambda o: (o["path"], o["method"], o.get("host", "")))
+    return sorted(ops, key=op_sort_key)
 
 
 # ----------------------------------------------------------------------------- GitHub REST
@@ -699,11 +747,34 @@ def build_slack(cache: Path, notes: list[str]) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- git over HTTPS
+
+
+def build_github_git(cache: Path, notes: list[str]) -> dict:
+    """github.com's git smart-HTTP endpoints, from the hand-written GIT_SMART_HTTP (no download)."""
+    ops = []
+    for op in GIT_SMART_HTTP:
+        if set(path_params(op["path"])) != {"owner", "repo"}:
+            raise GenerateError(f"GIT_SMART_HTTP {op['method']} {op['path']}: expected {{owner}}/{{repo}}")
+        ops.append(dict(op, resource={"type": "github.repo", "id": "{owner}/{repo}"},
+                        strip_suffix={"repo": ".git"}))
+    notes.append(f"github-git: {len(ops)} hand-written git smart-HTTP operations on {GIT_HOST} (not a vendor description)")
+    return {
+        "service": "github",
+        "hosts": [GIT_HOST],
+        "generated_by": GENERATED_BY,
+        "sources": [GIT_SPEC],
+        "default_resource": {"type": "github.web", "id": GIT_HOST},
+        "operations": sort_ops(ops),
+    }
+
+
 # ----------------------------------------------------------------------------- output / check
 
 BUILDERS = (
     ("github.json", build_github),
     ("github-graphql.json", build_github_graphql),
+    ("github-git.json", build_github_git),
     ("gmail.json", build_gmail),
     ("slack.json", build_slack),
 )

@@ -1,8 +1,9 @@
 //! Gate 4 — Consent: when policy escalates, a person decides. The request is bound to its
-//! consent by a digest of exactly what would be sent (method, URL, body, tuple), so an
-//! approval never covers a different request; then the consent store either finds an
-//! approval that covers it or asks (holding the request, or answering at once in async
-//! mode).
+//! consent by a digest of exactly what would be sent (method, URL, every forwarded
+//! end-to-end header, the whole body, the tuple with what was read from the body), so an
+//! approval never covers a different request — a request that joins another's consent is
+//! byte for byte the same request; then the consent store either finds an approval that
+//! covers it or asks (holding the request, or answering at once in async mode).
 
 use std::sync::Arc;
 
@@ -22,10 +23,11 @@ pub struct Request<'a> {
     pub origin: &'a str,
     /// Path and query as sent.
     pub path_and_query: &'a str,
-    /// The body as read (at most `intent.max_body` bytes), `None` for no body.
+    /// [`crate::headers::forwarded_digest`] of the headers as forwarded.
+    pub headers: [u8; 32],
+    /// The whole body, `None` for no body (a longer one than intent reads is refused
+    /// before consent: it could not be bound).
     pub body: Option<&'a [u8]>,
-    /// More body follows what is bound (that tail is not covered by the approval).
-    pub truncated: bool,
 }
 
 /// Asks for (or finds) the consent this escalated request needs.
@@ -51,23 +53,24 @@ pub async fn ask(
         .await
 }
 
-/// SHA-256 over method, URL, body digest and the tuple's action and resource, each
-/// length-prefixed so no two requests share an encoding.
+/// SHA-256 over method, URL, header digest, body digest and the tuple's action, resource
+/// and body-derived context, each length-prefixed so no two requests share an encoding.
 pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
-    let body = r
-        .body
-        .map(|b| aws_lc_rs::digest::digest(&SHA256, b))
-        .map_or_else(Vec::new, |d| d.as_ref().to_vec());
+    let body = r.body.map_or([0u8; 32], crate::body::sha256);
+    // What intent read from the body (recipients, channels, GraphQL fields): the person
+    // approved the request as described, so the description is bound too.
+    let context = serde_json::to_vec(&t.json["context"]["body"]).unwrap_or_default();
     let mut ctx = Context::new(&SHA256);
     for part in [
         r.method.as_str().as_bytes(),
         r.origin.as_bytes(),
         r.path_and_query.as_bytes(),
-        &body,
-        if r.truncated { b"more" } else { b"whole" },
+        &r.headers,
+        if r.body.is_some() { &body } else { b"none" },
         t.action.as_bytes(),
         t.resource_type.as_bytes(),
         t.resource_id.as_bytes(),
+        &context,
     ] {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);

@@ -12,8 +12,14 @@ use crate::intent::{BodyError, IntentError};
 pub fn refusal(error: IntentError) -> Denial {
     let (status, code) = match &error {
         IntentError::Path(_) => (StatusCode::BAD_REQUEST, "ambiguous_path"),
-        IntentError::BadOverride(_) => (StatusCode::BAD_REQUEST, "bad_method_override"),
+        IntentError::MethodOverride(_) => (StatusCode::BAD_REQUEST, "ambiguous_method"),
+        IntentError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "ambiguous_request"),
+        IntentError::UpgradeNotAllowed { .. } => (StatusCode::FORBIDDEN, "upgrade_not_allowed"),
         IntentError::Body(BodyError::Invalid(_)) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+        IntentError::Body(BodyError::Ambiguous(_)) => (StatusCode::BAD_REQUEST, "ambiguous_body"),
+        IntentError::Body(BodyError::TooComplex(_)) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_complex")
+        }
         IntentError::Body(BodyError::SlackToken(_)) => {
             (StatusCode::FORBIDDEN, "credential_in_request")
         }

@@ -3,7 +3,9 @@
 //! `Authorization`, `Proxy-Authorization` and `Cookie` never travel. An `agw_` reference the
 //! agent sends is checked and swapped. Which connection applies is decided by the exact
 //! origin (host and port over TLS), so a redirect elsewhere is a new request that never
-//! carries this origin's credential.
+//! carries this origin's credential; the one exception is an origin another one serves by
+//! design (github.com, git over HTTPS, takes api.github.com's token as
+//! `Basic x-access-token:<token>`: [`crate::vault::served_by`]).
 
 use std::sync::Arc;
 
@@ -11,18 +13,38 @@ use aws_lc_rs::digest::{Context, SHA256};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::body::Redact;
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
 use crate::intent::Tuple;
 use crate::vault::credentials::{TokenError, Want};
 use crate::vault::references::PREFIX;
-use crate::vault::{Grant, Vault};
+use crate::vault::{Form, Grant, Vault, form_at};
 
 /// What the token gate decided to send.
 pub struct Injection {
     pub grant: Arc<Grant>,
     /// An `agw_` reference from the agent was swapped for it.
     pub reference: bool,
+    /// The `Authorization` value: the credential in the form the origin takes.
+    header: HeaderValue,
+    form: Form,
+}
+
+impl Injection {
+    /// A scanner masking the credential in the response: the token itself and, when it
+    /// was sent encoded (Basic), the encoded form, which gives the token back when decoded.
+    pub fn redactor(&self) -> Redact {
+        let token = self.grant.credential.token().as_bytes();
+        match self.form {
+            Form::Scheme => Redact::new(token),
+            Form::Basic { .. } => {
+                let encoded = self.header.as_bytes();
+                let encoded = encoded.strip_prefix(b"Basic ").unwrap_or(encoded);
+                Redact::any_of(&[token, encoded])
+            }
+        }
+    }
 }
 
 /// Finds the credential for this request. `origin` is `None` for cleartext requests, which
@@ -60,9 +82,13 @@ pub async fn obtain(
         digest: digest(caller, tuple),
     };
     let grant = vault.grant(&connection, &want).await.map_err(unavailable)?;
+    let form = origin.map_or(Form::Scheme, form_at);
+    let header = grant.credential.header_in(form).map_err(unavailable)?;
     Ok(Some(Injection {
         grant,
         reference: presented.is_some(),
+        header,
+        form,
     }))
 }
 
@@ -73,7 +99,7 @@ pub fn inject(headers: &mut HeaderMap, injection: Option<&Injection>) {
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::COOKIE);
     if let Some(i) = injection {
-        headers.insert(header::AUTHORIZATION, i.grant.credential.header().clone());
+        headers.insert(header::AUTHORIZATION, i.header.clone());
         // An uncompressed answer can be scanned for echoes of the credential.
         headers.insert(
             header::ACCEPT_ENCODING,
@@ -83,7 +109,7 @@ pub fn inject(headers: &mut HeaderMap, injection: Option<&Injection>) {
 }
 
 /// Masks echoes of the injected credential in response headers; returns how many.
-pub fn redact_headers(headers: &mut HeaderMap, redact: &crate::body::Redact) -> u64 {
+pub fn redact_headers(headers: &mut HeaderMap, redact: &Redact) -> u64 {
     let mut count = 0;
     for value in headers.values_mut() {
         if !redact.occurs_in(value.as_bytes()) {
@@ -192,7 +218,7 @@ mod tests {
             "x-echo",
             HeaderValue::from_static("Bearer tok123 and tok123"),
         );
-        let n = redact_headers(&mut h, &crate::body::Redact::new(b"tok123"));
+        let n = redact_headers(&mut h, &Redact::new(b"tok123"));
         assert_eq!(n, 2);
         assert_eq!(h["x-echo"], "Bearer ****** and ******");
     }

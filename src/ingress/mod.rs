@@ -43,6 +43,7 @@ macro_rules! delegate_async_write {
 }
 
 pub mod connect;
+pub mod counted;
 pub mod framing;
 pub mod listener;
 pub mod mitm;

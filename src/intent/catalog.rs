@@ -1,6 +1,8 @@
 //! The service catalog: `(host, method, path template)` → action, class and resource, compiled
 //! from the generated files in `config/services/` into one segment trie per host, so a match
-//! costs a few hash lookups whatever the number of operations.
+//! costs a few hash lookups whatever the number of operations. Where one query parameter
+//! tells operations on the same path apart (git's `info/refs?service=`), the trie holds one
+//! route standing for them all, resolved by `intent::refine`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "github-graphql.json",
         include_str!("../../config/services/github-graphql.json"),
+    ),
+    (
+        "github-git.json",
+        include_str!("../../config/services/github-git.json"),
     ),
     (
         "gmail.json",
@@ -102,7 +108,7 @@ pub struct GraphqlSchema {
 }
 
 /// One operation of the catalog.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub action: Arc<str>,
     pub class: Class,
@@ -115,10 +121,25 @@ pub struct Route {
     pub body: Option<BodyKind>,
     /// The path template (debug output and test failures).
     pub template: Arc<str>,
+    /// Set when several operations share this method and path and one query parameter
+    /// names which (git's `info/refs?service=`): this route then stands for none of them
+    /// (`<service>.unknown`) until `intent::refine` picks one.
+    pub by_query: Option<ByQuery>,
+    /// Suffixes dropped from parameter values (by parameter index): `{repo}` of `web.git`
+    /// is `web`.
+    pub strip_suffix: Vec<(usize, Arc<str>)>,
+}
+
+/// Operations at one method and path, told apart by one query parameter.
+#[derive(Debug, Clone)]
+pub struct ByQuery {
+    pub param: Arc<str>,
+    /// `(value, operation)`.
+    pub operations: Vec<(Arc<str>, Arc<Route>)>,
 }
 
 /// A piece of a resource id template.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Piece {
     Text(String),
     Param(usize),
@@ -205,6 +226,12 @@ struct Operation {
     host: Option<String>,
     #[serde(default)]
     body: Option<BodyKind>,
+    /// `{param: value}`: the operation is the one at this method and path whose value the
+    /// request's query carries.
+    #[serde(default)]
+    query: Option<HashMap<String, String>>,
+    #[serde(default)]
+    strip_suffix: HashMap<String, String>,
 }
 
 /// A successful match: the route and where its parameters sit in the path.
@@ -255,9 +282,13 @@ impl Catalog {
                 file: (*name).into(),
                 reason,
             };
-            let service = match services.get(&file.service) {
-                Some(s) => s.clone(),
-                None => {
+            let existing = services.get(&file.service).cloned();
+            let service = match existing {
+                Some(s) if file.default_resource.is_none() => s,
+                // A later file with a default resource of its own (github-git.json for
+                // github.com) gets a service of the same name answering its hosts' unknown
+                // paths with that resource.
+                _ => {
                     let (rt, rid) = file
                         .default_resource
                         .as_ref()
@@ -270,7 +301,7 @@ impl Catalog {
                         graphql: graphql.remove(&file.service),
                         unknown_body: shared_body(&file.operations),
                     });
-                    services.insert(file.service.clone(), s.clone());
+                    services.entry(file.service.clone()).or_insert(s.clone());
                     s
                 }
             };
@@ -292,6 +323,8 @@ impl Catalog {
                     resource_id: vec![Piece::Text(service.default_resource.1.to_string())],
                     body: Some(BodyKind::Graphql),
                     template: schema.path.as_str().into(),
+                    by_query: None,
+                    strip_suffix: Vec::new(),
                 };
                 let host = file.hosts.first().map(|h| host_of(h)).unwrap_or_default();
                 if let Some(host) = catalog.hosts.get_mut(&host) {
@@ -324,8 +357,11 @@ impl Catalog {
                     service: service.clone(),
                     root: Node::default(),
                 });
-                insert(&mut host.root, &op.path, method, Arc::new(route))
-                    .map_err(|r| err(format!("{} {}: {r}", op.method, op.path)))?;
+                let inserted = match &op.query {
+                    None => insert(&mut host.root, &op.path, method, Arc::new(route)),
+                    Some(q) => insert_by_query(&mut host.root, &op.path, method, q, route),
+                };
+                inserted.map_err(|r| err(format!("{} {}: {r}", op.method, op.path)))?;
                 catalog.operations += 1;
             }
         }
@@ -413,6 +449,58 @@ fn shared_body(operations: &[Operation]) -> Option<BodyKind> {
 }
 
 fn insert(root: &mut Node, path: &str, method: MethodKey, route: Arc<Route>) -> Result<(), String> {
+    let list = slot(root, path)?;
+    if list.iter().any(|(m, _)| *m == method) {
+        return Err("duplicate operation".into());
+    }
+    list.push((method, route));
+    Ok(())
+}
+
+/// Adds one of several operations at the same method and path that a query parameter
+/// tells apart: the trie holds one route standing for all of them.
+fn insert_by_query(
+    root: &mut Node,
+    path: &str,
+    method: MethodKey,
+    query: &HashMap<String, String>,
+    route: Route,
+) -> Result<(), String> {
+    let mut pairs = query.iter();
+    let (Some((param, value)), None) = (pairs.next(), pairs.next()) else {
+        return Err("`query` must name exactly one parameter".into());
+    };
+    let list = slot(root, path)?;
+    let Some((_, existing)) = list.iter_mut().find(|(m, _)| *m == method) else {
+        let mut dispatch = route.clone();
+        dispatch.action = route.service.unknown_action.clone();
+        dispatch.class = Class::Unknown;
+        dispatch.body = None;
+        dispatch.by_query = Some(ByQuery {
+            param: param.as_str().into(),
+            operations: vec![(value.as_str().into(), Arc::new(route))],
+        });
+        list.push((method, Arc::new(dispatch)));
+        return Ok(());
+    };
+    // Only this compilation holds the route yet.
+    let by = Arc::get_mut(existing)
+        .and_then(|r| r.by_query.as_mut())
+        .filter(|b| &*b.param == param.as_str())
+        .ok_or("another operation has this method and path without the same `query` parameter")?;
+    if by.operations.iter().any(|(v, _)| &**v == value.as_str()) {
+        return Err(format!("duplicate operation for {param}={value}"));
+    }
+    by.operations.push((value.as_str().into(), Arc::new(route)));
+    Ok(())
+}
+
+/// The list a route for `path` goes into: the node's routes, or its rest routes when the
+/// path ends in `{+name}`.
+fn slot<'n>(
+    root: &'n mut Node,
+    path: &str,
+) -> Result<&'n mut Vec<(MethodKey, Arc<Route>)>, String> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| "path must start with /".to_string())?;
@@ -427,11 +515,7 @@ fn insert(root: &mut Node, path: &str, method: MethodKey, route: Arc<Route>) -> 
             if i + 1 != segments.len() {
                 return Err("a {+rest} parameter must be the last segment".into());
             }
-            if node.rest.iter().any(|(m, _)| *m == method) {
-                return Err("duplicate operation".into());
-            }
-            node.rest.push((method, route));
-            return Ok(());
+            return Ok(&mut node.rest);
         }
         node = if seg.starts_with('{') {
             node.param.get_or_insert_with(Box::default)
@@ -439,11 +523,7 @@ fn insert(root: &mut Node, path: &str, method: MethodKey, route: Arc<Route>) -> 
             node.statics.entry((*seg).into()).or_default()
         };
     }
-    if node.routes.iter().any(|(m, _)| *m == method) {
-        return Err("duplicate operation".into());
-    }
-    node.routes.push((method, route));
-    Ok(())
+    Ok(&mut node.routes)
 }
 
 fn compile_route(op: &Operation, service: &Arc<Service>) -> Result<Route, String> {
@@ -466,6 +546,17 @@ fn compile_route(op: &Operation, service: &Arc<Service>) -> Result<Route, String
             &*service.default_resource.1,
         ),
     };
+    let mut strip_suffix = Vec::new();
+    for (name, suffix) in &op.strip_suffix {
+        let i = params
+            .iter()
+            .position(|p| **p == **name)
+            .ok_or_else(|| format!("strip_suffix names unknown parameter {name}"))?;
+        if suffix.is_empty() || !suffix.is_ascii() {
+            return Err(format!("strip_suffix of {name} must be non-empty ASCII"));
+        }
+        strip_suffix.push((i, suffix.as_str().into()));
+    }
     Ok(Route {
         action: op.action.as_str().into(),
         class: op.class,
@@ -475,6 +566,8 @@ fn compile_route(op: &Operation, service: &Arc<Service>) -> Result<Route, String
         resource_type: rt,
         body: op.body,
         template: op.path.as_str().into(),
+        by_query: None,
+        strip_suffix,
     })
 }
 

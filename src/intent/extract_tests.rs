@@ -148,18 +148,27 @@ fn gmail_counts_attachments_and_reads_drafts() {
 }
 
 #[test]
-fn gmail_cut_off_bodies_still_give_recipients() {
+fn gmail_cut_off_bodies() {
     let big = format!("To: a@x.com\r\nSubject: s\r\n\r\n{}", "x".repeat(5000));
+    // A cut-off JSON body could hide a second "raw" beyond the cut: refused.
     let body = raw(&big);
-    let cut = &body[..200];
-    let e = gmail_json(cut, true).unwrap().unwrap();
+    assert!(matches!(
+        gmail_json(&body[..200], true),
+        Err(BodyError::Ambiguous(_))
+    ));
+    // A cut-off media upload still gives its recipients when its headers end in the prefix.
+    let e = gmail_upload(None, Some("media"), &big.as_bytes()[..200], true).unwrap();
     assert_eq!(e.to, ["a@x.com"]);
     assert_eq!(e.attachments, None);
-    // A "raw" inside another string is not the message.
-    let tricky = br#"{"threadId": "\"raw\": \"VG86IGV2aWxAZXZpbC50ZXN0DQoNCg\"", "raw": "VG86IGFAeC5jb20NCg0K"#;
-    let e = gmail_json(tricky, true).unwrap().unwrap();
-    assert_eq!(e.to, ["a@x.com"]);
-    assert!(gmail_json(br#"{"labelIds": ["A"], "#, true).is_err());
+    // ... and is refused when they do not.
+    let long = format!(
+        "Subject: {}\r\nBcc: evil@evil.test\r\n\r\n",
+        "x".repeat(300)
+    );
+    assert!(matches!(
+        gmail_upload(None, Some("media"), &long.as_bytes()[..200], true),
+        Err(BodyError::Ambiguous(_))
+    ));
 }
 
 #[test]
@@ -215,14 +224,9 @@ fn slack_channel_from_every_encoding() {
     assert_eq!(a.channels, ["C2"]);
     let a = slack(None, Some("multipart/form-data; boundary=z"), b"--z\r\nContent-Disposition: form-data; name=\"channels\"\r\n\r\nC1,C3\r\n--z\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nxx\r\n--z--\r\n").unwrap();
     assert_eq!(a.channels, ["C1", "C3"]);
-    // Query and body disagreeing: both are listed, none hidden.
-    let a = slack(
-        Some("channel=C9"),
-        Some("application/json"),
-        br#"{"channel":"C1"}"#,
-    )
-    .unwrap();
-    assert_eq!(a.channels, ["C9", "C1"]);
+    // Repeats within one list are listed once.
+    let a = slack(Some("channels=C1,C2,C1"), None, b"").unwrap();
+    assert_eq!(a.channels, ["C1", "C2"]);
 }
 
 #[test]
@@ -268,4 +272,563 @@ fn slack_refuses_unreadable_bodies() {
     assert!(slack(None, Some("text/plain"), b"channel=C1").is_err());
     let deep = "[".repeat(10_000);
     assert!(slack(None, Some("application/json"), deep.as_bytes()).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Ambiguity (issue 15, finding 4): what two readers could read differently is refused.
+
+fn ambiguous_msg(msg: &str) -> String {
+    match rfc822(msg.as_bytes(), false) {
+        Err(BodyError::Ambiguous(why)) => why,
+        other => panic!("{msg:?}: expected ambiguous, got {other:?}"),
+    }
+}
+
+#[test]
+fn mail_headers_with_bare_cr_lf_or_bad_folding_are_refused() {
+    for (msg, why) in [
+        (
+            "Bcc: x@evil.example\rTo: a@example.com\r\n\r\nhi",
+            "bare CR",
+        ),
+        (
+            "To: a@example.com\r\nBcc: x@evil.example\nSubject: s\r\n\r\nhi",
+            "bare LF",
+        ),
+        (
+            "To: a@example.com\nBcc: x@evil.example\r\n\r\nhi",
+            "bare CR",
+        ),
+        (" To: a@example.com\r\n\r\nhi", "before any header"),
+        (
+            "To: a@example.com\r\n \r\nBcc: x@evil.example\r\n\r\nhi",
+            "only whitespace",
+        ),
+        (
+            "To: a@example.com\r\nBcc x@evil.example\r\n\r\nhi",
+            "without a colon",
+        ),
+        ("To : a@example.com\r\n\r\nhi", "invalid name"),
+        (
+            "From bob Tue Jan 1\r\nTo: a@example.com\r\n\r\nhi",
+            "without a colon",
+        ),
+        (
+            "From bob Tue Jan 1 10:00\r\nTo: a@example.com\r\n\r\nhi",
+            "invalid name",
+        ),
+        ("To: a@example.com\r\nX: \0\r\n\r\nhi", "control character"),
+    ] {
+        let e = ambiguous_msg(msg);
+        assert!(e.contains(why), "{msg:?}: {e}");
+    }
+    // Consistent bare-LF messages (Python's email writes them) and folding are fine.
+    let e = rfc822(
+        b"To: a@example.com,\n b@corp.io\nCc: c@x.org\n\nhi\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(e.to, ["a@example.com", "b@corp.io"]);
+    assert_eq!(e.cc, ["c@x.org"]);
+    // A message with headers only.
+    assert_eq!(rfc822(b"To: a@x.com", false).unwrap().to, ["a@x.com"]);
+}
+
+#[test]
+fn address_lists_are_read_strictly() {
+    for (value, why) in [
+        ("a@example.com b@evil.example", "without a comma"),
+        ("Alice a@example.com", "display name without angle brackets"),
+        (
+            "\"Alice\" a@example.com",
+            "display name without angle brackets",
+        ),
+        ("Alice <a@example.com> b@evil.example", "without a comma"),
+        ("Alice <a@example.com> junk", "without a comma"),
+        ("Alice <a@example.com>, ", "without @"),
+        ("a@example.com,,b@corp.io", "without @"),
+        ("garbage", "without @"),
+        ("g: h: a@x.com;;", "group inside a group"),
+        ("g: a@x.com", "not closed"),
+        ("<@route:a@x.com>", "source route"),
+        ("<a@x.com", "inside the angle brackets"),
+        ("< a@x.com>", "dot-atom"),
+        ("\"a@evil.example\"@example.com", "quoted local part"),
+        ("a @example.com", "before @"),
+        ("a(c)@example.com", "before @"),
+        ("a@[1.2.3.4]", "domain"),
+        ("a@example.com.", "domain"),
+        ("a@-x.com", "domain"),
+        ("a..b@x.com", "dot-atom"),
+        ("é@x.com", "dot-atom"),
+        ("a@exämple.com", "without a comma"),
+        ("Alice (unterminated <a@x.com>", "unterminated comment"),
+        ("\"Alice <a@x.com>", "unterminated quoted"),
+    ] {
+        let e = ambiguous_msg(&format!("To: {value}\r\n\r\nhi"));
+        assert!(e.contains(why), "{value:?}: {e}");
+    }
+    for (value, want) in [
+        ("A@X.com", vec!["a@x.com"]),
+        (
+            "\"Doe, John\" <j@x.com>, Mary Q. Public <m@y.org>",
+            vec!["j@x.com", "m@y.org"],
+        ),
+        ("=?UTF-8?B?w4lsaXNl?= <e@x.com>", vec!["e@x.com"]),
+        ("Élise <e@x.com>", vec!["e@x.com"]),
+        (
+            "a@x.com (Alice), (team) Bob <b@y.com> (work)",
+            vec!["a@x.com", "b@y.com"],
+        ),
+        ("undisclosed-recipients:;", vec![]),
+        (
+            "team: a@x.com, B <b@y.com>;, c@z.io",
+            vec!["a@x.com", "b@y.com", "c@z.io"],
+        ),
+        ("<a@x.com>", vec!["a@x.com"]),
+        ("   ", vec![]),
+    ] {
+        let e = rfc822(format!("To: {value}\r\n\r\nhi").as_bytes(), false)
+            .unwrap_or_else(|e| panic!("{value:?}: {e}"));
+        assert_eq!(e.to, want, "{value:?}");
+    }
+    // Resent-* recipients are read differently by different readers: refused.
+    let e = ambiguous_msg("To: a@x.com\r\nResent-Bcc: x@evil.example\r\n\r\nhi");
+    assert!(e.contains("Resent-Bcc"), "{e}");
+    // Every To/Cc/Bcc header counts, whatever its case.
+    let e = rfc822(b"to: a@x.com\r\nTO: b@y.com\r\nbcc: c@z.io\r\n\r\n", false).unwrap();
+    assert_eq!((e.to.len(), e.bcc.len()), (2, 1));
+}
+
+#[test]
+fn gmail_json_duplicates_are_refused() {
+    let r = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("To: a@x.com\r\n\r\nhi");
+    let evil = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("To: x@evil.test\r\n\r\nhi");
+    for body in [
+        format!(r#"{{"raw": "{r}", "raw": "{evil}"}}"#),
+        format!(r#"{{"raw": "{r}", "\u0072aw": "{evil}"}}"#),
+        format!(r#"{{"raw": "{r}", "message": {{"raw": "{evil}"}}}}"#),
+        format!(r#"{{"message": {{"raw": "{r}", "raw": "{evil}"}}}}"#),
+    ] {
+        assert!(
+            matches!(
+                gmail_json(body.as_bytes(), false),
+                Err(BodyError::Ambiguous(_))
+            ),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn gmail_upload_type_must_be_given_once_exactly() {
+    assert_eq!(gmail_upload_type(None).unwrap(), None);
+    assert_eq!(
+        gmail_upload_type(Some("uploadType=media&x=1"))
+            .unwrap()
+            .as_deref(),
+        Some("media")
+    );
+    for q in [
+        "uploadType=media&uploadType=multipart",
+        "uploadType=media&uploadtype=multipart",
+        "UploadType=media",
+        "upload_type=media",
+        "%24uploadType=media",
+        "uploadType%20=media",
+    ] {
+        assert!(
+            matches!(gmail_upload_type(Some(q)), Err(BodyError::Ambiguous(_))),
+            "{q}"
+        );
+    }
+}
+
+const CT: Option<&str> = Some("multipart/related; boundary=s");
+
+fn upload(body: &str) -> Result<Email, BodyError> {
+    gmail_upload(CT, Some("multipart"), body.as_bytes(), false)
+}
+
+#[test]
+fn multipart_uploads_hold_exactly_metadata_and_message() {
+    let ok = "--s\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{\"threadId\": \"t\"}\r\n--s\r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n--s--\r\n";
+    assert_eq!(upload(ok).unwrap().to, ["b@y.com"]);
+    // What google-api-python-client writes: bare LF throughout, MIME-Version headers.
+    let python = "--===1==\nContent-Type: application/json\nMIME-Version: 1.0\n\n{}\n--===1==\nContent-Type: message/rfc822\nMIME-Version: 1.0\n\nTo: b@y.com\n\nhi\n--===1==--\n";
+    let e = gmail_upload(
+        Some("multipart/related; boundary=\"===1==\""),
+        Some("multipart"),
+        python.as_bytes(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(e.to, ["b@y.com"]);
+    let meta = "--s\r\nContent-Type: application/json\r\n\r\n{}\r\n";
+    let msg = "--s\r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n";
+    for (body, why) in [
+        // The first part itself multipart (the issue's attack).
+        (
+            format!(
+                "--s\r\nContent-Type: multipart/related; boundary=t\r\n\r\n--t\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--t\r\nContent-Type: message/rfc822\r\n\r\nTo: a@example.com\r\n\r\nhi\r\n--t--\r\n\r\n{msg}--s--\r\n"
+            ),
+            "metadata part is \"multipart/related\"",
+        ),
+        (
+            format!(
+                "{meta}--s\r\nContent-Type: multipart/mixed; boundary=t\r\n\r\n--t\r\n\r\nx\r\n--t--\r\n--s--\r\n"
+            ),
+            "is \"multipart/mixed\"",
+        ),
+        (format!("{meta}{msg}{msg}--s--\r\n"), "exactly two parts"),
+        (format!("{msg}--s--\r\n"), "exactly two parts"),
+        (
+            format!("{msg}{meta}--s--\r\n"),
+            "metadata part is \"message/rfc822\"",
+        ),
+        (
+            format!("preamble\r\n{meta}{msg}--s--\r\n"),
+            "does not begin",
+        ),
+        (format!("{meta}{msg}--s--\r\nepilogue"), "after its closing"),
+        (format!("{meta}{msg}"), "no closing"),
+        (
+            format!(
+                "{meta}--s \r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n--s--"
+            ),
+            "goes on with other text",
+        ),
+        (
+            format!(
+                "{meta}--sx\r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n--s--"
+            ),
+            "goes on with other text",
+        ),
+        (
+            format!(
+                "{meta}--s\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n--s--"
+            ),
+            "goes on with other text",
+        ),
+        (
+            "--s\r\nContent-Type: application/json\r\n\r\n{}\n--s\r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\nhi\r\n--s--"
+                .to_owned(),
+            "mixes CRLF and bare LF",
+        ),
+        (
+            format!(
+                "--s\r\nContent-Type: application/json\r\n\r\n{{\"raw\": \"x\"}}\r\n{msg}--s--"
+            ),
+            "carries a \"raw\"",
+        ),
+        (
+            format!(
+                "{meta}--s\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nVG86IGJAeS5jb20NCg0K\r\n--s--"
+            ),
+            "Content-Transfer-Encoding",
+        ),
+        (
+            format!(
+                "{meta}--s\r\nContent-Type: message/rfc822\r\nContent-Type: text/plain\r\n\r\nTo: b@y.com\r\n\r\n--s--"
+            ),
+            "two Content-Type",
+        ),
+        (
+            format!(
+                "{meta}--s\r\n--s\r\nContent-Type: message/rfc822\r\n\r\nTo: b@y.com\r\n\r\n--s--"
+            ),
+            "empty part",
+        ),
+        (
+            format!(
+                "{meta}--s\r\nContent-Type: message/rfc822\r\n\r\nBcc: x@evil.example\rTo: b@y.com\r\n\r\nhi\r\n--s--"
+            ),
+            "bare CR",
+        ),
+    ] {
+        match upload(&body) {
+            Err(BodyError::Ambiguous(e)) => assert!(e.contains(why), "{body:?}: {e}"),
+            other => panic!("{body:?}: expected ambiguous, got {other:?}"),
+        }
+    }
+    for ct in [
+        "multipart/related; boundary=s; boundary=t",
+        "multipart/related; boundary*=s",
+        "multipart/related; boundary=\"s\\\"\"",
+        "multipart/related; boundary=s x",
+    ] {
+        let body = format!("{meta}{msg}--s--\r\n");
+        assert!(
+            matches!(
+                gmail_upload(Some(ct), Some("multipart"), body.as_bytes(), false),
+                Err(BodyError::Ambiguous(_))
+            ),
+            "{ct}"
+        );
+    }
+    // A multipart upload cut off at the bound cannot be checked.
+    assert!(matches!(
+        gmail_upload(CT, Some("multipart"), ok.as_bytes(), true),
+        Err(BodyError::Ambiguous(_))
+    ));
+}
+
+#[test]
+fn attachments_are_counted_without_unbounded_nesting() {
+    // mail-parser 0.11 built one nested message per "Content-Type: message/rfc822" header
+    // block and overflowed a 2 MiB stack (a tokio worker's) dropping ~700 KiB of them,
+    // aborting the whole proxy. The message's own type is read, nested messages never.
+    let mut m = String::from("To: a@x.com\r\n");
+    while m.len() < 1 << 20 {
+        m.push_str("Content-Type: message/rfc822\r\n\r\n");
+    }
+    let e = rfc822(m.as_bytes(), false).unwrap();
+    assert_eq!((e.to.len(), e.attachments), (1, Some(0)));
+    // mail-parser 0.11 overflowed the stack dropping this (nested message/rfc822 parts);
+    // nested messages count as one attachment and are not opened.
+    let mut m = String::from("To: a@x.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n");
+    while m.len() < 1 << 20 {
+        m.push_str("--b\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n");
+    }
+    assert!(rfc822(m.as_bytes(), false).is_err());
+    let fwd = "To: a@x.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee below\r\n--b  \r\nContent-Type: message/rfc822\r\n\r\nTo: x@y.z\r\nContent-Type: multipart/mixed; boundary=c\r\n\r\n--c--\r\n--b\r\nContent-Type: image/png\r\n\r\nPNG\r\n--b--\r\nepilogue";
+    assert_eq!(rfc822(fwd.as_bytes(), false).unwrap().attachments, Some(2));
+    // Deep multipart nesting is refused as too complex, not followed.
+    let mut deep = String::from("x");
+    for i in (0..40).rev() {
+        deep = format!(
+            "Content-Type: multipart/mixed; boundary=b{i}z\r\n\r\n--b{i}z\r\n{deep}\r\n--b{i}z--"
+        );
+    }
+    let deep = format!("To: a@x.com\r\n{deep}");
+    let r = rfc822(deep.as_bytes(), false);
+    assert!(matches!(r, Err(BodyError::TooComplex(_))), "{r:?}");
+}
+
+#[test]
+fn slack_ambiguous_arguments_are_refused() {
+    let form = Some("application/x-www-form-urlencoded");
+    let json = Some("application/json");
+    let mp = Some("multipart/form-data; boundary=z");
+    let part = |headers: &str, value: &str| format!("--z\r\n{headers}\r\n\r\n{value}\r\n");
+    let cases: Vec<(Option<&str>, Option<&str>, String, &str)> = vec![
+        (None, form, "channel=C1&channel=C2".into(), "more than once"),
+        (
+            Some("channel=C1"),
+            form,
+            "channel=C1".into(),
+            "again in the body",
+        ),
+        (
+            Some("channel=C1"),
+            json,
+            r#"{"channel":"C1"}"#.into(),
+            "again in the body",
+        ),
+        (
+            None,
+            form,
+            "channel=C1&channel_id=C2".into(),
+            "both name channels",
+        ),
+        (
+            None,
+            form,
+            "channels=C1&channel=C1".into(),
+            "both name channels",
+        ),
+        (None, form, "+channel=C2".into(), "reads as channel"),
+        (None, form, "channel+=C2".into(), "reads as channel"),
+        (None, form, "%20channel=C2".into(), "reads as channel"),
+        (None, form, "Channel=C2".into(), "reads as channel"),
+        (None, form, "CHANNEL_ID=C2".into(), "reads as channel_id"),
+        (None, form, "channel%00=C2".into(), "reads as channel"),
+        (None, form, "channel[]=C2".into(), "reads as channel"),
+        (None, form, "channel.id=C2".into(), "reads as channel_id"),
+        (None, form, "text%00x=1".into(), "not a plain name"),
+        (None, form, "=C1".into(), "not a plain name"),
+        (None, form, "channel=C1%00".into(), "not printable ASCII"),
+        (None, form, "channel=C1+C2".into(), "not printable ASCII"),
+        (None, form, "channel=%C3%A9".into(), "not printable ASCII"),
+        (None, form, "channels=C1,,C2".into(), "not printable ASCII"),
+        (
+            None,
+            json,
+            r#"{"channel":"C1","channel":"C2"}"#.into(),
+            "twice",
+        ),
+        (
+            None,
+            json,
+            r#"{"channel":"C1","text":"a","text":"b"}"#.into(),
+            "twice",
+        ),
+        (None, json, r#"{"Channel":"C2"}"#.into(), "reads as channel"),
+        (
+            None,
+            json,
+            r#"{"channel":"C\u00e9"}"#.into(),
+            "not printable ASCII",
+        ),
+        (
+            None,
+            mp,
+            part(
+                "Content-Disposition: form-data; name=\"channel\"; name=\"text\"",
+                "C1",
+            ) + "--z--",
+            "parameter name twice",
+        ),
+        (
+            None,
+            mp,
+            part("Content-Disposition: form-data", "C1") + "--z--",
+            "has no name",
+        ),
+        (
+            None,
+            mp,
+            part("Content-Type: text/plain", "C1") + "--z--",
+            "no Content-Disposition",
+        ),
+        (
+            None,
+            mp,
+            part(
+                "Content-Disposition: form-data; name=channel\r\nContent-Disposition: form-data; name=text",
+                "C1",
+            ) + "--z--",
+            "two Content-Disposition",
+        ),
+        (
+            None,
+            mp,
+            part("Content-Disposition: form-data; name*=UTF-8''channel", "C1") + "--z--",
+            "RFC 2231",
+        ),
+        (
+            None,
+            mp,
+            part("Content-Disposition: form-data; name=\"channel\"", "C1")
+                + &part("Content-Disposition: form-data; name=\"channel\"", "C2")
+                + "--z--",
+            "more than once",
+        ),
+        (
+            None,
+            mp,
+            part(
+                "Content-Disposition: form-data; name=\"channels\"; filename=\"c\"",
+                "C1",
+            ) + "--z--",
+            "as a file",
+        ),
+        (
+            None,
+            mp,
+            part(
+                "Content-Disposition: form-data; name=\"file\"\r\nContent-Type: multipart/mixed; boundary=y",
+                "--y\r\n\r\nx\r\n--y--",
+            ) + "--z--",
+            "itself multipart",
+        ),
+        (
+            None,
+            mp,
+            part(
+                "Content-Disposition: form-data; name=\"channel\"\r\nContent-Transfer-Encoding: base64",
+                "QzE=",
+            ) + "--z--",
+            "Content-Transfer-Encoding",
+        ),
+        (
+            None,
+            mp,
+            part("Content-Disposition: form-data; name=\"channel\"", "C1"),
+            "no closing",
+        ),
+    ];
+    for (q, ct, body, why) in cases {
+        match slack(q, ct, body.as_bytes()) {
+            Err(BodyError::Ambiguous(e)) => assert!(e.contains(why), "{q:?} {body:?}: {e}"),
+            other => panic!("{q:?} {body:?}: expected ambiguous ({why}), got {other:?}"),
+        }
+    }
+    // The token rule sees through the same spellings.
+    for (q, ct, body) in [
+        (None, form, "Token=x"),
+        (None, form, "+token=x"),
+        (None, form, "token%00=x"),
+        (None, form, "token[]=x"),
+        (None, form, "%20token%20=x"),
+        (None, json, r#"{"token": 5}"#),
+        (Some("tOkEn=x"), None, ""),
+        (
+            None,
+            mp,
+            "--z\r\nContent-Disposition: form-data; name=\"TOKEN\"\r\n\r\nx\r\n--z--",
+        ),
+    ] {
+        assert!(
+            matches!(slack(q, ct, body.as_bytes()), Err(BodyError::SlackToken(_))),
+            "{q:?} {body:?}: {:?}",
+            slack(q, ct, body.as_bytes())
+        );
+    }
+}
+
+#[test]
+fn slack_channel_count_is_capped() {
+    let list = |n: usize| {
+        let ids: Vec<String> = (0..n).map(|i| format!("C{i:07}")).collect();
+        format!("channels={}", ids.join(","))
+    };
+    let a = slack(None, None, list(SLACK_MAX_CHANNELS).as_bytes()).unwrap();
+    assert_eq!(a.channels.len(), SLACK_MAX_CHANNELS);
+    assert!(matches!(
+        slack(None, None, list(SLACK_MAX_CHANNELS + 1).as_bytes()),
+        Err(BodyError::TooComplex(_))
+    ));
+    // The issue's body: 540 KB naming 60,000 channels (5–7 s of CPU before).
+    let body = list(60_000);
+    let t = std::time::Instant::now();
+    let r = slack(
+        None,
+        Some("application/x-www-form-urlencoded"),
+        body.as_bytes(),
+    );
+    eprintln!(
+        "60k-channel Slack form ({} bytes): {:?}",
+        body.len(),
+        t.elapsed()
+    );
+    assert!(matches!(r, Err(BodyError::TooComplex(_))), "{r:?}");
+}
+
+#[test]
+fn graphql_ambiguity_and_work_are_bounded() {
+    let dup = r#"{"query": "query { viewer { login } }", "query": "mutation { deleteRef(input: {}) { clientMutationId } }"}"#;
+    assert!(matches!(
+        graphql(dup.as_bytes(), &schema()),
+        Err(BodyError::Ambiguous(_))
+    ));
+    assert!(matches!(
+        gql("query { ...F } fragment F on Query { viewer } fragment F on Query { repository }"),
+        Err(BodyError::Ambiguous(_))
+    ));
+    // A long chain of fragments is refused, not followed to a stack overflow.
+    let mut chain = String::from("query { ...F0 }");
+    for i in 0..1_000 {
+        chain.push_str(&format!(" fragment F{i} on Query {{ ...F{} }}", i + 1));
+    }
+    chain.push_str(" fragment F1000 on Query { viewer }");
+    let r = gql(&chain);
+    assert!(matches!(r, Err(BodyError::TooComplex(_))), "{r:?}");
+    // Many operations spreading one large fragment: the work is capped by the budget.
+    let mut doc = String::from("fragment F on Query {");
+    doc.push_str(&" viewer".repeat(10_000));
+    doc.push('}');
+    doc.push_str(&" query{...F}".repeat(2_000));
+    let r = gql(&doc);
+    assert!(matches!(r, Err(BodyError::TooComplex(_))), "{r:?}");
 }

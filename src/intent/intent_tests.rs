@@ -88,11 +88,19 @@ fn every_catalog_operation_matches_itself() {
                 .host(host)
                 .and_then(|h| h.find(&method, &path))
                 .unwrap_or_else(|| panic!("{name}: {method} {path} ({template}) not found"));
+            // Operations told apart by a query parameter (git's info/refs?service=).
+            let route = match (op.get("query"), &found.route.by_query) {
+                (Some(Value::Object(q)), Some(by)) => {
+                    let want = q[&*by.param].as_str().unwrap();
+                    &by.operations.iter().find(|(v, _)| &**v == want).unwrap().1
+                }
+                _ => found.route,
+            };
             assert_eq!(
-                &*found.route.action,
+                &*route.action,
                 op["action"].as_str().unwrap(),
                 "{name}: {method} {path} matched {} instead",
-                found.route.template
+                route.template
             );
             checked += 1;
         }
@@ -217,34 +225,119 @@ fn ambiguous_paths_are_refused() {
 }
 
 #[test]
-fn method_overrides_change_the_action() {
+fn method_overrides_are_refused_whatever_they_say() {
     let intent = intent();
-    let mut h = HeaderMap::new();
-    h.insert("x-http-method-override", "delete".parse().unwrap());
-    let t = tuple_of(
-        &intent,
-        "POST",
-        "api.github.com",
-        "/repos/acme/web",
-        &h,
-        b"",
-    )
-    .unwrap();
-    assert_eq!(&*t.action, "github.repos.delete");
-    assert_eq!(t.json["context"]["method_override"], "DELETE");
-    let mut h = HeaderMap::new();
-    h.insert("x-http-method", "BAD METHOD".parse().unwrap());
-    assert!(matches!(
-        tuple_of(
+    for (method, name, value) in [
+        ("DELETE", "x-http-method-override", "GET"),
+        ("POST", "x-http-method-override", "delete"),
+        ("POST", "x-http-method", "BAD METHOD"),
+        ("PUT", "x-method-override", "PUT"),
+        ("GET", "X-HTTP-Method-Override", ""),
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        let r = tuple_of(
             &intent,
-            "POST",
+            method,
             "api.github.com",
             "/repos/acme/web",
             &h,
-            b""
-        ),
-        Err(IntentError::BadOverride(_))
-    ));
+            b"",
+        );
+        assert!(
+            matches!(r, Err(IntentError::MethodOverride(_))),
+            "{method} with {name}: {value}"
+        );
+    }
+}
+
+#[test]
+fn meaning_headers_must_be_single_and_bodies_plain_utf8() {
+    let intent = intent();
+    let mut h = HeaderMap::new();
+    h.append("content-type", "application/json".parse().unwrap());
+    h.append("content-type", "text/plain".parse().unwrap());
+    let r = tuple_of(
+        &intent,
+        "POST",
+        "api.github.com",
+        "/repos/acme/web/issues",
+        &h,
+        b"{}",
+    );
+    assert!(matches!(r, Err(IntentError::Ambiguous(_))), "{r:?}");
+    // Inspected bodies: no content coding, UTF-8 only.
+    let body = br#"{"channel":"C1","text":"hi"}"#;
+    for (name, value) in [
+        ("content-encoding", "gzip"),
+        ("content-type", "application/json; charset=utf-16"),
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert(
+            http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        let r = tuple_of(
+            &intent,
+            "POST",
+            "slack.com",
+            "/api/chat.postMessage",
+            &h,
+            body,
+        );
+        assert!(
+            matches!(r, Err(IntentError::Ambiguous(_))),
+            "{name}: {value}: {r:?}"
+        );
+    }
+    let mut h = HeaderMap::new();
+    h.insert(
+        "content-type",
+        "application/json; charset=UTF-8".parse().unwrap(),
+    );
+    let t = tuple_of(
+        &intent,
+        "POST",
+        "slack.com",
+        "/api/chat.postMessage",
+        &h,
+        body,
+    )
+    .unwrap();
+    assert_eq!(t.resource_id, "C1");
+}
+
+#[test]
+fn upgrades_only_where_listed() {
+    let intent = intent().with_upgrades(vec![crate::intent::UpgradeRoute {
+        host: "api.github.com".into(),
+        path: "/ws".into(),
+        protocols: vec!["websocket".into()],
+    }]);
+    let mut h = HeaderMap::new();
+    h.insert("upgrade", "WebSocket".parse().unwrap());
+    assert!(intent.check_upgrade("api.github.com", "/ws", &h).is_ok());
+    for (host, path, proto) in [
+        ("api.github.com", "/ws2", "websocket"),
+        ("slack.com", "/ws", "websocket"),
+        ("api.github.com", "/ws", "h2c"),
+        ("api.github.com", "/ws", "websocket, h2c"),
+        ("api.github.com", "/%77s", "websocket"),
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", proto.parse().unwrap());
+        assert!(
+            matches!(
+                intent.check_upgrade(host, path, &h),
+                Err(IntentError::UpgradeNotAllowed { .. })
+            ),
+            "{host}{path} {proto}"
+        );
+    }
 }
 
 #[test]
@@ -379,4 +472,34 @@ fn gmail_and_slack_tuples() {
         ),
         Err(IntentError::Body(BodyError::SlackToken(_)))
     ));
+}
+
+#[test]
+fn github_names_are_ascii() {
+    let intent = intent();
+    let ok = tuple_of(
+        &intent,
+        "GET",
+        "api.github.com",
+        "/repos/acme-1/web.site_2",
+        &HeaderMap::new(),
+        b"",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    for path in [
+        "/repos/stra%C3%9Fe/web",
+        "/repos/acme/%C4%B0x",
+        "/repos/acme/we%20b",
+        "/orgs/%E2%80%8Bacme",
+    ] {
+        let r = tuple_of(
+            &intent,
+            "GET",
+            "api.github.com",
+            path,
+            &HeaderMap::new(),
+            b"",
+        );
+        assert!(matches!(r, Err(IntentError::Ambiguous(_))), "{path}: {r:?}");
+    }
 }

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod extract;
 mod path;
+mod refine;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,12 +20,24 @@ pub use path::PathError;
 
 use crate::identity::Caller;
 
-/// Request headers that ask the server to treat a `POST` as another method (Google's APIs
-/// honour them), so the intent follows the method the server will act on.
+/// Request headers that ask the server to act as another method (Google's APIs honour
+/// them). A request that carries one means two things at once, so it is refused: nothing
+/// in the catalog needs them, and judging one method while the vendor acts on another is
+/// exactly the bypass a gate exists to stop.
 const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+];
+
+/// Headers that change what a request body means at the vendor: one value each, or the
+/// request is refused as ambiguous (a second parser may read the other one).
+pub const MEANING_HEADERS: [http::header::HeaderName; 5] = [
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LANGUAGE,
+    http::header::CONTENT_RANGE,
+    http::header::CONTENT_DISPOSITION,
 ];
 
 /// Query keys whose values are secrets: kept out of the tuple, the log and the audit.
@@ -58,8 +71,20 @@ pub enum IntentError {
     Path(#[from] PathError),
     #[error(transparent)]
     Body(#[from] BodyError),
-    #[error("{0} header has an invalid method")]
-    BadOverride(&'static str),
+    #[error(
+        "the request carries {0}, which asks the server to act as another method; send the real method instead"
+    )]
+    MethodOverride(&'static str),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error(
+        "{host}{path} does not accept protocol upgrades (Upgrade: {protocol}); list it under intent.upgrades if the vendor documents one"
+    )]
+    UpgradeNotAllowed {
+        host: String,
+        path: String,
+        protocol: String,
+    },
 }
 
 /// The compiled catalog and the inspection bound.
@@ -68,6 +93,20 @@ pub struct Intent {
     catalog: Catalog,
     /// Bodies are read up to this many bytes for intent; the rest streams uninspected.
     pub max_body: usize,
+    /// Where a protocol upgrade (WebSocket) is documented, so allowed (`intent.upgrades`).
+    upgrades: Vec<UpgradeRoute>,
+}
+
+/// One place where a vendor documents a protocol upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRoute {
+    /// Host, as in the CONNECT target.
+    pub host: String,
+    /// Exact path (no query).
+    pub path: String,
+    /// Protocols allowed in `Upgrade`, e.g. `["websocket"]`.
+    pub protocols: Vec<String>,
 }
 
 /// The agent a tuple is about.
@@ -107,8 +146,6 @@ pub struct Target<'a> {
 #[derive(Debug)]
 pub struct Routed<'c, 'a> {
     target: Target<'a>,
-    method: Method,
-    overridden: bool,
     path: Cow<'a, str>,
     found: Found<'c>,
 }
@@ -142,15 +179,22 @@ pub struct Tuple {
 impl Intent {
     /// The catalog compiled into the binary.
     pub fn embedded(max_body: usize) -> Result<Intent, CatalogError> {
-        Ok(Intent {
-            catalog: Catalog::embedded()?,
-            max_body,
-        })
+        Ok(Intent::new(Catalog::embedded()?, max_body))
     }
 
     /// An intent gate over a given catalog (tests, benches).
     pub fn new(catalog: Catalog, max_body: usize) -> Intent {
-        Intent { catalog, max_body }
+        Intent {
+            catalog,
+            max_body,
+            upgrades: Vec::new(),
+        }
+    }
+
+    /// Allows protocol upgrades at these places (`intent.upgrades`).
+    pub fn with_upgrades(mut self, upgrades: Vec<UpgradeRoute>) -> Intent {
+        self.upgrades = upgrades;
+        self
     }
 
     /// The catalog in use.
@@ -160,36 +204,109 @@ impl Intent {
 
     /// Routes a request to its catalog operation; cheap, no body needed.
     pub fn route<'c, 'a>(&'c self, target: Target<'a>) -> Result<Routed<'c, 'a>, IntentError> {
-        let mut method = target.method.clone();
-        let mut overridden = false;
-        for name in METHOD_OVERRIDES {
-            if let Some(v) = target.headers.get(name) {
-                let m =
-                    Method::from_bytes(v.as_bytes()).map_err(|_| IntentError::BadOverride(name))?;
-                let m = Method::from_bytes(m.as_str().to_ascii_uppercase().as_bytes())
-                    .map_err(|_| IntentError::BadOverride(name))?;
-                if m != method {
-                    method = m;
-                    overridden = true;
-                }
+        if let Some(name) = METHOD_OVERRIDES
+            .into_iter()
+            .find(|name| target.headers.contains_key(*name))
+        {
+            return Err(IntentError::MethodOverride(name));
+        }
+        for name in &MEANING_HEADERS {
+            let mut values = target.headers.get_all(name).iter();
+            if values.next().is_some() && values.next().is_some() {
+                return Err(IntentError::Ambiguous(format!(
+                    "the request has more than one {name} header; send one"
+                )));
             }
         }
         let path = path::normalize(target.path)?;
         let found = match self.catalog.host(target.host) {
             None => Found::UnknownHost,
-            Some(host) => match host.find(&method, &path) {
-                Some(m) => Found::Operation(m),
+            Some(host) => match host.find(target.method, &path) {
+                Some(m) => Found::Operation(
+                    refine::refine(m, &path, target.query)
+                        .map_err(|e| IntentError::Ambiguous(e.to_string()))?,
+                ),
                 None => Found::UnknownPath(&host.service),
             },
         };
-        Ok(Routed {
+        let routed = Routed {
             target,
-            method,
-            overridden,
             path,
             found,
-        })
+        };
+        if routed.needs_body() {
+            body_headers(target.headers)?;
+        }
+        Ok(routed)
     }
+
+    /// Refuses an `Upgrade` unless `intent.upgrades` lists the host, path and protocol.
+    pub fn check_upgrade(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), IntentError> {
+        let protocols = headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        let mut any = false;
+        for protocol in protocols {
+            any = true;
+            let allowed = self.upgrades.iter().any(|u| {
+                u.host.eq_ignore_ascii_case(host)
+                    && u.path == path
+                    && u.protocols.iter().any(|p| p.eq_ignore_ascii_case(protocol))
+            });
+            if !allowed {
+                return Err(IntentError::UpgradeNotAllowed {
+                    host: host.to_owned(),
+                    path: path.to_owned(),
+                    protocol: protocol.chars().take(64).collect(),
+                });
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(IntentError::Ambiguous(
+                "Upgrade header without a protocol".into(),
+            ))
+        }
+    }
+}
+
+/// For a body intent reads: it must be read as the vendor reads it, so no content coding
+/// (the bytes judged would not be the bytes meant) and no character set but UTF-8.
+fn body_headers(headers: &HeaderMap) -> Result<(), IntentError> {
+    if let Some(coding) = headers.get(http::header::CONTENT_ENCODING) {
+        if !coding.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(IntentError::Ambiguous(
+                "this operation's body is inspected, and a Content-Encoding body cannot be; send it uncompressed".into(),
+            ));
+        }
+    }
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct
+        .to_str()
+        .map_err(|_| IntentError::Ambiguous("the Content-Type header is not ASCII".into()))?;
+    for param in ct.split(';').skip(1) {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let value = value.trim().trim_matches('"');
+            if !value.eq_ignore_ascii_case("utf-8") && !value.eq_ignore_ascii_case("us-ascii") {
+                return Err(IntentError::Ambiguous(format!(
+                    "this operation's body is inspected as UTF-8, and its Content-Type names charset {value}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Routed<'_, '_> {
@@ -223,8 +340,18 @@ impl Routed<'_, '_> {
         if let Some(q) = t.query.filter(|q| !q.is_empty()) {
             context.insert("query".into(), query_json(q));
         }
-        if self.overridden {
-            context.insert("method_override".into(), self.method.as_str().into());
+        // The headers that change what the body means are judged with it.
+        let mut meaning = Map::new();
+        for name in &MEANING_HEADERS {
+            if let Some(v) = t.headers.get(name) {
+                meaning.insert(
+                    name.as_str().into(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                );
+            }
+        }
+        if !meaning.is_empty() {
+            context.insert("headers".into(), Value::Object(meaning));
         }
         let mut resource_props = Map::new();
         let (action, class, service, resource_type, mut resource_id): (
@@ -235,7 +362,7 @@ impl Routed<'_, '_> {
             String,
         ) = match &self.found {
             Found::UnknownHost => (
-                format!("http.{}", self.method.as_str().to_ascii_lowercase()).into(),
+                format!("http.{}", t.method.as_str().to_ascii_lowercase()).into(),
                 Class::Unknown,
                 None,
                 Arc::from("host"),
@@ -256,6 +383,9 @@ impl Routed<'_, '_> {
                     .map(|&(s, e)| path::decode(&self.path[s..e]))
                     .collect();
                 for (name, value) in r.params.iter().zip(&values) {
+                    if &*r.service.name == "github" && GITHUB_NAMES.contains(&&**name) {
+                        github_name(name, value)?;
+                    }
                     resource_props.insert(name.to_string(), value.clone().into());
                 }
                 let mut id = String::new();
@@ -321,11 +451,8 @@ impl Routed<'_, '_> {
                         }
                     }
                     BodyKind::GmailUpload => {
-                        let upload_type = t.query.and_then(|q| {
-                            form_urlencoded::parse(q.as_bytes())
-                                .find(|(k, _)| k == "uploadType")
-                                .map(|(_, v)| v.into_owned())
-                        });
+                        // One `uploadType`, spelt exactly so, or the request is refused.
+                        let upload_type = extract::gmail_upload_type(t.query)?;
                         let email = extract::gmail_upload(
                             header_str(t.headers, http::header::CONTENT_TYPE),
                             upload_type.as_deref(),
@@ -373,7 +500,7 @@ impl Routed<'_, '_> {
             "action": {
                 "name": &*action,
                 "properties": {
-                    "method": self.method.as_str(),
+                    "method": t.method.as_str(),
                     "service": service,
                     "class": class.as_str(),
                     "known": known,
@@ -393,6 +520,32 @@ impl Routed<'_, '_> {
             resource_id,
             json,
         })
+    }
+}
+
+/// GitHub path parameters that name accounts and repositories: ASCII by GitHub's own rules,
+/// so anything else (a `ß` that policies and GitHub would fold differently) is refused.
+const GITHUB_NAMES: [&str; 7] = [
+    "owner",
+    "repo",
+    "org",
+    "username",
+    "enterprise",
+    "team_slug",
+    "gist_id",
+];
+
+fn github_name(param: &str, value: &str) -> Result<(), IntentError> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IntentError::Ambiguous(format!(
+            "GitHub {param} names are ASCII letters, digits, '-', '_' and '.'; this one is not"
+        )))
     }
 }
 

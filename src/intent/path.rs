@@ -87,6 +87,15 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
     let end = out.as_ref().map_or(path.len(), String::len);
     check_dots(&out, path, segment_start, end)?;
+    // Double encoding spelt with encoded hex digits (`%25%34%31`) shows once they are
+    // decoded: the result must not decode to another escape.
+    let text = out.as_deref().unwrap_or(path).as_bytes();
+    if memchr::memmem::find_iter(text, b"%25").any(|i| {
+        text.get(i + 3).and_then(|c| hex(*c)).is_some()
+            && text.get(i + 4).and_then(|c| hex(*c)).is_some()
+    }) {
+        return Err(PathError::DoubleEncoded);
+    }
     let strip = |p: &str| p.len() > 1 && p.ends_with('/');
     Ok(match out {
         None if strip(path) => Cow::Borrowed(&path[..path.len() - 1]),
@@ -182,5 +191,102 @@ mod tests {
         // Dots inside names are fine.
         assert_eq!(normalize("/repos/a/b.js").unwrap(), "/repos/a/b.js");
         assert_eq!(normalize("/repos/a/...").unwrap(), "/repos/a/...");
+        // Double encoding spelt with encoded hex digits.
+        assert_eq!(normalize("/a%25%34%31"), Err(PathError::DoubleEncoded));
+        assert_eq!(
+            normalize("/repos/a/b%25%32%46c"),
+            Err(PathError::DoubleEncoded)
+        );
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn once(s: &str) -> String {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        }
+
+        /// Path-ish text: the characters and escapes that matter, mixed.
+        fn pathish() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_owned()),
+                Just(".".to_owned()),
+                Just("%".to_owned()),
+                Just("%25".to_owned()),
+                Just("%2F".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%5C".to_owned()),
+                Just("\\".to_owned()),
+                "[0-9a-fA-F]{1,2}",
+                "%[0-9a-fA-F]{2}",
+                "[a-z~_-]{1,4}",
+                any::<char>().prop_map(String::from),
+            ];
+            prop::collection::vec(piece, 0..24).prop_map(|v| format!("/{}", v.concat()))
+        }
+
+        /// Segments of unreserved characters, some of them percent-encoded.
+        fn plain() -> impl Strategy<Value = (String, String)> {
+            let seg = prop::collection::vec(
+                (
+                    prop::sample::select(b"abcxyzABC019-_~".to_vec()),
+                    any::<bool>(),
+                ),
+                1..6,
+            );
+            prop::collection::vec(seg, 1..6).prop_map(|segs| {
+                let mut raw = String::new();
+                let mut want = String::new();
+                for seg in segs {
+                    raw.push('/');
+                    want.push('/');
+                    for (c, enc) in seg {
+                        if enc {
+                            raw.push_str(&format!("%{c:02X}"));
+                        } else {
+                            raw.push(char::from(c));
+                        }
+                        want.push(char::from(c));
+                    }
+                }
+                (raw, want)
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Never panics; what it accepts means the same to a server that decodes once
+            /// and one that decodes twice, has no dot segment, no encoded separator, and
+            /// decodes to what the original decodes to.
+            #[test]
+            fn accepted_paths_mean_one_thing(p in pathish()) {
+                if let Ok(n) = normalize(&p) {
+                    let decoded = once(&n);
+                    prop_assert_eq!(once(&decoded), decoded.clone(), "{} -> {}", p, n);
+                    let orig = once(&p);
+                    let orig = if orig.len() > 1 { orig.strip_suffix('/').unwrap_or(&orig) } else { &orig };
+                    prop_assert_eq!(decoded.as_str(), orig);
+                    prop_assert!(!decoded.split('/').any(|s| s == "." || s == ".."));
+                    prop_assert!(!decoded.contains('\\'));
+                    prop_assert!(!n.to_ascii_uppercase().contains("%2F"));
+                }
+            }
+
+            /// Encoding unreserved characters changes nothing.
+            #[test]
+            fn unreserved_escapes_decode((raw, want) in plain()) {
+                prop_assert_eq!(normalize(&raw).unwrap(), want);
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(s in any::<String>()) {
+                let _ = normalize(&s);
+            }
+        }
     }
 }

@@ -47,6 +47,9 @@ impl Pipeline {
         r.insert("host".into(), host.into());
         // Path only: query strings carry secrets (Slack's `token=`).
         r.insert("path".into(), path.into());
+        if let Some(sent) = &facts.sent {
+            r.insert("sent".into(), sent.to_json());
+        }
         if let Some(t) = &facts.tuple {
             r.insert("action".into(), t.json["action"].clone());
             r.insert("resource".into(), t.json["resource"].clone());
@@ -185,4 +188,57 @@ pub(super) fn log_request(
         reason = denied.map(|d| &*d.reason),
         duration_us = started.elapsed().as_micros() as u64,
     );
+}
+
+/// What a forwarded request sends upstream, as its decision record says (`sent`), so the
+/// record can be held against what the upstream received.
+pub(super) struct Sent {
+    method: http::Method,
+    target_sha256: [u8; 32],
+    headers_sha256: [u8; 32],
+    headers: serde_json::Map<String, serde_json::Value>,
+    body_sha256: Option<[u8; 32]>,
+    body_bytes: Option<usize>,
+}
+
+impl Sent {
+    /// `injected`: the token gate adds a credential (and replaces `Accept-Encoding`);
+    /// `body`: the whole body's digest and length, when it was read before deciding.
+    pub(super) fn new(
+        parts: &http::request::Parts,
+        injected: bool,
+        body_sha256: Option<[u8; 32]>,
+        read: Option<usize>,
+    ) -> Sent {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = serde_json::Map::new();
+        for name in &crate::intent::MEANING_HEADERS {
+            if let Some(v) = parts.headers.get(name) {
+                headers.insert(
+                    name.as_str().into(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                );
+            }
+        }
+        Sent {
+            method: parts.method.clone(),
+            target_sha256: crate::body::sha256(target.as_bytes()),
+            headers_sha256: crate::headers::forwarded_digest(&parts.headers, injected),
+            headers,
+            body_bytes: body_sha256.map(|_| read.unwrap_or(0)),
+            body_sha256,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        use crate::vault::store::hex;
+        serde_json::json!({
+            "method": self.method.as_str(),
+            "target_sha256": hex(&self.target_sha256),
+            "headers_sha256": hex(&self.headers_sha256),
+            "headers": self.headers,
+            "body_sha256": self.body_sha256.map(|d| hex(&d)),
+            "body_bytes": self.body_bytes,
+        })
+    }
 }

@@ -15,7 +15,7 @@ use http::HeaderValue;
 use super::fetch::{FetchError, Fetcher, Obtained};
 use super::references::References;
 use super::store::{Store, fingerprint_with};
-use super::{Connection, Kind, Secret, VaultConfig, VaultError};
+use super::{Connection, Form, Kind, Secret, VaultConfig, VaultError, served_by};
 use crate::audit::Audit;
 use crate::identity::now;
 
@@ -47,6 +47,23 @@ impl Credential {
     /// The `Authorization` value to inject.
     pub fn header(&self) -> &HeaderValue {
         &self.header
+    }
+
+    /// The `Authorization` value in `form`: [`Self::header`], or `Basic base64(user:token)`.
+    pub fn header_in(&self, form: Form) -> Result<HeaderValue, TokenError> {
+        let Form::Basic { user } = form else {
+            return Ok(self.header.clone());
+        };
+        use base64::Engine;
+        let pair = format!("{user}:{}", self.token.expose());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        let mut value = HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| {
+            TokenError::Fetch(FetchError::Setup(
+                "the credential cannot be written as a Basic header".into(),
+            ))
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     /// The raw token, for redacting echoes of it from responses.
@@ -246,7 +263,8 @@ impl Vault {
     }
 
     /// The connection serving `origin` for a caller: the owner's own first, then the
-    /// tenant's shared one.
+    /// tenant's shared one; for an origin with neither, those of the origin that serves it
+    /// (github.com: api.github.com's, see [`served_by`]).
     pub fn connection_for(
         &self,
         tenant: Option<&str>,
@@ -254,17 +272,20 @@ impl Vault {
         owner: Option<&str>,
     ) -> Option<Arc<Connection>> {
         let index = self.index.load();
-        let candidates = index.by_origin.get(origin)?;
         let tenant = tenant.unwrap_or("");
         let owner = owner.unwrap_or("");
         let mine =
             |c: &&Arc<Connection>| c.tenant == tenant && !owner.is_empty() && c.user == owner;
         let shared = |c: &&Arc<Connection>| c.tenant == tenant && c.user.is_empty();
-        candidates
-            .iter()
-            .find(mine)
-            .or_else(|| candidates.iter().find(shared))
-            .cloned()
+        let at = |origin: &str| {
+            let candidates = index.by_origin.get(origin)?;
+            candidates
+                .iter()
+                .find(mine)
+                .or_else(|| candidates.iter().find(shared))
+                .cloned()
+        };
+        at(origin).or_else(|| served_by(origin).and_then(at))
     }
 
     /// The grant for one decision: reused for retries of the same tuple within

@@ -508,7 +508,8 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         "GraphQL",
     );
 
-    // A POST that asks to be treated as DELETE is judged as the DELETE (Python requests).
+    // A request that asks to be treated as another method is refused as ambiguous
+    // (Python requests), whatever the override says.
     let out = python(
         "requests",
         "https://api.github.com/repos/acme/web",
@@ -521,15 +522,8 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
         ],
     )
     .await;
-    let b = assert_denied(&from_client(&out), 403, "policy");
-    assert!(
-        b["reason"]
-            .as_str()
-            .unwrap()
-            .contains("github.repos.delete"),
-        "{b}"
-    );
-    // And an override that is no method at all is refused.
+    let b = assert_denied(&from_client(&out), 400, "intent");
+    assert_eq!(b["error"], "ambiguous_method", "{b}");
     let out = curl(
         &proxy,
         &[
@@ -542,7 +536,7 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
     )
     .await;
     let b = assert_denied(&from_curl(&out), 400, "intent");
-    assert_eq!(b["error"], "bad_method_override", "{b}");
+    assert_eq!(b["error"], "ambiguous_method", "{b}");
 
     // A path that is no GitHub operation.
     let out = curl(&proxy, &["https://api.github.com/definitely/not/an-api"]).await;
@@ -603,10 +597,16 @@ async fn ambiguous_and_unreadable_requests_are_refused_with_reasons() {
     assert_eq!(gql[1]["error"], "unreadable_body");
     let overrides = by_path("POST", "/repos/acme/web");
     assert_eq!(overrides.len(), 2, "{overrides:#?}");
-    assert_eq!(overrides[0]["action"]["name"], "github.repos.delete");
-    assert_eq!(overrides[0]["context"]["method_override"], "DELETE");
-    assert_eq!(overrides[0]["policy_effect"], "deny");
-    assert_eq!(overrides[1]["error"], "bad_method_override");
+    for r in &overrides {
+        assert_eq!(
+            (&r["gate"], &r["error"]),
+            (&json!("intent"), &json!("ambiguous_method"))
+        );
+        assert!(
+            r.get("action").is_none(),
+            "no tuple for an ambiguous request: {r:#}"
+        );
+    }
     let unknown = by_path("GET", "/definitely/not/an-api");
     assert_eq!(unknown[0]["action"]["name"], "github.unknown");
     assert_eq!(unknown[0]["action"]["properties"]["class"], "unknown");

@@ -236,6 +236,15 @@ async fn curl_http2_parallel_50() {
     }
 }
 
+/// `intent.upgrades` allowing WebSocket on `host`'s `/ws` (anything else is refused).
+fn websocket_allowed(env: &TestEnv, host: &str) -> crate::support::proxy::ConfigBuilder {
+    env.config().set(
+        "intent",
+        "upgrades",
+        &format!(r#"[{{ host = "{host}", path = "/ws", protocols = ["websocket"] }}]"#),
+    )
+}
+
 async fn websocket_echo(proxy: &Proxy, host: &str) {
     let tls = raw::tunnel(
         proxy.proxy_addr,
@@ -283,7 +292,7 @@ async fn websocket_echo(proxy: &Proxy, host: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_tunnel() {
     let env = TestEnv::new().await;
-    let proxy = env.start_default();
+    let proxy = env.start(websocket_allowed(&env, "api.github.com"));
     websocket_echo(&proxy, "api.github.com").await;
     assert_serves(&proxy).await;
 }
@@ -292,7 +301,8 @@ async fn websocket_echo_through_tunnel() {
 async fn websocket_echo_http1_only_upstream() {
     let env = TestEnv::new().await;
     let h1_only = env.extra_upstream(Mode::TlsH1Only).await;
-    let proxy = env.start(env.config().resolve("slack.com:443", h1_only.addr));
+    let proxy =
+        env.start(websocket_allowed(&env, "slack.com").resolve("slack.com:443", h1_only.addr));
     websocket_echo(&proxy, "slack.com").await;
     assert_serves(&proxy).await;
 }

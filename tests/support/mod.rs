@@ -8,7 +8,9 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod clients;
+pub mod git_server;
 pub mod held;
+pub mod judged;
 pub mod oidc;
 pub mod pattern;
 pub mod proxy;
@@ -24,22 +26,60 @@ use std::path::PathBuf;
 use tempfile::TempDir;
 use upstream::{Mode, Upstream};
 
+/// One test's world. When it is dropped at the end of a test that has not failed, every
+/// request an AgentGate forwarded to its upstreams must be described by a decision record
+/// (see [`judged`]); the temp dir (and the proxies' state in it) outlives that check.
 pub struct TestEnv {
     pub dir: TempDir,
     pub pki: Pki,
     /// h2 + http/1.1 upstream answering for every name in [`HOSTS`].
     pub upstream: Upstream,
+    /// The upstreams and audit logs of this test, for the judged-as-sent check.
+    judged: std::sync::Arc<judged::Recorder>,
 }
 
 impl TestEnv {
     pub async fn new() -> Self {
+        // Installed first: upstreams and proxies started from here on join it.
+        let judged = judged::install();
         let dir = tempfile::Builder::new()
             .prefix("agentgate-e2e-")
             .tempdir()
             .expect("tempdir");
         let pki = Pki::new(dir.path());
         let upstream = Upstream::start(pki.service_leaves(), Mode::Tls).await;
-        TestEnv { dir, pki, upstream }
+        TestEnv {
+            dir,
+            pki,
+            upstream,
+            judged,
+        }
+    }
+
+    /// Turns the judged-as-sent check off for this test; only for tests that bypass
+    /// AgentGate on purpose or damage its audit log. `reason` says which.
+    pub fn skip_sent_check(&self, reason: &str) {
+        self.judged.skip(reason);
+    }
+
+    /// Runs the judged-as-sent check now (it also runs when the env is dropped), retrying
+    /// for up to `within` while records land: the number of forwarded requests matched, or
+    /// the report of those no record describes.
+    pub fn check_sent(&self, within: std::time::Duration) -> Result<usize, String> {
+        self.judged.settle(within)
+    }
+
+    /// Every request that any upstream of this test received, whole.
+    pub fn received(&self) -> Vec<upstream::Received> {
+        self.judged.received()
+    }
+
+    /// The requests an AgentGate forwarded (they carry its `Via`) to any upstream of this test.
+    pub fn forwarded(&self) -> Vec<upstream::Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.via_instance().is_some())
+            .collect()
     }
 
     /// The proxy's state dir; not created here (the proxy must create it).
@@ -119,6 +159,26 @@ impl TestEnv {
 
     pub fn start_default(&self) -> Proxy {
         self.start(self.config())
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        judged::uninstall(&self.judged);
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(reason) = self.judged.skipped() {
+            eprintln!("judged-as-sent check skipped: {reason}");
+            return;
+        }
+        // Proxies still running may be finishing their outcome records.
+        match self.judged.settle(std::time::Duration::from_secs(5)) {
+            Ok(n) => eprintln!(
+                "judged-as-sent: {n} forwarded request(s), each described by its decision record"
+            ),
+            Err(report) => panic!("{report}"),
+        }
     }
 }
 

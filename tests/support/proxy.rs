@@ -99,6 +99,8 @@ pub struct Proxy {
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
     stdout_lines: Arc<Mutex<Vec<String>>>,
+    /// The test's judged-as-sent recorder, which holds this proxy's audit log.
+    judged: Option<Arc<super::judged::Recorder>>,
 }
 
 pub enum Launch {
@@ -130,6 +132,7 @@ pub fn launch(home: &Path, config: &Path, envs: &[(&str, &str)]) -> Launch {
     match rx.recv_timeout(READY_TIMEOUT) {
         Ok(line) => {
             let (proxy_addr, admin_addr, ca_path) = parse_ready(&line);
+            let judged = super::judged::register_proxy(home, Path::new(&*config));
             Launch::Ready(Proxy {
                 proxy_addr,
                 admin_addr,
@@ -138,6 +141,7 @@ pub fn launch(home: &Path, config: &Path, envs: &[(&str, &str)]) -> Launch {
                 child,
                 stderr: stderr_buf,
                 stdout_lines,
+                judged,
             })
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -325,8 +329,9 @@ impl Proxy {
     }
 
     /// Stops the proxy and waits for it to exit.
-    pub fn stop(mut self) {
-        self.kill();
+    pub fn stop(self) {
+        // Drop settles the audit log for the judged-as-sent check, then kills.
+        drop(self);
     }
 
     fn kill(&mut self) {
@@ -337,6 +342,14 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Outcome records land just after responses: let them, before the kill, so the
+        // judged-as-sent check (at the end of the test) finds them. Bounded; the verdict is
+        // the check's.
+        if !std::thread::panicking() {
+            if let Some(j) = self.judged.as_ref().filter(|j| j.skipped().is_none()) {
+                let _ = j.settle(Duration::from_secs(3));
+            }
+        }
         self.kill();
         if std::thread::panicking() {
             let err = self.stderr();

@@ -9,6 +9,10 @@
 //! mints `ghs_…` installation tokens (the request's bearer JWT and JSON body are kept), and
 //! `DELETE /installation/token` revokes one. Every request's credentials (Authorization,
 //! Cookie) are kept per server name for [`Upstream::seen`].
+//!
+//! Every request is also recorded whole for [`Upstream::received`] and the judged-as-sent
+//! check (`judged.rs`): method, target, every header in order, and the body's length and
+//! SHA-256 (hashed while it streams, read to its end before any endpoint answers).
 
 use super::certs::Leaf;
 use super::pattern::{PatternBody, Sha256Stream};
@@ -57,6 +61,93 @@ pub struct Seen {
     pub body: String,
 }
 
+/// Most body bytes kept in [`Received::body_prefix`] (the hash covers the whole body).
+pub const BODY_KEPT: usize = 1 << 20;
+
+/// Everything one request that reached an upstream carried, as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The upstream server that received it.
+    pub upstream: SocketAddr,
+    /// TLS server name (None over cleartext).
+    pub sni: Option<String>,
+    /// "HTTP/1.1" or "HTTP/2.0".
+    pub version: String,
+    pub method: String,
+    /// The path and query as received (origin-form).
+    pub target: String,
+    /// Every header (lowercase name, value bytes), values of one name in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: ReceivedBody,
+    /// The first [`BODY_KEPT`] bytes of the body.
+    pub body_prefix: Vec<u8>,
+}
+
+/// How far the upstream got with a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceivedBody {
+    /// Still arriving (or abandoned mid-way); `len` bytes so far.
+    Reading { len: u64 },
+    /// Read to its end.
+    Complete { len: u64, sha256: String },
+    /// The stream failed after `len` bytes.
+    Failed { len: u64, error: String },
+}
+
+impl Received {
+    /// The values of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    /// Header `name` (several values joined with ", "), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values = self.header_values(name);
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+
+    /// The instance id of the last AgentGate that forwarded this request (from its
+    /// `Via: 1.1 agentgate-<instance>` entry); `None` when no AgentGate did.
+    pub fn via_instance(&self) -> Option<String> {
+        self.header_values("via")
+            .iter()
+            .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|entry| {
+                entry
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|t| t.strip_prefix("agentgate-"))
+                    .map(str::to_owned)
+            })
+            .next_back()
+    }
+
+    /// The whole body, when it was complete and small enough to keep.
+    pub fn body_bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            ReceivedBody::Complete { len, .. } if *len as usize == self.body_prefix.len() => {
+                Some(&self.body_prefix)
+            }
+            _ => None,
+        }
+    }
+
+    /// One line: "METHOD target (n headers, body …)".
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} {} on {} (sni {:?}), body {:?}",
+            self.method, self.target, self.version, self.upstream, self.sni, self.body
+        )
+    }
+}
+
+/// The requests one upstream received, shared with the judged-as-sent check.
+pub type ReceivedLog = Arc<Mutex<Vec<Received>>>;
+
 #[derive(Clone, Default)]
 struct Logs {
     /// "METHOD /path?query" of every request that reached this server.
@@ -64,6 +155,27 @@ struct Logs {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Installation tokens minted and not revoked.
     installation_tokens: Arc<Mutex<Vec<String>>>,
+    /// Every request, whole (see [`Received`]).
+    received: ReceivedLog,
+}
+
+impl Logs {
+    /// Records a request as it arrives; returns its index for [`Logs::update_body`].
+    fn arrive(&self, r: Received) -> usize {
+        let mut all = self.received.lock().expect("upstream received");
+        all.push(r);
+        all.len() - 1
+    }
+
+    fn update_body(&self, i: usize, body: ReceivedBody, prefix: Option<&[u8]>) {
+        let mut all = self.received.lock().expect("upstream received");
+        if let Some(r) = all.get_mut(i) {
+            r.body = body;
+            if let Some(p) = prefix {
+                r.body_prefix = p.to_vec();
+            }
+        }
+    }
 }
 
 pub struct Upstream {
@@ -85,14 +197,24 @@ impl Upstream {
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let logs = Logs::default();
+        super::judged::register_upstream(logs.received.clone());
         let acceptor = (mode != Mode::Plain).then(|| tls_acceptor(leaves, mode));
-        let task = tokio::spawn(accept_loop(listener, acceptor, mode, logs.clone()));
+        let task = tokio::spawn(accept_loop(listener, acceptor, mode, logs.clone(), addr));
         Upstream { addr, logs, task }
     }
 
     /// The credentials and targets of every request so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.logs.seen.lock().expect("upstream seen").clone()
+    }
+
+    /// Every request that reached this upstream so far, whole, in order of arrival.
+    pub fn received(&self) -> Vec<Received> {
+        self.logs
+            .received
+            .lock()
+            .expect("upstream received")
+            .clone()
     }
 
     /// GitHub App installation tokens minted here and not yet revoked.
@@ -160,7 +282,13 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, mode: Mode, log: Logs) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    mode: Mode,
+    log: Logs,
+    addr: SocketAddr,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -170,25 +298,25 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, mode:
         let log = log.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve(TokioIo::new(tcp), mode, None, log).await,
+                None => serve(TokioIo::new(tcp), mode, None, log, addr).await,
                 Some(acceptor) => {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let sni = tls.get_ref().1.server_name().map(str::to_owned);
-                    serve(TokioIo::new(tls), mode, sni, log).await;
+                    serve(TokioIo::new(tls), mode, sni, log, addr).await;
                 }
             }
         });
     }
 }
 
-async fn serve<IO>(io: TokioIo<IO>, mode: Mode, sni: Option<String>, log: Logs)
+async fn serve<IO>(io: TokioIo<IO>, mode: Mode, sni: Option<String>, log: Logs, addr: SocketAddr)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let sni = Arc::new(sni);
-    let svc = service_fn(move |req| handle(req, sni.clone(), log.clone()));
+    let svc = service_fn(move |req| handle(req, sni.clone(), log.clone(), addr));
     // Connection errors (peer reset, proxy gave up) are part of several tests.
     let _ = match mode {
         Mode::Tls => {
@@ -204,20 +332,90 @@ where
     };
 }
 
+/// A request body read to its end: length, SHA-256 (or the error that cut it), and the
+/// first [`BODY_KEPT`] bytes.
+struct BodyRead {
+    len: u64,
+    sha256: Result<String, String>,
+    kept: Vec<u8>,
+}
+
+async fn read_body(mut body: Incoming) -> BodyRead {
+    let mut hasher = Sha256Stream::new();
+    let mut kept = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    len += data.len() as u64;
+                    let room = BODY_KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Err(e) => {
+                return BodyRead {
+                    len,
+                    sha256: Err(e.to_string()),
+                    kept,
+                };
+            }
+        }
+    }
+    BodyRead {
+        len,
+        sha256: Ok(hasher.finish().1),
+        kept,
+    }
+}
+
 async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     sni: Arc<Option<String>>,
     log: Logs,
+    addr: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
-    let target = req
-        .uri()
+    let (parts, body) = req.into_parts();
+    let target = parts
+        .uri
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     log.lines
         .lock()
         .expect("upstream log")
-        .push(format!("{} {target}", req.method()));
+        .push(format!("{} {target}", parts.method));
+    let index = log.arrive(Received {
+        upstream: addr,
+        sni: (*sni).clone(),
+        version: format!("{:?}", parts.version),
+        method: parts.method.as_str().to_owned(),
+        target,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        body: ReceivedBody::Reading { len: 0 },
+        body_prefix: Vec::new(),
+    });
+    // Every endpoint reads the whole body (hashing it) before it answers, so what was
+    // received is known whatever the endpoint.
+    let read = read_body(body).await;
+    let state = match &read.sha256 {
+        Ok(sha) => ReceivedBody::Complete {
+            len: read.len,
+            sha256: sha.clone(),
+        },
+        Err(e) => ReceivedBody::Failed {
+            len: read.len,
+            error: e.clone(),
+        },
+    };
+    log.update_body(index, state, Some(&read.kept));
+    let mut req = Request::from_parts(parts, ());
+
     let path = req.uri().path().to_owned();
     let header = |name: &str| {
         req.headers()
@@ -236,13 +434,7 @@ async fn handle(
         && path.starts_with("/app/installations/")
         && path.ends_with("/access_tokens")
     {
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        seen.body = String::from_utf8_lossy(&body).into_owned();
+        seen.body = String::from_utf8_lossy(&read.kept).into_owned();
         log.seen.lock().expect("upstream seen").push(seen);
         return Ok(installation_token(&log));
     }
@@ -279,8 +471,8 @@ async fn handle(
                 .body(Full::new(Bytes::new()).boxed())
                 .expect("redirect response")
         }
-        "/echo" | "/upload" => echo(req, &sni).await,
-        p if p.starts_with("/echo/") || is_api_path(p) => echo(req, &sni).await,
+        "/echo" | "/upload" => echo(&req, &sni, &read),
+        p if p.starts_with("/echo/") || is_api_path(p) => echo(&req, &sni, &read),
         "/bytes" => {
             let n = query_param(req.uri().query(), "n").unwrap_or(0);
             Response::builder()
@@ -371,22 +563,14 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
         .expect("text response")
 }
 
-/// Streams the body through SHA-256 without keeping it, then describes the request.
-async fn echo(req: Request<Incoming>, sni: &Option<String>) -> Response<Body> {
-    let (parts, mut body) = req.into_parts();
-    let mut hasher = Sha256Stream::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    hasher.update(data);
-                }
-            }
-            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body error: {e}")),
-        }
-    }
+/// Describes the request (its body was hashed while it streamed).
+fn echo(req: &Request<()>, sni: &Option<String>, read: &BodyRead) -> Response<Body> {
+    let sha = match &read.sha256 {
+        Ok(sha) => sha.clone(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body error: {e}")),
+    };
     let mut headers = serde_json::Map::new();
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         let entry = headers
             .entry(name.as_str().to_owned())
@@ -398,16 +582,15 @@ async fn echo(req: Request<Incoming>, sni: &Option<String>) -> Response<Body> {
             s.push_str(&value);
         }
     }
-    let (len, sha) = hasher.finish();
     let json = serde_json::json!({
-        "method": parts.method.as_str(),
-        "path": parts.uri.path(),
-        "query": parts.uri.query().unwrap_or(""),
-        "authority": parts.uri.authority().map(|a| a.as_str().to_owned()),
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query().unwrap_or(""),
+        "authority": req.uri().authority().map(|a| a.as_str().to_owned()),
         "headers": headers,
-        "body_len": len,
+        "body_len": read.len,
         "body_sha256": sha,
-        "version": format!("{:?}", parts.version),
+        "version": format!("{:?}", req.version()),
         "sni": sni,
     });
     Response::builder()
@@ -417,7 +600,7 @@ async fn echo(req: Request<Incoming>, sni: &Option<String>) -> Response<Body> {
 }
 
 /// HTTP/1.1 Upgrade to a WebSocket that echoes text and binary messages.
-fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+fn websocket(req: &mut Request<()>) -> Response<Body> {
     let upgrade_ok = req
         .headers()
         .get("upgrade")
