@@ -32,12 +32,14 @@ const METHOD_OVERRIDES: [&str; 3] = [
 
 /// Headers that change what a request body means at the vendor: one value each, or the
 /// request is refused as ambiguous (a second parser may read the other one).
-pub const MEANING_HEADERS: [http::header::HeaderName; 5] = [
+pub const MEANING_HEADERS: [http::header::HeaderName; 6] = [
     http::header::CONTENT_TYPE,
     http::header::CONTENT_ENCODING,
     http::header::CONTENT_LANGUAGE,
     http::header::CONTENT_RANGE,
     http::header::CONTENT_DISPOSITION,
+    // Which version of the REST API (and so of each operation's semantics) GitHub applies.
+    http::header::HeaderName::from_static("x-github-api-version"),
 ];
 
 /// Query keys whose values are secrets: kept out of the tuple, the log and the audit.

@@ -147,6 +147,8 @@ async fn git_fetches_with_the_vault_token_in_git_form() {
     let work = tempfile::tempdir().expect("work dir");
 
     // The server really wants credentials: asked directly, without any, it answers 401.
+    s.env
+        .sent_directly("GET", "/acme/web/info/refs?service=git-upload-pack");
     let mut direct = clean_command("curl");
     direct
         .args(["-sS", "-o", "/dev/null", "-D", "-", "--max-time", "30"])

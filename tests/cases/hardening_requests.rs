@@ -411,6 +411,93 @@ fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
+/// The decision record of a forwarded request lists the meaning-bearing headers it sent
+/// (`sent.headers`) and a digest of all of them; the upstream received exactly those
+/// (checked again by the judged-as-sent check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meaning_bearing_headers_are_listed_in_the_record() {
+    let env = TestEnv::new().await;
+    let proxy = env.start(default_policy(&env, "async"));
+    let out = curl(
+        &proxy,
+        &[
+            "-H",
+            "X-GitHub-Api-Version: 2022-11-28",
+            "-H",
+            "Content-Language: de",
+            "-H",
+            "Accept: application/vnd.github+json",
+            ISSUES_URL,
+        ],
+    )
+    .await;
+    assert_eq!(out.status, 200, "{}", String::from_utf8_lossy(&out.body));
+    let r = decision(&proxy, out.header("x-agentgate-request-id").unwrap()).await;
+    let sent = &r["sent"];
+    assert_eq!(sent["method"], "GET", "{r:#}");
+    assert_eq!(
+        sent["target_sha256"],
+        sha256_hex(b"/repos/acme/web/issues"),
+        "{r:#}"
+    );
+    assert_eq!(sent["headers"]["content-language"], "de", "{r:#}");
+    assert_eq!(
+        sent["headers"]["x-github-api-version"], "2022-11-28",
+        "{r:#}"
+    );
+    assert_eq!(sent["body_sha256"], sha256_hex(b""), "{r:#}");
+    assert_eq!(sent["body_bytes"], 0, "{r:#}");
+    let got = env.forwarded();
+    assert_eq!(got.len(), 1, "{:#?}", lines(&got));
+    let credential = r.get("credential").is_some_and(|c| !c.is_null());
+    assert_eq!(
+        sent["headers_sha256"],
+        crate::support::judged::headers_sha256(&got[0].headers, credential),
+        "{r:#}"
+    );
+}
+
+/// Trailer fields are headers that arrive after the decision: a chunked request whose
+/// trailer section names a method override and another `Content-Type` is either refused or
+/// forwarded without them (here: the upstream receives the body and no trailer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_fields_never_reach_the_upstream() {
+    let env = TestEnv::new().await;
+    let proxy = env.start_default();
+    let mut tls = raw::tunnel_to(&proxy, "api.github.com", b"http/1.1").await;
+    let req = "POST /echo?trailers=1 HTTP/1.1\r\nHost: api.github.com\r\n\
+               Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+               Trailer: X-HTTP-Method-Override, Content-Type\r\n\r\n\
+               7\r\n{\"a\":1}\r\n0\r\nX-HTTP-Method-Override: DELETE\r\n\
+               Content-Type: text/evil\r\n\r\n";
+    let resp = raw::exchange(&mut tls, req.as_bytes())
+        .await
+        .expect("an answer");
+    let got = env.forwarded();
+    if resp.status == 200 {
+        assert_eq!(got.len(), 1, "{:#?}", lines(&got));
+        assert_eq!(got[0].body_bytes(), Some(&b"{\"a\":1}"[..]));
+        assert!(
+            got[0].trailers.is_empty(),
+            "trailers reached the upstream: {:?}",
+            got[0].trailers
+        );
+        assert_eq!(
+            got[0].header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(got[0].header("trailer"), None, "{:?}", got[0].headers);
+    } else {
+        let b = assert_denied(
+            &resp,
+            400,
+            resp.header("x-agentgate-denied-by").unwrap_or("?"),
+        );
+        eprintln!("a request with trailers was refused: {b}");
+        assert!(got.is_empty(), "{:#?}", lines(&got));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // C. Consent binds every forwarded header and the body-derived context
 
@@ -1054,7 +1141,10 @@ async fn the_judged_as_sent_check_catches_undescribed_requests() {
             "GET /echo?still=alive HTTP/1.1\r\nHost: api.github.com\r\nVia: {via}\r\nX-Smuggled: 1\r\n\r\n"
         ),
         "GET /echo?no=via HTTP/1.1\r\nHost: api.github.com\r\n\r\n".to_owned(),
+        // Declared as sent straight to the upstream: not reported.
+        "GET /echo?declared=1 HTTP/1.1\r\nHost: api.github.com\r\n\r\n".to_owned(),
     ];
+    env.sent_directly("GET", "/echo?declared=1");
     for req in forged {
         let tcp = raw::tcp(env.upstream.addr).await;
         let mut tls = raw::tls_over(
@@ -1081,5 +1171,6 @@ async fn the_judged_as_sent_check_catches_undescribed_requests() {
     );
     assert!(report.contains("without AgentGate's Via"), "{report}");
     assert!(report.contains("/echo?no=via"), "{report}");
+    assert!(!report.contains("declared=1"), "{report}");
     env.skip_sent_check("this test forges requests straight to the upstream on purpose");
 }

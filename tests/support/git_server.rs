@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::Leaf;
+use super::upstream::{Received, ReceivedLog};
 
 /// The user name GitHub wants with a token over git (the token is the password).
 pub const GIT_USER: &str = "x-access-token";
@@ -74,10 +75,15 @@ impl GitServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind git");
         let addr = listener.local_addr().expect("git addr");
         let log = Arc::new(Mutex::new(Vec::new()));
+        // Every request, whole, for the judged-as-sent check (support/judged.rs).
+        let received = ReceivedLog::default();
+        super::judged::register_upstream(received.clone());
         let site = Arc::new(Site {
             root,
             want: basic(token),
             log: log.clone(),
+            received,
+            addr,
         });
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -109,6 +115,8 @@ struct Site {
     root: PathBuf,
     want: String,
     log: Arc<Mutex<Vec<GitRequest>>>,
+    received: ReceivedLog,
+    addr: SocketAddr,
 }
 
 impl Site {
@@ -123,6 +131,15 @@ impl Site {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
+        self.received
+            .lock()
+            .expect("git received")
+            .push(Received::whole(
+                self.addr,
+                Some("github.com"),
+                &parts,
+                &body,
+            ));
         let resp = if authorization.as_deref() == Some(self.want.as_str()) {
             self.cgi(&parts, body).await
         } else {

@@ -20,9 +20,11 @@
 //!   and as the only evidence when the decision's is `null`. A body the upstream did not
 //!   read to its end is not compared.
 //!
-//! And no forwarded request carries a method-override header. Requests with no AgentGate
-//! `Via` must be ones AgentGate makes itself (GitHub App token minting and revocation);
-//! anything else reached an upstream without passing AgentGate.
+//! And no forwarded request carries a method-override header or trailer fields. Requests
+//! with no AgentGate `Via` must be ones AgentGate makes itself (GitHub App token minting and
+//! revocation) or ones the test declared it sends straight to an upstream
+//! ([`super::TestEnv::sent_directly`]); anything else reached an upstream without passing
+//! AgentGate.
 //!
 //! A test that deliberately bypasses AgentGate or damages its audit log opts out with
 //! [`super::TestEnv::skip_sent_check`].
@@ -110,6 +112,8 @@ pub struct Recorder {
     upstreams: Mutex<Vec<ReceivedLog>>,
     dbs: Mutex<Vec<PathBuf>>,
     skip: Mutex<Option<String>>,
+    /// (method, target) the test sends straight to an upstream on purpose.
+    direct: Mutex<Vec<(String, String)>>,
 }
 
 thread_local! {
@@ -384,6 +388,23 @@ impl Recorder {
         self.skip.lock().expect("recorder").clone()
     }
 
+    /// Declares that the test sends `method target` straight to an upstream (no AgentGate,
+    /// no `Via`) on purpose; such requests are not reported.
+    pub fn allow_direct(&self, method: &str, target: &str) {
+        self.direct
+            .lock()
+            .expect("recorder")
+            .push((method.to_owned(), target.to_owned()));
+    }
+
+    fn declared_direct(&self, r: &Received) -> bool {
+        self.direct
+            .lock()
+            .expect("recorder")
+            .iter()
+            .any(|(m, t)| *m == r.method && *t == r.target)
+    }
+
     /// Every request every upstream of this test received, upstream by upstream.
     pub fn received(&self) -> Vec<Received> {
         self.upstreams
@@ -410,7 +431,7 @@ impl Recorder {
         for r in &received {
             match r.via_instance() {
                 Some(instance) => forwarded.push((r, instance)),
-                None if own_request(r) => {}
+                None if own_request(r) || self.declared_direct(r) => {}
                 None => failures.push(format!(
                     "a request reached an upstream without AgentGate's Via (it bypassed \
                      AgentGate, or AgentGate forwarded it without Via):\n{}",
@@ -433,6 +454,14 @@ impl Recorder {
             index.entry(key).or_default().push(i);
         }
         for (r, instance) in &forwarded {
+            if !r.trailers.is_empty() {
+                let names: Vec<&str> = r.trailers.iter().map(|(k, _)| k.as_str()).collect();
+                failures.push(format!(
+                    "a forwarded request carried trailer fields {names:?}, which no decision \
+                     record describes (headers that arrive after the decision):\n{}",
+                    describe(r)
+                ));
+            }
             for name in OVERRIDES {
                 if let Some(v) = r.header(name) {
                     failures.push(format!(

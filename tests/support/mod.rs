@@ -62,6 +62,13 @@ impl TestEnv {
         self.judged.skip(reason);
     }
 
+    /// Declares that the test itself sends `method target` straight to an upstream (to
+    /// show what the upstream does without AgentGate); the judged-as-sent check then does
+    /// not report those requests.
+    pub fn sent_directly(&self, method: &str, target: &str) {
+        self.judged.allow_direct(method, target);
+    }
+
     /// Runs the judged-as-sent check now (it also runs when the env is dropped), retrying
     /// for up to `within` while records land: the number of forwarded requests matched, or
     /// the report of those no record describes.

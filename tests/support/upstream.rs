@@ -11,8 +11,9 @@
 //! Cookie) are kept per server name for [`Upstream::seen`].
 //!
 //! Every request is also recorded whole for [`Upstream::received`] and the judged-as-sent
-//! check (`judged.rs`): method, target, every header in order, and the body's length and
-//! SHA-256 (hashed while it streams, read to its end before any endpoint answers).
+//! check (`judged.rs`): method, target, every header in order, the body's length and
+//! SHA-256 (hashed while it streams, read to its end before any endpoint answers), and any
+//! trailer fields.
 
 use super::certs::Leaf;
 use super::pattern::{PatternBody, Sha256Stream};
@@ -81,6 +82,8 @@ pub struct Received {
     pub body: ReceivedBody,
     /// The first [`BODY_KEPT`] bytes of the body.
     pub body_prefix: Vec<u8>,
+    /// Trailer fields that came after the body (chunked HTTP/1.1, or HTTP/2).
+    pub trailers: Vec<(String, Vec<u8>)>,
 }
 
 /// How far the upstream got with a request body.
@@ -95,6 +98,37 @@ pub enum ReceivedBody {
 }
 
 impl Received {
+    /// A request that a server other than [`Upstream`] (the git server) read whole.
+    pub fn whole(
+        upstream: SocketAddr,
+        sni: Option<&str>,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Received {
+        Received {
+            upstream,
+            sni: sni.map(str::to_owned),
+            version: format!("{:?}", parts.version),
+            method: parts.method.as_str().to_owned(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body: ReceivedBody::Complete {
+                len: body.len() as u64,
+                sha256: super::pattern::sha256_hex(body),
+            },
+            body_prefix: body[..body.len().min(BODY_KEPT)].to_vec(),
+            trailers: Vec::new(),
+        }
+    }
+
     /// The values of header `name`, in order.
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.headers
@@ -167,13 +201,12 @@ impl Logs {
         all.len() - 1
     }
 
-    fn update_body(&self, i: usize, body: ReceivedBody, prefix: Option<&[u8]>) {
+    fn update_body(&self, i: usize, body: ReceivedBody, read: &BodyRead) {
         let mut all = self.received.lock().expect("upstream received");
         if let Some(r) = all.get_mut(i) {
             r.body = body;
-            if let Some(p) = prefix {
-                r.body_prefix = p.to_vec();
-            }
+            r.body_prefix = read.kept.clone();
+            r.trailers = read.trailers.clone();
         }
     }
 }
@@ -338,12 +371,14 @@ struct BodyRead {
     len: u64,
     sha256: Result<String, String>,
     kept: Vec<u8>,
+    trailers: Vec<(String, Vec<u8>)>,
 }
 
 async fn read_body(mut body: Incoming) -> BodyRead {
     let mut hasher = Sha256Stream::new();
     let mut kept = Vec::new();
     let mut len = 0u64;
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
@@ -352,6 +387,11 @@ async fn read_body(mut body: Incoming) -> BodyRead {
                     len += data.len() as u64;
                     let room = BODY_KEPT.saturating_sub(kept.len());
                     kept.extend_from_slice(&data[..data.len().min(room)]);
+                } else if let Some(t) = frame.trailers_ref() {
+                    trailers.extend(
+                        t.iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())),
+                    );
                 }
             }
             Err(e) => {
@@ -359,6 +399,7 @@ async fn read_body(mut body: Incoming) -> BodyRead {
                     len,
                     sha256: Err(e.to_string()),
                     kept,
+                    trailers,
                 };
             }
         }
@@ -367,6 +408,7 @@ async fn read_body(mut body: Incoming) -> BodyRead {
         len,
         sha256: Ok(hasher.finish().1),
         kept,
+        trailers,
     }
 }
 
@@ -399,6 +441,7 @@ async fn handle(
             .collect(),
         body: ReceivedBody::Reading { len: 0 },
         body_prefix: Vec::new(),
+        trailers: Vec::new(),
     });
     // Every endpoint reads the whole body (hashing it) before it answers, so what was
     // received is known whatever the endpoint.
@@ -413,7 +456,7 @@ async fn handle(
             error: e.clone(),
         },
     };
-    log.update_body(index, state, Some(&read.kept));
+    log.update_body(index, state, &read);
     let mut req = Request::from_parts(parts, ());
 
     let path = req.uri().path().to_owned();
