@@ -424,7 +424,7 @@ impl Pipeline {
         // leaves (method, target, headers and, when read whole, body digests).
         let whole_body = match &prefix {
             Some((bytes, false)) => Some(crate::body::sha256(bytes)),
-            None if http_body::Body::is_end_stream(&body) => Some(crate::body::sha256(b"")),
+            None if http_body::Body::is_end_stream(&body) => Some(crate::body::EMPTY_SHA256),
             _ => None,
         };
         facts.sent = Some(record::Sent::new(
