@@ -126,9 +126,10 @@ impl Drop for Outcome {
         // what was judged", and a cut-off body is recorded as such by `complete`.
         r.insert(
             "body_sha256".into(),
-            self.sent.sha256.get().map_or(serde_json::Value::Null, |d| {
-                crate::vault::store::hex(d).into()
-            }),
+            self.sent
+                .sha256
+                .get()
+                .map_or(serde_json::Value::Null, |d| crate::digest::hex(d).into()),
         );
         r.insert("bytes_down".into(), self.bytes_down.into());
         let duration = self.started.elapsed();
@@ -168,19 +169,6 @@ impl std::fmt::Debug for Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Hasher(SHA-256)")
     }
-}
-
-/// SHA-256 of no bytes: the body digest of most requests, not worth hashing each time.
-pub const EMPTY_SHA256: [u8; 32] = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
-    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
-];
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref());
-    out
 }
 
 /// Masks every occurrence of a secret (the injected credential, and the encoded form it was
@@ -391,7 +379,7 @@ impl RequestBody {
                 None
             }
             None if done.is_none() && replay.is_none() => {
-                let _ = sent.sha256.set(EMPTY_SHA256);
+                let _ = sent.sha256.set(crate::digest::EMPTY_SHA256);
                 None
             }
             None => Some(Hasher(aws_lc_rs::digest::Context::new(
@@ -532,11 +520,6 @@ mod tests {
         }
         out.extend_from_slice(&r.carry.split());
         (String::from_utf8(out).unwrap_or_default(), count)
-    }
-
-    #[test]
-    fn empty_digest_is_sha256_of_nothing() {
-        assert_eq!(EMPTY_SHA256, sha256(b""));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod body;
 pub mod ca;
 pub mod config;
 pub mod consent;
+pub mod digest;
 pub mod egress;
 pub mod error;
 pub mod gates;

@@ -423,8 +423,8 @@ impl Pipeline {
         // Audit: the decision is durable before anything leaves, and says exactly what
         // leaves (method, target, headers and, when read whole, body digests).
         let whole_body = match &prefix {
-            Some((bytes, false)) => Some(crate::body::sha256(bytes)),
-            None if http_body::Body::is_end_stream(&body) => Some(crate::body::EMPTY_SHA256),
+            Some((bytes, false)) => Some(crate::digest::sha256(bytes)),
+            None if http_body::Body::is_end_stream(&body) => Some(crate::digest::EMPTY_SHA256),
             _ => None,
         };
         facts.sent = Some(record::Sent::new(

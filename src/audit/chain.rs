@@ -34,16 +34,7 @@ fn finish(ctx: Context) -> Hash {
     out
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
+pub use crate::digest::hex;
 
 /// Whether `stored` is the lowercase hex of `hash` (no allocation).
 pub fn hex_matches(hash: &Hash, stored: &str) -> bool {

@@ -56,7 +56,7 @@ pub async fn ask(
 /// SHA-256 over method, URL, header digest, body digest and the tuple's action, resource
 /// and body-derived context, each length-prefixed so no two requests share an encoding.
 pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
-    let body = r.body.map_or([0u8; 32], crate::body::sha256);
+    let body = r.body.map_or([0u8; 32], crate::digest::sha256);
     // What intent read from the body (recipients, channels, GraphQL fields): the person
     // approved the request as described, so the description is bound too.
     let context = serde_json::to_vec(&t.json["context"]["body"]).unwrap_or_default();
@@ -75,5 +75,5 @@ pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part);
     }
-    crate::vault::store::hex(ctx.finish().as_ref())
+    crate::digest::hex(ctx.finish().as_ref())
 }

@@ -222,7 +222,7 @@ impl Sent {
         }
         Sent {
             method: parts.method.clone(),
-            target_sha256: crate::body::sha256(target.as_bytes()),
+            target_sha256: crate::digest::sha256(target.as_bytes()),
             headers_sha256: crate::headers::forwarded_digest(&parts.headers, injected),
             headers,
             body_bytes: body_sha256.map(|_| read.unwrap_or(0)),
@@ -231,7 +231,7 @@ impl Sent {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        use crate::vault::store::hex;
+        use crate::digest::hex;
         serde_json::json!({
             "method": self.method.as_str(),
             "target_sha256": hex(&self.target_sha256),

@@ -402,14 +402,7 @@ pub fn random<const N: usize>() -> Result<[u8; N], VaultError> {
     Ok(b)
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+pub use crate::digest::hex;
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> VaultError + '_ {
     move |source| VaultError::Db {
