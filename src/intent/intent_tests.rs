@@ -503,3 +503,20 @@ fn github_names_are_ascii() {
         assert!(matches!(r, Err(IntentError::Ambiguous(_))), "{path}: {r:?}");
     }
 }
+
+#[test]
+fn github_names_are_judged_without_case() {
+    let intent = intent();
+    let t = tuple_of(
+        &intent,
+        "DELETE",
+        "api.github.com",
+        "/repos/ACME/Secret-Repo",
+        &HeaderMap::new(),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(t.resource_id, "acme/secret-repo");
+    assert_eq!(t.json["resource"]["properties"]["owner"], "acme");
+    assert_eq!(t.json["resource"]["properties"]["repo"], "secret-repo");
+}

@@ -379,14 +379,17 @@ impl Routed<'_, '_> {
             ),
             Found::Operation(m) => {
                 let r = m.route;
-                let values: Vec<String> = m
+                let mut values: Vec<String> = m
                     .spans
                     .iter()
                     .map(|&(s, e)| path::decode(&self.path[s..e]))
                     .collect();
-                for (name, value) in r.params.iter().zip(&values) {
+                for (name, value) in r.params.iter().zip(&mut values) {
                     if &*r.service.name == "github" && GITHUB_NAMES.contains(&&**name) {
                         github_name(name, value)?;
+                        // GitHub matches these names without case: `ACME/Web` is `acme/web`,
+                        // so a policy rule on one cannot be sidestepped with the other.
+                        value.make_ascii_lowercase();
                     }
                     resource_props.insert(name.to_string(), value.clone().into());
                 }
