@@ -10,11 +10,11 @@
 //!    committed to the audit log. Identity is checked once per tunnel at `CONNECT` (where
 //!    clients send `Proxy-Authorization`) and re-checked for revocation and expiry on every
 //!    request inside it; plain `http://` requests carry their credential each time.
-//!    Consent lands with its own issue; until then an escalation is refused.
-//! 3. **Egress** — the outbound request is prepared (hop-by-hop headers removed, the
-//!    agent's credentials replaced by the granted one, `Via` added) and sent through the
-//!    guarded, certificate-verifying upstream client; the response is streamed back with
-//!    echoes of the credential masked.
+//!    What is judged is what leaves: hop-by-hop headers go before intent reads anything,
+//!    consent binds the whole request, and the decision record says exactly what is sent.
+//! 3. **Egress** — the outbound request is prepared (the agent's credentials replaced by
+//!    the granted one, `Via` added) and sent through the guarded, certificate-verifying
+//!    upstream client; the response is streamed back with echoes of the credential masked.
 //!
 //! Where a request goes lives in `pipeline/target.rs`; what is recorded about it in
 //! `pipeline/record.rs`.
