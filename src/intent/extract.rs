@@ -53,6 +53,41 @@ fn ambiguous(reason: impl Into<String>) -> BodyError {
 }
 
 /// A piece of the request for a reason: quoted, and cut short when long.
+/// The value of query parameter `name` when the query gives it once, spelt exactly;
+/// `Ok(None)` when absent. Refused when given twice, or under a name that differs only in
+/// case, separators (`_ - .`), spaces or a `$` prefix: which one a vendor's front end reads
+/// is not documented.
+pub fn query_once(query: Option<&str>, name: &str) -> Result<Option<String>, BodyError> {
+    let loose = |k: &str| -> String {
+        k.chars()
+            .filter(|c| {
+                !matches!(c, '_' | '-' | '.' | '$') && !c.is_whitespace() && !c.is_control()
+            })
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let wanted = loose(name);
+    let mut found = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if loose(&k) != wanted {
+            continue;
+        }
+        if k != name {
+            return Err(ambiguous(format!(
+                "the query names {name} as {}; send it exactly as {name}",
+                shown(&k)
+            )));
+        }
+        if found.is_some() {
+            return Err(ambiguous(format!(
+                "the query gives {name} more than once; send it once"
+            )));
+        }
+        found = Some(v.into_owned());
+    }
+    Ok(found)
+}
+
 fn shown(s: &str) -> String {
     const MAX: usize = 64;
     match s.char_indices().nth(MAX) {

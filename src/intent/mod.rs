@@ -343,15 +343,7 @@ impl Routed<'_, '_> {
             context.insert("query".into(), query_json(q));
         }
         // The headers that change what the body means are judged with it.
-        let mut meaning = Map::new();
-        for name in &MEANING_HEADERS {
-            if let Some(v) = t.headers.get(name) {
-                meaning.insert(
-                    name.as_str().into(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                );
-            }
-        }
+        let meaning = meaning_headers(t.headers);
         if !meaning.is_empty() {
             context.insert("headers".into(), Value::Object(meaning));
         }
@@ -552,6 +544,21 @@ fn github_name(param: &str, value: &str) -> Result<(), IntentError> {
             "GitHub {param} names are ASCII letters, digits, '-', '_' and '.'; this one is not"
         )))
     }
+}
+
+/// The [`MEANING_HEADERS`] a request carries, by lowercase name (for the tuple and the
+/// decision record's `sent`).
+pub fn meaning_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in &MEANING_HEADERS {
+        if let Some(v) = headers.get(name) {
+            out.insert(
+                name.as_str().into(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            );
+        }
+    }
+    out
 }
 
 fn header_str(headers: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {

@@ -35,14 +35,18 @@ pub enum QueryError {
 pub fn refine<'c>(m: Match<'c>, path: &str, query: Option<&str>) -> Result<Match<'c>, QueryError> {
     let mut m = m;
     if let Some(by) = &m.route.by_query {
-        let value = single_value(query, &by.param).map_err(|repeated| {
-            let (template, param) = (m.route.template.to_string(), by.param.to_string());
-            if repeated {
-                QueryError::Repeated { template, param }
-            } else {
-                QueryError::Missing { template, param }
+        let template_param = || (m.route.template.to_string(), by.param.to_string());
+        let value = match super::extract::query_once(query, &by.param) {
+            Ok(Some(value)) => value,
+            Ok(None) => {
+                let (template, param) = template_param();
+                return Err(QueryError::Missing { template, param });
             }
-        })?;
+            Err(_) => {
+                let (template, param) = template_param();
+                return Err(QueryError::Repeated { template, param });
+            }
+        };
         let route = by
             .operations
             .iter()
@@ -65,27 +69,6 @@ pub fn refine<'c>(m: Match<'c>, path: &str, query: Option<&str>) -> Result<Match
     Ok(m)
 }
 
-/// The value of `param` when the query has it exactly once. `Err(true)`: more than once,
-/// counting keys that differ only in case or surrounding spaces (a lenient server may take
-/// either); `Err(false)`: absent.
-fn single_value(query: Option<&str>, param: &str) -> Result<String, bool> {
-    let mut value = None;
-    let mut seen = 0;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k.trim().eq_ignore_ascii_case(param) {
-            seen += 1;
-            if k == param {
-                value = Some(v.into_owned());
-            }
-        }
-    }
-    match (seen, value) {
-        (0, _) => Err(false),
-        (1, Some(v)) => Ok(v),
-        _ => Err(true),
-    }
-}
-
 /// Shortens the spans of parameters ending in their route's suffix (ASCII, any case), unless
 /// nothing would be left.
 fn strip_suffixes(route: &Arc<Route>, path: &str, spans: &mut [(usize, usize)]) {
@@ -104,7 +87,6 @@ fn strip_suffixes(route: &Arc<Route>, path: &str, spans: &mut [(usize, usize)]) 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
-    use super::*;
     use crate::intent::{Class, Intent, IntentError, Subject, Target, Tuple};
     use http::{HeaderMap, Method};
     use serde_json::json;
@@ -244,22 +226,30 @@ mod tests {
 
     #[test]
     fn a_query_parameter_counts_once_in_any_spelling() {
-        let q = |s| single_value(Some(s), "service");
-        assert_eq!(q("service=git-upload-pack"), Ok("git-upload-pack".into()));
+        use crate::intent::extract::query_once;
+        let q = |s| query_once(Some(s), "service");
+        assert_eq!(
+            q("service=git-upload-pack"),
+            Ok(Some("git-upload-pack".into()))
+        );
         assert_eq!(
             q("a=1&service=git%2Dupload-pack"),
-            Ok("git-upload-pack".into())
+            Ok(Some("git-upload-pack".into()))
         );
-        assert_eq!(single_value(None, "service"), Err(false));
-        assert_eq!(q("services=x"), Err(false));
-        assert_eq!(q("service=a&service=b"), Err(true));
-        assert_eq!(q("service=a&Service=b"), Err(true));
-        assert_eq!(q("service=a&+service=b"), Err(true));
-        assert_eq!(q("SERVICE=a"), Err(true));
+        assert_eq!(query_once(None, "service"), Ok(None));
+        assert_eq!(q("services=x"), Ok(None));
+        for repeated in [
+            "service=a&service=b",
+            "service=a&Service=b",
+            "service=a&+service=b",
+            "SERVICE=a",
+        ] {
+            assert!(q(repeated).is_err(), "{repeated}");
+        }
         // `;` is no separator here: the whole rest is one (unknown) value.
         assert_eq!(
             q("service=git-upload-pack;service=git-receive-pack"),
-            Ok("git-upload-pack;service=git-receive-pack".into())
+            Ok(Some("git-upload-pack;service=git-receive-pack".into()))
         );
     }
 }

@@ -211,20 +211,11 @@ impl Sent {
         read: Option<usize>,
     ) -> Sent {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut headers = serde_json::Map::new();
-        for name in &crate::intent::MEANING_HEADERS {
-            if let Some(v) = parts.headers.get(name) {
-                headers.insert(
-                    name.as_str().into(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                );
-            }
-        }
         Sent {
             method: parts.method.clone(),
             target_sha256: crate::digest::sha256(target.as_bytes()),
             headers_sha256: crate::headers::forwarded_digest(&parts.headers, injected),
-            headers,
+            headers: crate::intent::meaning_headers(&parts.headers),
             body_bytes: body_sha256.map(|_| read.unwrap_or(0)),
             body_sha256,
         }

@@ -125,36 +125,9 @@ pub(super) fn rfc822_in(
     Ok(email)
 }
 
-/// The `uploadType` of a Gmail upload, from the query. Refused when given twice (which
-/// value Google's front end takes is not documented) or under a name that differs from
-/// `uploadType` only in case, separators or a `$` prefix.
+/// The `uploadType` of a Gmail upload, from the query (given once, spelt exactly).
 pub fn gmail_upload_type(query: Option<&str>) -> Result<Option<String>, BodyError> {
-    let mut found = None;
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let reading: String = k
-            .chars()
-            .filter(|c| {
-                !matches!(c, '_' | '-' | '.' | '$') && !c.is_whitespace() && !c.is_control()
-            })
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if reading != "uploadtype" {
-            continue;
-        }
-        if k != "uploadType" {
-            return Err(ambiguous(format!(
-                "the query names uploadType as {}; send it exactly as uploadType",
-                shown(&k)
-            )));
-        }
-        if found.is_some() {
-            return Err(ambiguous(
-                "the query gives uploadType more than once; send it once",
-            ));
-        }
-        found = Some(v.into_owned());
-    }
-    Ok(found)
+    super::query_once(query, "uploadType")
 }
 
 /// A Gmail media upload: the message itself (`media`), or multipart/related of exactly two
