@@ -351,16 +351,20 @@ impl Pipeline {
 
         // Intent: the AuthZEN tuple, from the catalog and, where the API keeps its meaning
         // there, the first `intent.max_body` bytes of the body.
-        let routed = self
-            .intent
-            .route(crate::intent::Target {
-                method: &parts.method,
-                host: target.host(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-            })
-            .map_err(gates::intent::refusal)?;
+        let routed = match self.intent.route(crate::intent::Target {
+            method: &parts.method,
+            host: target.host(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+        }) {
+            Ok(routed) => routed,
+            Err(e) => {
+                // Read what the agent is still sending, so it hears the refusal.
+                self.drain(&mut body).await;
+                return Err(gates::intent::refusal(e));
+            }
+        };
         let mut prefix = if routed.needs_body() {
             Some(self.read_prefix(&mut body).await?)
         } else {
@@ -372,6 +376,7 @@ impl Pipeline {
             && prefix.is_none()
             && !http_body::Body::is_end_stream(&body)
         {
+            self.drain(&mut body).await;
             return Err(gates::intent::refusal(
                 crate::intent::IntentError::Ambiguous(format!(
                     "{} requests to this operation are judged without a body, and this one has one; send it without",
