@@ -13,12 +13,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use agentgate::clock::now;
 use agentgate::config::IdentityConfig;
 use agentgate::gates;
+use agentgate::identity::Identity;
 use agentgate::identity::issuer::{self, Registration};
 use agentgate::identity::jwt::{self, Rules};
 use agentgate::identity::registry::Registry;
-use agentgate::identity::{Identity, now};
 use agentgate::state::StateDir;
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, header};

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::identity::issuer::pem_encode;
+use crate::digest::pem_encode;
 use crate::identity::registry::{Registry, RegistryError};
 use crate::state::{StateDir, StateError, write_public};
 use crate::{ca, instance};

@@ -504,7 +504,7 @@ impl Config {
             return Err(ConfigError::invalid(key, message));
         }
         for key in self.upstream.resolve.keys() {
-            if crate::egress::guard::split_host_port(key).is_none() {
+            if crate::authority::split_host_port(key).is_none() {
                 return Err(ConfigError::invalid(
                     "upstream.resolve",
                     format!("key `{key}` must be \"host:port\", e.g. \"api.github.com:443\""),

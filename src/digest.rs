@@ -1,5 +1,6 @@
-//! Digests and their text form, for every module that hashes (audit chain, consent binding,
-//! what a request sends, vault fingerprints). A leaf: it imports nothing from the crate.
+//! Digests and their text forms (hex, PEM), for every module that hashes or stores keys (audit
+//! chain, consent binding, what a request sends, vault fingerprints, signing keys). A leaf: it
+//! imports nothing from the crate.
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -38,4 +39,17 @@ mod tests {
         );
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
+}
+
+/// PEM-encodes `der` under `label`.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

@@ -7,8 +7,10 @@
 pub mod admin;
 pub mod agent_env;
 pub mod audit;
+pub mod authority;
 pub mod body;
 pub mod ca;
+pub mod clock;
 pub mod config;
 pub mod consent;
 pub mod digest;

@@ -325,7 +325,7 @@ fn init(home: &Path) -> Result<()> {
     let state = StateDir::open_or_create(home)?;
     let created = agentgate::ca::ensure_ca(&state)?;
     let registry = agentgate::identity::registry::Registry::open(&state)?;
-    agentgate::identity::issuer::ensure_key(&state, &registry, agentgate::identity::now())?;
+    agentgate::identity::issuer::ensure_key(&state, &registry, agentgate::clock::now())?;
     agentgate::instance::admin_token(&state)?;
     let audit_key = agentgate::audit::checkpoint::Signer::ensure(&state)?;
     let policies = state.path("policies");

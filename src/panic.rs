@@ -236,7 +236,7 @@ impl Panic {
         let seen = self.sessions.agents();
         tokio::task::spawn_blocking(move || {
             let mut registry = Registry::open(&state)?;
-            let now = crate::identity::now();
+            let now = crate::clock::now();
             let mut agents = HashSet::new();
             let mut tokens = 0;
             match target {

@@ -31,10 +31,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::{Audit, AuditError};
+use crate::authority::{normalize_host, split_authority};
 use crate::body::{BodyDone, BodyFault, Outcome, ProxyBody, RequestBody};
 use crate::ca::Ca;
 use crate::config::Config;
-use crate::egress::guard::{Guard, normalize_host};
+use crate::egress::guard::Guard;
 use crate::egress::upstream::Upstream;
 use crate::error::{Denial, Gate, REQUEST_ID};
 use crate::gates;
@@ -48,7 +49,6 @@ use crate::vault::Vault;
 mod record;
 mod target;
 use record::log_request;
-pub use target::split_authority;
 use target::{Target, target_of, upstream_authority};
 
 /// Everything the flow needs, shared by all connections.

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::{Admin, Reply, Scope, blocking, error, forbidden, internal, json_value, parse_json};
+use crate::clock::now;
 use crate::identity::issuer::{self, IssuerError, Registration};
-use crate::identity::now;
 use crate::identity::registry::{Agent, Registry, RegistryError};
 
 /// Most agents whose last activity is remembered (SPIFFE IDs from trusted bundles are not

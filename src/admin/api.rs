@@ -256,7 +256,7 @@ async fn metrics(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Sc
             .all()
             .map(|(_, c)| c.pending_count().unwrap_or(0))
             .sum();
-        let now = crate::identity::now();
+        let now = crate::clock::now();
         let agents = crate::identity::registry::Registry::open(&admin2.state)
             .and_then(|r| r.agents(None, now))
             .map_or(0, |a| {

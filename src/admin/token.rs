@@ -187,7 +187,7 @@ pub async fn reference(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
         Ok((reference, expires)) => {
             let body = serde_json::json!({
                 "reference": reference,
-                "expires_in": expires - crate::identity::now(),
+                "expires_in": expires - crate::clock::now(),
                 "agent": agent.spiffe_id,
                 "service": ask.service,
             });

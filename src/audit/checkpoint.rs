@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::chain::hex;
-use crate::identity::issuer::pem_encode;
+use crate::digest::pem_encode;
 use crate::state::{StateDir, StateError, read_private, write_private, write_public};
 
 /// File names in the state dir.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, JSONL_FILE, Signed, Signer};
 use super::{AuditError, Durability};
+use crate::clock::now_micros;
 
 /// After this many records the writer checkpoints the WAL tail itself (see `run`).
 const WAL_TAIL_EVERY: u64 = 4096;
@@ -111,13 +112,6 @@ pub fn head(conn: &Connection, log_id: &str) -> Result<(u64, Hash), rusqlite::Er
         Some((seq, hash)) => (seq as u64, chain::parse_hash(&hash).unwrap_or([0; 32])),
         None => (0, chain::genesis(log_id)),
     })
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// What the writer thread owns.

@@ -10,14 +10,16 @@ use clap::Subcommand;
 use agentgate::admin::client::{call, reload_identity};
 use agentgate::agent_env;
 use agentgate::audit::Audit;
+use agentgate::clock::now;
 use agentgate::config::Config;
+use agentgate::identity::bundle;
 use agentgate::identity::issuer::{self, Registration};
 use agentgate::identity::registry::Registry;
-use agentgate::identity::{bundle, now};
 use agentgate::state::StateDir;
 use http::Method;
 
-use super::{Output, block_on, rfc3339};
+use super::{Output, block_on};
+use agentgate::clock::rfc3339;
 
 /// `agentgate agents`.
 #[derive(Subcommand)]

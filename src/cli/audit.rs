@@ -178,7 +178,7 @@ fn print_after(conn: &Connection, after: i64, output: Output) -> Result<i64> {
                 let r: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
                 let ts = r.get("ts").and_then(|v| v.as_i64()).unwrap_or(0);
-                let when = super::rfc3339(ts / 1_000_000);
+                let when = agentgate::clock::rfc3339(ts / 1_000_000);
                 match s("kind").as_str() {
                     "decision" => println!(
                         "{last:>8} {when} {:<6} {:<8} {} {}{} {} {}",

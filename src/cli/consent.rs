@@ -8,7 +8,8 @@ use http::Method;
 use agentgate::admin::client::call;
 use agentgate::state::StateDir;
 
-use super::{Output, block_on, rfc3339};
+use super::{Output, block_on};
+use agentgate::clock::rfc3339;
 
 /// `agentgate consent`.
 #[derive(Subcommand)]

@@ -5,8 +5,8 @@ use std::os::unix::process::CommandExt;
 use anyhow::{Result, bail};
 
 use agentgate::agent_env::{self, shell_quote};
+use agentgate::clock::now;
 use agentgate::config::Config;
-use agentgate::identity::now;
 use agentgate::state::StateDir;
 
 use super::Output;

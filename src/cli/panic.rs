@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use http::Method;
 
 use agentgate::admin::client::call;
-use agentgate::identity::now;
+use agentgate::clock::now;
 use agentgate::identity::registry::Registry;
 use agentgate::state::StateDir;
 

@@ -9,13 +9,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 
 use agentgate::admin::client::reload_vault;
+use agentgate::clock::now;
 use agentgate::config::Config;
-use agentgate::identity::now;
 use agentgate::state::StateDir;
 use agentgate::vault::store::{NewConnection, Store};
 use agentgate::vault::{Kind, Secret, Settings, default_origin, fetch, origin_key};
 
-use super::{Output, block_on, rfc3339};
+use super::{Output, block_on};
+use agentgate::clock::rfc3339;
 
 /// `agentgate vault`.
 // Parsed once per process; boxing the big variant would buy nothing.

@@ -14,8 +14,9 @@ use super::ciba::Ciba;
 use super::store::Store;
 use super::{Answer, AnswerError, Backend, Consent, ConsentConfig, ConsentError, Mode, Status};
 use crate::audit::Audit;
+use crate::clock::now;
 use crate::error::{Denial, Gate};
-use crate::identity::{Caller, now};
+use crate::identity::Caller;
 use crate::intent::Tuple;
 use crate::webhooks::Webhooks;
 

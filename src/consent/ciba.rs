@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use super::approvals::Consents;
 use super::{CibaConfig, Consent, ConsentError, Delivery, HintFormat, Status};
-use crate::identity::now;
+use crate::clock::now;
 use crate::vault::Secret;
 use crate::vault::fetch::{FetchError, client_auth, load_secret, refused, unreachable};
 

@@ -15,6 +15,7 @@ use http::StatusCode;
 use ipnet::IpNet;
 use moka::future::Cache;
 
+use crate::authority::split_host_port;
 use crate::config::Config;
 use crate::error::{Denial, Gate};
 
@@ -54,7 +55,7 @@ impl Guard {
     }
 
     /// Checks a destination and returns the addresses that may be dialed for it.
-    /// `host` must already be lowercase (see [`normalize_host`]).
+    /// `host` must already be lowercase (see [`crate::authority::normalize_host`]).
     pub async fn check(&self, host: &str, port: u16) -> Result<Addrs, Denial> {
         if !self.allow_ports.contains(&port) {
             return Err(Denial::new(
@@ -188,43 +189,6 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
-/// Splits `host:port` (with `[v6]:port` for IPv6); `None` if either part is missing or bad.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, p) = rest.split_once("]:")?;
-        (h, p)
-    } else {
-        s.rsplit_once(':')?
-    };
-    let port: u16 = port.parse().ok()?;
-    if host.is_empty() || port == 0 {
-        return None;
-    }
-    Some((host, port))
-}
-
-/// Lowercases a host and checks it is a DNS name or an IP literal (brackets removed).
-pub fn normalize_host(host: &str) -> Option<String> {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.parse::<IpAddr>().is_ok() {
-        return Some(host.to_ascii_lowercase());
-    }
-    let valid = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    valid.then(|| host.to_ascii_lowercase())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -298,20 +262,5 @@ mod tests {
         assert!(g.check("192.168.0.1", 443).await.is_err());
         let a = g.check("api.github.com", 443).await.unwrap();
         assert_eq!(a[0], "127.0.0.1:9999".parse().unwrap());
-    }
-
-    #[test]
-    fn parses_hosts() {
-        assert_eq!(split_host_port("a.com:443"), Some(("a.com", 443)));
-        assert_eq!(split_host_port("[::1]:8443"), Some(("::1", 8443)));
-        assert_eq!(split_host_port("a.com"), None);
-        assert_eq!(split_host_port("a.com:0"), None);
-        assert_eq!(
-            normalize_host("API.GitHub.com."),
-            Some("api.github.com".into())
-        );
-        assert_eq!(normalize_host("[::1]"), Some("::1".into()));
-        assert_eq!(normalize_host("bad host"), None);
-        assert_eq!(normalize_host("a..b"), None);
     }
 }

@@ -100,7 +100,7 @@ fn new_key(state: &StateDir, registry: &Registry, now: i64) -> Result<String, Is
     };
     let pkcs8 = Es256Signer::generate_pkcs8().map_err(key_err)?;
     let signer = Es256Signer::from_pkcs8(kid.clone(), &pkcs8).map_err(key_err)?;
-    let pem = pem_encode("PRIVATE KEY", &pkcs8);
+    let pem = crate::digest::pem_encode("PRIVATE KEY", &pkcs8);
     // Key file first: a registry row must never name a key that does not exist.
     write_private(&path, pem.as_bytes())?;
     registry.add_issuer_key(&kid, &signer.public_key().to_jwk().to_string(), now)?;
@@ -225,19 +225,6 @@ pub fn register(
         expires,
         token,
     })
-}
-
-/// PEM-encodes `der` under `label`.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn pem_decode(pem: &[u8]) -> Option<Vec<u8>> {

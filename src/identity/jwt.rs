@@ -448,5 +448,4 @@ impl Es256Signer {
 }
 
 #[cfg(test)]
-#[path = "jwt_tests.rs"]
 mod tests;

@@ -23,7 +23,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::framing::Framing;
 use super::{Activity, drive, http1_builder};
-use crate::egress::guard::normalize_host;
+use crate::authority::normalize_host;
 use crate::error::{Denial, Gate};
 use crate::pipeline::{Pipeline, Tunnel};
 

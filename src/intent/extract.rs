@@ -348,7 +348,6 @@ impl Walk<'_, '_> {
 }
 
 #[cfg(test)]
-#[path = "extract_tests.rs"]
 mod tests;
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use http::{Method, Request, header};
 use hyper::body::Incoming;
 
 use super::{Tunnel, bad_request, misdirected};
-use crate::egress::guard::normalize_host;
+use crate::authority::{normalize_host, split_authority};
 use crate::error::Denial;
 
 /// Where one request goes.
@@ -120,24 +120,6 @@ fn same_host(host: &str, tunnel_host: &str) -> bool {
     host.eq_ignore_ascii_case(tunnel_host)
 }
 
-/// Splits an authority into host and optional port (IPv6 in brackets).
-pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')?;
-        let host = &authority[..=end];
-        let rest = &authority[end + 1..];
-        return match rest.strip_prefix(':') {
-            Some(p) => Some((host, Some(p.parse().ok()?))),
-            None if rest.is_empty() => Some((host, None)),
-            None => None,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
-        None => Some((authority, None)),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -150,14 +132,5 @@ mod tests {
         assert!(same_host("[::1]", "::1"));
         assert!(!same_host("api.github.com.evil", "api.github.com"));
         assert!(!same_host("", "api.github.com"));
-    }
-
-    #[test]
-    fn splits_authorities() {
-        assert_eq!(split_authority("a.com"), Some(("a.com", None)));
-        assert_eq!(split_authority("a.com:8443"), Some(("a.com", Some(8443))));
-        assert_eq!(split_authority("[::1]:443"), Some(("[::1]", Some(443))));
-        assert_eq!(split_authority("[::1]"), Some(("[::1]", None)));
-        assert_eq!(split_authority("a.com:x"), None);
     }
 }

@@ -17,7 +17,7 @@ use super::references::References;
 use super::store::{Store, fingerprint_with};
 use super::{Connection, Form, Kind, Secret, VaultConfig, VaultError, served_by};
 use crate::audit::Audit;
-use crate::identity::now;
+use crate::clock::now;
 
 /// Most credentials remembered for PANIC (the oldest expired ones go first).
 const MAX_LEDGER: usize = 100_000;

@@ -84,7 +84,7 @@ impl Fetcher {
         };
         let mut builder = http_client(tls, vault.fetch_timeout);
         for (host_port, addr) in &config.upstream.resolve {
-            if let Some((host, _)) = crate::egress::guard::split_host_port(host_port) {
+            if let Some((host, _)) = crate::authority::split_host_port(host_port) {
                 builder = builder.resolve(host, *addr);
             }
         }
@@ -185,8 +185,8 @@ impl Fetcher {
         repositories: &[String],
         permissions: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Obtained, FetchError> {
-        let jwt = github_app_jwt(app_id, private_key, crate::identity::now())
-            .map_err(FetchError::Setup)?;
+        let jwt =
+            github_app_jwt(app_id, private_key, crate::clock::now()).map_err(FetchError::Setup)?;
         let url = format!(
             "{}/app/installations/{installation_id}/access_tokens",
             api_url.trim_end_matches('/')
@@ -219,7 +219,7 @@ impl Fetcher {
                 time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
                     .map_err(|e| garbage(&url, e))?
                     .unix_timestamp()
-                    - crate::identity::now(),
+                    - crate::clock::now(),
             ),
             None => None,
         };

@@ -59,7 +59,7 @@ impl References {
             "{PREFIX}{}",
             URL_SAFE_NO_PAD.encode(super::store::random::<32>()?)
         );
-        let expires = crate::identity::now() + self.ttl.as_secs() as i64;
+        let expires = crate::clock::now() + self.ttl.as_secs() as i64;
         self.map.insert(
             key(&value),
             Arc::new(Reference {
@@ -76,7 +76,7 @@ impl References {
         let r = self
             .map
             .get(&key(presented))
-            .filter(|r| r.expires > crate::identity::now())
+            .filter(|r| r.expires > crate::clock::now())
             .ok_or(ReferenceError::Unknown)?;
         if r.agent != agent {
             return Err(ReferenceError::OtherAgent);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::credentials::{Credential, Vault};
 use super::fetch::FetchError;
 use super::{Connection, Kind};
-use crate::identity::now;
+use crate::clock::now;
 
 /// The outcome of revoking one credential upstream.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -323,9 +323,9 @@ pub fn origin_key(url: &str) -> Result<String, String> {
             "origin `{url}` must be https://host[:port], with no path"
         ));
     }
-    let (host, port) = crate::pipeline::split_authority(rest)
+    let (host, port) = crate::authority::split_authority(rest)
         .ok_or_else(|| format!("origin `{url}` has an invalid port"))?;
-    let host = crate::egress::guard::normalize_host(host)
+    let host = crate::authority::normalize_host(host)
         .ok_or_else(|| format!("origin `{url}` has an invalid host"))?;
     let bracketed = host.contains(':');
     Ok(match (bracketed, port.filter(|p| *p != 443)) {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use self::bundle::{Authorities, BundleError};
 use self::issuer::IssuerError;
 use self::jwt::{JwtError, Rules, VerifyKey};
 use self::registry::{Registry, RegistryError};
+use crate::clock::now;
 use crate::config::IdentityConfig;
 use crate::state::StateDir;
 
@@ -113,13 +114,6 @@ pub struct Identity {
     generation: AtomicU64,
     /// Set when bundles are expected from the Workload API; cleared by the first one.
     awaiting_workload: std::sync::atomic::AtomicBool,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Identity {
@@ -430,5 +424,4 @@ fn split_path(path: &str) -> (Option<String>, String) {
 }
 
 #[cfg(test)]
-#[path = "identity_tests.rs"]
 mod tests;

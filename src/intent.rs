@@ -336,7 +336,7 @@ impl Routed<'_, '_> {
     ) -> Result<Tuple, IntentError> {
         let t = &self.target;
         let mut context = Map::new();
-        context.insert("time".into(), now_rfc3339().into());
+        context.insert("time".into(), crate::clock::now_rfc3339().into());
         context.insert("host".into(), t.host.into());
         context.insert("path".into(), t.path.into());
         if let Some(q) = t.query.filter(|q| !q.is_empty()) {
@@ -588,17 +588,5 @@ fn query_json(query: &str) -> Value {
     Value::Object(out)
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
-#[path = "intent_tests.rs"]
 mod tests;

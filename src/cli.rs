@@ -21,17 +21,6 @@ pub enum Output {
     Json,
 }
 
-/// A Unix time as RFC 3339 UTC.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
 /// A small current-thread runtime for commands that talk to a running instance.
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     use anyhow::Context;

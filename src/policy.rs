@@ -669,5 +669,4 @@ fn parse_decision(v: &regorus::Value, hash: Arc<str>) -> Decision {
 }
 
 #[cfg(test)]
-#[path = "policy_tests.rs"]
 mod tests;
