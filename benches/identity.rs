@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use agentgate::clock::now;
 use agentgate::config::IdentityConfig;
 use agentgate::gates;
+use agentgate::gates::identity::Claim;
 use agentgate::identity::Identity;
 use agentgate::identity::issuer::{self, Registration};
 use agentgate::identity::jwt::{self, Rules};
@@ -75,7 +76,7 @@ fn main() {
         header::PROXY_AUTHORIZATION,
         HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
     );
-    let caller = gates::identity::authenticate(&identity, &headers).unwrap();
+    let caller = gates::identity::verify(&identity, Claim::Credential(&headers)).unwrap();
 
     let snapshot = registry.snapshot(now()).unwrap();
     let key_json: serde_json::Value =
@@ -89,12 +90,16 @@ fn main() {
 
     let budget = Duration::from_millis(1500);
     let recheck = time(budget, || {
-        black_box(gates::identity::recheck(&identity, black_box(&caller))).unwrap();
+        black_box(gates::identity::verify(
+            &identity,
+            Claim::Verified(black_box(&caller)),
+        ))
+        .unwrap();
     });
     let authenticate = time(budget, || {
-        black_box(gates::identity::authenticate(
+        black_box(gates::identity::verify(
             &identity,
-            black_box(&headers),
+            Claim::Credential(black_box(&headers)),
         ))
         .unwrap();
     });

@@ -15,9 +15,12 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use agentgate::audit::Audit;
 use agentgate::config::Config;
+use agentgate::gates::consent::Consent;
+use agentgate::gates::policy::Verdict;
 use agentgate::gates::token;
 use agentgate::identity::Caller;
 use agentgate::intent::{Intent, Subject, Target};
+use agentgate::policy::{Decision, Effect};
 use agentgate::state::StateDir;
 use agentgate::vault::store::{NewConnection, Store};
 use agentgate::vault::{Kind, Secret, Settings, Vault};
@@ -48,8 +51,11 @@ fn bench(c: &mut Criterion) {
     let (vault, audit) = rt.block_on(async {
         let audit = Arc::new(Audit::open(&config.audit, &state, "bench").expect("audit"));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let guard = Arc::new(agentgate::egress::guard::Guard::new(&config));
-        let tls = agentgate::egress::upstream::Upstream::new(&config, guard, provider)
+        let guard = Arc::new(agentgate::egress::guard::Guard::new(
+            &config.egress,
+            &config.upstream.resolve,
+        ));
+        let tls = agentgate::egress::upstream::Upstream::new(&config.upstream, guard, provider)
             .and_then(|u| u.client_config())
             .expect("tls");
         let vault = Arc::new(Vault::open(&config, &state, tls, audit.clone()).expect("vault"));
@@ -94,17 +100,31 @@ fn bench(c: &mut Criterion) {
             None,
         )
         .expect("tuple");
+    let verdict = Verdict {
+        decision: Arc::new(Decision {
+            effect: Effect::Allow,
+            reasons: Vec::new(),
+            scopes: Vec::new(),
+            consent: None,
+            policy_hash: Arc::from(""),
+        }),
+        escalate: false,
+    };
+    let consent = Consent::NotNeeded;
     // Warm the cache and the grant.
-    rt.block_on(token::obtain(
+    let warm = rt.block_on(token::issue(
         &vault,
         &caller,
         Some("api.github.com"),
         &tuple,
-        &[],
+        &verdict,
+        &consent,
         &headers,
-    ))
-    .expect("obtain")
-    .expect("a connection serves the origin");
+    ));
+    assert!(
+        warm.expect("issue").issued().is_some(),
+        "a connection serves the origin"
+    );
 
     let mut g = c.benchmark_group("token");
     g.bench_function("baseline_clone_headers", |b| {
@@ -114,11 +134,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut h = headers.clone();
             // A warm grant never waits: polled once, it is ready.
-            let injection = token::obtain(&vault, &caller, Some("api.github.com"), &tuple, &[], &h)
+            let origin = Some("api.github.com");
+            let injection = token::issue(&vault, &caller, origin, &tuple, &verdict, &consent, &h)
                 .now_or_never()
                 .expect("the warm path never waits")
-                .expect("obtain");
-            token::inject(&mut h, injection.as_ref());
+                .expect("issue");
+            injection.apply(&mut h);
             black_box(h)
         })
     });

@@ -33,6 +33,12 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
 }
 
+impl From<String> for ProxyBody {
+    fn from(text: String) -> Self {
+        ProxyBody::full(text)
+    }
+}
+
 impl ProxyBody {
     /// A body with these bytes.
     pub fn full(bytes: impl Into<Bytes>) -> Self {

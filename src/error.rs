@@ -9,8 +9,6 @@ use std::fmt;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
-
 /// Response header naming the gate that refused a request.
 pub const DENIED_BY: &str = "x-agentgate-denied-by";
 /// Response header carrying the request id (on every response).
@@ -134,9 +132,9 @@ impl Denial {
         body.to_string()
     }
 
-    /// The HTTP response for this denial.
-    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::full(self.body(request_id)));
+    /// The HTTP response for this denial (any body type that can hold its JSON text).
+    pub fn into_response<B: From<String>>(self, request_id: &str) -> Response<B> {
+        let mut resp = Response::new(B::from(self.body(request_id)));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(
@@ -196,7 +194,7 @@ mod tests {
     #[test]
     fn response_has_json_and_headers() {
         let d = Denial::new(Gate::Guard, StatusCode::FORBIDDEN, "port_not_allowed", "no");
-        let resp = d.clone().into_response("abc-1");
+        let resp: Response<String> = d.clone().into_response("abc-1");
         assert_eq!(resp.status(), 403);
         assert_eq!(resp.headers()[DENIED_BY], "guard");
         assert_eq!(resp.headers()[REQUEST_ID], "abc-1");

@@ -25,7 +25,7 @@ use self::issuer::IssuerError;
 use self::jwt::{JwtError, Rules, VerifyKey};
 use self::registry::{Registry, RegistryError};
 use crate::clock::now;
-use crate::config::IdentityConfig;
+use crate::config::sections::IdentityConfig;
 use crate::state::StateDir;
 
 /// A verified caller, passed down the pipeline and into every log line.

@@ -120,7 +120,11 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Checks what a config refers to (root files) without starting anything.
 pub fn check(config: &Config) -> Result<(), StartError> {
-    Upstream::new(config, Arc::new(Guard::new(config)), crypto_provider())?;
+    Upstream::new(
+        &config.upstream,
+        Arc::new(Guard::new(&config.egress, &config.upstream.resolve)),
+        crypto_provider(),
+    )?;
     for (td, path) in &config.identity.bundles {
         let bytes = std::fs::read(path).map_err(|e| e.to_string());
         bytes
@@ -166,7 +170,11 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             .with_upgrades(config.intent.upgrades.clone()),
     );
     // Gate 3: the instance's policy, and each tenant's.
-    let policies = Arc::new(policy::Policies::load(&config, state)?);
+    let policies = Arc::new(policy::Policies::load(
+        &config.policy,
+        config.tenant_policy_dirs(),
+        state,
+    )?);
     let policy = policies.instance().clone();
     let policy_dir = policy.dir().to_owned();
     let instance_id = format!("{:08x}", rand::random::<u32>());
@@ -178,8 +186,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     );
     let admin_token = instance::admin_token(state)?;
     let config = Arc::new(config);
-    let guard = Arc::new(Guard::new(&config));
-    let upstream = Upstream::new(&config, guard.clone(), provider)?;
+    let guard = Arc::new(Guard::new(&config.egress, &config.upstream.resolve));
+    let upstream = Upstream::new(&config.upstream, guard.clone(), provider)?;
     // AgentGate's own HTTPS calls (token endpoints, CIBA, webhooks) trust the same roots.
     let own_tls = upstream.client_config()?;
     let vault = Arc::new(vault::Vault::open(
@@ -240,20 +248,20 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     metrics.track_cache(metrics::Cache::Identity, identity.cache_stats());
     metrics.track_cache(metrics::Cache::Vault, vault.cache_stats());
     metrics.track_webhooks(webhooks.stats.clone());
-    let pipeline = Arc::new(Pipeline::new(
-        config.clone(),
-        instance_id,
-        identity.clone(),
-        intent.clone(),
-        policies.clone(),
-        audit.clone(),
-        vault.clone(),
-        tenant_consents.clone(),
+    let pipeline = Arc::new(Pipeline::new(pipeline::Components {
+        instance: instance_id,
+        limits: config.limits.clone(),
+        identity: identity.clone(),
+        intent: intent.clone(),
+        policies: policies.clone(),
+        consents: tenant_consents.clone(),
+        vault: vault.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
         guard,
         upstream,
         ca,
-        metrics.clone(),
-    ));
+    }));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(config.proxy.max_connections));

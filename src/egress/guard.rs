@@ -7,7 +7,7 @@
 //! `egress.allow_private` covers them or `upstream.resolve` pins the name. The caller dials
 //! exactly the returned addresses, so a DNS answer cannot change between check and dial.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use moka::future::Cache;
 
 use crate::authority::split_host_port;
-use crate::config::Config;
+use crate::config::sections::EgressConfig;
 use crate::error::{Denial, Gate};
 
 /// Checked addresses for one destination, in the order to try them.
@@ -32,11 +32,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Builds the guard from `egress.*` and `upstream.resolve`.
-    pub fn new(config: &Config) -> Guard {
-        let pinned = config
-            .upstream
-            .resolve
+    /// Builds the guard from `egress.*` and `upstream.resolve` (pinned addresses).
+    pub fn new(egress: &EgressConfig, resolve: &BTreeMap<String, SocketAddr>) -> Guard {
+        let pinned = resolve
             .iter()
             .filter_map(|(k, addr)| {
                 let (host, port) = split_host_port(k)?;
@@ -44,12 +42,12 @@ impl Guard {
             })
             .collect();
         Guard {
-            allow_ports: config.egress.allow_ports.clone(),
-            allow_private: config.egress.allow_private.clone(),
+            allow_ports: egress.allow_ports.clone(),
+            allow_private: egress.allow_private.clone(),
             pinned,
             dns: Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(config.egress.dns_ttl)
+                .time_to_live(egress.dns_ttl)
                 .build(),
         }
     }
@@ -194,10 +192,10 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn guard(edit: impl FnOnce(&mut Config)) -> Guard {
-        let mut c = Config::default();
+    fn guard(edit: impl FnOnce(&mut crate::config::Config)) -> Guard {
+        let mut c = crate::config::Config::default();
         edit(&mut c);
-        Guard::new(&c)
+        Guard::new(&c.egress, &c.upstream.resolve)
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::{BodyDone, BodyFault, RequestBody};
-use crate::config::Config;
+use crate::config::sections::UpstreamConfig;
 use crate::egress::guard::Guard;
 use crate::error::{Denial, Gate};
 
@@ -53,11 +53,11 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the clients: root store, ALPN, pool settings.
     pub fn new(
-        config: &Config,
+        config: &UpstreamConfig,
         guard: Arc<Guard>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Upstream, UpstreamError> {
-        let roots = Arc::new(root_store(&config.upstream.extra_roots)?);
+        let roots = Arc::new(root_store(&config.extra_roots)?);
         let tls = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, UpstreamError> {
             let mut c = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
@@ -70,14 +70,14 @@ impl Upstream {
         let connector = |tls| Connector {
             guard: guard.clone(),
             tls: TlsConnector::from(tls),
-            connect_timeout: config.upstream.connect_timeout,
+            connect_timeout: config.connect_timeout,
         };
         let build = |c: Connector| {
             Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(config.upstream.pool_idle_timeout)
-                .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+                .pool_idle_timeout(config.pool_idle_timeout)
+                .pool_max_idle_per_host(config.pool_max_idle_per_host)
                 // Host comes from the URI, which the tunnel already checked.
                 .set_host(true)
                 .http1_writev(false)
@@ -86,7 +86,7 @@ impl Upstream {
         Ok(Upstream {
             client: build(connector(tls(&[b"h2", b"http/1.1"])?)),
             upgrade_client: build(connector(tls(&[b"http/1.1"])?)),
-            response_timeout: config.upstream.response_timeout,
+            response_timeout: config.response_timeout,
             roots,
             provider,
         })

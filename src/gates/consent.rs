@@ -77,3 +77,24 @@ pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
     }
     crate::digest::hex(ctx.finish().as_ref())
 }
+
+/// What the consent gate found: no approval needed (policy allowed), or one that covers
+/// this exact request.
+pub enum Consent {
+    NotNeeded,
+    Granted(Granted),
+}
+
+/// Obtains the approval this escalated request needs (an existing one that covers it, or
+/// a person's answer, held for).
+pub async fn obtain(
+    consents: &Arc<Consents>,
+    caller: &Caller,
+    tuple: &Tuple,
+    verdict: &crate::gates::policy::Verdict,
+    request: &Request<'_>,
+) -> Result<Consent, Denial> {
+    ask(consents, caller, tuple, &verdict.decision, request)
+        .await
+        .map(Consent::Granted)
+}

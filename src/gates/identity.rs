@@ -12,15 +12,27 @@ use http::{HeaderMap, StatusCode, header};
 use crate::error::{Denial, Gate};
 use crate::identity::{Caller, Identity, IdentityError};
 
-/// Verifies the request's proxy credential.
-pub fn authenticate(identity: &Identity, headers: &HeaderMap) -> Result<Arc<Caller>, Denial> {
-    let token = credential(headers)?;
-    identity.authenticate(&token).map_err(refusal)
+/// What a request offers as proof of who sent it.
+pub enum Claim<'a> {
+    /// Its own `Proxy-Authorization` (a `CONNECT`, or a plain `http://` request).
+    Credential(&'a HeaderMap),
+    /// The caller verified when its tunnel was opened (or before it waited for consent):
+    /// still live, unless revoked or expired since.
+    Verified(&'a Arc<Caller>),
 }
 
-/// Re-checks, for each request in a tunnel, the caller verified at `CONNECT`.
-pub fn recheck(identity: &Identity, caller: &Caller) -> Result<(), Denial> {
-    identity.recheck(caller).map_err(refusal)
+/// Verifies who is calling.
+pub fn verify(identity: &Identity, claim: Claim<'_>) -> Result<Arc<Caller>, Denial> {
+    match claim {
+        Claim::Credential(headers) => {
+            let token = credential(headers)?;
+            identity.authenticate(&token).map_err(refusal)
+        }
+        Claim::Verified(caller) => identity
+            .recheck(caller)
+            .map(|()| caller.clone())
+            .map_err(refusal),
+    }
 }
 
 /// The token from `Proxy-Authorization`; never echoed in a refusal.

@@ -3,10 +3,26 @@
 //! returns the AuthZEN tuple; a request whose meaning is ambiguous or unreadable is refused
 //! here, since policy cannot judge what it cannot see.
 
+use std::sync::Arc;
+
 use http::StatusCode;
 
 use crate::error::{Denial, Gate};
-use crate::intent::{BodyError, IntentError};
+use crate::identity::Caller;
+use crate::intent::{BodyError, BodyPrefix, IntentError, Routed, Subject, Tuple};
+
+/// The AuthZEN tuple of a routed request: who (`caller`), what (the catalog's operation and
+/// what `body` says, when the API keeps its meaning there), on which resource.
+pub fn derive(
+    routed: &Routed<'_, '_>,
+    caller: &Caller,
+    body: Option<BodyPrefix<'_>>,
+) -> Result<Arc<Tuple>, Denial> {
+    routed
+        .tuple(Subject::from(caller), body)
+        .map(Arc::new)
+        .map_err(refusal)
+}
 
 /// The refusal for a request whose meaning could not be worked out.
 pub fn refusal(error: IntentError) -> Denial {

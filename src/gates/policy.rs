@@ -1,60 +1,73 @@
-//! Gate 3 — Policy: may it. Evaluates the tuple with the Rego policy in force and turns the
-//! decision into the pipeline's next step: go on (allow), ask a human (escalate), or refuse.
-//! In `observe` mode every decision is recorded but none is enforced.
-
-use http::StatusCode;
+//! Gate 3 — Policy: may it. Evaluates the tuple with the Rego policy of the caller's tenant
+//! and turns the decision into the next step: go on (allow), ask a human (escalate), or
+//! refuse. In `observe` mode every decision is recorded but none is enforced.
 
 use std::sync::Arc;
+
+use http::StatusCode;
 
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::policy::{Decision, Effect, Mode, Policies, Policy};
+use crate::policy::{Decision, Effect, Mode, Policies};
 
-/// What the pipeline does after policy.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Go on to the next gate.
-    Proceed,
-    /// A human must approve first (the consent gate).
-    Escalate,
+/// What policy lets happen next.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The policy's decision (scopes for the token gate, the message for consent).
+    pub decision: Arc<Decision>,
+    /// A person must approve first (the consent gate).
+    pub escalate: bool,
 }
 
-/// The policy that decides for `caller`: its tenant's, or the instance's for an agent
-/// without one. An agent of a tenant that is not configured (while others are) gets a
-/// denial instead, enforced even in observe mode: an unknown tenant never passes.
-pub fn select<'p>(policies: &'p Policies, caller: &Caller) -> Result<&'p Arc<Policy>, Decision> {
-    policies
-        .for_tenant(caller.tenant.as_deref())
-        .ok_or_else(|| {
-            Decision::deny(
-                format!(
-                    "tenant {} is not configured in [tenants]",
-                    caller.tenant.as_deref().unwrap_or_default()
-                ),
-                Arc::from(""),
-            )
-        })
+/// Decides on `tuple` for `caller`. The decision is also left in `decided`, for the record,
+/// whether it lets the request on or refuses it. An agent of a tenant that is not configured
+/// (while others are) is refused even in observe mode: an unknown tenant never passes.
+/// Never fails inside: an error in the policy is a denial with its reason.
+pub fn evaluate(
+    policies: &Policies,
+    caller: &Caller,
+    tuple: &Tuple,
+    decided: &mut Option<Arc<Decision>>,
+) -> Result<Verdict, Denial> {
+    let (decision, mode) = match policies.for_tenant(caller.tenant.as_deref()) {
+        Some(policy) => (policy.evaluate(&tuple.json), policy.mode),
+        None => {
+            let reason = format!(
+                "tenant {} is not configured in [tenants]",
+                caller.tenant.as_deref().unwrap_or_default()
+            );
+            (Decision::deny(reason, Arc::from("")), Mode::Enforce)
+        }
+    };
+    let decision = decided.insert(Arc::new(decision)).clone();
+    let escalate = escalates(&decision, mode)?;
+    Ok(Verdict { decision, escalate })
 }
 
-/// Decides on `tuple`; never fails (errors inside policy are denials with their reason).
-pub fn decide(policy: &Policy, tuple: &Tuple) -> Decision {
-    policy.evaluate(&tuple.json)
-}
-
-/// What the decision means for this request under `mode`.
-pub fn enforce(decision: &Decision, mode: Mode) -> Result<Verdict, Denial> {
-    if mode == Mode::Observe {
-        return Ok(Verdict::Proceed);
-    }
-    match decision.effect {
-        Effect::Allow => Ok(Verdict::Proceed),
-        Effect::Escalate => Ok(Verdict::Escalate),
-        Effect::Deny => Err(Denial::new(
+/// What `decision` means under `mode`: go on (`false`), ask a person first (`true`), or
+/// the refusal.
+fn escalates(decision: &Decision, mode: Mode) -> Result<bool, Denial> {
+    match (mode, decision.effect) {
+        (Mode::Observe, _) | (_, Effect::Allow) => Ok(false),
+        (_, Effect::Escalate) => Ok(true),
+        (_, Effect::Deny) => Err(Denial::new(
             Gate::Policy,
             StatusCode::FORBIDDEN,
             "policy_denied",
             decision.reason_line(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observe_mode_never_stops_a_request() {
+        let d = Decision::deny("no", "h".into());
+        assert!(escalates(&d, Mode::Enforce).is_err());
+        assert!(matches!(escalates(&d, Mode::Observe), Ok(false)));
     }
 }

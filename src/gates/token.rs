@@ -13,6 +13,8 @@ use aws_lc_rs::digest::{Context, SHA256};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
+use super::consent::Consent;
+use super::policy::Verdict;
 use crate::body::Redact;
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
@@ -21,8 +23,16 @@ use crate::vault::credentials::{TokenError, Want};
 use crate::vault::references::PREFIX;
 use crate::vault::{Form, Grant, Vault, form_at};
 
-/// What the token gate decided to send.
+/// What the token gate puts in the request: the agent's own credentials always go, and the
+/// credential granted for this decision, when a vault connection serves the origin.
+#[derive(Clone)]
 pub struct Injection {
+    issued: Option<Issued>,
+}
+
+/// A credential granted for one decision, in the form its origin takes.
+#[derive(Clone)]
+pub struct Issued {
     pub grant: Arc<Grant>,
     /// An `agw_` reference from the agent was swapped for it.
     pub reference: bool,
@@ -32,6 +42,29 @@ pub struct Injection {
 }
 
 impl Injection {
+    /// The credential injected, if any.
+    pub fn issued(&self) -> Option<&Issued> {
+        self.issued.as_ref()
+    }
+
+    /// Removes the agent's own credentials and injects the granted one. Runs after
+    /// hop-by-hop removal, so `Connection: authorization` cannot strip what is injected.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        headers.remove(header::COOKIE);
+        if let Some(i) = &self.issued {
+            headers.insert(header::AUTHORIZATION, i.header.clone());
+            // An uncompressed answer can be scanned for echoes of the credential.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+    }
+}
+
+impl Issued {
     /// A scanner masking the credential in the response: the token itself and, when it
     /// was sent encoded (Basic), the encoded form, which gives the token back when decoded.
     pub fn redactor(&self) -> Redact {
@@ -47,16 +80,19 @@ impl Injection {
     }
 }
 
-/// Finds the credential for this request. `origin` is `None` for cleartext requests, which
-/// never get one. `Ok(None)`: no connection serves the origin; the request goes without.
-pub async fn obtain(
+/// Issues the credential for this request, granted to this decision (`verdict`, and the
+/// `consent` it needed). `origin` is `None` for cleartext requests, which never get one; an
+/// origin no vault connection serves gets none either.
+pub async fn issue(
     vault: &Arc<Vault>,
     caller: &Caller,
     origin: Option<&str>,
     tuple: &Tuple,
-    scopes: &[String],
+    verdict: &Verdict,
+    _consent: &Consent,
     headers: &HeaderMap,
-) -> Result<Option<Injection>, Denial> {
+) -> Result<Injection, Denial> {
+    let scopes = &verdict.decision.scopes;
     let presented = reference_in(headers);
     let connection = origin
         .and_then(|o| vault.connection_for(caller.tenant.as_deref(), o, caller.owner.as_deref()));
@@ -65,7 +101,7 @@ pub async fn obtain(
             Some(_) => Err(reference_invalid(
                 "no vault connection serves this origin (over TLS), so there is nothing to swap the agw_ reference for".into(),
             )),
-            None => Ok(None),
+            None => Ok(Injection { issued: None }),
         };
     };
     if let Some(r) = presented {
@@ -84,28 +120,14 @@ pub async fn obtain(
     let grant = vault.grant(&connection, &want).await.map_err(unavailable)?;
     let form = origin.map_or(Form::Scheme, form_at);
     let header = grant.credential.header_in(form).map_err(unavailable)?;
-    Ok(Some(Injection {
-        grant,
-        reference: presented.is_some(),
-        header,
-        form,
-    }))
-}
-
-/// Removes the agent's own credentials and injects the granted one. Runs after hop-by-hop
-/// removal, so `Connection: authorization` cannot strip what is injected here.
-pub fn inject(headers: &mut HeaderMap, injection: Option<&Injection>) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::COOKIE);
-    if let Some(i) = injection {
-        headers.insert(header::AUTHORIZATION, i.header.clone());
-        // An uncompressed answer can be scanned for echoes of the credential.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-    }
+    Ok(Injection {
+        issued: Some(Issued {
+            grant,
+            reference: presented.is_some(),
+            header,
+            form,
+        }),
+    })
 }
 
 /// Masks echoes of the injected credential in response headers; returns how many.
@@ -207,7 +229,7 @@ mod tests {
             header::PROXY_AUTHORIZATION,
             HeaderValue::from_static("Bearer x"),
         );
-        inject(&mut h, None);
+        Injection { issued: None }.apply(&mut h);
         assert!(h.is_empty());
     }
 

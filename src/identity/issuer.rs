@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::jwt::{Es256Signer, JwkError};
 use super::registry::{Registry, RegistryError, Token};
-use crate::config::IdentityConfig;
+use crate::config::sections::IdentityConfig;
 use crate::state::{StateDir, StateError, read_private, write_private};
 
 /// Why the issuer could not do what was asked.

@@ -80,7 +80,7 @@ async fn serve_client(
 ) {
     let activity = Arc::new(Activity::new());
     let permit = Arc::new(permit);
-    let limits = pipeline.config.limits.clone();
+    let limits = pipeline.limits().clone();
     let svc = {
         let (pipeline, activity, shutdown) = (pipeline.clone(), activity.clone(), shutdown.clone());
         service_fn(move |req| {

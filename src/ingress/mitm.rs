@@ -39,7 +39,7 @@ pub async fn serve(
     mut tunnel: Tunnel,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = pipeline.config.limits.clone();
+    let limits = pipeline.limits().clone();
     let client = tunnel.client;
     let handshake = async {
         let mut io = TokioIo::new(upgraded);
@@ -70,7 +70,7 @@ pub async fn serve(
             _ => tunnel.host.clone(),
         };
         let config = pipeline
-            .ca
+            .ca()
             .server_config(&cert_host)
             .map_err(|e| io::Error::other(e.to_string()))?;
         start.into_stream(config).await.map(Some)

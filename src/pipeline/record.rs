@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use http::{Method, StatusCode};
 
-use super::{Facts, Pipeline};
+use super::assembly::Pipeline;
+use super::trail::Trail;
 use crate::error::{Denial, Gate};
 
 impl Pipeline {
@@ -13,7 +14,7 @@ impl Pipeline {
     pub(super) fn decision(
         &self,
         request_id: &str,
-        facts: &Facts,
+        trail: &Trail,
         // `None` when the request never parsed far enough to have one.
         method: Option<&Method>,
         host: &str,
@@ -21,8 +22,8 @@ impl Pipeline {
         denial: Option<&Denial>,
     ) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
-        let caller = facts.caller.as_deref();
-        let mut r = self.audit.record("decision");
+        let caller = trail.caller.as_deref();
+        let mut r = self.c.audit.record("decision");
         r.insert("request_id".into(), request_id.into());
         r.insert(
             "agent".into(),
@@ -47,32 +48,32 @@ impl Pipeline {
         r.insert("host".into(), host.into());
         // Path only: query strings carry secrets (Slack's `token=`).
         r.insert("path".into(), path.into());
-        if let Some(sent) = &facts.sent {
+        if let Some(sent) = &trail.sent {
             r.insert("sent".into(), sent.to_json());
         }
-        if let Some(t) = &facts.tuple {
+        if let Some(t) = &trail.tuple {
             r.insert("action".into(), t.json["action"].clone());
             r.insert("resource".into(), t.json["resource"].clone());
             r.insert("context".into(), t.json["context"].clone());
         }
         let mut reasons: Vec<Value> = Vec::new();
-        if let Some(d) = &facts.decision {
+        if let Some(d) = &trail.decision {
             r.insert("policy_effect".into(), d.effect.as_str().into());
             r.insert("policy_hash".into(), (&*d.policy_hash).into());
-            r.insert("mode".into(), self.policies.mode().as_str().into());
+            r.insert("mode".into(), self.c.policies.mode().as_str().into());
             if !d.scopes.is_empty() {
                 r.insert("scopes".into(), d.scopes.clone().into());
             }
             reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
         }
-        match &facts.consent {
-            Some(Ok(g)) => {
+        match (&trail.consent, denial) {
+            (Some(g), _) => {
                 r.insert(
                     "consent".into(),
                     serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by, "how": g.how}),
                 );
             }
-            Some(Err(d)) => {
+            (None, Some(d)) if trail.asked_consent && d.gate == Gate::Consent => {
                 let id = d
                     .extra
                     .as_ref()
@@ -82,9 +83,9 @@ impl Pipeline {
                     serde_json::json!({"id": id, "error": d.error}),
                 );
             }
-            None => {}
+            _ => {}
         }
-        if let Some(i) = &facts.injection {
+        if let Some(i) = trail.injection.as_ref().and_then(|i| i.issued()) {
             let c = &i.grant.credential;
             r.insert(
                 "credential".into(),
@@ -139,7 +140,7 @@ impl Pipeline {
         let denial = Denial::new(Gate::Ingress, status, code, error.to_string());
         let record = self.decision(
             &request_id,
-            &Facts::default(),
+            &Trail::default(),
             None,
             host,
             "",
@@ -147,12 +148,14 @@ impl Pipeline {
         );
         tracing::info!(target: "agentgate::request", %request_id, client = %client, host, status = status.as_u16(), denied_by = "ingress", error = code, reason = %error);
         self.record_refusal(record).await;
-        self.metrics.request(Some(Gate::Ingress), started.elapsed());
+        self.c
+            .metrics
+            .request(Some(Gate::Ingress), started.elapsed());
     }
 
     /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).
     pub(super) async fn record_refusal(&self, record: serde_json::Map<String, serde_json::Value>) {
-        if let Err(e) = self.audit.commit(record).await {
+        if let Err(e) = self.c.audit.commit(record).await {
             tracing::error!(error = %e, "refusal not recorded in the audit log");
         }
     }
@@ -162,7 +165,7 @@ impl Pipeline {
 pub(super) fn log_request(
     request_id: &str,
     client: SocketAddr,
-    facts: &Facts,
+    trail: &Trail,
     method: &Method,
     host: &str,
     path: &str,
@@ -174,62 +177,18 @@ pub(super) fn log_request(
         target: "agentgate::request",
         request_id,
         client = %client,
-        agent = facts.caller.as_deref().map(|c| c.spiffe_id.as_str()),
+        agent = trail.caller.as_deref().map(|c| c.spiffe_id.as_str()),
         method = %method,
         host,
         path,
-        action = facts.tuple.as_ref().map(|t| &*t.action),
-        resource = facts.tuple.as_ref().map(|t| t.resource_id.as_str()),
-        policy = facts.decision.as_ref().map(|d| d.effect.as_str()),
-        credential = facts.injection.as_ref().map(|i| i.grant.credential.fingerprint.as_str()),
+        action = trail.tuple.as_ref().map(|t| &*t.action),
+        resource = trail.tuple.as_ref().map(|t| t.resource_id.as_str()),
+        policy = trail.decision.as_ref().map(|d| d.effect.as_str()),
+        credential = trail.injection.as_ref().and_then(|i| i.issued()).map(|i| i.grant.credential.fingerprint.as_str()),
         status = status.as_u16(),
         denied_by = denied.map(|d| d.gate.as_str()),
         error = denied.map(|d| d.error),
         reason = denied.map(|d| &*d.reason),
         duration_us = started.elapsed().as_micros() as u64,
     );
-}
-
-/// What a forwarded request sends upstream, as its decision record says (`sent`), so the
-/// record can be held against what the upstream received.
-pub(super) struct Sent {
-    method: http::Method,
-    target_sha256: [u8; 32],
-    headers_sha256: [u8; 32],
-    headers: serde_json::Map<String, serde_json::Value>,
-    body_sha256: Option<[u8; 32]>,
-    body_bytes: Option<usize>,
-}
-
-impl Sent {
-    /// `injected`: the token gate adds a credential (and replaces `Accept-Encoding`);
-    /// `body`: the whole body's digest and length, when it was read before deciding.
-    pub(super) fn new(
-        parts: &http::request::Parts,
-        injected: bool,
-        body_sha256: Option<[u8; 32]>,
-        read: Option<usize>,
-    ) -> Sent {
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Sent {
-            method: parts.method.clone(),
-            target_sha256: crate::digest::sha256(target.as_bytes()),
-            headers_sha256: crate::headers::forwarded_digest(&parts.headers, injected),
-            headers: crate::intent::meaning_headers(&parts.headers),
-            body_bytes: body_sha256.map(|_| read.unwrap_or(0)),
-            body_sha256,
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        use crate::digest::hex;
-        serde_json::json!({
-            "method": self.method.as_str(),
-            "target_sha256": hex(&self.target_sha256),
-            "headers_sha256": hex(&self.headers_sha256),
-            "headers": self.headers,
-            "body_sha256": self.body_sha256.map(|d| hex(&d)),
-            "body_bytes": self.body_bytes,
-        })
-    }
 }

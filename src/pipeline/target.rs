@@ -1,12 +1,33 @@
-//! Where a request goes: its target, checked against the tunnel it came through.
+//! Where a request goes: the tunnel it came through (fixed at `CONNECT`) and its target,
+//! checked against that tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, header};
 use hyper::body::Incoming;
 
-use super::{Tunnel, bad_request, misdirected};
+use super::refusal::{bad_request, misdirected};
 use crate::authority::{normalize_host, split_authority};
 use crate::error::Denial;
+use crate::identity::Caller;
+
+/// The destination a client connection is bound to, fixed at CONNECT time.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// Lowercased CONNECT host (DNS name or IP literal).
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as sent upstream (port omitted when 443), built once per tunnel.
+    pub authority: Authority,
+    /// Set when the TLS SNI disagreed with the CONNECT target: every request is refused.
+    pub misdirected: Option<String>,
+    /// The agent's address.
+    pub client: SocketAddr,
+    /// Who opened the tunnel (verified at CONNECT).
+    pub caller: Arc<Caller>,
+}
 
 /// Where one request goes.
 pub(super) struct Target {
@@ -15,6 +36,16 @@ pub(super) struct Target {
 }
 
 impl Target {
+    /// `scheme://authority`, as consent binds it.
+    pub(super) fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+
+    /// The origin a credential may be issued for: only `https` ones get one.
+    pub(super) fn tls_origin(&self) -> Option<&str> {
+        (self.scheme == Scheme::HTTPS).then(|| self.authority.as_str())
+    }
+
     /// The host, lowercase, without brackets or port (what the catalog is keyed by).
     pub(super) fn host(&self) -> &str {
         let h = self.authority.host();

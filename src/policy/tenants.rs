@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Mode, Policy, PolicyError, seed};
-use crate::config::Config;
+use super::{Mode, Policy, PolicyConfig, PolicyError, seed};
 use crate::state::StateDir;
 
 /// The instance's policy and every configured tenant's.
@@ -21,16 +20,24 @@ impl Policies {
     /// Loads the instance policy (`policy.dir`, or `<state>/policies`) and one per
     /// `[tenants.<t>]` (`policy_dir`, or `<state>/tenants/<t>/policies`); default
     /// directories are seeded with the embedded policy on first start.
-    pub fn load(config: &Config, state: &StateDir) -> Result<Policies, PolicyError> {
-        let dir = super::resolve_dir(&config.policy, state.root())?;
-        let instance = Arc::new(Policy::load(&dir, &config.policy)?);
-        let mut tenants = BTreeMap::new();
-        for (name, t) in &config.tenants {
-            let dir = resolve_tenant_dir(name, t.policy_dir.as_deref(), state)?;
-            let policy = Policy::load(&dir, &config.policy)?.with_tenant(name);
-            tenants.insert(name.clone(), Arc::new(policy));
+    /// `tenants`: each configured tenant's name and `policy_dir`.
+    pub fn load<'t>(
+        config: &PolicyConfig,
+        tenants: impl IntoIterator<Item = (&'t str, Option<&'t Path>)>,
+        state: &StateDir,
+    ) -> Result<Policies, PolicyError> {
+        let dir = super::resolve_dir(config, state.root())?;
+        let instance = Arc::new(Policy::load(&dir, config)?);
+        let mut tenants_map = BTreeMap::new();
+        for (name, policy_dir) in tenants {
+            let dir = resolve_tenant_dir(name, policy_dir, state)?;
+            let policy = Policy::load(&dir, config)?.with_tenant(name);
+            tenants_map.insert(name.to_owned(), Arc::new(policy));
         }
-        Ok(Policies { instance, tenants })
+        Ok(Policies {
+            instance,
+            tenants: tenants_map,
+        })
     }
 
     /// The instance's policy: for agents without a tenant (and the AuthZEN PDP routes).
@@ -115,13 +122,18 @@ pub fn resolve_tenant_dir(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn load(config: &Config, state: &StateDir) -> Result<Policies, PolicyError> {
+        Policies::load(&config.policy, config.tenant_policy_dirs(), state)
+    }
 
     #[test]
     fn picks_by_tenant_and_refuses_unknown_ones() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
         let mut config = Config::default();
-        let none = Policies::load(&config, &state).unwrap();
+        let none = load(&config, &state).unwrap();
         // No [tenants]: a tenant is a label, the instance policy decides.
         assert!(Arc::ptr_eq(
             none.for_tenant(Some("acme")).unwrap(),
@@ -143,7 +155,7 @@ mod tests {
             },
         );
         config.tenants.insert("globex".into(), Default::default());
-        let p = Policies::load(&config, &state).unwrap();
+        let p = load(&config, &state).unwrap();
         let acme = p.for_tenant(Some("acme")).unwrap();
         assert_eq!(acme.dir(), own);
         assert_eq!(acme.tenant(), Some("acme"));
@@ -159,7 +171,7 @@ mod tests {
         // A second start keeps what is there.
         let edited = state.path("tenants/globex/policies/extra.rego");
         std::fs::write(&edited, "package extra\nx := 1\n").unwrap();
-        Policies::load(&config, &state).unwrap();
+        load(&config, &state).unwrap();
         assert!(edited.exists());
     }
 

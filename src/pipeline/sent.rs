@@ -1,0 +1,45 @@
+//! What a forwarded request sends upstream, as its decision record says (`sent`).
+
+/// What a forwarded request sends upstream, as its decision record says (`sent`), so the
+/// record can be held against what the upstream received.
+pub(super) struct Sent {
+    method: http::Method,
+    target_sha256: [u8; 32],
+    headers_sha256: [u8; 32],
+    headers: serde_json::Map<String, serde_json::Value>,
+    body_sha256: Option<[u8; 32]>,
+    body_bytes: Option<usize>,
+}
+
+impl Sent {
+    /// `injected`: the token gate adds a credential (and replaces `Accept-Encoding`);
+    /// `body`: the whole body's digest and length, when it was read before deciding.
+    pub(super) fn new(
+        parts: &http::request::Parts,
+        injected: bool,
+        body_sha256: Option<[u8; 32]>,
+        read: Option<usize>,
+    ) -> Sent {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Sent {
+            method: parts.method.clone(),
+            target_sha256: crate::digest::sha256(target.as_bytes()),
+            headers_sha256: crate::headers::forwarded_digest(&parts.headers, injected),
+            headers: crate::intent::meaning_headers(&parts.headers),
+            body_bytes: body_sha256.map(|_| read.unwrap_or(0)),
+            body_sha256,
+        }
+    }
+
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        use crate::digest::hex;
+        serde_json::json!({
+            "method": self.method.as_str(),
+            "target_sha256": hex(&self.target_sha256),
+            "headers_sha256": hex(&self.headers_sha256),
+            "headers": self.headers,
+            "body_sha256": self.body_sha256.map(|d| hex(&d)),
+            "body_bytes": self.body_bytes,
+        })
+    }
+}

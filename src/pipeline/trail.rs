@@ -1,0 +1,30 @@
+//! What the gates learned about one request, kept for its decision record and log line
+//! whether it was forwarded or refused. The flow hands each gate's output to the next gate
+//! directly; the trail only keeps a copy for the record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::sent::Sent;
+use crate::consent::Granted;
+use crate::gates::token::Injection;
+use crate::identity::Caller;
+use crate::intent::Tuple;
+use crate::policy::Decision;
+
+/// The record's view of one request.
+#[derive(Default)]
+pub(super) struct Trail {
+    pub(super) caller: Option<Arc<Caller>>,
+    pub(super) tuple: Option<Arc<Tuple>>,
+    pub(super) decision: Option<Arc<Decision>>,
+    /// The approval that let an escalated request through.
+    pub(super) consent: Option<Granted>,
+    /// The consent store was asked (its refusal is read from the denial itself).
+    pub(super) asked_consent: bool,
+    pub(super) injection: Option<Injection>,
+    /// How long after its start a forwarded request's decision record was committed.
+    pub(super) decided: Option<Duration>,
+    /// What a forwarded request sends upstream, as its decision record describes it.
+    pub(super) sent: Option<Sent>,
+}
