@@ -41,9 +41,9 @@ use crate::error::{Denial, Gate, REQUEST_ID};
 use crate::gates;
 use crate::headers;
 use crate::identity::{Caller, Identity};
-use crate::ingress::sessions::Sessions;
 use crate::intent::{BodyPrefix, Intent, Subject, Tuple};
 use crate::policy::{Decision, Policies};
+use crate::sessions::Sessions;
 use crate::vault::Vault;
 
 mod record;
@@ -774,7 +774,7 @@ fn misdirected(reason: String) -> Denial {
 async fn splice_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    session: crate::ingress::sessions::Session,
+    session: crate::sessions::Session,
     (audit, mut record): (Arc<Audit>, serde_json::Map<String, serde_json::Value>),
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
