@@ -9,87 +9,32 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod authzen;
 pub mod client;
 pub mod consent;
 pub mod dashboard;
 pub mod events;
+pub mod policy;
+pub mod reply;
+pub mod request;
+pub mod state;
+pub mod system;
 pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
-use crate::identity::Identity;
-use crate::ingress::{Activity, drive, http1_builder};
-
-pub use auth::Scope;
-
-/// An admin route's answer.
-pub type Reply = Response;
-
-/// What admin routes reach.
-pub struct Admin {
-    pub health: Arc<Health>,
-    pub identity: Arc<Identity>,
-    pub intent: Arc<crate::intent::Intent>,
-    /// The instance's policy and each tenant's.
-    pub policies: Arc<crate::policy::Policies>,
-    pub audit: Arc<crate::audit::Audit>,
-    /// Where `audit.pub` lives.
-    pub state: crate::state::StateDir,
-    pub config: Arc<crate::config::Config>,
-    pub vault: Arc<crate::vault::Vault>,
-    /// The instance's consents and each tenant's (with their CIBA clients).
-    pub consents: Arc<crate::consent::TenantConsents>,
-    pub panic: Arc<crate::panic::Panic>,
-    /// Admin, tenant and dashboard tokens.
-    pub auth: auth::Auth,
-    /// This process's instance id.
-    pub instance: String,
-    /// The URL the dashboard is reached at (`http://127.0.0.1:8081`).
-    pub base_url: String,
-    /// Configured tenant names.
-    pub tenants: Vec<String>,
-    /// When each agent (SPIFFE ID) last had a decision.
-    pub last_seen: agents::LastSeen,
-    /// Live event-stream subscribers.
-    pub streams: events::Streams,
-    /// The proxy listener's connection slots (for the open-connections gauge).
-    pub slots: Arc<tokio::sync::Semaphore>,
-    pub max_connections: usize,
-}
-
-/// Readiness shared with the proxy: true once the proxy listener accepts, false when draining.
-#[derive(Debug, Default)]
-pub struct Health {
-    ready: AtomicBool,
-}
-
-impl Health {
-    /// Sets whether the instance is ready to take traffic.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// Whether the instance takes traffic.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
+use crate::server::{Activity, drive, http1_builder};
+use state::Admin;
 
 /// Why the admin listener cannot be set up as configured.
 #[derive(Debug, thiserror::Error)]
@@ -248,171 +193,5 @@ pub async fn serve(
                 }
             }
         });
-    }
-}
-
-/// Largest JSON body an admin route reads.
-pub(crate) const MAX_ADMIN_BODY: usize = 1 << 20;
-
-/// Reads a JSON request body up to [`MAX_ADMIN_BODY`]; refusals come back as responses.
-pub(crate) async fn read_json_body(req: Request) -> Result<bytes::Bytes, Reply> {
-    use http_body_util::BodyExt;
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(bad_request(
-            "send the body as Content-Type: application/json",
-        ));
-    }
-    let mut body = req.into_body();
-    let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| bad_request(&format!("reading the body failed: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        seen += data.len();
-        if seen > MAX_ADMIN_BODY {
-            // Read (bounded) what the client is still sending, so it gets the answer
-            // rather than a reset connection.
-            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
-            return Err(bad_request_code(
-                "body_too_large",
-                "admin request bodies are limited to 1 MiB",
-            ));
-        }
-        buf.extend_from_slice(&data);
-    }
-    Ok(buf.freeze())
-}
-
-/// Parses an optional JSON body: none (no length, no chunks) is `T::default()`.
-pub(crate) async fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    req: Request,
-    expected: &str,
-) -> Result<T, Reply> {
-    let has_body = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v != "0")
-        || req.headers().contains_key(header::TRANSFER_ENCODING);
-    if !has_body {
-        return Ok(T::default());
-    }
-    parse_json(req, expected).await
-}
-
-/// Reads and parses a JSON body; `expected` describes the shape for the 400 reason.
-pub(crate) async fn parse_json<T: serde::de::DeserializeOwned>(
-    req: Request,
-    expected: &str,
-) -> Result<T, Reply> {
-    let body = read_json_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| bad_request(&format!("expected {expected}: {e}")))
-}
-
-/// A 400 with its reason.
-pub(crate) fn bad_request(reason: &str) -> Reply {
-    bad_request_code("bad_request", reason)
-}
-
-/// A 400 with a specific code.
-pub(crate) fn bad_request_code(code: &str, reason: &str) -> Reply {
-    error(StatusCode::BAD_REQUEST, code, reason)
-}
-
-/// A 403 for a route or object outside the caller's scope.
-pub(crate) fn forbidden(reason: &str) -> Reply {
-    error(StatusCode::FORBIDDEN, "forbidden", reason)
-}
-
-/// 403 unless the caller is the instance admin.
-pub(crate) fn instance_only(scope: &Scope) -> Result<(), Reply> {
-    match scope {
-        Scope::Instance => Ok(()),
-        Scope::Tenant(_) => Err(forbidden(
-            "this route is for the instance admin token; a tenant token cannot use it",
-        )),
-    }
-}
-
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    // Form-decoded: the CLI encodes subjects (`set cred_… github` arrives as `set+cred_…+github`).
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// The bearer token of a request, if it sent one.
-pub(crate) fn bearer(req: &Request) -> Option<String> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned())
-}
-
-/// A JSON error answer: `{"error": code, "reason": reason}`.
-pub(crate) fn error(status: StatusCode, code: &str, reason: &str) -> Reply {
-    let body = serde_json::json!({"error": code, "reason": reason});
-    json_bytes(status, body.to_string().into())
-}
-
-/// A 500 for a failed blocking task or store, with the reason (never a secret).
-pub(crate) fn internal(code: &str, reason: &str) -> Reply {
-    error(StatusCode::INTERNAL_SERVER_ERROR, code, reason)
-}
-
-/// 401 with a `WWW-Authenticate: Bearer` challenge.
-pub(crate) fn unauthorized(reason: &str) -> Reply {
-    let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", reason);
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
-}
-
-/// A JSON answer from a serializable value.
-pub(crate) fn json_value(status: StatusCode, value: &impl Serialize) -> Reply {
-    match serde_json::to_vec(value) {
-        Ok(body) => json_bytes(status, body.into()),
-        Err(e) => internal("encode_failed", &e.to_string()),
-    }
-}
-
-pub(crate) fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Reply {
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Runs blocking work (SQLite, policy evaluation) off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    code: &'static str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Reply> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| internal(code, "the task failed; see the proxy log"))
-}
-
-impl IntoResponse for auth::Full {
-    fn into_response(self) -> Response {
-        error(StatusCode::TOO_MANY_REQUESTS, "too_many", &self.to_string())
     }
 }

@@ -26,6 +26,8 @@ pub mod metrics;
 pub mod panic;
 pub mod pipeline;
 pub mod policy;
+pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod tenants;
 pub mod vault;
@@ -40,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{Admin, Health};
+use crate::admin::state::{Admin, Health};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::egress::guard::Guard;
@@ -297,7 +299,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         base_url: admin_url.clone(),
         tenants: tenant_names,
         last_seen: Default::default(),
-        streams: admin::events::Streams::new(shutdown_rx.clone()),
+        streams: admin::state::Streams::new(shutdown_rx.clone()),
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
     });

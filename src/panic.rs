@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::audit::Audit;
 use crate::identity::Identity;
 use crate::identity::registry::{ALL_AGENTS, Registry, RegistryError};
-use crate::ingress::sessions::Sessions;
+use crate::sessions::Sessions;
 use crate::state::StateDir;
 use crate::vault::Vault;
 use crate::vault::revoke::Upstream;

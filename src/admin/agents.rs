@@ -2,8 +2,7 @@
 //! register|revoke` come here when an instance runs, so the change, its audit record and
 //! the reload happen in one place.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Path, Request, State};
@@ -12,38 +11,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use super::{Admin, Reply, Scope, blocking, error, forbidden, internal, json_value, parse_json};
+use super::auth::Scope;
+use super::reply::{
+    ErrorBody, Reply, bad_request, blocking, error, forbidden, instance_only, internal, json_value,
+};
+use super::request::{optional_json, parse_json};
+use super::state::Admin;
 use crate::clock::now;
 use crate::identity::issuer::{self, IssuerError, Registration};
 use crate::identity::registry::{Agent, Registry, RegistryError};
 
-/// Most agents whose last activity is remembered (SPIFFE IDs from trusted bundles are not
-/// registered, so the set is bounded here rather than by the registry).
-const MAX_TRACKED: usize = 10_000;
 /// Decision records read at start to seed last activity.
 const SEED_RECORDS: i64 = 20_000;
 
-/// When each agent (SPIFFE ID) last had a decision, in Unix seconds.
-#[derive(Default)]
-pub struct LastSeen(Mutex<HashMap<String, i64>>);
-
-impl LastSeen {
-    fn note(&self, agent: &str, ts: i64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = map.get_mut(agent) {
-            *t = (*t).max(ts);
-        } else if map.len() < MAX_TRACKED {
-            map.insert(agent.to_owned(), ts);
-        }
-    }
-
-    fn get(&self, agent: &str) -> Option<i64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(agent).copied()
-    }
-}
-
-/// Keeps [`LastSeen`] current from the audit log: seeded from the newest records, then
+/// Keeps [`LastSeen`](super::state::LastSeen) current from the audit log: seeded from the newest records, then
 /// fed by committed decisions until shutdown.
 pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     let mut live = admin.audit.subscribe();
@@ -112,7 +93,7 @@ pub struct AgentList {
 
 /// List the registered agents the caller may see, with their last activity.
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-    responses((status = 200, body = AgentList), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 200, body = AgentList), (status = 401, body = ErrorBody)))]
 pub async fn list(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
     let state = admin.state.clone();
     let found = blocking("registry_failed", move || {
@@ -161,8 +142,8 @@ pub struct RegisterAnswer {
 
 /// Register (or re-register) an agent and issue it a JWT-SVID.
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = RegisterBody,
-    responses((status = 201, body = RegisterAnswer), (status = 400, body = super::api::ErrorBody),
-        (status = 403, body = super::api::ErrorBody)))]
+    responses((status = 201, body = RegisterAnswer), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub async fn register(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
@@ -201,7 +182,7 @@ pub async fn register(
     let ttl = match ask.ttl.as_deref().map(humantime::parse_duration) {
         None => admin.config.identity.token_ttl,
         Some(Ok(d)) => d,
-        Some(Err(e)) => return super::bad_request(&format!("ttl: {e} (e.g. \"24h\")")),
+        Some(Err(e)) => return bad_request(&format!("ttl: {e} (e.g. \"24h\")")),
     };
     let (state, config) = (admin.state.clone(), admin.config.clone());
     let name = ask.name.clone();
@@ -301,27 +282,27 @@ pub struct Revoked {
 #[utoipa::path(post, path = "/api/v1/agents/{name}/revoke", tag = "agents",
     params(("name" = String, Path, description = "agent name, or a SPIFFE ID")),
     request_body(content = RevokeBody, description = "optional"),
-    responses((status = 200, body = Revoked), (status = 404, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)))]
 pub async fn revoke(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     req: Request,
 ) -> Reply {
-    let ask: RevokeBody = match super::optional_json(req, r#"{"reason"?, "jti"?}"#).await {
+    let ask: RevokeBody = match optional_json(req, r#"{"reason"?, "jti"?}"#).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
     let reason = ask.reason.unwrap_or_else(|| "revoked by operator".into());
     if name.starts_with("spiffe://") {
-        if let Err(resp) = super::instance_only(&scope) {
+        if let Err(resp) = instance_only(&scope) {
             return resp;
         }
         if ask.jti.is_some() {
-            return super::bad_request("jti takes an agent name, not a SPIFFE ID");
+            return bad_request("jti takes an agent name, not a SPIFFE ID");
         }
         if spiffe::SpiffeId::new(&name).is_err() {
-            return super::bad_request("not a valid SPIFFE ID");
+            return bad_request("not a valid SPIFFE ID");
         }
     }
     let state = admin.state.clone();

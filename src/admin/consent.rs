@@ -10,14 +10,17 @@ use http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Admin, Reply, Scope, bad_request, bearer, error, json_bytes, query_param};
+use super::auth::Scope;
+use super::reply::{ErrorBody, Reply, bad_request, error, internal, json_bytes};
+use super::request::{bearer, optional_json, query_param, read_json_body};
+use super::state::Admin;
 use crate::consent::{AnswerError, Consent};
 
 /// List consents the caller may see: pending ones, or all with `?status=all`.
 #[utoipa::path(get, path = "/api/v1/consents", tag = "consents",
     params(("status" = Option<String>, Query, description = "`all` for answered ones too")),
     responses((status = 200, description = "`{\"consents\": [...]}`", body = Object),
-        (status = 401, body = super::api::ErrorBody)))]
+        (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
@@ -37,7 +40,7 @@ pub async fn list(
                     .filter(|c| scope.sees(c.tenant.as_deref()))
                     .map(listed),
             ),
-            Err(e) => return super::internal("store_failed", &e.to_string()),
+            Err(e) => return internal("store_failed", &e.to_string()),
         }
     }
     let body = serde_json::json!({ "consents": visible });
@@ -54,14 +57,14 @@ fn visible(
     match admin.consents.find(id) {
         Ok(Some((_, store, c))) if scope.sees(c.tenant.as_deref()) => Ok((store.clone(), c)),
         Ok(_) => Err(not_found(id)),
-        Err(e) => Err(super::internal("store_failed", &e.to_string())),
+        Err(e) => Err(internal("store_failed", &e.to_string())),
     }
 }
 
 /// One consent.
 #[utoipa::path(get, path = "/api/v1/consents/{id}", tag = "consents",
     params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
@@ -90,7 +93,7 @@ pub struct AnswerBody {
 /// Approve a pending consent (once, or for a window with `for`).
 #[utoipa::path(post, path = "/api/v1/consents/{id}/approve", tag = "consents",
     params(("id" = String, Path)), request_body(content = AnswerBody, description = "optional"),
-    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
         (status = 409, description = "already answered or expired", body = Object)))]
 pub async fn approve(
     State(admin): State<Arc<Admin>>,
@@ -104,7 +107,7 @@ pub async fn approve(
 /// Deny a pending consent.
 #[utoipa::path(post, path = "/api/v1/consents/{id}/deny", tag = "consents",
     params(("id" = String, Path)), request_body(content = AnswerBody, description = "optional"),
-    responses((status = 200, body = Object), (status = 404, body = super::api::ErrorBody),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
         (status = 409, description = "already answered or expired", body = Object)))]
 pub async fn deny(
     State(admin): State<Arc<Admin>>,
@@ -120,7 +123,7 @@ async fn answer(admin: &Admin, scope: &Scope, req: Request, id: &str, approve: b
         Ok((store, _)) => store,
         Err(resp) => return resp,
     };
-    let body: AnswerBody = match super::optional_json(req, r#"{"for"?, "reason"?, "by"?}"#).await {
+    let body: AnswerBody = match optional_json(req, r#"{"for"?, "reason"?, "by"?}"#).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -147,14 +150,14 @@ async fn answer(admin: &Admin, scope: &Scope, req: Request, id: &str, approve: b
         }
         Err(e @ AnswerError::Expired(_)) => conflict("expired", "expired", &e),
         Err(e @ AnswerError::WindowTooLong(_)) => bad_request(&e.to_string()),
-        Err(e @ AnswerError::Store(_)) => super::internal("store_failed", &e.to_string()),
+        Err(e @ AnswerError::Store(_)) => internal("store_failed", &e.to_string()),
     }
 }
 
 /// `POST /api/v1/ciba/notify`: the provider's ping. The bearer token must be the one sent
 /// with that very request; anything else is refused without saying which part was wrong.
 #[utoipa::path(post, path = "/api/v1/ciba/notify", tag = "consents", security(()),
-    responses((status = 204, description = "accepted"), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 204, description = "accepted"), (status = 401, body = ErrorBody)))]
 pub async fn notify(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
     ping(&admin, None, req).await
 }
@@ -162,7 +165,7 @@ pub async fn notify(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
 /// The CIBA ping for a tenant's own CIBA client.
 #[utoipa::path(post, path = "/api/v1/ciba/notify/{tenant}", tag = "consents", security(()),
     params(("tenant" = String, Path)),
-    responses((status = 204, description = "accepted"), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 204, description = "accepted"), (status = 401, body = ErrorBody)))]
 pub async fn notify_tenant(
     State(admin): State<Arc<Admin>>,
     Path(tenant): Path<String>,
@@ -190,7 +193,7 @@ async fn ping(admin: &Admin, tenant: Option<&str>, req: Request) -> Reply {
     if clients.is_empty() {
         return error(StatusCode::NOT_FOUND, "not_found", "CIBA is not configured");
     }
-    let body = match super::read_json_body(req).await {
+    let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

@@ -12,7 +12,10 @@ use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Admin, Reply, Scope, json_value, parse_json, unauthorized};
+use super::auth::{self, Scope};
+use super::reply::{ErrorBody, Reply, error, forbidden, json_value, unauthorized};
+use super::request::{bearer, optional_json, parse_json};
+use super::state::Admin;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
@@ -70,7 +73,7 @@ pub struct WhoAmI {
 
 /// Who the bearer token speaks for.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "dashboard",
-    responses((status = 200, body = WhoAmI), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 pub async fn whoami(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
     let tenants = match scope {
         Scope::Instance => admin.tenants.clone(),
@@ -108,14 +111,14 @@ pub struct LinkBody {
 /// A one-time dashboard link (what `agentgate dashboard` prints): valid 5 minutes, once.
 #[utoipa::path(post, path = "/api/v1/dashboard/link", tag = "dashboard",
     request_body(content = LinkBody, description = "optional"),
-    responses((status = 200, body = Link), (status = 401, body = super::api::ErrorBody),
-        (status = 403, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Link), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub async fn link(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
     req: Request,
 ) -> Reply {
-    let ask: LinkBody = match super::optional_json(req, r#"{"tenant"?}"#).await {
+    let ask: LinkBody = match optional_json(req, r#"{"tenant"?}"#).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
@@ -123,7 +126,7 @@ pub async fn link(
         (_, None) => scope,
         (Scope::Instance, Some(t)) if admin.tenants.contains(&t) => Scope::Tenant(t.into()),
         (Scope::Instance, Some(t)) => {
-            return super::error(
+            return error(
                 StatusCode::NOT_FOUND,
                 "unknown_tenant",
                 &format!("tenant {t} is not configured"),
@@ -131,7 +134,7 @@ pub async fn link(
         }
         (Scope::Tenant(own), Some(t)) if **own == *t => scope,
         (Scope::Tenant(_), Some(_)) => {
-            return super::forbidden("a tenant token links to its own tenant only");
+            return forbidden("a tenant token links to its own tenant only");
         }
     };
     match admin.auth.link_code(&scope) {
@@ -140,7 +143,7 @@ pub async fn link(
             &Link {
                 url: format!("{}/#code={code}", admin.base_url),
                 code,
-                expires_in: super::auth::CODE_TTL.as_secs(),
+                expires_in: auth::CODE_TTL.as_secs(),
             },
         ),
         Err(e) => e.into_response(),
@@ -167,7 +170,7 @@ pub struct Session {
 /// Swap a one-time link code for a 12-hour session token (no other token needed).
 #[utoipa::path(post, path = "/api/v1/dashboard/exchange", tag = "dashboard",
     request_body = ExchangeBody,
-    responses((status = 200, body = Session), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
 pub async fn exchange(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
     let ask: ExchangeBody = match parse_json(req, r#"{"code"}"#).await {
         Ok(a) => a,
@@ -178,7 +181,7 @@ pub async fn exchange(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
             StatusCode::OK,
             &Session {
                 token,
-                expires_in: super::auth::SESSION_TTL.as_secs(),
+                expires_in: auth::SESSION_TTL.as_secs(),
                 scope: scope.kind(),
                 tenant: scope.tenant().map(str::to_owned),
             },
@@ -192,9 +195,9 @@ pub async fn exchange(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
 
 /// Sign out: ends the dashboard session the request carries (other tokens are unaffected).
 #[utoipa::path(delete, path = "/api/v1/dashboard/session", tag = "dashboard",
-    responses((status = 204, description = "signed out"), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 204, description = "signed out"), (status = 401, body = ErrorBody)))]
 pub async fn sign_out(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
-    if let Some(token) = super::bearer(&req) {
+    if let Some(token) = bearer(&req) {
         admin.auth.end_session(&token);
     }
     StatusCode::NO_CONTENT.into_response()

@@ -14,14 +14,15 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use http::StatusCode;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
-use super::{Admin, Reply, Scope, bad_request, bearer, error, json_value, query_param};
+use super::auth::{self, Scope};
+use super::reply::{ErrorBody, Reply, bad_request, error, json_value, unauthorized};
+use super::request::{bearer, query_param};
+use super::state::{Admin, MAX_STREAMS};
 
-/// Event streams open at once, per scope (the instance admin, each tenant).
-pub const MAX_STREAMS: usize = 16;
 /// Events buffered per subscriber before it counts as too slow.
 const CLIENT_BUFFER: usize = 256;
 /// Most records `?backlog=N` replays.
@@ -30,33 +31,6 @@ const MAX_BACKLOG: i64 = 500;
 const PAGE: i64 = 200;
 /// How long a replayed event may wait for a slow subscriber.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The open event streams, bounded per scope so one tenant cannot take all of them.
-pub struct Streams {
-    slots: std::sync::Mutex<std::collections::HashMap<Scope, Arc<Semaphore>>>,
-    shutdown: watch::Receiver<bool>,
-}
-
-impl Streams {
-    /// Streams end when `shutdown` flips.
-    pub fn new(shutdown: watch::Receiver<bool>) -> Self {
-        Self {
-            slots: Default::default(),
-            shutdown,
-        }
-    }
-
-    /// A slot for one more stream of `scope`, if it has one left.
-    fn acquire(&self, scope: &Scope) -> Option<OwnedSemaphorePermit> {
-        let slots = {
-            let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(scope.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(MAX_STREAMS)))
-                .clone()
-        };
-        slots.try_acquire_owned().ok()
-    }
-}
 
 /// A single-use ticket for `GET /api/v1/events?ticket=…`.
 #[derive(Serialize, ToSchema)]
@@ -68,14 +42,14 @@ pub struct Ticket {
 
 /// Get a single-use, 30-second ticket for the event stream (for `EventSource`).
 #[utoipa::path(post, path = "/api/v1/events/ticket", tag = "events",
-    responses((status = 200, body = Ticket), (status = 401, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Ticket), (status = 401, body = ErrorBody)))]
 pub async fn ticket(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
     match admin.auth.ticket(&scope) {
         Ok(ticket) => json_value(
             StatusCode::OK,
             &Ticket {
                 ticket,
-                expires_in: super::auth::TICKET_TTL.as_secs(),
+                expires_in: auth::TICKET_TTL.as_secs(),
             },
         ),
         Err(e) => e.into_response(),
@@ -93,7 +67,7 @@ pub async fn ticket(State(admin): State<Arc<Admin>>, Extension(scope): Extension
         ("backlog" = Option<u32>, Query, description = "replay the newest N records first (max 500)"),
     ),
     responses((status = 200, content_type = "text/event-stream", description = "the stream"),
-        (status = 401, body = super::api::ErrorBody), (status = 503, body = super::api::ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn stream(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
     let query = req.uri().query();
     let scope = match (bearer(&req), query_param(query, "ticket")) {
@@ -102,7 +76,7 @@ pub async fn stream(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
         (None, None) => None,
     };
     let Some(scope) = scope else {
-        return super::unauthorized(
+        return unauthorized(
             "send Authorization: Bearer <token>, or ?ticket= from POST /api/v1/events/ticket (tickets work once, for 30 s)",
         );
     };

@@ -8,17 +8,19 @@ use http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{
-    Admin, Reply, Scope, bad_request, bearer, error, json_bytes, query_param, read_json_body,
-    unauthorized,
+use super::auth::Scope;
+use super::reply::{
+    ErrorBody, Reply, bad_request, blocking, error, instance_only, json_bytes, unauthorized,
 };
+use super::request::{bearer, query_param, read_json_body};
+use super::state::Admin;
 use crate::identity::registry::{Registry, RegistryError};
 use crate::panic::{PanicError, Target};
 
 /// Vault connections the caller may see: metadata and a keyed fingerprint, never a secret.
 #[utoipa::path(get, path = "/api/v1/vault", tag = "vault",
     responses((status = 200, description = "`{\"connections\": [...]}`", body = Object),
-        (status = 401, body = super::api::ErrorBody)))]
+        (status = 401, body = ErrorBody)))]
 pub async fn list(State(admin): State<Arc<Admin>>, Extension(scope): Extension<Scope>) -> Reply {
     let visible: Vec<_> = admin
         .vault
@@ -33,13 +35,13 @@ pub async fn list(State(admin): State<Arc<Admin>>, Extension(scope): Extension<S
 /// Re-read `vault.db` after a CLI change (`vault set|rm`) and record it (instance admin).
 #[utoipa::path(post, path = "/api/v1/vault/reload", tag = "vault",
     params(("subject" = Option<String>, Query, description = "the change, for the audit record")),
-    responses((status = 200, body = Object), (status = 403, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
 pub async fn reload(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
     req: Request,
 ) -> Reply {
-    if let Err(resp) = super::instance_only(&scope) {
+    if let Err(resp) = instance_only(&scope) {
         return resp;
     }
     let vault = admin.vault.clone();
@@ -83,8 +85,8 @@ pub struct ReferenceRequest {
 /// `--reference-tokens`. With the admin token the body names the agent; an agent may ask
 /// for its own with its JWT-SVID as the bearer token.
 #[utoipa::path(post, path = "/api/v1/references", tag = "vault", request_body = ReferenceRequest,
-    responses((status = 200, body = Object), (status = 401, body = super::api::ErrorBody),
-        (status = 403, body = super::api::ErrorBody), (status = 404, body = super::api::ErrorBody)))]
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn reference(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
     let bearer = bearer(&req);
     let scope = bearer.as_deref().and_then(|t| admin.auth.bearer(t));
@@ -237,7 +239,7 @@ pub struct PanicRequest {
 /// PANIC: revoke an agent (or all) and every credential it received, at once.
 #[utoipa::path(post, path = "/api/v1/panic", tag = "panic", request_body = PanicRequest,
     responses((status = 200, description = "the PANIC report", body = Object),
-        (status = 400, body = super::api::ErrorBody), (status = 404, body = super::api::ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn panic(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
@@ -261,7 +263,7 @@ pub async fn panic(
             // A tenant admin PANICs its own agents only; others look unknown.
             let state = admin.state.clone();
             let name = a.clone();
-            let found = super::blocking("registry_failed", move || {
+            let found = blocking("registry_failed", move || {
                 Lookup::Name(name.clone()).find(&state).map(|a| a.tenant)
             })
             .await;

@@ -13,10 +13,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::connect;
 use super::framing::Framing;
-use super::{Activity, connect, drive, http1_builder};
 use crate::error::{Denial, Gate};
 use crate::pipeline::Pipeline;
+use crate::server::{Activity, drive, http1_builder};
 
 /// Accepts connections until `shutdown` flips; each connection holds one of `slots`.
 pub async fn serve(

@@ -13,19 +13,18 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::StatusCode;
-use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::framing::Framing;
-use super::{Activity, drive, http1_builder};
 use crate::authority::normalize_host;
 use crate::error::{Denial, Gate};
 use crate::pipeline::{Pipeline, Tunnel};
+use crate::server::{Activity, drive, http1_builder, http2_builder};
 
 /// TLS record type of a handshake message; every ClientHello starts with it.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -108,12 +107,8 @@ pub async fn serve(
     let served = async {
         if h2 {
             let io = TokioIo::new(tls);
-            let mut b = http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(MAX_H2_STREAMS);
             drive(
-                b.serve_connection(io, svc),
+                http2_builder(&limits, MAX_H2_STREAMS).serve_connection(io, svc),
                 &activity,
                 limits.idle_timeout,
                 shutdown,

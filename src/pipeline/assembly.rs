@@ -14,7 +14,7 @@ use crate::consent::TenantConsents;
 use crate::egress::guard::Guard;
 use crate::egress::upstream::Upstream;
 use crate::identity::Identity;
-use crate::ingress::sessions::Sessions;
+use crate::sessions::Sessions;
 use crate::intent::Intent;
 use crate::metrics::Metrics;
 use crate::policy::Policies;

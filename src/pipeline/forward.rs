@@ -26,7 +26,7 @@ use crate::gates::token::Injection;
 use crate::headers;
 use crate::identity::Caller;
 use crate::ingress::counted::Counted;
-use crate::ingress::sessions::Session;
+use crate::sessions::Session;
 
 /// A decided request on its way out.
 pub(super) struct Outbound<'a> {
