@@ -588,19 +588,6 @@ impl Pipeline {
         if prefix.is_none() && !http_body::Body::is_end_stream(body) {
             *prefix = Some(self.read_prefix(body).await?);
         }
-        // An approval binds the whole request; a body longer than what is read cannot be
-        // bound, so it is refused rather than approved in part.
-        if prefix.as_ref().is_some_and(|(_, more)| *more) {
-            return Err(Denial::new(
-                Gate::Consent,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large_for_consent",
-                format!(
-                    "this request needs a person's approval, and an approval covers the whole request; its body is longer than intent.max_body ({} bytes)",
-                    self.intent.max_body
-                ),
-            ));
-        }
         let (Some(tuple), Some(decision)) = (facts.tuple.as_ref(), facts.decision.as_ref()) else {
             return Err(internal(
                 "the consent gate ran without a tuple and decision",
@@ -613,9 +600,17 @@ impl Pipeline {
             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: headers::forwarded_digest(&parts.headers, false),
             body: prefix.as_ref().map(|(b, _)| &b[..]),
+            body_truncated: prefix.as_ref().is_some_and(|(_, more)| *more),
+            max_body: self.intent.max_body,
         };
         let consents = self.consents.for_tenant(who.tenant.as_deref());
-        let granted = gates::consent::ask(consents, who, tuple, decision, &request).await;
+        let granted = match gates::consent::obtain(consents, who, tuple, decision, &request).await {
+            Ok(gates::consent::Consent::Granted(g)) => Ok(g),
+            Ok(gates::consent::Consent::NotNeeded) => return Ok(()),
+            // Refused before any consent was asked: the record names none.
+            Err(d) if d.error == gates::consent::BODY_TOO_LARGE => return Err(d),
+            Err(d) => Err(d),
+        };
         facts.consent = Some(granted.clone());
         granted.map(drop)
     }
