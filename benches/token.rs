@@ -21,9 +21,10 @@ use agentgate::gates::token;
 use agentgate::identity::Caller;
 use agentgate::intent::{Intent, Subject, Target};
 use agentgate::policy::{Decision, Effect};
+use agentgate::secret::Secret;
 use agentgate::state::StateDir;
 use agentgate::vault::store::{NewConnection, Store};
-use agentgate::vault::{Kind, Secret, Settings, Vault};
+use agentgate::vault::{Kind, Settings, Vault};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");

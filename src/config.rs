@@ -56,7 +56,7 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     pub audit: crate::audit::AuditConfig,
     pub vault: crate::vault::VaultConfig,
-    pub consent: crate::consent::ConsentConfig,
+    pub consent: crate::consent::config::ConsentConfig,
     pub webhooks: Vec<crate::webhooks::WebhookConfig>,
     /// `[tenants.<t>]`: each tenant's policy, consent, webhooks and admin token.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,

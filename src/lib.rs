@@ -23,9 +23,11 @@ pub mod ingress;
 pub mod instance;
 pub mod intent;
 pub mod metrics;
+pub mod outbound;
 pub mod panic;
 pub mod pipeline;
 pub mod policy;
+pub mod secret;
 pub mod server;
 pub mod sessions;
 pub mod state;
@@ -237,7 +239,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         admin_addr
     );
     let tenant_consents = consent::TenantConsents::open(
-        &config,
+        &config.consent,
+        &config.tenants,
         consent::tenants::Setup {
             state,
             audit: audit.clone(),

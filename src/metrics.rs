@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::consent::Status;
+use crate::consent::record::Status;
 use crate::error::Gate;
 
 /// Every gate, in the order series are rendered.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::consent::ConsentConfig;
+use crate::consent::config::ConsentConfig;
 use crate::state::{StateDir, StateError};
 use crate::webhooks::WebhookConfig;
 

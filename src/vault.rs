@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outbound::ClientAuth;
 pub use credentials::{Credential, Grant, Vault};
 
 /// `[vault]`: where secrets live and how tokens are fetched and cached.
@@ -140,7 +141,7 @@ impl ClientConfig {
             });
         }
         for url in std::iter::once(self.token_endpoint()).chain(self.revoke_endpoint()) {
-            fetch::check_endpoint(&url)?;
+            crate::outbound::check_endpoint(&url)?;
         }
         Ok(())
     }
@@ -151,15 +152,6 @@ fn endpoint(explicit: &str, domain: &str, path: &str) -> String {
         return explicit.to_owned();
     }
     format!("{}{path}", domain.trim_end_matches('/'))
-}
-
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    #[default]
-    ClientSecretBasic,
-    ClientSecretPost,
 }
 
 /// What a connection holds and how a usable token comes from it.
@@ -238,28 +230,6 @@ pub struct Connection {
     pub created: i64,
     pub updated: i64,
     pub revoked: Option<i64>,
-}
-
-/// A secret value: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-
-    /// The value, for sealing, sending to a token endpoint, or injecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
 }
 
 /// The default origin of a well-known service.

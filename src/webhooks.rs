@@ -51,7 +51,7 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// Checks the entry; `Err` is the message.
     pub fn check(&self) -> Result<(), String> {
-        crate::vault::fetch::check_endpoint(&self.url)?;
+        crate::outbound::check_endpoint(&self.url)?;
         if self.secret_env.is_empty() == self.secret_file.as_os_str().is_empty() {
             return Err(format!(
                 "{}: set exactly one of secret_env and secret_file",
@@ -145,7 +145,7 @@ impl Webhooks {
         tls: rustls::ClientConfig,
         stats: &Arc<Stats>,
     ) -> Result<Vec<Queue>, String> {
-        let http = crate::vault::fetch::http_client(tls, ATTEMPT_TIMEOUT)
+        let http = crate::outbound::http_client(tls, ATTEMPT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string())?;
         let mut queues = Vec::new();
@@ -199,10 +199,7 @@ impl Webhooks {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let body = serde_json::json!({"type": kind, "timestamp": timestamp, "data": data});
-        let id = format!(
-            "msg_{}",
-            crate::vault::store::hex(&rand::random::<[u8; 12]>())
-        );
+        let id = format!("msg_{}", crate::digest::hex(&rand::random::<[u8; 12]>()));
         Some(Arc::new(Event {
             kind,
             body: body.to_string().into(),

@@ -11,9 +11,10 @@ use clap::{Subcommand, ValueEnum};
 use agentgate::admin::client::reload_vault;
 use agentgate::clock::now;
 use agentgate::config::Config;
+use agentgate::secret::Secret;
 use agentgate::state::StateDir;
 use agentgate::vault::store::{NewConnection, Store};
-use agentgate::vault::{Kind, Secret, Settings, default_origin, fetch, origin_key};
+use agentgate::vault::{Kind, Settings, default_origin, fetch, origin_key};
 
 use super::{Output, block_on};
 use agentgate::clock::rfc3339;

@@ -1,70 +1,39 @@
-//! The consent lifecycle: ask (or reuse an approval), wait, answer, expire, cancel. State
+//! The consent lifecycle after asking: answer, expire, cancel, end (PANIC), list. State
 //! lives in the store; this process keeps a watch channel per pending consent so held
-//! requests wake the moment an answer lands, from whichever approver.
+//! requests wake the moment an answer lands, from whichever approver. Asking is in
+//! [`super::ask`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::StatusCode;
 use tokio::sync::watch;
 
-use super::ciba::Ciba;
+use super::ciba::{Answers, Ciba};
+use super::config::ConsentConfig;
+use super::error::{AnswerError, ConsentError, Refused};
+use super::record::{Answer, Consent, Status};
 use super::store::Store;
-use super::{Answer, AnswerError, Backend, Consent, ConsentConfig, ConsentError, Mode, Status};
 use crate::audit::Audit;
 use crate::clock::now;
-use crate::error::{Denial, Gate};
-use crate::identity::Caller;
-use crate::intent::Tuple;
 use crate::webhooks::Webhooks;
 
-/// New consents per agent per minute, as a multiple of `consent.max_pending_per_agent`.
-const ASKED_PER_MINUTE: usize = 3;
-/// Requests held on one consent at most (identical retries share it; each holds its body).
-const MAX_WAITERS: usize = 8;
-/// Alphabet of binding codes: no 0/O, 1/I.
-const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-
-/// What the consent gate is asked about.
-pub struct Ask<'a> {
-    pub caller: &'a Caller,
-    pub tuple: &'a Tuple,
-    /// Digest of the exact request (method, URL, body, tuple).
-    pub digest: String,
-    /// The policy's `consent.binding_message`, if it gave one.
-    pub message: Option<&'a str>,
-    /// Why policy escalated (its reasons), for the agent.
-    pub why: String,
-}
-
-/// A consent that lets this request through.
-#[derive(Debug, Clone)]
-pub struct Granted {
-    pub id: String,
-    /// `once` or `window`.
-    pub scope: &'static str,
-    pub answered_by: Option<String>,
-    /// How it was answered: `cli`, `api`, `ciba`.
-    pub how: Option<String>,
-}
-
 /// A pending consent in this process.
-struct Live {
-    tx: watch::Sender<Status>,
+pub(super) struct Live {
+    pub(super) tx: watch::Sender<Status>,
     /// Held requests waiting on it; the last one to leave cancels it.
-    waiters: AtomicUsize,
+    pub(super) waiters: AtomicUsize,
 }
 
 /// All consents.
 pub struct Consents {
-    config: ConsentConfig,
+    pub(super) config: ConsentConfig,
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     audit: Arc<Audit>,
     webhooks: Arc<Webhooks>,
-    ciba: Option<Arc<Ciba>>,
+    pub(super) ciba: Option<Arc<Ciba>>,
 }
 
 impl Consents {
@@ -101,209 +70,10 @@ impl Consents {
         Ok(consents)
     }
 
-    /// Gate 4: lets the request through on an approval that covers it, or asks a person
-    /// (holding the request, or answering at once in async mode).
-    pub async fn ask(self: &Arc<Self>, ask: Ask<'_>) -> Result<Granted, Denial> {
-        let now = now();
-        let agent = &ask.caller.spiffe_id;
-        let tuple_key = tuple_key(agent, ask.tuple);
-        // An open window for this agent, action and resource.
-        if let Some(c) = self.with_store(|s| s.window(agent, &tuple_key, now))? {
-            return Ok(granted(&c, "window"));
-        }
-        let existing = self.with_store(|s| s.for_request(agent, &ask.digest, now))?;
-        let consent = match existing {
-            Some(c) if c.status == Status::Approved => return self.use_once(&c),
-            Some(c) if c.status == Status::Denied => return Err(denied(&c)),
-            // The identical request again while its consent is open: the same consent.
-            Some(c) => c,
-            None => self.create(&ask, tuple_key, now)?,
-        };
-        match self.config.mode {
-            Mode::Async => Err(pending(&consent, &ask.why, self.config.retry_after)),
-            Mode::Hold => self.hold(&consent).await,
-        }
-    }
-
-    /// Waits for the answer, up to the consent's expiry. Dropped (the agent went away),
-    /// the last waiter cancels the consent.
-    async fn hold(self: &Arc<Self>, consent: &Consent) -> Result<Granted, Denial> {
-        let live = self.track(&consent.id);
-        let mut rx = live.tx.subscribe();
-        if live.waiters.load(Ordering::Relaxed) >= MAX_WAITERS {
-            return Err(Denial::new(
-                Gate::Consent,
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending",
-                format!(
-                    "{MAX_WAITERS} identical requests already wait on consent {}; wait for its answer",
-                    consent.id
-                ),
-            ));
-        }
-        // Subscribed first, then checked: an answer that landed in between is not missed.
-        if !self.still_pending(&consent.id) {
-            rx.mark_changed();
-        }
-        live.waiters.fetch_add(1, Ordering::Relaxed);
-        let mut leave = Leave {
-            consents: self.clone(),
-            live: live.clone(),
-            id: consent.id.clone(),
-            armed: true,
-        };
-        let wait = consent.expires.saturating_sub(now()).max(0) as u64;
-        let answered = tokio::time::timeout(
-            Duration::from_secs(wait),
-            rx.wait_for(|s| *s != Status::Pending),
-        )
-        .await
-        .map(|s| s.map(|s| *s));
-        leave.armed = false;
-        drop(leave);
-        live.waiters.fetch_sub(1, Ordering::Relaxed);
-        match answered {
-            Ok(Ok(_)) | Ok(Err(_)) => {}
-            Err(_) => self.expire(&consent.id),
-        }
-        let c = self
-            .with_store(|s| s.get(&consent.id))?
-            .ok_or_else(|| unavailable("the consent vanished from the store"))?;
-        match c.status {
-            Status::Approved if c.window_until.is_some() => Ok(granted(&c, "window")),
-            Status::Approved => self.use_once(&c),
-            Status::Denied => Err(denied(&c)),
-            Status::Expired => Err(about(
-                &c,
-                Denial::new(
-                    Gate::Consent,
-                    StatusCode::FORBIDDEN,
-                    "consent_timeout",
-                    format!(
-                        "consent timed out after {}s with no answer (consent {}, code {})",
-                        self.config.timeout.as_secs(),
-                        c.id,
-                        c.binding_code
-                    ),
-                ),
-            )),
-            Status::Cancelled | Status::Pending => Err(about(
-                &c,
-                Denial::new(
-                    Gate::Consent,
-                    StatusCode::FORBIDDEN,
-                    "consent_cancelled",
-                    format!("consent {} was cancelled", c.id),
-                ),
-            )),
-        }
-    }
-
-    fn use_once(&self, c: &Consent) -> Result<Granted, Denial> {
-        if self.with_store(|s| s.use_once(&c.id))? {
-            Ok(granted(c, "once"))
-        } else {
-            Err(about(
-                c,
-                Denial::new(
-                    Gate::Consent,
-                    StatusCode::FORBIDDEN,
-                    "consent_used",
-                    format!(
-                        "the one-time approval of consent {} was used by an identical request; retry to ask again",
-                        c.id
-                    ),
-                ),
-            ))
-        }
-    }
-
-    fn create(
-        self: &Arc<Self>,
-        ask: &Ask<'_>,
-        tuple_key: String,
-        now: i64,
-    ) -> Result<Consent, Denial> {
-        // Asked-for per minute is bounded too: an agent that disconnects and retries must
-        // not page its owner without end.
-        let recent = self.with_store(|s| s.created_since(&ask.caller.spiffe_id, now - 60))?;
-        if recent >= ASKED_PER_MINUTE * self.config.max_pending_per_agent {
-            return Err(Denial::new(
-                Gate::Consent,
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending",
-                format!(
-                    "this agent asked for {recent} consents in the last minute (limit {ASKED_PER_MINUTE} × consent.max_pending_per_agent {}); wait before asking again",
-                    self.config.max_pending_per_agent
-                ),
-            )
-            .with_extra(serde_json::Map::new(), Some(60)));
-        }
-        let (total, mine) = self.with_store(|s| s.pending_counts(&ask.caller.spiffe_id))?;
-        if total >= self.config.max_pending || mine >= self.config.max_pending_per_agent {
-            return Err(Denial::new(
-                Gate::Consent,
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending",
-                format!(
-                    "{} consents are pending ({} of this agent; limits consent.max_pending {} and max_pending_per_agent {}); wait for answers",
-                    total, mine, self.config.max_pending, self.config.max_pending_per_agent
-                ),
-            ));
-        }
-        let taken = self.with_store(Store::pending_codes)?;
-        let code = loop {
-            let c = binding_code();
-            if !taken.contains(&c) {
-                break c;
-            }
-        };
-        let t = ask.tuple;
-        let consent = Consent {
-            id: format!(
-                "cns_{}",
-                crate::vault::store::hex(&rand::random::<[u8; 8]>())
-            ),
-            agent: ask.caller.spiffe_id.clone(),
-            owner: ask.caller.owner.clone(),
-            tenant: ask.caller.tenant.clone(),
-            action: t.action.to_string(),
-            resource_type: t.resource_type.to_string(),
-            resource_id: t.resource_id.clone(),
-            tuple: t.json.clone(),
-            digest: ask.digest.clone(),
-            tuple_key,
-            binding_code: code,
-            backend: match self.config.backend {
-                Backend::Local => "local".into(),
-                Backend::Ciba => "ciba".into(),
-            },
-            created: now,
-            expires: now + self.config.timeout.as_secs() as i64,
-            status: Status::Pending,
-            answered_by: None,
-            how: None,
-            reason: None,
-            answered: None,
-            window_until: None,
-            used: false,
-            auth_req_id: None,
-        };
-        self.with_store(|s| s.insert(&consent))?;
-        self.track(&consent.id);
-        self.announce("consent_requested", "consent.requested", &consent);
-        if let Some(ciba) = &self.ciba {
-            let mut c = consent.clone();
-            c.reason = ask.message.map(str::to_owned);
-            ciba.clone().ask(self.clone(), c);
-        }
-        Ok(consent)
-    }
-
     /// Makes a used once-approval usable again (its request was refused before leaving).
     pub fn release_once(&self, id: &str) {
         if let Err(e) = self.with_store(|s| s.release_once(id)) {
-            tracing::error!(consent = id, error = %e.reason, "a one-time approval could not be given back");
+            tracing::error!(consent = id, error = %e, "a one-time approval could not be given back");
         }
     }
 
@@ -407,7 +177,7 @@ impl Consents {
     }
 
     /// Cancels a pending consent (the held agent went away).
-    fn cancel(&self, id: &str) {
+    pub(super) fn cancel(&self, id: &str) {
         self.close(
             id,
             Status::Cancelled,
@@ -442,7 +212,7 @@ impl Consents {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(consent = id, error = %e.reason, "consent could not be closed")
+                tracing::error!(consent = id, error = %e, "consent could not be closed")
             }
         }
     }
@@ -517,22 +287,9 @@ impl Consents {
         self.store.lock().unwrap_or_else(|p| p.into_inner()).get(id)
     }
 
-    /// Records the CIBA ticket asking for consent `id`.
-    pub(super) fn set_auth_req_id(&self, id: &str, auth_req_id: &str) {
-        if let Err(e) = self.with_store(|s| s.set_auth_req_id(id, auth_req_id)) {
-            tracing::error!(consent = id, error = %e.reason, "CIBA ticket not recorded");
-        }
-    }
-
-    /// A receiver that changes when consent `id` is answered; `None` when it already was.
-    pub(super) fn watch(&self, id: &str) -> Option<watch::Receiver<Status>> {
-        let rx = self.track(id).tx.subscribe();
-        self.still_pending(id).then_some(rx)
-    }
-
     /// Whether `id` is pending in the store; if not, its channel is settled (and dropped),
     /// so nobody waits on an answer that already came.
-    fn still_pending(&self, id: &str) -> bool {
+    pub(super) fn still_pending(&self, id: &str) -> bool {
         match self.with_store(|s| s.get(id)) {
             Ok(Some(c)) if c.status == Status::Pending => true,
             Ok(Some(c)) => {
@@ -546,7 +303,7 @@ impl Consents {
         }
     }
 
-    fn track(&self, id: &str) -> Arc<Live> {
+    pub(super) fn track(&self, id: &str) -> Arc<Live> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.entry(id.to_owned())
             .or_insert_with(|| {
@@ -570,7 +327,7 @@ impl Consents {
         }
     }
 
-    fn announce(&self, event: &str, hook: &'static str, c: &Consent) {
+    pub(super) fn announce(&self, event: &str, hook: &'static str, c: &Consent) {
         let mut r = self.audit.record("admin");
         r.insert("event".into(), event.into());
         // Its tenant's admin scope sees it.
@@ -611,28 +368,34 @@ impl Consents {
         });
     }
 
-    fn with_store<T>(
+    /// Runs `f` on the store; a store failure is [`Refused::Unavailable`].
+    pub(super) fn with_store<T>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, ConsentError>,
-    ) -> Result<T, Denial> {
+    ) -> Result<T, Refused> {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        f(&store).map_err(|e| unavailable(&e.to_string()))
+        f(&store).map_err(Refused::from)
     }
 }
 
-/// Cancels the consent when the last held request waiting on it goes away unanswered.
-struct Leave {
-    consents: Arc<Consents>,
-    live: Arc<Live>,
-    id: String,
-    armed: bool,
-}
+impl Answers for Consents {
+    fn watch(&self, id: &str) -> Option<watch::Receiver<Status>> {
+        let rx = self.track(id).tx.subscribe();
+        self.still_pending(id).then_some(rx)
+    }
 
-impl Drop for Leave {
-    fn drop(&mut self) {
-        if self.armed && self.live.waiters.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.consents.cancel(&self.id);
+    fn set_auth_req_id(&self, id: &str, auth_req_id: &str) {
+        if let Err(e) = self.with_store(|s| s.set_auth_req_id(id, auth_req_id)) {
+            tracing::error!(consent = id, error = %e, "CIBA ticket not recorded");
         }
+    }
+
+    fn approved(&self, id: &str, by: &str, how: &str) {
+        let _ = self.approve(id, by, how, None);
+    }
+
+    fn denied(&self, id: &str, by: &str, how: &str, reason: &str) {
+        let _ = self.deny(id, by, how, Some(reason));
     }
 }
 
@@ -652,85 +415,4 @@ pub fn public(c: &Consent) -> serde_json::Value {
         "how": c.how,
         "reason": c.reason,
     })
-}
-
-fn granted(c: &Consent, scope: &'static str) -> Granted {
-    Granted {
-        id: c.id.clone(),
-        scope,
-        answered_by: c.answered_by.clone(),
-        how: c.how.clone(),
-    }
-}
-
-/// Names the consent in a refusal's body (and so in its decision record).
-fn about(c: &Consent, d: Denial) -> Denial {
-    let mut fields = serde_json::Map::new();
-    fields.insert("consent_id".into(), c.id.clone().into());
-    d.with_extra(fields, None)
-}
-
-fn denied(c: &Consent) -> Denial {
-    about(
-        c,
-        Denial::new(
-            Gate::Consent,
-            StatusCode::FORBIDDEN,
-            "consent_denied",
-            format!(
-                "consent {} was denied by {} ({}){}",
-                c.id,
-                c.answered_by.as_deref().unwrap_or("?"),
-                c.how.as_deref().unwrap_or("?"),
-                c.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-        ),
-    )
-}
-
-fn pending(c: &Consent, why: &str, retry_after: Duration) -> Denial {
-    let mut fields = serde_json::Map::new();
-    fields.insert("consent_id".into(), c.id.clone().into());
-    fields.insert("status".into(), "pending".into());
-    fields.insert("binding_code".into(), c.binding_code.clone().into());
-    fields.insert("expires".into(), c.expires.into());
-    Denial::new(
-        Gate::Consent,
-        StatusCode::FORBIDDEN,
-        "consent_pending",
-        format!(
-            "{why}: a person must approve this request (consent {}, code {}); retry the identical request after approval",
-            c.id, c.binding_code
-        ),
-    )
-    .with_extra(fields, Some(retry_after.as_secs().max(1)))
-}
-
-fn unavailable(reason: &str) -> Denial {
-    Denial::new(
-        Gate::Consent,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "consent_unavailable",
-        format!("consent could not be asked: {reason}"),
-    )
-}
-
-/// Agent + action + resource.
-fn tuple_key(agent: &str, t: &Tuple) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [agent, &t.action, &t.resource_type, &t.resource_id] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part.as_bytes());
-    }
-    crate::vault::store::hex(&ctx.finish().as_ref()[..16])
-}
-
-fn binding_code() -> String {
-    rand::random::<[u8; 6]>()
-        .iter()
-        .map(|b| CODE_ALPHABET[(*b as usize) % CODE_ALPHABET.len()] as char)
-        .collect()
 }

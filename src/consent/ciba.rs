@@ -5,6 +5,8 @@
 //! once). An `auth_req_id` is only a ticket: if it expires while our consent is still open,
 //! the owner is asked again.
 
+mod provider;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,57 +15,31 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::sync::{Notify, watch};
 
-use super::approvals::Consents;
-use super::{CibaConfig, Consent, ConsentError, Delivery, HintFormat, Status};
+use self::provider::{Outcome, Poll, Provider, Ticket};
+use super::config::{CibaConfig, Delivery};
+use super::error::ConsentError;
+use super::record::{Consent, Status};
 use crate::clock::now;
-use crate::vault::Secret;
-use crate::vault::fetch::{FetchError, client_auth, load_secret, refused, unreachable};
 
-/// The CIBA grant type.
-const CIBA_GRANT: &str = "urn:openid:params:grant-type:ciba";
-/// Poll interval when the provider names none (CIBA Core §7.3).
-const DEFAULT_INTERVAL: u64 = 5;
-/// Bound on one call to the provider.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consecutive transport failures while polling before the consent is denied.
 const MAX_FAILURES: u32 = 3;
-/// Largest answer read.
-const MAX_ANSWER: usize = 64 * 1024;
 
-/// The provider's endpoints, from discovery.
-#[derive(Clone)]
-struct Endpoints {
-    backchannel: String,
-    token: String,
-}
-
-/// One backchannel authentication request the provider accepted.
-struct Ticket {
-    auth_req_id: String,
-    expires_in: u64,
-    interval: u64,
-}
-
-/// How one ticket ended.
-enum Outcome {
-    Approved,
-    /// The owner said no (or let it lapse at the provider).
-    Denied(String),
-    /// No answer can be had: the provider refused or could not be reached.
-    Failed(String),
-    /// The ticket expired; ask again if the consent is still open.
-    Expired,
-    /// The consent was answered or closed elsewhere.
-    Closed,
+/// What the CIBA client needs of the consents it asks for: to follow one, and to answer it.
+pub trait Answers: Send + Sync {
+    /// A receiver that changes when consent `id` is answered; `None` when it already was.
+    fn watch(&self, id: &str) -> Option<watch::Receiver<Status>>;
+    /// Records the CIBA ticket asking for consent `id`.
+    fn set_auth_req_id(&self, id: &str, auth_req_id: &str);
+    /// Approves consent `id` (once), answered by `by` through `how`.
+    fn approved(&self, id: &str, by: &str, how: &str);
+    /// Denies consent `id`, answered by `by` through `how`, for `reason`.
+    fn denied(&self, id: &str, by: &str, how: &str, reason: &str);
 }
 
 /// A CIBA client.
 pub struct Ciba {
-    config: CibaConfig,
-    http: reqwest::Client,
-    secret: Secret,
+    provider: Provider,
     notification_url: String,
-    endpoints: Mutex<Option<Endpoints>>,
     /// Ping mode: tickets waiting for the provider's notification, with its bearer token.
     pings: Mutex<HashMap<String, (String, Arc<Notify>)>>,
 }
@@ -76,25 +52,15 @@ impl Ciba {
         tls: rustls::ClientConfig,
         default_notification_url: String,
     ) -> Result<Ciba, ConsentError> {
-        let secret = load_secret(&config.client_secret_env, &config.client_secret_file)
-            .map_err(ConsentError::Setup)?;
-        // No idle connections kept: polls come seconds apart, often just as the provider
-        // closes an idle keep-alive connection, and a POST lost that way is not retried.
-        let http = crate::vault::fetch::http_client(tls, CALL_TIMEOUT)
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| ConsentError::Setup(e.to_string()))?;
+        let provider = Provider::new(config, tls)?;
         let notification_url = if config.notification_url.is_empty() {
             default_notification_url
         } else {
             config.notification_url.clone()
         };
         Ok(Ciba {
-            config: config.clone(),
-            http,
-            secret,
+            provider,
             notification_url,
-            endpoints: Mutex::default(),
             pings: Mutex::default(),
         })
     }
@@ -107,12 +73,12 @@ impl Ciba {
 
     /// The configured delivery mode.
     pub fn delivery(&self) -> Delivery {
-        self.config.delivery
+        self.provider.config.delivery
     }
 
     /// Asks for consent `c` in the background until it is answered or closed.
-    pub fn ask(self: Arc<Self>, consents: Arc<Consents>, c: Consent) {
-        tokio::spawn(async move { self.run(&consents, c).await });
+    pub fn ask(self: Arc<Self>, consents: Arc<dyn Answers>, c: Consent) {
+        tokio::spawn(async move { self.run(&*consents, c).await });
     }
 
     /// The ping endpoint: wakes the ticket `auth_req_id` if `bearer` is its notification
@@ -134,7 +100,7 @@ impl Ciba {
         }
     }
 
-    async fn run(&self, consents: &Consents, c: Consent) {
+    async fn run(&self, consents: &dyn Answers, c: Consent) {
         let user = self.user(&c);
         let Some(mut status) = consents.watch(&c.id) else {
             return;
@@ -147,15 +113,16 @@ impl Ciba {
             if remaining <= 0 {
                 return;
             }
-            let ping_token = (self.config.delivery == Delivery::Ping)
+            let ping_token = (self.provider.config.delivery == Delivery::Ping)
                 .then(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
             let ticket = match self
+                .provider
                 .backchannel(&c, &user, remaining as u64, ping_token.as_deref())
                 .await
             {
                 Ok(t) => t,
                 Err(reason) => {
-                    let _ = consents.deny(&c.id, "agentgate", "ciba", Some(&reason));
+                    consents.denied(&c.id, "agentgate", "ciba", &reason);
                     return;
                 }
             };
@@ -167,15 +134,15 @@ impl Ciba {
             };
             match outcome {
                 Outcome::Approved => {
-                    let _ = consents.approve(&c.id, &user, "ciba", None);
+                    consents.approved(&c.id, &user, "ciba");
                     return;
                 }
                 Outcome::Denied(reason) => {
-                    let _ = consents.deny(&c.id, &user, "ciba", Some(&reason));
+                    consents.denied(&c.id, &user, "ciba", &reason);
                     return;
                 }
                 Outcome::Failed(reason) => {
-                    let _ = consents.deny(&c.id, "agentgate", "ciba", Some(&reason));
+                    consents.denied(&c.id, "agentgate", "ciba", &reason);
                     return;
                 }
                 Outcome::Closed => return,
@@ -189,106 +156,12 @@ impl Ciba {
     /// The provider's user id for the consent's owner.
     fn user(&self, c: &Consent) -> String {
         let owner = c.owner.clone().unwrap_or_default();
-        self.config.users.get(&owner).cloned().unwrap_or(owner)
-    }
-
-    /// Sends the backchannel authentication request.
-    async fn backchannel(
-        &self,
-        c: &Consent,
-        user: &str,
-        remaining: u64,
-        ping_token: Option<&str>,
-    ) -> Result<Ticket, String> {
-        if user.is_empty() {
-            return Err(format!(
-                "agent {} has no owner to ask; register it with --owner or map it in consent.ciba.users",
-                c.agent
-            ));
-        }
-        let endpoints = self.endpoints().await?;
-        let hint = match self.config.login_hint_format {
-            HintFormat::Plain => user.to_owned(),
-            HintFormat::IssSub => {
-                let iss = if self.config.login_hint_iss.is_empty() {
-                    format!("{}/", self.config.issuer.trim_end_matches('/'))
-                } else {
-                    self.config.login_hint_iss.clone()
-                };
-                serde_json::json!({"format": "iss_sub", "iss": iss, "sub": user}).to_string()
-            }
-        };
-        let text = c
-            .reason
-            .clone()
-            .unwrap_or_else(|| format!("{} {}", c.action, c.resource_id));
-        let message = super::binding_message(&c.binding_code, &text);
-        let expiry = self
+        self.provider
             .config
-            .requested_expiry
-            .as_secs()
-            .min(remaining)
-            .max(1)
-            .to_string();
-        let details = (!self.config.authorization_details_type.is_empty()).then(|| {
-            let t = &c.tuple;
-            serde_json::json!([{
-                "type": self.config.authorization_details_type,
-                "subject": t["subject"],
-                "action": t["action"],
-                "resource": t["resource"],
-                "context": {"host": t["context"]["host"], "path": t["context"]["path"], "binding_code": c.binding_code},
-            }])
-            .to_string()
-        });
-        let mut form = vec![
-            ("scope", self.config.scope.as_str()),
-            ("login_hint", hint.as_str()),
-            ("binding_message", message.as_str()),
-            ("requested_expiry", expiry.as_str()),
-        ];
-        if !self.config.audience.is_empty() {
-            form.push(("audience", &self.config.audience));
-        }
-        if let Some(d) = &details {
-            form.push(("authorization_details", d));
-        }
-        if let Some(t) = ping_token {
-            form.push(("client_notification_token", t));
-        }
-        let url = &endpoints.backchannel;
-        let (status, _, answer) = self
-            .send(url, self.post_form(url, form))
-            .await
-            .map_err(|e| e.to_string())?;
-        if status != 200 {
-            let e = refused(url, status, &answer).to_string();
-            return Err(if e.contains("unknown_user_id") {
-                format!(
-                    "the CIBA provider does not know user {user} (unknown_user_id); map the owner in consent.ciba.users"
-                )
-            } else {
-                format!("the CIBA request was refused: {e}")
-            });
-        }
-        let v: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|e| format!("{url} answered something that is not JSON: {e}"))?;
-        let auth_req_id = v["auth_req_id"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("{url} answered without an auth_req_id"))?;
-        Ok(Ticket {
-            auth_req_id: auth_req_id.to_owned(),
-            // Bounded by what we asked for: a provider's number never outlives our consent.
-            expires_in: v["expires_in"]
-                .as_u64()
-                .unwrap_or(remaining)
-                .clamp(1, remaining.max(1)),
-            interval: v["interval"]
-                .as_u64()
-                .unwrap_or(DEFAULT_INTERVAL)
-                .clamp(1, 60),
-        })
+            .users
+            .get(&owner)
+            .cloned()
+            .unwrap_or(owner)
     }
 
     /// Polls the token endpoint until the ticket resolves.
@@ -302,7 +175,7 @@ impl Ciba {
                 _ = status.changed() => return Outcome::Closed,
                 () = tokio::time::sleep_until(deadline) => return Outcome::Expired,
             }
-            match self.token(&t.auth_req_id).await {
+            match self.provider.token(&t.auth_req_id).await {
                 Poll::Done(outcome) => return outcome,
                 Poll::Pending => failures = 0,
                 Poll::SlowDown(next) => {
@@ -340,7 +213,7 @@ impl Ciba {
                 _ = status.changed() => break Outcome::Closed,
                 () = tokio::time::sleep_until(deadline) => {
                     // A lost ping must not lose the answer: ask once more before re-asking.
-                    break match self.token(&t.auth_req_id).await {
+                    break match self.provider.token(&t.auth_req_id).await {
                         Poll::Done(o) => o,
                         _ => Outcome::Expired,
                     };
@@ -349,7 +222,7 @@ impl Ciba {
             // After a ping the answer is there: retry a failed call a few times, briefly.
             let mut failures = 0;
             let polled = loop {
-                match self.token(&t.auth_req_id).await {
+                match self.provider.token(&t.auth_req_id).await {
                     Poll::Transport(reason) if failures + 1 < MAX_FAILURES => {
                         failures += 1;
                         tracing::warn!(auth_req_id = %t.auth_req_id, error = %reason, "CIBA token call after a ping failed; retrying");
@@ -374,147 +247,4 @@ impl Ciba {
             .remove(&t.auth_req_id);
         outcome
     }
-
-    /// One token request for the ticket.
-    async fn token(&self, auth_req_id: &str) -> Poll {
-        let endpoints = match self.endpoints().await {
-            Ok(e) => e,
-            Err(e) => return Poll::Transport(e),
-        };
-        let url = &endpoints.token;
-        let form = vec![("grant_type", CIBA_GRANT), ("auth_req_id", auth_req_id)];
-        let (status, retry_after, answer) = match self.send(url, self.post_form(url, form)).await {
-            Ok(r) => r,
-            Err(e) => return Poll::Transport(e.to_string()),
-        };
-        if status == 200 {
-            return Poll::Done(Outcome::Approved);
-        }
-        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-        match v["error"].as_str() {
-            Some("authorization_pending") => Poll::Pending,
-            Some("slow_down") => Poll::SlowDown(v["interval"].as_u64().or(retry_after)),
-            Some("expired_token") => Poll::Done(Outcome::Expired),
-            Some("access_denied") => {
-                let said = v["error_description"]
-                    .as_str()
-                    .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
-                    .unwrap_or_default();
-                Poll::Done(Outcome::Denied(format!(
-                    "the owner denied it at the CIBA provider, or let it expire there (access_denied){said}"
-                )))
-            }
-            _ if status >= 500 => Poll::Transport(refused(url, status, &answer).to_string()),
-            _ => Poll::Done(Outcome::Failed(format!(
-                "the CIBA provider refused the poll: {}",
-                refused(url, status, &answer)
-            ))),
-        }
-    }
-
-    /// A form POST to `url`, authenticated as our client.
-    fn post_form<'a>(
-        &'a self,
-        url: &str,
-        form: Vec<(&'a str, &'a str)>,
-    ) -> reqwest::RequestBuilder {
-        client_auth(
-            self.http.post(url),
-            self.config.client_auth,
-            &self.config.client_id,
-            &self.secret,
-            form,
-        )
-    }
-
-    /// The provider's endpoints, discovered once (retried on the next use if it failed).
-    async fn endpoints(&self) -> Result<Endpoints, String> {
-        if let Some(e) = self
-            .endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(e);
-        }
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            self.config.issuer.trim_end_matches('/')
-        );
-        let (status, _, body) = self
-            .send(&url, self.http.get(&url))
-            .await
-            .map_err(|e| format!("CIBA discovery failed: {e}"))?;
-        if status != 200 {
-            return Err(format!("CIBA discovery: {url} answered {status}"));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("CIBA discovery: {url} is not JSON: {e}"))?;
-        let field = |k: &str| {
-            doc[k].as_str().map(str::to_owned).ok_or_else(|| {
-                format!("CIBA discovery: {url} has no {k} (is CIBA enabled for this issuer?)")
-            })
-        };
-        let endpoints = Endpoints {
-            backchannel: field("backchannel_authentication_endpoint")?,
-            token: field("token_endpoint")?,
-        };
-        for u in [&endpoints.backchannel, &endpoints.token] {
-            crate::vault::fetch::check_endpoint(u)?;
-        }
-        let wanted = match self.config.delivery {
-            Delivery::Poll => "poll",
-            Delivery::Ping => "ping",
-        };
-        let modes = doc["backchannel_token_delivery_modes_supported"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !modes.is_empty() && !modes.iter().any(|m| m == wanted) {
-            return Err(format!(
-                "the CIBA provider does not support {wanted} delivery (it offers {}); set consent.ciba.delivery",
-                serde_json::Value::Array(modes)
-            ));
-        }
-        *self.endpoints.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoints.clone());
-        Ok(endpoints)
-    }
-
-    /// Sends `req`; returns status, `Retry-After` seconds and at most [`MAX_ANSWER`] bytes.
-    async fn send(
-        &self,
-        url: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<(u16, Option<u64>, Vec<u8>), FetchError> {
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| unreachable(url, &e, CALL_TIMEOUT))?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| unreachable(url, &e, CALL_TIMEOUT))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER {
-                break;
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, retry_after, body))
-    }
-}
-
-/// One poll's result.
-enum Poll {
-    Done(Outcome),
-    Pending,
-    SlowDown(Option<u64>),
-    Transport(String),
 }

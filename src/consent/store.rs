@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Answer, Consent, ConsentError, Status};
+use super::error::ConsentError;
+use super::record::{Answer, Consent, Status};
 use crate::state::{StateDir, write_private};
 
 /// File name of the consent database in the state dir.

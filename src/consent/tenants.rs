@@ -6,11 +6,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use super::approvals::Consents;
 use super::ciba::Ciba;
-use super::{Backend, Consent, ConsentConfig, ConsentError, Consents, Delivery};
+use super::config::{Backend, ConsentConfig, Delivery};
+use super::error::ConsentError;
+use super::record::Consent;
 use crate::audit::Audit;
-use crate::config::Config;
 use crate::state::StateDir;
+use crate::tenants::TenantConfig;
 use crate::webhooks::Webhooks;
 
 /// The instance's ping endpoint path; a tenant's is this plus `/<tenant>`.
@@ -29,7 +32,7 @@ pub struct TenantConsents {
     tenants: BTreeMap<String, Scope>,
 }
 
-/// What [`TenantConsents::open`] needs besides the config.
+/// What [`TenantConsents::open`] needs besides the configs.
 pub struct Setup<'a> {
     pub state: &'a StateDir,
     pub audit: Arc<Audit>,
@@ -42,14 +45,18 @@ pub struct Setup<'a> {
 }
 
 impl TenantConsents {
-    /// Opens the instance's store and one per `[tenants.<t>]`, with their CIBA clients and
-    /// webhooks.
-    pub fn open(config: &Config, setup: Setup<'_>) -> Result<Arc<TenantConsents>, ConsentError> {
+    /// Opens the instance's store (`consent`, the instance's `[consent]`) and one per
+    /// `[tenants.<t>]`, with their CIBA clients and webhooks.
+    pub fn open(
+        consent: &ConsentConfig,
+        tenants: &BTreeMap<String, TenantConfig>,
+        setup: Setup<'_>,
+    ) -> Result<Arc<TenantConsents>, ConsentError> {
         let url = format!("{}{NOTIFY_PATH}", setup.admin_base);
-        let ciba = start_ciba(&config.consent, &setup.tls, url, None)?;
+        let ciba = start_ciba(consent, &setup.tls, url, None)?;
         let instance = Scope {
             consents: Consents::open(
-                &config.consent,
+                consent,
                 setup.state,
                 setup.audit.clone(),
                 setup.webhooks.clone(),
@@ -58,9 +65,10 @@ impl TenantConsents {
             ciba,
             webhooks: setup.webhooks.clone(),
         };
-        let mut tenants = BTreeMap::new();
-        for (name, t) in &config.tenants {
-            let consent = t.consent.as_ref().unwrap_or(&config.consent);
+        let instance_consent = consent;
+        let mut scopes = BTreeMap::new();
+        for (name, t) in tenants {
+            let consent = t.consent.as_ref().unwrap_or(instance_consent);
             let url = format!("{}{NOTIFY_PATH}/{name}", setup.admin_base);
             let ciba = start_ciba(consent, &setup.tls, url, Some(name))?;
             let webhooks = Arc::new(
@@ -76,7 +84,7 @@ impl TenantConsents {
                 webhooks.clone(),
                 ciba.clone(),
             )?;
-            tenants.insert(
+            scopes.insert(
                 name.clone(),
                 Scope {
                     consents,
@@ -85,7 +93,10 @@ impl TenantConsents {
                 },
             );
         }
-        Ok(Arc::new(TenantConsents { instance, tenants }))
+        Ok(Arc::new(TenantConsents {
+            instance,
+            tenants: scopes,
+        }))
     }
 
     /// The consents of agents of `tenant`: the tenant's own when it is configured,

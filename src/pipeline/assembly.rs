@@ -14,10 +14,10 @@ use crate::consent::TenantConsents;
 use crate::egress::guard::Guard;
 use crate::egress::upstream::Upstream;
 use crate::identity::Identity;
-use crate::sessions::Sessions;
 use crate::intent::Intent;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
+use crate::sessions::Sessions;
 use crate::vault::Vault;
 
 /// Everything the flow needs, built once at start.

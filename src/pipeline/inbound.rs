@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{Request, StatusCode, Version};
+use http::{Request, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,7 +18,7 @@ use super::refusal::bad_request;
 use super::target::Target;
 use super::trail::Trail;
 use crate::body::BodyFault;
-use crate::error::{Denial, Gate};
+use crate::error::Denial;
 use crate::gates;
 use crate::gates::consent::Consent;
 use crate::gates::identity::Claim;
@@ -144,10 +144,9 @@ impl Pipeline {
             .await
     }
 
-    /// Gate 4: the approval an escalated request needs, bound to this exact request; its
-    /// whole body is read first (a body longer than `intent.max_body` cannot be bound, so it
-    /// is refused rather than approved in part). A request held for consent is checked again
-    /// afterwards: its agent may have been revoked meanwhile.
+    /// Gate 4: the approval an escalated request needs, bound to this exact request, whose
+    /// whole body is read first (the approval covers it). A request held for consent is
+    /// checked again afterwards: its agent may have been revoked meanwhile.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn obtain_consent(
         &self,
@@ -165,17 +164,6 @@ impl Pipeline {
         if inbound.prefix.is_none() && !inbound.body.is_end_stream() {
             self.read_prefix(inbound).await?;
         }
-        if inbound.more() {
-            return Err(Denial::new(
-                Gate::Consent,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large_for_consent",
-                format!(
-                    "this request needs a person's approval, and an approval covers the whole request; its body is longer than intent.max_body ({} bytes)",
-                    self.c.intent.max_body
-                ),
-            ));
-        }
         let origin = target.origin();
         let request = gates::consent::Request {
             method: &parts.method,
@@ -183,8 +171,9 @@ impl Pipeline {
             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: headers::forwarded_digest(&parts.headers, false),
             body: inbound.prefix.as_ref().map(|(b, _)| &b[..]),
+            body_truncated: inbound.more(),
+            max_body: self.c.intent.max_body,
         };
-        trail.asked_consent = true;
         let consents = self.c.consents.for_tenant(caller.tenant.as_deref());
         let consent = gates::consent::obtain(consents, caller, tuple, verdict, &request).await?;
         if let Consent::Granted(g) = &consent {

@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use super::assembly::Pipeline;
 use super::trail::Trail;
 use crate::error::{Denial, Gate};
+use crate::gates::consent::BODY_TOO_LARGE;
 
 impl Pipeline {
     /// The decision record of one request; `denial` is `None` for an allowed one.
@@ -73,7 +74,8 @@ impl Pipeline {
                     serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by, "how": g.how}),
                 );
             }
-            (None, Some(d)) if trail.asked_consent && d.gate == Gate::Consent => {
+            // The consent store's refusal (a body too long to bind never reached it).
+            (None, Some(d)) if d.gate == Gate::Consent && d.error != BODY_TOO_LARGE => {
                 let id = d
                     .extra
                     .as_ref()

@@ -20,8 +20,6 @@ pub(super) struct Trail {
     pub(super) decision: Option<Arc<Decision>>,
     /// The approval that let an escalated request through.
     pub(super) consent: Option<Granted>,
-    /// The consent store was asked (its refusal is read from the denial itself).
-    pub(super) asked_consent: bool,
     pub(super) injection: Option<Injection>,
     /// How long after its start a forwarded request's decision record was committed.
     pub(super) decided: Option<Duration>,

@@ -12,12 +12,14 @@ use arc_swap::ArcSwap;
 use aws_lc_rs::hmac;
 use http::HeaderValue;
 
-use super::fetch::{FetchError, Fetcher, Obtained};
+use super::fetch::{Fetcher, Obtained};
 use super::references::References;
 use super::store::{Store, fingerprint_with};
-use super::{Connection, Form, Kind, Secret, VaultConfig, VaultError, served_by};
+use super::{Connection, Form, Kind, VaultConfig, VaultError, served_by};
 use crate::audit::Audit;
 use crate::clock::now;
+use crate::outbound::FetchError;
+use crate::secret::Secret;
 
 /// Most credentials remembered for PANIC (the oldest expired ones go first).
 const MAX_LEDGER: usize = 100_000;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::credentials::{Credential, Vault};
-use super::fetch::FetchError;
 use super::{Connection, Kind};
 use crate::clock::now;
+use crate::outbound::FetchError;
 
 /// The outcome of revoking one credential upstream.
 #[derive(Debug, Clone, serde::Serialize)]
