@@ -12,10 +12,12 @@ use arc_swap::ArcSwap;
 use aws_lc_rs::hmac;
 use http::HeaderValue;
 
+use super::config::VaultConfig;
+use super::connection::{Connection, Form, Kind, served_by};
+use super::error::VaultError;
 use super::fetch::{Fetcher, Obtained};
 use super::references::References;
 use super::store::{Store, fingerprint_with};
-use super::{Connection, Form, Kind, VaultConfig, VaultError, served_by};
 use crate::audit::Audit;
 use crate::clock::now;
 use crate::outbound::FetchError;

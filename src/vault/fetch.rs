@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::{ClientConfig, VaultError};
+use super::config::ClientConfig;
+use super::error::VaultError;
 use crate::config::Config;
 use crate::outbound::{
     ClientAuth, FetchError, client_auth, http_client, load_secret, refused, unreachable,

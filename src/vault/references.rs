@@ -54,7 +54,11 @@ impl References {
     }
 
     /// A new reference for `agent` (SPIFFE ID) and `service`, with its expiry (unix).
-    pub fn mint(&self, agent: &str, service: &str) -> Result<(String, i64), super::VaultError> {
+    pub fn mint(
+        &self,
+        agent: &str,
+        service: &str,
+    ) -> Result<(String, i64), super::error::VaultError> {
         let value = format!(
             "{PREFIX}{}",
             URL_SAFE_NO_PAD.encode(super::store::random::<32>()?)

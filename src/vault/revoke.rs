@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::connection::{Connection, Kind};
 use super::credentials::{Credential, Vault};
-use super::{Connection, Kind};
 use crate::clock::now;
 use crate::outbound::FetchError;
 

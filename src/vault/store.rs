@@ -11,7 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rusqlite::{Connection as Db, OptionalExtension, params};
 
-use super::{Connection, Kind, Settings, VaultError};
+use super::connection::{Connection, Kind, Settings};
+use super::error::VaultError;
 use crate::secret::Secret;
 use crate::state::{StateDir, read_private, write_private};
 
