@@ -29,6 +29,7 @@ pub mod policy;
 pub mod state;
 pub mod tenants;
 pub mod vault;
+pub mod vendors;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -422,7 +422,7 @@ impl Vault {
                     .settings
                     .api_url
                     .as_deref()
-                    .unwrap_or("https://api.github.com");
+                    .unwrap_or(crate::vendors::github::API_URL);
                 let repos: Vec<String> = repository
                     .and_then(|r| r.split_once('/'))
                     .map(|(_, name)| vec![name.to_owned()])
