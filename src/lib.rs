@@ -33,6 +33,7 @@ pub mod sessions;
 pub mod state;
 pub mod tenants;
 pub mod vault;
+pub mod vendors;
 pub mod webhooks;
 
 use std::net::SocketAddr;

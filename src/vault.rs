@@ -13,8 +13,8 @@ pub mod revoke;
 pub mod store;
 
 pub use config::{ClientConfig, VaultConfig};
-pub use connection::{
-    Connection, Form, Kind, Settings, default_origin, form_at, origin_key, served_by,
-};
+pub use connection::{Connection, Kind, Settings, origin_key};
 pub use credentials::{Credential, Grant, Vault};
 pub use error::VaultError;
+// What differs per vendor (default origins, origins one connection serves) is the vendor's.
+pub use crate::vendors::{Form, default_origin, form_at, served_by};

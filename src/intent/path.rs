@@ -26,7 +26,7 @@ pub enum PathError {
 
 /// Normalizes a request path for matching: percent-encoded unreserved characters decoded,
 /// one trailing slash dropped; refuses ambiguous paths.
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(super) fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -139,7 +139,7 @@ fn hex(c: u8) -> Option<u8> {
 }
 
 /// A parameter value as text: percent-decoded, invalid UTF-8 replaced.
-pub fn decode(raw: &str) -> String {
+pub(super) fn decode(raw: &str) -> String {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
         .into_owned()

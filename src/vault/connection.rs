@@ -1,6 +1,6 @@
 //! A connection (one service's credential source for a tenant or owner), its kinds, and
-//! the origins it serves: which origin a connection is for, which it also serves, and the
-//! form the credential takes at each.
+//! the origin key it is stored under. Which origins a vendor's connection also serves, and
+//! the form the credential takes there, are the vendor's (`crate::vendors`).
 
 use serde::{Deserialize, Serialize};
 
@@ -82,55 +82,6 @@ pub struct Connection {
     pub revoked: Option<i64>,
 }
 
-/// The default origin of a well-known service.
-pub fn default_origin(service: &str) -> Option<&'static str> {
-    Some(match service {
-        "github" => "https://api.github.com",
-        "gmail" => "https://gmail.googleapis.com",
-        "slack" => "https://slack.com",
-        _ => return None,
-    })
-}
-
-/// How a credential is written into `Authorization` at an origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
-    /// `<scheme> <token>` with the connection's scheme (`Bearer` or `token`).
-    Scheme,
-    /// `Basic base64(<user>:<token>)`: what git sends over HTTPS.
-    Basic { user: &'static str },
-}
-
-/// Origins without a connection of their own that another origin's connection serves, and
-/// the form the credential takes there. github.com is where git talks to GitHub over HTTPS;
-/// a GitHub token (PAT, OAuth, App installation token) works there as it does at the API,
-/// sent the way GitHub documents for git: user `x-access-token`, the token as password. So
-/// one `vault set github` serves both hosts. A connection stored for github.com itself wins,
-/// and still gets the git form.
-const SIBLINGS: [(&str, &str, Form); 1] = [(
-    "github.com",
-    "api.github.com",
-    Form::Basic {
-        user: "x-access-token",
-    },
-)];
-
-/// The origin (key) whose connection serves `origin` when it has none of its own.
-pub fn served_by(origin: &str) -> Option<&'static str> {
-    SIBLINGS
-        .iter()
-        .find(|(o, _, _)| *o == origin)
-        .map(|(_, by, _)| *by)
-}
-
-/// The form the credential takes at `origin` (an origin key).
-pub fn form_at(origin: &str) -> Form {
-    SIBLINGS
-        .iter()
-        .find(|(o, _, _)| *o == origin)
-        .map_or(Form::Scheme, |(_, _, form)| *form)
-}
-
 /// Normalizes `https://host[:port]` to the origin key (`host`, or `host:port` off 443).
 /// Credentials go over TLS only, so other schemes are refused.
 pub fn origin_key(url: &str) -> Result<String, String> {
@@ -177,25 +128,5 @@ mod tests {
         assert!(origin_key("http://api.github.com").is_err());
         assert!(origin_key("https://api.github.com/v3").is_err());
         assert!(origin_key("https://user@api.github.com").is_err());
-    }
-
-    #[test]
-    fn github_com_is_served_by_the_api_connection_in_git_form() {
-        assert_eq!(served_by("github.com"), Some("api.github.com"));
-        assert_eq!(
-            form_at("github.com"),
-            Form::Basic {
-                user: "x-access-token"
-            }
-        );
-        for other in [
-            "api.github.com",
-            "github.com:8443",
-            "gist.github.com",
-            "slack.com",
-        ] {
-            assert_eq!(served_by(other), None, "{other}");
-            assert_eq!(form_at(other), Form::Scheme, "{other}");
-        }
     }
 }

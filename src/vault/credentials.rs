@@ -13,7 +13,7 @@ use aws_lc_rs::hmac;
 use http::HeaderValue;
 
 use super::config::VaultConfig;
-use super::connection::{Connection, Form, Kind, served_by};
+use super::connection::{Connection, Kind};
 use super::error::VaultError;
 use super::fetch::{Fetcher, Obtained};
 use super::references::References;
@@ -22,6 +22,7 @@ use crate::audit::Audit;
 use crate::clock::now;
 use crate::outbound::FetchError;
 use crate::secret::Secret;
+use crate::vendors::{Form, served_by};
 
 /// Most credentials remembered for PANIC (the oldest expired ones go first).
 const MAX_LEDGER: usize = 100_000;
@@ -426,7 +427,7 @@ impl Vault {
                     .settings
                     .api_url
                     .as_deref()
-                    .unwrap_or("https://api.github.com");
+                    .unwrap_or(crate::vendors::github::API_URL);
                 let repos: Vec<String> = repository
                     .and_then(|r| r.split_once('/'))
                     .map(|(_, name)| vec![name.to_owned()])

@@ -112,7 +112,7 @@ impl Vault {
                     })
             }
             Kind::GithubApp => {
-                let api = conn.settings.api_url.as_deref().unwrap_or("https://api.github.com");
+                let api = conn.settings.api_url.as_deref().unwrap_or(crate::vendors::github::API_URL);
                 self.fetcher
                     .revoke_github_installation(api, &c.token)
                     .await

@@ -9,10 +9,11 @@
 //! whitespace or comments inside an address, quoted local parts, domain literals, non-ASCII
 //! addresses, and domains that are not dot-separated letter-digit-hyphen labels.
 
-use super::{BodyError, Budget, shown};
+use super::budget::Budget;
+use super::error::{BodyError, shown};
 
 /// The addresses of one address-list header value (unfolded), lowercased.
-pub(super) fn list(
+pub(crate) fn list(
     value: &str,
     header: &str,
     budget: &mut Budget,

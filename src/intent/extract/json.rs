@@ -7,11 +7,11 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use super::{BodyError, invalid, shown};
+use super::error::{BodyError, invalid, shown};
 
 /// Parses `bytes` as one JSON value; `what` names it in errors. serde_json's recursion
 /// limit (128 levels) still applies.
-pub(super) fn parse(bytes: &[u8], what: &str) -> Result<Value, BodyError> {
+pub(crate) fn parse(bytes: &[u8], what: &str) -> Result<Value, BodyError> {
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = Strict(&duplicate)

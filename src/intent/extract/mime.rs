@@ -7,16 +7,13 @@
 
 use memchr::memmem;
 
-use super::{BodyError, Budget, invalid, shown};
-
-fn ambiguous(reason: impl Into<String>) -> BodyError {
-    BodyError::Ambiguous(reason.into())
-}
+use super::budget::Budget;
+use super::error::{BodyError, ambiguous, invalid, shown};
 
 /// How lines end. A header section or multipart body uses one kind throughout: CRLF as the
 /// RFCs say, or bare LF as Unix tools (Python's `email` among them) write; a mix is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Eol {
+pub(crate) enum Eol {
     Crlf,
     Lf,
 }
@@ -32,18 +29,18 @@ impl Eol {
 
 /// One header field: its name and raw value (after the colon, folds included).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Field<'a> {
-    pub name: &'a str,
+pub(crate) struct Field<'a> {
+    pub(crate) name: &'a str,
     raw: &'a [u8],
 }
 
 impl Field<'_> {
-    pub fn is(&self, name: &str) -> bool {
+    pub(crate) fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
     }
 
     /// The value unfolded (the line breaks of folds removed), as UTF-8 text.
-    pub fn value(&self) -> Result<String, BodyError> {
+    pub(crate) fn value(&self) -> Result<String, BodyError> {
         let bytes: Vec<u8> = self
             .raw
             .iter()
@@ -57,17 +54,17 @@ impl Field<'_> {
 
 /// A header section and what follows it.
 #[derive(Debug)]
-pub(super) struct Head<'a> {
-    pub fields: Vec<Field<'a>>,
+pub(crate) struct Head<'a> {
+    pub(crate) fields: Vec<Field<'a>>,
     /// What follows the blank line (empty when there is none).
-    pub body: &'a [u8],
+    pub(crate) body: &'a [u8],
     /// The section ended with a blank line (rather than with the input).
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 impl<'a> Head<'a> {
     /// The only field called `name`; two of them are ambiguous.
-    pub fn single(&self, name: &str, what: &str) -> Result<Option<Field<'a>>, BodyError> {
+    pub(crate) fn single(&self, name: &str, what: &str) -> Result<Option<Field<'a>>, BodyError> {
         let mut found = None;
         for f in self.fields.iter().filter(|f| f.is(name)) {
             if found.is_some() {
@@ -79,7 +76,11 @@ impl<'a> Head<'a> {
     }
 
     /// The `Content-Type`, parsed; `None` when absent.
-    pub fn content_type(&self, what: &str, lenient: bool) -> Result<Option<Params>, BodyError> {
+    pub(crate) fn content_type(
+        &self,
+        what: &str,
+        lenient: bool,
+    ) -> Result<Option<Params>, BodyError> {
         match self.single("Content-Type", what)? {
             Some(f) => {
                 params(&f.value()?, &format!("the Content-Type of {what}"), lenient).map(Some)
@@ -91,7 +92,7 @@ impl<'a> Head<'a> {
     /// Refuses a `Content-Transfer-Encoding` that changes the bytes (base64,
     /// quoted-printable): readers that decode and readers that do not would see different
     /// values.
-    pub fn identity_encoding(&self, what: &str) -> Result<(), BodyError> {
+    pub(crate) fn identity_encoding(&self, what: &str) -> Result<(), BodyError> {
         if let Some(f) = self.single("Content-Transfer-Encoding", what)? {
             let v = f.value()?;
             let v = v.trim();
@@ -111,7 +112,7 @@ impl<'a> Head<'a> {
 
 /// Reads a header section from the start of `bytes`. `eol` is the line ending the
 /// surrounding body uses, or `None` to take it from the first line.
-pub(super) fn head<'a>(
+pub(crate) fn head<'a>(
     bytes: &'a [u8],
     eol: Option<Eol>,
     what: &str,
@@ -209,15 +210,15 @@ pub(super) fn head<'a>(
 
 /// A header value's main token (`type/subtype`, `form-data`) and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Params {
+pub(crate) struct Params {
     /// Lowercase.
-    pub main: String,
+    pub(crate) main: String,
     /// Names lowercase, values as sent (unquoted).
-    pub params: Vec<(String, String)>,
+    pub(crate) params: Vec<(String, String)>,
 }
 
 impl Params {
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(n, _)| n == name)
@@ -233,7 +234,7 @@ fn is_token(c: u8) -> bool {
 /// backslash (quoted-pair, which browsers do not write and servers read differently) and
 /// an RFC 2231 `name*` are refused. `lenient` (mail parts, only counted) allows the last
 /// two.
-pub(super) fn params(value: &str, what: &str, lenient: bool) -> Result<Params, BodyError> {
+pub(crate) fn params(value: &str, what: &str, lenient: bool) -> Result<Params, BodyError> {
     let b = value.as_bytes();
     let mut i = 0;
     let ws = |i: &mut usize| {
@@ -337,7 +338,7 @@ fn valid_boundary(b: &str) -> bool {
 /// mode (a message's own MIME tree, read only to count attachments) allows a preamble, an
 /// epilogue and padding, as RFC 2046 does. Either way the line ending never changes and a
 /// line that starts with the delimiter but goes on with other text is refused.
-pub(super) fn multipart<'a>(
+pub(crate) fn multipart<'a>(
     boundary: &str,
     body: &'a [u8],
     lenient: bool,
@@ -444,7 +445,7 @@ const MAX_MIME_DEPTH: usize = 16;
 /// How many attachments a message carries: leaf parts (below the top level) that are
 /// marked as attachments, carry a file name or are not text. A nested message counts as
 /// one attachment and is not opened.
-pub(super) fn attachments(
+pub(crate) fn attachments(
     head: &Head<'_>,
     depth: usize,
     budget: &mut Budget,

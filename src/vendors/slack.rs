@@ -1,11 +1,61 @@
-//! Slack: the channels a Web API call names, from the query and a form, JSON or
-//! multipart body.
+//! Slack (`slack.com/api/<method>`): the channels a Web API call names, from the query and
+//! a form, JSON or multipart body; they become the resource (`slack.channel`). A `token`
+//! argument is refused on every method, known or not: credentials are AgentGate's job.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{BodyError, Budget, ambiguous, invalid, mime, shown};
+use super::vendor::Vendor;
+use crate::intent::body::{BodyInput, BodyReader, BodyReading};
+use crate::intent::extract::budget::Budget;
+use crate::intent::extract::error::{BodyError, ambiguous, invalid, shown};
+use crate::intent::extract::{json, mime};
+
+/// Slack, as AgentGate knows it.
+pub static VENDOR: Vendor = Vendor {
+    service: "slack",
+    catalog: &[(
+        "slack.json",
+        include_str!("../../config/services/slack.json"),
+    )],
+    origin: "https://slack.com",
+    siblings: &[],
+    meaning_headers: &[],
+    bodies: &[ARGUMENTS],
+    names: None,
+};
+
+/// Slack Web API arguments (query, form or JSON): `channel`, and no `token`.
+const ARGUMENTS: BodyReader = BodyReader {
+    name: "slack",
+    read: read_arguments,
+    guards_unknown_paths: true,
+};
+
+fn read_arguments(input: &BodyInput<'_>) -> Result<BodyReading, BodyError> {
+    // A body cut off at the bound is judged by its query alone.
+    let bytes = if input.body.truncated {
+        &[][..]
+    } else {
+        input.body.bytes
+    };
+    let args = slack(input.query, input.content_type, bytes)?;
+    let mut reading = BodyReading::default();
+    if !args.channels.is_empty() {
+        reading.resource = Some((Arc::from("slack.channel"), args.channels.join(",")));
+        if let [one] = args.channels.as_slice() {
+            reading
+                .selected
+                .insert("channel".into(), one.as_str().into());
+        }
+        reading
+            .selected
+            .insert("channels".into(), args.channels.into());
+    }
+    Ok(reading)
+}
 
 /// Slack arguments that matter for intent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,7 +65,7 @@ pub struct SlackArgs {
     pub channels: Vec<String>,
 }
 
-pub(super) const SLACK_CHANNEL_KEYS: [&str; 3] = ["channel", "channel_id", "channels"];
+const SLACK_CHANNEL_KEYS: [&str; 3] = ["channel", "channel_id", "channels"];
 
 /// Most channels one Slack request may name; no Web API method needs nearly as many.
 pub const SLACK_MAX_CHANNELS: usize = 1000;
@@ -52,7 +102,7 @@ pub fn slack(
             }
         }
         "application/json" => {
-            let Value::Object(o) = super::json::parse(body, "the Slack request body")? else {
+            let Value::Object(o) = json::parse(body, "the Slack request body")? else {
                 return Err(invalid("Slack JSON body must be an object"));
             };
             for (k, v) in &o {
@@ -224,3 +274,9 @@ impl Slack {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod props;

@@ -1,16 +1,75 @@
-//! Gmail: the recipients of an outgoing message, from the JSON `raw` forms and the media
-//! and multipart uploads.
+//! Gmail (`gmail.googleapis.com`): the recipients of an outgoing message, from the JSON
+//! `raw` forms (`"body": "gmail.message"`) and the media and multipart uploads
+//! (`"body": "gmail.upload"`), for `context.body.email`.
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::{BodyError, Budget, address, ambiguous, invalid, mime, shown};
+use super::vendor::Vendor;
+use crate::intent::body::{BodyInput, BodyReader, BodyReading};
+use crate::intent::extract::budget::Budget;
+use crate::intent::extract::error::{BodyError, ambiguous, invalid, shown};
+use crate::intent::extract::query::query_once;
+use crate::intent::extract::{address, json, mime};
+
+/// Gmail, as AgentGate knows it.
+pub static VENDOR: Vendor = Vendor {
+    service: "gmail",
+    catalog: &[(
+        "gmail.json",
+        include_str!("../../config/services/gmail.json"),
+    )],
+    origin: "https://gmail.googleapis.com",
+    siblings: &[],
+    meaning_headers: &[],
+    bodies: &[MESSAGE, UPLOAD],
+    names: None,
+};
+
+/// Gmail JSON carrying a base64url RFC 5322 message in `raw`.
+const MESSAGE: BodyReader = BodyReader {
+    name: "gmail.message",
+    read: read_message,
+    guards_unknown_paths: false,
+};
+
+/// Gmail media upload: the message itself, or multipart/related with it.
+const UPLOAD: BodyReader = BodyReader {
+    name: "gmail.upload",
+    read: read_upload,
+    guards_unknown_paths: false,
+};
+
+fn read_message(input: &BodyInput<'_>) -> Result<BodyReading, BodyError> {
+    let mut reading = BodyReading::default();
+    if let Some(email) = gmail_json(input.body.bytes, input.body.truncated)? {
+        reading.selected.insert("email".into(), email.to_json());
+    }
+    Ok(reading)
+}
+
+fn read_upload(input: &BodyInput<'_>) -> Result<BodyReading, BodyError> {
+    // One `uploadType`, spelt exactly so, or the request is refused.
+    let upload_type = gmail_upload_type(input.query)?;
+    let email = gmail_upload(
+        input.content_type,
+        upload_type.as_deref(),
+        input.body.bytes,
+        input.body.truncated,
+    )?;
+    let mut reading = BodyReading::default();
+    reading.selected.insert("email".into(), email.to_json());
+    Ok(reading)
+}
 
 /// Recipients and attachments of an outgoing message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Email {
+    /// Every address of every `To` header, lowercased.
     pub to: Vec<String>,
+    /// Every address of every `Cc` header, lowercased.
     pub cc: Vec<String>,
+    /// Every address of every `Bcc` header, lowercased.
     pub bcc: Vec<String>,
     /// `None` when the body was cut off before the end of the message.
     pub attachments: Option<usize>,
@@ -50,7 +109,7 @@ pub fn gmail_json(body: &[u8], truncated: bool) -> Result<Option<Email>, BodyErr
             "the Gmail JSON body is larger than AgentGate inspects (intent.max_body), and a second \"raw\" could follow unseen; send large messages with /upload/…?uploadType=media",
         ));
     }
-    let v = super::json::parse(body, "the Gmail request body")?;
+    let v = json::parse(body, "the Gmail request body")?;
     let top = v.get("raw");
     let nested = v.get("message").and_then(|m| m.get("raw"));
     let raw = match (top, nested) {
@@ -77,11 +136,7 @@ pub fn rfc822(message: &[u8], truncated: bool) -> Result<Email, BodyError> {
     rfc822_in(message, truncated, &mut Budget::default())
 }
 
-pub(super) fn rfc822_in(
-    message: &[u8],
-    truncated: bool,
-    budget: &mut Budget,
-) -> Result<Email, BodyError> {
+fn rfc822_in(message: &[u8], truncated: bool, budget: &mut Budget) -> Result<Email, BodyError> {
     let head = mime::head(message, None, "the e-mail message", budget)?;
     if truncated && !head.complete {
         return Err(ambiguous(
@@ -127,7 +182,7 @@ pub(super) fn rfc822_in(
 
 /// The `uploadType` of a Gmail upload, from the query (given once, spelt exactly).
 pub fn gmail_upload_type(query: Option<&str>) -> Result<Option<String>, BodyError> {
-    super::query_once(query, "uploadType")
+    query_once(query, "uploadType")
 }
 
 /// A Gmail media upload: the message itself (`media`), or multipart/related of exactly two
@@ -169,7 +224,7 @@ pub fn gmail_upload(
             };
             let what = "the upload's metadata part";
             let meta = upload_part(meta, eol, what, "application/json", &mut budget)?;
-            let meta = super::json::parse(meta.body, what)?;
+            let meta = json::parse(meta.body, what)?;
             if !meta.is_object() {
                 return Err(invalid(format!("{what} is not a JSON object")));
             }
@@ -228,3 +283,9 @@ fn decode_base64url(raw: &[u8]) -> Result<Vec<u8>, BodyError> {
         .or_else(|_| std.decode(raw))
         .map_err(|_| invalid("Gmail \"raw\" is not base64url"))
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod props;
