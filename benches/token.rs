@@ -59,7 +59,16 @@ fn bench(c: &mut Criterion) {
         let tls = agentgate::egress::upstream::Upstream::new(&config.upstream, guard, provider)
             .and_then(|u| u.client_config())
             .expect("tls");
-        let vault = Arc::new(Vault::open(&config, &state, tls, audit.clone()).expect("vault"));
+        let vault = Arc::new(
+            Vault::open(
+                &config.vault,
+                &config.upstream.resolve,
+                &state,
+                tls,
+                audit.clone(),
+            )
+            .expect("vault"),
+        );
         (vault, audit)
     });
 

@@ -196,7 +196,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     // AgentGate's own HTTPS calls (token endpoints, CIBA, webhooks) trust the same roots.
     let own_tls = upstream.client_config()?;
     let vault = Arc::new(vault::Vault::open(
-        &config,
+        &config.vault,
+        &config.upstream.resolve,
         state,
         own_tls.clone(),
         audit.clone(),

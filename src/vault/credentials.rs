@@ -3,7 +3,8 @@
 //! connection never overlap — providers treat a reused refresh token as theft), per-decision
 //! grants, and the ledger of what each agent received, which PANIC revokes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -171,14 +172,15 @@ impl moka::Expiry<CacheKey, Arc<Credential>> for RenewAt {
 }
 
 impl Vault {
-    /// Opens the vault (see [`Store::open`]) and loads its connections.
+    /// Opens the vault (see [`Store::open`]) and loads its connections; token endpoints
+    /// are reached through `resolve`'s pinned addresses where given.
     pub fn open(
-        config: &crate::config::Config,
+        v: &VaultConfig,
+        resolve: &BTreeMap<String, SocketAddr>,
         state: &crate::state::StateDir,
         tls: rustls::ClientConfig,
         audit: Arc<Audit>,
     ) -> Result<Vault, VaultError> {
-        let v = &config.vault;
         let key_file = (!v.key_file.as_os_str().is_empty()).then_some(v.key_file.as_path());
         let store = Store::open(state, key_file)?;
         let vault = Vault {
@@ -201,7 +203,7 @@ impl Vault {
                 .build(),
             refresh_locks: Mutex::default(),
             ledger: Mutex::default(),
-            fetcher: Fetcher::new(config, tls)?,
+            fetcher: Fetcher::new(v, resolve, tls)?,
             audit,
             references: References::new(v.reference_ttl),
             config: v.clone(),

@@ -3,7 +3,8 @@
 //! `upstream.resolve` honoured, no redirects); every call bounded by `vault.fetch_timeout`
 //! and every answer bounded in size. Errors never carry a secret.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
@@ -12,9 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::config::ClientConfig;
+use super::config::{ClientConfig, VaultConfig};
 use super::error::VaultError;
-use crate::config::Config;
 use crate::outbound::{
     ClientAuth, FetchError, client_auth, http_client, load_secret, refused, unreachable,
 };
@@ -58,16 +58,20 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// Builds the client and loads every configured client secret (a missing one is a
-    /// startup error naming the variable or file).
-    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<Fetcher, VaultError> {
-        let vault = &config.vault;
+    /// Builds the client (with `upstream.resolve`'s pinned addresses) and loads every
+    /// configured client secret (a missing one is a startup error naming the variable or
+    /// file).
+    pub fn new(
+        vault: &VaultConfig,
+        resolve: &BTreeMap<String, SocketAddr>,
+        tls: rustls::ClientConfig,
+    ) -> Result<Fetcher, VaultError> {
         let setup = |reason: String| VaultError::Config {
             key: "providers".into(),
             reason,
         };
         let mut builder = http_client(tls, vault.fetch_timeout);
-        for (host_port, addr) in &config.upstream.resolve {
+        for (host_port, addr) in resolve {
             if let Some((host, _)) = crate::authority::split_host_port(host_port) {
                 builder = builder.resolve(host, *addr);
             }
