@@ -30,6 +30,7 @@ pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod sessions;
+pub mod sqlite;
 pub mod state;
 pub mod tenants;
 pub mod vault;

@@ -3,13 +3,13 @@
 //! answers racing (CLI and CIBA) cannot both win.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::error::ConsentError;
 use super::record::{Answer, Consent, Status};
-use crate::state::{StateDir, write_private};
+use crate::sqlite::{self, Durability, OpenError};
+use crate::state::StateDir;
 
 /// File name of the consent database in the state dir.
 pub const FILE: &str = "consents.db";
@@ -62,13 +62,11 @@ impl Store {
 
     /// Opens the database at `path`.
     pub fn open_path(path: &Path) -> Result<Store, ConsentError> {
-        if !path.exists() {
-            write_private(path, b"").map_err(|e| ConsentError::Store(e.to_string()))?;
-        }
         let err = |e: rusqlite::Error| ConsentError::Store(format!("{}: {e}", path.display()));
-        let db = Connection::open(path).map_err(err)?;
-        db.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        let db = sqlite::open(path, Durability::Full).map_err(|e| match e {
+            OpenError::Create(e) => ConsentError::Store(e.to_string()),
+            OpenError::Db(e) => err(e),
+        })?;
         db.execute_batch(SCHEMA).map_err(err)?;
         Ok(Store {
             db,

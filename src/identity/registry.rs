@@ -4,11 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::state::{StateDir, StateError, write_private};
+use crate::sqlite::{self, Durability, OpenError};
+use crate::state::{StateDir, StateError};
 
 /// File name of the registry in the state dir.
 pub const FILE: &str = "identity.db";
@@ -142,20 +142,14 @@ impl Registry {
 
     /// Opens the registry at `path`.
     pub fn open_path(path: &Path) -> Result<Registry, RegistryError> {
-        if !path.exists() {
-            // Created private before SQLite touches it; its -wal/-shm files copy the mode.
-            write_private(path, b"")?;
-        }
         let db = |source| RegistryError::Db {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
+        let conn = sqlite::open(path, Durability::Full).map_err(|e| match e {
+            OpenError::Create(e) => RegistryError::State(e),
+            OpenError::Db(e) => db(e),
+        })?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Added with reference tokens; older registries gain the column in place.
         let has_refs: bool = conn

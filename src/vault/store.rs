@@ -14,6 +14,7 @@ use rusqlite::{Connection as Db, OptionalExtension, params};
 use super::connection::{Connection, Kind, Settings};
 use super::error::VaultError;
 use crate::secret::Secret;
+use crate::sqlite::{self, Durability, OpenError};
 use crate::state::{StateDir, read_private, write_private};
 
 /// File name of the vault database in the state dir.
@@ -80,12 +81,10 @@ impl Store {
 
     /// Opens the vault at `path` with the key at `key_path`.
     pub fn open_paths(path: &Path, key_path: &Path) -> Result<Store, VaultError> {
-        if !path.exists() {
-            write_private(path, b"")?;
-        }
-        let db = Db::open(path).map_err(db_err(path))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err(path))?;
+        let db = sqlite::open(path, Durability::Full).map_err(|e| match e {
+            OpenError::Create(e) => VaultError::State(e),
+            OpenError::Db(e) => db_err(path)(e),
+        })?;
         db.execute_batch(SCHEMA).map_err(db_err(path))?;
         let check: Option<Vec<u8>> = db
             .query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
