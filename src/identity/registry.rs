@@ -2,97 +2,21 @@
 //! issuer's keys, in SQLite (`identity.db` in the state dir, 0600). The CLI writes it; a
 //! running proxy reads a [`Snapshot`] of it and reloads when it changes.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sqlite::{self, Durability, OpenError};
-use crate::state::{StateDir, StateError};
+use crate::state::StateDir;
+
+mod model;
+#[cfg(test)]
+mod tests;
+
+pub use model::{ALL_AGENTS, Agent, AgentInfo, IssuerKey, RegistryError, Snapshot, Token};
 
 /// File name of the registry in the state dir.
 pub const FILE: &str = "identity.db";
-
-/// A registry problem, with what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("agent registry {path}: {source}")]
-    Db {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("no agent named \"{0}\"; see `agentgate agents list`")]
-    UnknownAgent(String),
-    #[error("agent \"{0}\" has no token for this jti; see `agentgate agents list -o json`")]
-    UnknownToken(String),
-}
-
-/// The revocation entry `PANIC --all` writes: it refuses every caller, registered or not.
-pub const ALL_AGENTS: &str = "*";
-
-/// One registered agent, as `agents list` shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct Agent {
-    pub name: String,
-    pub spiffe_id: String,
-    pub owner: Option<String>,
-    pub tenant: Option<String>,
-    pub created: i64,
-    /// When the agent was revoked, if it was.
-    pub revoked: Option<i64>,
-    /// Unexpired, unrevoked tokens.
-    pub active_tokens: u32,
-    /// Expiry of the newest token.
-    pub token_expires: Option<i64>,
-    /// Gets `agw_` reference tokens (`agents register --reference-tokens`).
-    pub reference_tokens: bool,
-}
-
-/// A token as issued.
-#[derive(Debug, Clone)]
-pub struct Token {
-    pub jti: String,
-    pub kid: String,
-    pub issued: i64,
-    pub expires: i64,
-    pub token: String,
-}
-
-/// A built-in issuer key.
-#[derive(Debug, Clone)]
-pub struct IssuerKey {
-    pub kid: String,
-    /// Public JWK (JSON text).
-    pub public_jwk: String,
-    pub created: i64,
-    /// Set once rotated away: the key is kept in the bundle until `valid_until`.
-    pub retired: Option<i64>,
-    pub valid_until: Option<i64>,
-}
-
-/// What the proxy needs of the registry on every request, loaded in one go.
-#[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// Registered agents by SPIFFE ID.
-    pub agents: HashMap<String, AgentInfo>,
-    /// SPIFFE IDs refused whatever their token says.
-    pub revoked_ids: HashSet<String>,
-    /// Token ids refused.
-    pub revoked_jtis: HashSet<String>,
-    /// `PANIC --all` is in force: every caller is refused until it is lifted.
-    pub all_revoked: bool,
-    /// The issuer keys still in the bundle.
-    pub issuer_keys: Vec<IssuerKey>,
-}
-
-/// Registry facts about one agent.
-#[derive(Debug, Clone)]
-pub struct AgentInfo {
-    pub name: String,
-    pub owner: Option<String>,
-}
 
 /// An open registry.
 pub struct Registry {
@@ -504,92 +428,5 @@ impl Registry {
             .filter(|k| k.valid_until.is_none_or(|v| v >= now))
             .collect();
         Ok(snap)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn token(jti: &str, kid: &str, expires: i64) -> Token {
-        Token {
-            jti: jti.into(),
-            kid: kid.into(),
-            issued: 1,
-            expires,
-            token: format!("tok-{jti}"),
-        }
-    }
-
-    #[test]
-    fn revocation_covers_agent_and_tokens_and_survives_reregistration() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut reg = Registry::open_path(&dir.path().join(FILE)).unwrap();
-        let id = "spiffe://agentgate.local/agent/bot";
-        reg.upsert_agent("bot", id, Some("alice"), None, 1).unwrap();
-        reg.add_token("bot", &token("j1", "k1", 100)).unwrap();
-        reg.add_token("bot", &token("j2", "k1", 100)).unwrap();
-        let snap = reg.snapshot(10).unwrap();
-        assert_eq!(snap.agents[id].owner.as_deref(), Some("alice"));
-        assert!(snap.revoked_ids.is_empty());
-
-        reg.revoke_token("bot", "j1", 10).unwrap();
-        assert!(reg.snapshot(10).unwrap().revoked_jtis.contains("j1"));
-        assert!(matches!(
-            reg.revoke_token("bot", "nope", 10),
-            Err(RegistryError::UnknownToken(_))
-        ));
-
-        assert_eq!(reg.revoke_agent("bot", "test", 11).unwrap(), 1);
-        let snap = reg.snapshot(11).unwrap();
-        assert!(snap.revoked_ids.contains(id));
-        assert!(snap.revoked_jtis.contains("j2"));
-        assert!(reg.latest_token("bot").unwrap().is_none());
-
-        // A new registration is active again, but the old tokens stay dead.
-        reg.upsert_agent("bot", id, Some("alice"), None, 12)
-            .unwrap();
-        reg.add_token("bot", &token("j3", "k1", 100)).unwrap();
-        let snap = reg.snapshot(12).unwrap();
-        assert!(!snap.revoked_ids.contains(id));
-        assert!(snap.revoked_jtis.contains("j1") && snap.revoked_jtis.contains("j2"));
-        assert_eq!(reg.latest_token("bot").unwrap().unwrap().jti, "j3");
-        assert!(matches!(
-            reg.revoke_agent("ghost", "x", 1),
-            Err(RegistryError::UnknownAgent(_))
-        ));
-    }
-
-    #[test]
-    fn retired_keys_live_until_their_last_token_expires() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open_path(&dir.path().join(FILE)).unwrap();
-        reg.add_issuer_key("k1", "{}", 1).unwrap();
-        reg.upsert_agent_for_test();
-        reg.add_token("bot", &token("j1", "k1", 500)).unwrap();
-        assert_eq!(reg.retire_issuer_key("k1", 100).unwrap(), 500);
-        reg.add_issuer_key("k2", "{}", 100).unwrap();
-        assert_eq!(reg.current_issuer_key().unwrap().unwrap().kid, "k2");
-        assert_eq!(reg.snapshot(400).unwrap().issuer_keys.len(), 2);
-        assert_eq!(reg.snapshot(501).unwrap().issuer_keys.len(), 1);
-        assert_eq!(reg.drop_expired_issuer_keys(501).unwrap(), vec!["k1"]);
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(FILE))
-                .unwrap()
-                .permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    impl Registry {
-        fn upsert_agent_for_test(&self) {
-            self.conn
-                .execute(
-                    "INSERT INTO agents (name, spiffe_id, created) VALUES ('bot', 'spiffe://t/agent/bot', 1)",
-                    [],
-                )
-                .unwrap();
-        }
     }
 }
