@@ -227,7 +227,6 @@ fn tls(e: rcgen::Error) -> CaError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -307,7 +307,6 @@ fn parse_env_value(raw: &str) -> toml::Value {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

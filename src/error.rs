@@ -187,7 +187,6 @@ impl fmt::Display for Denial {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -110,7 +110,6 @@ pub fn has_looped(headers: &HeaderMap, token: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -151,7 +151,6 @@ pub fn refused(url: &str, status: u16, answer: &[u8]) -> FetchError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

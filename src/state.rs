@@ -114,7 +114,6 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, StateError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -315,7 +315,6 @@ fn secret(c: &WebhookConfig) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

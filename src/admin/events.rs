@@ -312,7 +312,6 @@ async fn read(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::audit::Committed;

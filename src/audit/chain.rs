@@ -67,7 +67,6 @@ pub fn canonical(record: &serde_json::Value) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

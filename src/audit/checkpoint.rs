@@ -130,7 +130,6 @@ pub fn verify_signature(signed: &Signed, public_hex: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -185,7 +185,6 @@ pub enum HintFormat {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -188,7 +188,6 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -170,7 +170,6 @@ pub fn digest(r: &Request<'_>, t: &Tuple) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 

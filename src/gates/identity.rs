@@ -104,7 +104,6 @@ fn refusal(e: IdentityError) -> Denial {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http::HeaderValue;

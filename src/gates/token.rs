@@ -192,7 +192,6 @@ fn unavailable(e: TokenError) -> Denial {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -71,7 +71,6 @@ pub fn to_jwks<'a>(keys: impl IntoIterator<Item = (&'a str, &'a VerifyKey)>) -> 
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::identity::jwt::Es256Signer;

@@ -239,7 +239,6 @@ fn pem_decode(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::identity::jwt::{Rules, verify};

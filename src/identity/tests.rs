@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)]
-
 use super::issuer::Registration;
 use super::jwt::Es256Signer;
 use super::*;

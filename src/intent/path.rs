@@ -146,7 +146,6 @@ pub(super) fn decode(raw: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,7 +1,5 @@
 //! Test helpers: the embedded catalog, one agent, and a request's tuple in one call.
 
-#![allow(clippy::unwrap_used)]
-
 use http::{HeaderMap, Method};
 
 use super::{BodyPrefix, Intent, IntentError, Subject, Target, Tuple};

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::panic)]
-
 use http::{HeaderMap, Method};
 use serde_json::Value;
 

@@ -152,7 +152,6 @@ fn same_host(host: &str, tunnel_host: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

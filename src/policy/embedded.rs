@@ -81,7 +81,6 @@ pub fn seed(dir: &Path) -> std::io::Result<bool> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -119,7 +119,6 @@ pub fn resolve_tenant_dir(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::Config;

@@ -586,7 +586,6 @@ fn github_permissions(scopes: &[String]) -> serde_json::Map<String, serde_json::
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -404,7 +404,6 @@ pub fn github_app_jwt(app_id: u64, pem: &Secret, now: i64) -> Result<String, Str
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,4 @@
 //! Every JWT-SVID rule, one test each, plus Wycheproof ECDSA P-256 vectors.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 use super::*;
 use aws_lc_rs::signature::{

@@ -3,8 +3,6 @@
 //! ambiguous variants of those messages (a bare CR, a missing comma, a duplicate, a nested
 //! part) are refused; and the worst bodies of the inspection bound stop at the budget.
 
-#![allow(clippy::unwrap_used, clippy::panic)]
-
 use base64::Engine as _;
 use proptest::prelude::*;
 

@@ -3,8 +3,6 @@
 //! ambiguous variants of those calls (a duplicate, a second channel argument, a lenient
 //! spelling) are refused; and the worst bodies of the inspection bound stop at the budget.
 
-#![allow(clippy::unwrap_used, clippy::panic)]
-
 use proptest::prelude::*;
 use serde_json::json;
 
