@@ -9,6 +9,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod record;
 pub mod store;
 pub mod verify;
 
