@@ -466,11 +466,13 @@ impl Pipeline {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 // Registered like a tunnel, so PANIC closes it too; audited when it ends.
                 let session = self.sessions.open(&who.spiffe_id);
-                let mut ended = self.audit.record("upgrade");
-                ended.insert("request_id".into(), request_id.into());
-                if let Some(t) = &who.tenant {
-                    ended.insert("tenant".into(), t.as_str().into());
-                }
+                let ended = crate::audit::record::Upgrade {
+                    request_id: request_id.to_owned(),
+                    tenant: who.tenant.clone(),
+                    bytes_up: None,
+                    bytes_down: None,
+                    ended: crate::audit::record::Ended::Failed,
+                };
                 tokio::spawn(splice_upgraded(
                     client_upgrade,
                     upstream_upgrade,
@@ -484,6 +486,7 @@ impl Pipeline {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         let mut outcome = Outcome {
             audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
             request_id: request_id.to_owned(),
             tenant: who.tenant.clone(),
             status: parts.status.as_u16(),
@@ -775,14 +778,15 @@ async fn splice_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     session: crate::ingress::sessions::Session,
-    (audit, mut record): (Arc<Audit>, serde_json::Map<String, serde_json::Value>),
+    (audit, mut record): (Arc<Audit>, crate::audit::record::Upgrade),
 ) {
+    use crate::audit::record::Ended;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
-            record.insert("ended".into(), "failed".into());
-            audit.submit(record);
+            record.ended = Ended::Failed;
+            audit.submit(record.into());
             return;
         }
     };
@@ -795,17 +799,17 @@ async fn splice_upgraded(
             if let Err(e) = copied {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
-            "closed"
+            Ended::Closed
         }
         () = session.killed.notified() => {
             tracing::info!("upgraded connection closed by PANIC");
-            "panic"
+            Ended::Panic
         }
     };
-    record.insert("bytes_up".into(), up.load(Ordering::Relaxed).into());
-    record.insert("bytes_down".into(), down.load(Ordering::Relaxed).into());
-    record.insert("ended".into(), ended.into());
-    audit.submit(record);
+    record.bytes_up = Some(up.load(Ordering::Relaxed));
+    record.bytes_down = Some(down.load(Ordering::Relaxed));
+    record.ended = ended;
+    audit.submit(record.into());
 }
 
 /// Bodies longer than this are judged off the async workers.
