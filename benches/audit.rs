@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agentgate::audit::record::{Decision, Head, Verdict};
 use agentgate::audit::verify::verify;
-use agentgate::audit::{Audit, AuditConfig, Durability, chain};
+use agentgate::audit::{Audit, AuditConfig, Durability, Record, chain};
 use agentgate::state::StateDir;
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 const WRITERS: usize = 64;
@@ -49,25 +49,24 @@ const AUDIT_THREADS: [&str; 3] = ["audit-writer", "audit-wal", "audit-tick"];
 const TS: i64 = 1_760_000_000_000_000;
 
 /// A decision record as the pipeline writes it for an allowed request.
-fn decision(audit: &Audit, n: u64) -> Map<String, Value> {
-    let mut r = audit.record("decision");
-    r.insert(
-        "request_id".into(),
-        format!("{}-{n:x}", audit.instance()).into(),
-    );
-    r.insert("agent".into(), AGENT.into());
-    r.insert("tenant".into(), Value::Null);
-    r.insert("jti".into(), JTI.into());
-    r.insert("method".into(), "POST".into());
-    r.insert("host".into(), "api.github.com".into());
-    r.insert(
-        "path".into(),
-        "/repos/acme/widgets/issues/1234/comments".into(),
-    );
-    r.insert("effect".into(), "allow".into());
-    r.insert("gate".into(), Value::Null);
-    r.insert("reasons".into(), Value::Array(Vec::new()));
-    r
+fn decision(audit: &Audit, n: u64) -> Record {
+    Record::from(Decision {
+        request_id: format!("{}-{n:x}", audit.instance()),
+        agent: Some(AGENT.into()),
+        tenant: None,
+        jti: Some(JTI.into()),
+        method: Some("POST".into()),
+        host: "api.github.com".into(),
+        path: "/repos/acme/widgets/issues/1234/comments".into(),
+        sent: None,
+        tuple: None,
+        policy: None,
+        consent: None,
+        credential: None,
+        reference: false,
+        verdict: Verdict::Allow,
+        reasons: Vec::new(),
+    })
 }
 
 /// Sorted waits (µs) and counts of one load.
@@ -382,7 +381,7 @@ fn open(root: &Path, name: &str, durability: Durability) -> Result<(Arc<Audit>, 
         durability,
         ..AuditConfig::default()
     };
-    let audit = Audit::open(&config, &state, INSTANCE)
+    let audit = Audit::open(&config, &state, INSTANCE, Default::default())
         .with_context(|| format!("opening the audit log in {name}"))?;
     Ok((Arc::new(audit), state))
 }
@@ -655,14 +654,14 @@ fn sqlite_only(dir: &Path, sync: &str, rows: usize, text: &str) -> Result<Load> 
 /// The queue + wake-up round trip alone: a task sends a record through a tokio `mpsc` to a
 /// std thread in `blocking_recv` and awaits a `oneshot` reply (what `commit` does, minus
 /// SQLite and the chain).
-async fn wakeup_floor(template: &Map<String, Value>) -> Result<Load> {
-    type Job = (Map<String, Value>, oneshot::Sender<u64>);
+async fn wakeup_floor(template: &Record) -> Result<Load> {
+    type Job = (Record, oneshot::Sender<u64>);
     let (tx, mut rx) = mpsc::channel::<Job>(1024);
     let thread = std::thread::Builder::new()
         .name("bench-echo".into())
         .spawn(move || {
             while let Some((record, done)) = rx.blocking_recv() {
-                let _ = done.send(record.len() as u64);
+                let _ = done.send(u64::from(record.tenant().is_none()));
             }
         })
         .context("spawning the echo thread")?;
@@ -694,8 +693,8 @@ async fn wakeup_floor(template: &Map<String, Value>) -> Result<Load> {
 }
 
 /// CPU nanoseconds per record (this thread's CPU time; wall time if unavailable) of the
-/// work the writer does outside SQLite, as `store::Writer::commit` does it (add seq/ts,
-/// canonical JSON of the taken map and its drop, SHA-256 link, hex), and of `verify`'s
+/// work the writer does outside SQLite, as `store::Writer::commit` does it (the record's
+/// canonical JSON with seq/ts and its drop, SHA-256 link, hex), and of `verify`'s
 /// (parse for `seq`, SHA-256, parse the stored hex). Each loop runs record after record
 /// over a working set that fits in cache, as the writer and `verify` do.
 struct Steps {
@@ -708,11 +707,7 @@ struct Steps {
     verify_parse_hash: f64,
 }
 
-fn steps(template: &Map<String, Value>) -> Steps {
-    #[derive(serde::Deserialize)]
-    struct SeqOnly {
-        seq: u64,
-    }
+fn steps(template: &Record) -> Steps {
     const N: usize = 20_000;
     const ROUNDS: usize = 10;
     struct Clock(Instant, Option<Duration>);
@@ -722,40 +717,36 @@ fn steps(template: &Map<String, Value>) -> Steps {
         _ => t.0.elapsed(),
     };
     let per = |d: Duration| d.as_nanos() as f64 / (N * ROUNDS) as f64;
-    let fresh = |seq0: usize| -> Vec<Map<String, Value>> {
+    let fresh = |seq0: usize| -> Vec<(Record, u64)> {
         (0..N)
-            .map(|i| {
-                let mut r = template.clone();
-                r.insert("seq".into(), ((seq0 + i) as u64 + 1).into());
-                r.insert("ts".into(), TS.into());
-                r
-            })
+            .map(|i| (template.clone(), (seq0 + i) as u64 + 1))
             .collect()
     };
+    let seal = |(record, seq): &(Record, u64)| record.seal(INSTANCE, *seq, TS).unwrap_or_default();
     let mut head = chain::genesis("bench");
     let (mut writer, mut canonical) = (Duration::ZERO, Duration::ZERO);
     let mut sink = 0usize;
     let mut texts = Vec::new();
     let mut hexes = Vec::new();
     for round in 0..ROUNDS {
-        let mut records = fresh(round * N);
+        let records = fresh(round * N);
         let t = now();
-        for record in &mut records {
-            let text = chain::canonical(&Value::Object(std::mem::take(record)));
+        for record in &records {
+            let text = seal(record);
             head = chain::link(&head, text.as_bytes());
             sink += chain::hex(&head).len() + text.len();
         }
         writer += spent(t);
-        let mut records = fresh(round * N);
+        let records = fresh(round * N);
         let t = now();
-        for record in &mut records {
-            sink += chain::canonical(&Value::Object(std::mem::take(record))).len();
+        for record in &records {
+            sink += seal(record).len();
         }
         canonical += spent(t);
         if round == 0 {
             let mut head = chain::genesis("bench");
-            for record in &mut fresh(0) {
-                let text = chain::canonical(&Value::Object(std::mem::take(record)));
+            for record in &fresh(0) {
+                let text = seal(record);
                 head = chain::link(&head, text.as_bytes());
                 hexes.push(chain::hex(&head));
                 texts.push(text);
@@ -774,7 +765,7 @@ fn steps(template: &Map<String, Value>) -> Steps {
     }
     let hex = spent(t);
     let parse =
-        |text: &String| serde_json::from_slice::<SeqOnly>(text.as_bytes()).map_or(0, |r| r.seq);
+        |text: &String| serde_json::from_slice::<Head>(text.as_bytes()).map_or(0, |r| r.seq);
     let (mut verify, mut verify_parse, mut verify_parse_hash) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS {
@@ -862,10 +853,9 @@ async fn run() -> Result<()> {
     let template = decision(&sample, 0x1_2345);
     close(sample).await;
     drop(state);
-    let mut stored = template.clone();
-    stored.insert("seq".into(), 123_456u64.into());
-    stored.insert("ts".into(), TS.into());
-    let stored = chain::canonical(&Value::Object(stored));
+    let stored = template
+        .seal(INSTANCE, 123_456, TS)
+        .context("encoding the sample record")?;
 
     eprintln!("  baseline fsync");
     let append = raw_fsync(root, Raw::AppendFdatasync)?;

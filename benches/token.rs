@@ -50,7 +50,9 @@ fn bench(c: &mut Criterion) {
     let mut config = Config::default();
     config.audit.durability = agentgate::audit::Durability::Commit;
     let (vault, audit) = rt.block_on(async {
-        let audit = Arc::new(Audit::open(&config.audit, &state, "bench").expect("audit"));
+        let audit = Arc::new(
+            Audit::open(&config.audit, &state, "bench", Default::default()).expect("audit"),
+        );
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let guard = Arc::new(agentgate::egress::guard::Guard::new(
             &config.egress,

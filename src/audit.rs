@@ -3,12 +3,15 @@
 //! what a bounded queue brings; a request that cannot get its record committed within
 //! `audit.commit_timeout` is refused `503` — never forwarded unlogged.
 //!
-//! Layout: `chain` (canonical bytes and hashes), `store` (SQLite and the writer thread),
-//! `checkpoint` (Ed25519-signed heads), `verify` (recomputes everything, names the first
-//! bad `seq`).
+//! Layout: `record` (the typed records and their canonical encoding), `chain` (hashes),
+//! `store` (SQLite and the writer thread), `checkpoint` (Ed25519-signed heads), `verify`
+//! (recomputes everything, names the first bad `seq`), `config` and `error`.
 
 pub mod chain;
 pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod record;
 pub mod store;
 pub mod verify;
 
@@ -17,81 +20,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+pub use config::{AuditConfig, Durability};
+pub use error::AuditError;
+pub use record::Record;
+pub use store::Committed;
+
+use crate::metrics::Metrics;
 use crate::state::StateDir;
-
-/// How hard a commit tries to survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// `synchronous=FULL`: a committed record survives power loss.
-    Fsync,
-    /// `synchronous=NORMAL`: survives the process being killed, not the machine.
-    Commit,
-}
-
-/// `[audit]` configuration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// "fsync" (default) or "commit".
-    pub durability: Durability,
-    /// Database file; empty means `audit.db` in the state dir.
-    pub path: PathBuf,
-    /// Records waiting for the writer; beyond it requests wait (up to `commit_timeout`).
-    pub queue: usize,
-    /// Most records in one group commit.
-    pub batch_max: usize,
-    /// Longest a request waits for its record to be durable before it is refused 503.
-    #[serde(with = "humantime_serde")]
-    pub commit_timeout: Duration,
-    /// A signed checkpoint after this many records…
-    pub checkpoint_every: u64,
-    /// …or this much time with new records, and at shutdown.
-    #[serde(with = "humantime_serde")]
-    pub checkpoint_interval: Duration,
-}
-
-impl AuditConfig {
-    /// The database file: `path`, or `audit.db` in the state dir.
-    pub fn db_path(&self, state: &StateDir) -> PathBuf {
-        if self.path.as_os_str().is_empty() {
-            state.path("audit.db")
-        } else {
-            self.path.clone()
-        }
-    }
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            durability: Durability::Fsync,
-            path: PathBuf::new(),
-            queue: 65_536,
-            batch_max: 512,
-            commit_timeout: Duration::from_secs(2),
-            checkpoint_every: 10_000,
-            checkpoint_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Why a record could not be written.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
-    #[error("cannot open audit log {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("audit log commit failed: {0}")]
-    Commit(String),
-    #[error("audit log did not commit within {0:?} (writer overloaded or disk stalled)")]
-    Timeout(Duration),
-    #[error("audit log is closed")]
-    Closed,
-}
 
 /// The handle the pipeline and admin code append through.
 #[derive(Debug)]
@@ -101,7 +39,7 @@ pub struct Audit {
     commit_timeout: Duration,
     committed: Arc<AtomicU64>,
     /// Commit latency and failures, dropped outcomes (shared with `/metrics`).
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     stop_checkpointer: Arc<AtomicBool>,
     checkpointer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     db: PathBuf,
@@ -112,28 +50,13 @@ pub struct Audit {
 /// Committed records kept for live subscribers; one that falls further behind is dropped.
 const EVENTS_BUFFER: usize = 4096;
 
-/// A record as committed, for live subscribers.
-#[derive(Debug)]
-pub struct Committed {
-    pub seq: u64,
-    /// Hex chain hash.
-    pub hash: String,
-    /// The canonical JSON text that was hashed.
-    pub record: String,
-    /// The record's tenant, for per-tenant streams.
-    pub tenant: Option<Arc<str>>,
-    /// For a decision record: the agent (SPIFFE ID) it was about.
-    pub decided_by: Option<Arc<str>>,
-    /// Unix microseconds.
-    pub ts: i64,
-}
-
 impl Audit {
-    /// Opens (creating) the log and starts its writer.
+    /// Opens (creating) the log and starts its writer; commits are counted into `metrics`.
     pub fn open(
         config: &AuditConfig,
         state: &StateDir,
         instance: &str,
+        metrics: Arc<Metrics>,
     ) -> Result<Audit, AuditError> {
         let db = config.db_path(state);
         let (conn, log_id) = store::open(&db, config.durability)?;
@@ -151,6 +74,7 @@ impl Audit {
         let writer = store::Writer {
             conn,
             log_id: log_id.clone(),
+            instance: instance.to_owned(),
             jsonl: db.with_file_name(checkpoint::JSONL_FILE),
             signer,
             seq,
@@ -196,7 +120,7 @@ impl Audit {
             instance: instance.to_owned(),
             commit_timeout: config.commit_timeout,
             committed,
-            metrics: Arc::default(),
+            metrics,
             stop_checkpointer,
             checkpointer: std::sync::Mutex::new(checkpointer),
             db,
@@ -225,24 +149,13 @@ impl Audit {
         self.events.subscribe()
     }
 
-    /// Counts into `metrics` (the instance's) instead of a private set.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// The metrics this log counts into; reachable by everything that holds the log.
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
-        &self.metrics
-    }
-
     /// The highest committed `seq`.
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
     }
 
     /// Appends `record` and waits until it is durable; fails after `commit_timeout`.
-    pub async fn commit(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
+    pub async fn commit(&self, record: Record) -> Result<u64, AuditError> {
         let submitted = Instant::now();
         let result = self.commit_inner(record).await;
         match &result {
@@ -252,7 +165,7 @@ impl Audit {
         result
     }
 
-    async fn commit_inner(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
+    async fn commit_inner(&self, record: Record) -> Result<u64, AuditError> {
         let (done, wait) = oneshot::channel();
         let job = store::Job::Append {
             record,
@@ -272,7 +185,7 @@ impl Audit {
 
     /// Appends `record` without waiting (outcome records). A full queue drops it and says
     /// so in the log: the request it describes already has its committed decision.
-    pub fn submit(&self, record: Map<String, Value>) {
+    pub fn submit(&self, record: Record) {
         let job = store::Job::Append { record, done: None };
         if self.tx.try_send(job).is_err() {
             let n = self.metrics.audit_dropped();
@@ -297,14 +210,6 @@ impl Audit {
         }
     }
 
-    /// A record with the fields every record carries.
-    pub fn record(&self, kind: &str) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("kind".into(), kind.into());
-        m.insert("instance".into(), self.instance.clone().into());
-        m
-    }
-
     /// An admin event (agent registered/revoked, key rotated, config loaded…).
     pub async fn admin_event(&self, event: &str, detail: Value) -> Result<u64, AuditError> {
         self.tenant_event(None, event, detail).await
@@ -318,12 +223,11 @@ impl Audit {
         event: &str,
         detail: Value,
     ) -> Result<u64, AuditError> {
-        let mut m = self.record("admin");
-        m.insert("event".into(), event.into());
-        if let Some(t) = tenant {
-            m.insert("tenant".into(), t.into());
-        }
-        m.insert("detail".into(), detail);
-        self.commit(m).await
+        let event = record::Admin {
+            event: event.to_owned().into(),
+            tenant: tenant.map(str::to_owned),
+            detail: record::Detail::Other(detail),
+        };
+        self.commit(event.into()).await
     }
 }

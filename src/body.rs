@@ -101,6 +101,8 @@ impl Body for ProxyBody {
 #[derive(Debug)]
 pub struct Outcome {
     pub audit: std::sync::Arc<crate::audit::Audit>,
+    /// Counts the forwarded request's duration.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub request_id: String,
     /// The caller's tenant: outcome records belong to its audit view and event stream.
     pub tenant: Option<String>,
@@ -118,37 +120,30 @@ pub struct Outcome {
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        let mut r = self.audit.record("outcome");
-        r.insert(
-            "request_id".into(),
-            std::mem::take(&mut self.request_id).into(),
-        );
-        if let Some(t) = self.tenant.take() {
-            r.insert("tenant".into(), t.into());
-        }
-        r.insert("status".into(), self.status.into());
-        r.insert("bytes_up".into(), self.sent.bytes().into());
-        // Only a body sent in full has a digest: the property checked is "what left is
-        // what was judged", and a cut-off body is recorded as such by `complete`.
-        r.insert(
-            "body_sha256".into(),
-            self.sent
-                .sha256
-                .get()
-                .map_or(serde_json::Value::Null, |d| crate::digest::hex(d).into()),
-        );
-        r.insert("bytes_down".into(), self.bytes_down.into());
         let duration = self.started.elapsed();
-        self.audit.metrics().forwarded(duration);
-        r.insert("duration_us".into(), (duration.as_micros() as u64).into());
-        r.insert("complete".into(), (!self.aborted).into());
-        if self.redacted > 0 {
-            r.insert("redacted".into(), self.redacted.into());
-        }
-        if let Some(why) = self.unscanned.take() {
-            r.insert("unscanned".into(), why.into());
-        }
-        self.audit.submit(r);
+        self.metrics.forwarded(duration);
+        self.audit.submit(
+            crate::audit::record::Outcome {
+                request_id: std::mem::take(&mut self.request_id),
+                tenant: self.tenant.take(),
+                status: self.status,
+                bytes_up: self.sent.bytes(),
+                // Only a body sent in full has a digest: the property checked is "what left
+                // is what was judged", and a cut-off body is recorded as such by `complete`.
+                body_sha256: self
+                    .sent
+                    .sha256
+                    .get()
+                    .copied()
+                    .map(crate::audit::record::Sha256),
+                bytes_down: self.bytes_down,
+                duration_us: duration.as_micros() as u64,
+                complete: !self.aborted,
+                redacted: self.redacted,
+                unscanned: self.unscanned.take(),
+            }
+            .into(),
+        );
     }
 }
 

@@ -184,12 +184,15 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let policy = policies.instance().clone();
     let policy_dir = policy.dir().to_owned();
     let instance_id = format!("{:08x}", rand::random::<u32>());
-    // `/metrics`: one set of counters for the instance, reached through the audit log by
-    // everything that holds it; the admin server renders it.
+    // `/metrics`: one set of counters for the instance, handed to everything that counts;
+    // the admin server renders it.
     let metrics = Arc::new(metrics::Metrics::default());
-    let audit = Arc::new(
-        audit::Audit::open(&config.audit, state, &instance_id)?.with_metrics(metrics.clone()),
-    );
+    let audit = Arc::new(audit::Audit::open(
+        &config.audit,
+        state,
+        &instance_id,
+        metrics.clone(),
+    )?);
     let admin_token = instance::admin_token(state)?;
     let config = Arc::new(config);
     let guard = Arc::new(Guard::new(&config.egress, &config.upstream.resolve));
@@ -247,6 +250,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         consent::tenants::Setup {
             state,
             audit: audit.clone(),
+            metrics: metrics.clone(),
             webhooks: webhooks.clone(),
             tls: own_tls.clone(),
             admin_base: &admin_base,
@@ -282,6 +286,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         consents: tenant_consents.clone(),
         webhooks: webhooks.clone(),
         audit: audit.clone(),
+        metrics: metrics.clone(),
         state: state.clone(),
     });
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
@@ -295,6 +300,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         intent: intent.clone(),
         policies: policies.clone(),
         audit: audit.clone(),
+        metrics: metrics.clone(),
         vault: vault.clone(),
         consents: tenant_consents.clone(),
         panic,
@@ -335,7 +341,12 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
     ];
     tasks.extend(tenant_consents.sweep(&shutdown_rx));
-    tasks.extend(policies.watch(&audit, config.policy.reload_interval, &shutdown_rx));
+    tasks.extend(policies.watch(
+        &audit,
+        &metrics,
+        config.policy.reload_interval,
+        &shutdown_rx,
+    ));
     let workload_api = workload_endpoint.is_some();
     if let Some(endpoint) = workload_endpoint {
         identity.expect_workload_bundles();
@@ -353,24 +364,19 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             (t.to_owned(), detail)
         })
         .collect();
-    let mut loaded = audit.record("admin");
-    loaded.insert("event".into(), "config_loaded".into());
-    loaded.insert(
-        "detail".into(),
-        serde_json::json!({
-            "proxy": proxy_addr.to_string(),
-            "admin": admin_addr.to_string(),
-            "durability": config.audit.durability,
-            "trust_domain": config.identity.trust_domain,
-            "workload_api": workload_api,
-            "policy_dir": policy.dir().display().to_string(),
-            "policy_hash": &*policy.hash(),
-            "policy_mode": config.policy.mode,
-            "tenants": tenant_policies,
-            "catalog_operations": intent.catalog().operations(),
-        }),
-    );
-    audit.commit(loaded).await?;
+    let loaded = serde_json::json!({
+        "proxy": proxy_addr.to_string(),
+        "admin": admin_addr.to_string(),
+        "durability": config.audit.durability,
+        "trust_domain": config.identity.trust_domain,
+        "workload_api": workload_api,
+        "policy_dir": policy.dir().display().to_string(),
+        "policy_hash": &*policy.hash(),
+        "policy_mode": config.policy.mode,
+        "tenants": tenant_policies,
+        "catalog_operations": intent.catalog().operations(),
+    });
+    audit.admin_event("config_loaded", loaded).await?;
     instance::write(
         state,
         &instance::InstanceFile {

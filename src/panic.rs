@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::audit::Audit;
+use crate::audit::{Audit, record};
 use crate::identity::Identity;
 use crate::identity::registry::{ALL_AGENTS, Registry, RegistryError};
 use crate::sessions::Sessions;
@@ -73,6 +73,8 @@ pub struct Panic {
     /// The instance's webhooks (every PANIC); tenants' own come from `consents`.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub audit: Arc<Audit>,
+    /// Counts each PANIC.
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub state: StateDir,
 }
 
@@ -182,7 +184,7 @@ impl Panic {
             upstream,
             ok: true,
         };
-        self.audit.metrics().panic();
+        self.metrics.panic();
         self.announce(&report);
         tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
         Ok(report)
@@ -295,11 +297,9 @@ impl Panic {
         &self,
         (panic_id, reason, tenant): (&str, &str, Option<&str>),
         agents: &HashSet<String>,
-        event: &str,
+        event: &'static str,
         detail: Result<serde_json::Value, serde_json::Error>,
     ) {
-        let mut r = self.audit.record("admin");
-        r.insert("event".into(), event.into());
         // A PANIC confined to one tenant's agents is that tenant's record (its admin sees
         // it in the audit pages and the event stream).
         let mut tenants = agents.iter().map(|a| crate::tenants::of_spiffe_id(a));
@@ -307,21 +307,20 @@ impl Panic {
             Some(Some(t)) if tenants.all(|o| o == Some(t)) => Some(t),
             _ => None,
         };
-        if let Some(t) = tenant.or(common) {
-            r.insert("tenant".into(), t.into());
-        }
-        let mut agents: Vec<&String> = agents.iter().collect();
+        let tenant = tenant.or(common).map(str::to_owned);
+        let mut agents: Vec<String> = agents.iter().cloned().collect();
         agents.sort();
-        r.insert(
-            "detail".into(),
-            serde_json::json!({
-                "panic_id": panic_id,
-                "reason": reason,
-                "agents": agents,
-                "step": detail.unwrap_or_default(),
+        let r = record::Admin {
+            event: event.into(),
+            tenant,
+            detail: record::Detail::Panic(record::PanicStep {
+                agents,
+                panic_id: panic_id.to_owned(),
+                reason: reason.to_owned(),
+                step: detail.unwrap_or_default(),
             }),
-        );
-        if let Err(e) = self.audit.commit(r).await {
+        };
+        if let Err(e) = self.audit.commit(r.into()).await {
             tracing::error!(error = %e, event, "a PANIC step could not be recorded in the audit log");
         }
     }

@@ -18,6 +18,9 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::audit::{Audit, record};
+use crate::metrics::Metrics;
+
 pub use embedded::{DEFAULT_FILES, default_sources, seed};
 pub use tenants::{Policies, resolve_tenant_dir};
 
@@ -503,10 +506,12 @@ impl Policy {
         }
     }
 
-    /// Reloads on change until shutdown; every reload (and every refused one) is audited.
+    /// Reloads on change until shutdown; every reload (and every refused one) is audited
+    /// and counted.
     pub async fn watch(
         self: Arc<Self>,
-        audit: Arc<crate::audit::Audit>,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
         every: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -520,40 +525,45 @@ impl Policy {
             let this = self.clone();
             let outcome = tokio::task::spawn_blocking(move || this.reload(false)).await;
             let Ok(outcome) = outcome else { continue };
-            self.announce(&audit, &outcome).await;
+            self.announce(&audit, &metrics, &outcome).await;
         }
     }
 
-    /// Logs and audits a reload's outcome.
-    pub async fn announce(&self, audit: &crate::audit::Audit, outcome: &Reload) {
+    /// Logs, counts and audits a reload's outcome.
+    pub async fn announce(&self, audit: &Audit, metrics: &Metrics, outcome: &Reload) {
+        let dir = self.dir.display().to_string();
+        let tenant = self.tenant.clone();
         let (event, detail) = match outcome {
             Reload::Unchanged => return,
             Reload::Loaded { hash } => {
                 tracing::info!(dir = %self.dir.display(), %hash, tenant = self.tenant(), "policy reloaded");
-                (
-                    "policy_reloaded",
-                    serde_json::json!({"dir": self.dir.display().to_string(), "hash": &**hash, "tenant": self.tenant}),
-                )
+                let hash = hash.to_string();
+                let detail = record::PolicyReloaded { dir, hash, tenant };
+                ("policy_reloaded", record::Detail::PolicyReloaded(detail))
             }
             Reload::Failed(error) => {
                 tracing::error!(dir = %self.dir.display(), %error, tenant = self.tenant(), "policy not reloaded; the previous policy stays in force");
+                let (error, in_force) = (error.clone(), self.hash().to_string());
+                let detail = record::PolicyReloadFailed {
+                    dir,
+                    error,
+                    in_force,
+                    tenant,
+                };
                 (
                     "policy_reload_failed",
-                    serde_json::json!({"dir": self.dir.display().to_string(), "error": error, "in_force": &*self.hash(), "tenant": self.tenant}),
+                    record::Detail::PolicyReloadFailed(detail),
                 )
             }
         };
-        audit
-            .metrics()
-            .policy_reload(matches!(outcome, Reload::Loaded { .. }));
-        let mut r = audit.record("admin");
-        r.insert("event".into(), event.into());
+        metrics.policy_reload(matches!(outcome, Reload::Loaded { .. }));
         // A tenant's records carry its name, so its own admin scope sees them.
-        if let Some(t) = &self.tenant {
-            r.insert("tenant".into(), t.as_str().into());
-        }
-        r.insert("detail".into(), detail);
-        if let Err(e) = audit.commit(r).await {
+        let r = record::Admin {
+            event: event.into(),
+            tenant: self.tenant.clone(),
+            detail,
+        };
+        if let Err(e) = audit.commit(r.into()).await {
             tracing::error!(error = %e, "policy reload not recorded in the audit log");
         }
     }

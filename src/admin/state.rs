@@ -24,6 +24,8 @@ pub struct Admin {
     /// The instance's policy and each tenant's.
     pub policies: Arc<crate::policy::Policies>,
     pub audit: Arc<crate::audit::Audit>,
+    /// The instance's counters, rendered at `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Where `audit.pub` lives.
     pub state: crate::state::StateDir,
     pub config: Arc<crate::config::Config>,

@@ -89,7 +89,7 @@ pub async fn metrics(State(admin): State<Arc<Admin>>, Extension(scope): Extensio
         agents_active: agents as u64,
         audit_seq: admin.audit.committed(),
     };
-    let text = admin.audit.metrics().render(&gauges);
+    let text = admin.metrics.render(&gauges);
     let mut resp = Reply::new(axum::body::Body::from(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

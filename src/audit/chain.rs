@@ -2,7 +2,8 @@
 //! `prev_hash` derived from the log id. The canonical encoding is compact JSON with object
 //! keys sorted, integers only, UTF-8 (what `serde_json` writes for a `Value`, and what
 //! Python's `json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
-//! writes). `docs/audit-format.md` is the outside reader's version of this file.
+//! writes); records are encoded to it by `record`. `docs/audit-format.md` is the outside
+//! reader's version of this file.
 
 use aws_lc_rs::digest::{Context, SHA256};
 

@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, JSONL_FILE, Signed, Signer};
-use super::{AuditError, Durability};
+use super::config::Durability;
+use super::error::AuditError;
+use super::record::Record;
 use crate::clock::now_micros;
 
 /// After this many records the writer checkpoints the WAL tail itself (see `run`).
@@ -22,16 +24,13 @@ const WAL_TAIL_EVERY: u64 = 4096;
 pub(crate) const OUTCOME_DELAY: Duration = Duration::from_millis(20);
 
 /// A record waiting for its commit, and who to tell.
-type Pending = (
-    serde_json::Map<String, serde_json::Value>,
-    Option<oneshot::Sender<Result<u64, AuditError>>>,
-);
+type Pending = (Record, Option<oneshot::Sender<Result<u64, AuditError>>>);
 
 /// One unit of work for the writer.
 #[derive(Debug)]
 pub(crate) enum Job {
     Append {
-        record: serde_json::Map<String, serde_json::Value>,
+        record: Record,
         done: Option<oneshot::Sender<Result<u64, AuditError>>>,
     },
     /// Periodic wake-up: time-based checkpoints.
@@ -114,10 +113,28 @@ pub fn head(conn: &Connection, log_id: &str) -> Result<(u64, Hash), rusqlite::Er
     })
 }
 
+/// A record as committed, for live subscribers.
+#[derive(Debug)]
+pub struct Committed {
+    pub seq: u64,
+    /// Hex chain hash.
+    pub hash: String,
+    /// The canonical JSON text that was hashed.
+    pub record: String,
+    /// The record's tenant, for per-tenant streams.
+    pub tenant: Option<Arc<str>>,
+    /// For a decision record: the agent (SPIFFE ID) it was about.
+    pub decided_by: Option<Arc<str>>,
+    /// Unix microseconds.
+    pub ts: i64,
+}
+
 /// What the writer thread owns.
 pub(crate) struct Writer {
     pub conn: Connection,
     pub log_id: String,
+    /// This process's instance id, in every record it writes.
+    pub instance: String,
     pub jsonl: PathBuf,
     pub signer: Signer,
     pub seq: u64,
@@ -129,7 +146,7 @@ pub(crate) struct Writer {
     /// Shared with the handle for `/metrics`-style reporting and tests.
     pub committed: Arc<AtomicU64>,
     /// Committed records for live subscribers (the admin event stream).
-    pub events: tokio::sync::broadcast::Sender<Arc<super::Committed>>,
+    pub events: tokio::sync::broadcast::Sender<Arc<Committed>>,
 }
 
 impl Writer {
@@ -236,28 +253,25 @@ impl Writer {
                 )?;
                 let ts = now_micros();
                 let live = self.events.receiver_count() > 0;
-                for (record, _) in batch.iter_mut() {
+                for (record, _) in batch.iter() {
                     self.seq += 1;
-                    record.insert("seq".into(), self.seq.into());
-                    record.insert("ts".into(), ts.into());
-                    let text_of = |k: &str| record.get(k).and_then(|t| t.as_str()).map(Arc::from);
                     let (tenant, agent) = match live {
                         false => (None, None),
-                        true => {
-                            let decision =
-                                record.get("kind").and_then(|k| k.as_str()) == Some("decision");
-                            (
-                                text_of("tenant"),
-                                decision.then(|| text_of("agent")).flatten(),
-                            )
-                        }
+                        true => (
+                            record.tenant().map(Arc::from),
+                            record.decided_by().map(Arc::from),
+                        ),
                     };
-                    let text = chain::canonical(&serde_json::Value::Object(std::mem::take(record)));
+                    // Cannot fail for these types (string keys only); if it ever did, the
+                    // batch fails like a failed write: nothing is forwarded unlogged.
+                    let text = record
+                        .seal(&self.instance, self.seq, ts)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                     self.head = chain::link(&self.head, text.as_bytes());
                     let hash = chain::hex(&self.head);
                     stmt.execute(params![self.seq as i64, text, hash])?;
                     if live {
-                        published.push(Arc::new(super::Committed {
+                        published.push(Arc::new(Committed {
                             seq: self.seq,
                             hash,
                             record: text,

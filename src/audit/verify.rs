@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use serde::Deserialize;
 
 use super::chain;
 use super::checkpoint::{Signed, verify_signature};
+use super::record::Head;
 
 /// The first problem found, with the `seq` it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -39,11 +39,6 @@ pub enum VerifyError {
     Db { path: PathBuf, reason: String },
     #[error("checkpoint file {path}: {reason}")]
     Checkpoints { path: PathBuf, reason: String },
-}
-
-#[derive(Deserialize)]
-struct SeqOnly {
-    seq: u64,
 }
 
 /// Verifies the log at `db`. Checkpoints come from the log itself and from
@@ -205,7 +200,7 @@ pub fn verify(
                 });
                 break 'rows;
             }
-            match serde_json::from_slice::<SeqOnly>(record) {
+            match serde_json::from_slice::<Head>(record) {
                 Ok(r) if r.seq == seq => {}
                 Ok(r) => {
                     problem = Some(Problem {

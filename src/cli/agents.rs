@@ -283,7 +283,7 @@ fn announce(
         return Ok(Some(addr));
     }
     block_on(async {
-        let audit = Audit::open(&config.audit, state, "cli")?;
+        let audit = Audit::open(&config.audit, state, "cli", Default::default())?;
         let result = audit
             .admin_event(event, serde_json::json!({ "subject": subject }))
             .await;

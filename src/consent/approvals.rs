@@ -15,7 +15,7 @@ use super::config::ConsentConfig;
 use super::error::{AnswerError, ConsentError, Refused};
 use super::record::{Answer, Consent, Status};
 use super::store::Store;
-use crate::audit::Audit;
+use crate::audit::{Audit, Record, record};
 use crate::clock::now;
 use crate::webhooks::Webhooks;
 
@@ -32,6 +32,8 @@ pub struct Consents {
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     audit: Arc<Audit>,
+    /// Counts each consent's outcome.
+    metrics: Arc<crate::metrics::Metrics>,
     webhooks: Arc<Webhooks>,
     pub(super) ciba: Option<Arc<Ciba>>,
 }
@@ -43,6 +45,7 @@ impl Consents {
         config: &ConsentConfig,
         state: &crate::state::StateDir,
         audit: Arc<Audit>,
+        metrics: Arc<crate::metrics::Metrics>,
         webhooks: Arc<Webhooks>,
         ciba: Option<Arc<Ciba>>,
     ) -> Result<Arc<Consents>, ConsentError> {
@@ -58,6 +61,7 @@ impl Consents {
             store: Mutex::new(store),
             live: Mutex::default(),
             audit,
+            metrics,
             webhooks,
             ciba,
         });
@@ -158,16 +162,18 @@ impl Consents {
 
     /// Records an answer that came after the consent expired.
     fn late(&self, c: &Consent, a: &Answer<'_>) -> AnswerError {
-        let mut r = self.audit.record("admin");
-        r.insert("event".into(), "consent_late_answer".into());
-        if let Some(t) = &c.tenant {
-            r.insert("tenant".into(), t.as_str().into());
-        }
-        r.insert(
-            "detail".into(),
-            serde_json::json!({"consent_id": c.id, "agent": c.agent, "answer": a.status.as_str(), "by": a.by, "how": a.how}),
-        );
-        self.commit(r);
+        let late = record::LateAnswer {
+            agent: c.agent.clone(),
+            answer: a.status.as_str().to_owned(),
+            by: a.by.to_owned(),
+            consent_id: c.id.clone(),
+            how: a.how.to_owned(),
+        };
+        self.commit(record::Admin {
+            event: "consent_late_answer".into(),
+            tenant: c.tenant.clone(),
+            detail: record::Detail::LateAnswer(late),
+        });
         AnswerError::Expired(c.id.clone())
     }
 
@@ -241,15 +247,20 @@ impl Consents {
                 .sum(),
         };
         if ended > 0 {
-            let mut agents: Vec<&String> = agents.map(|a| a.iter().collect()).unwrap_or_default();
+            let mut agents: Vec<String> = agents
+                .map(|a| a.iter().cloned().collect())
+                .unwrap_or_default();
             agents.sort();
-            let mut r = self.audit.record("admin");
-            r.insert("event".into(), "consent_approvals_ended".into());
-            r.insert(
-                "detail".into(),
-                serde_json::json!({"count": ended, "reason": reason, "agents": agents}),
-            );
-            self.commit(r);
+            let detail = record::ApprovalsEnded {
+                agents,
+                count: ended as u64,
+                reason: reason.to_owned(),
+            };
+            self.commit(record::Admin {
+                event: "consent_approvals_ended".into(),
+                tenant: None,
+                detail: record::Detail::ApprovalsEnded(detail),
+            });
         }
         denied + ended
     }
@@ -328,39 +339,38 @@ impl Consents {
     }
 
     pub(super) fn announce(&self, event: &str, hook: &'static str, c: &Consent) {
-        let mut r = self.audit.record("admin");
-        r.insert("event".into(), event.into());
-        // Its tenant's admin scope sees it.
-        if let Some(t) = &c.tenant {
-            r.insert("tenant".into(), t.as_str().into());
-        }
-        r.insert(
-            "detail".into(),
-            serde_json::json!({
-                "consent_id": c.id,
-                "agent": c.agent,
-                "action": c.action,
-                "resource": {"type": c.resource_type, "id": c.resource_id},
-                "digest": c.digest,
-                "status": c.status.as_str(),
-                "by": c.answered_by,
-                "how": c.how,
-                "reason": c.reason,
-                "window_until": c.window_until,
-                "backend": c.backend,
-                "auth_req_id": c.auth_req_id,
-            }),
-        );
-        self.commit(r);
-        self.audit.metrics().consent(c.status);
+        let change = record::ConsentChange {
+            action: c.action.clone(),
+            agent: c.agent.clone(),
+            auth_req_id: c.auth_req_id.clone(),
+            backend: c.backend.clone(),
+            by: c.answered_by.clone(),
+            consent_id: c.id.clone(),
+            digest: c.digest.clone(),
+            how: c.how.clone(),
+            reason: c.reason.clone(),
+            resource: record::ResourceRef {
+                id: c.resource_id.clone(),
+                kind: c.resource_type.clone(),
+            },
+            status: c.status.as_str().to_owned(),
+            window_until: c.window_until,
+        };
+        self.commit(record::Admin {
+            event: event.to_owned().into(),
+            // Its tenant's admin scope sees it.
+            tenant: c.tenant.clone(),
+            detail: record::Detail::Consent(change),
+        });
+        self.metrics.consent(c.status);
         tracing::info!(consent = %c.id, agent = %c.agent, action = %c.action, resource = %c.resource_id, status = c.status.as_str(), how = c.how.as_deref(), code = %c.binding_code, "{event}");
         self.webhooks.emit(hook, public(c));
     }
 
     /// Commits an audit record in the background: durable (consents are evidence), without
     /// making an answer wait for the log.
-    fn commit(&self, r: serde_json::Map<String, serde_json::Value>) {
-        let audit = self.audit.clone();
+    fn commit(&self, r: impl Into<Record>) {
+        let (audit, r) = (self.audit.clone(), r.into());
         tokio::spawn(async move {
             if let Err(e) = audit.commit(r).await {
                 tracing::error!(error = %e, "a consent record could not be committed to the audit log");

@@ -36,6 +36,8 @@ pub struct TenantConsents {
 pub struct Setup<'a> {
     pub state: &'a StateDir,
     pub audit: Arc<Audit>,
+    /// Counts consents' outcomes.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The instance's `[[webhooks]]`; each tenant's events go there too.
     pub webhooks: Arc<Webhooks>,
     /// Trust for AgentGate's own HTTPS calls (CIBA, webhooks).
@@ -59,6 +61,7 @@ impl TenantConsents {
                 consent,
                 setup.state,
                 setup.audit.clone(),
+                setup.metrics.clone(),
                 setup.webhooks.clone(),
                 ciba.clone(),
             )?,
@@ -81,6 +84,7 @@ impl TenantConsents {
                 consent,
                 &home,
                 setup.audit.clone(),
+                setup.metrics.clone(),
                 webhooks.clone(),
                 ciba.clone(),
             )?;

@@ -19,6 +19,7 @@ use super::inbound::Inbound;
 use super::refusal::bad_request;
 use super::target::Target;
 use crate::audit::Audit;
+use crate::audit::record::{Ended, Upgrade};
 use crate::body::{Outcome, ProxyBody, RequestBody, SentBody};
 use crate::error::Denial;
 use crate::gates;
@@ -69,11 +70,13 @@ impl Pipeline {
             let upstream = hyper::upgrade::on(&mut resp);
             // Registered like a tunnel, so PANIC closes it too; audited when it ends.
             let session = self.sessions.open(&out.caller.spiffe_id);
-            let mut ended = self.c.audit.record("upgrade");
-            ended.insert("request_id".into(), out.request_id.into());
-            if let Some(t) = &out.caller.tenant {
-                ended.insert("tenant".into(), t.as_str().into());
-            }
+            let ended = Upgrade {
+                request_id: out.request_id.to_owned(),
+                tenant: out.caller.tenant.clone(),
+                bytes_up: None,
+                bytes_down: None,
+                ended: Ended::Failed,
+            };
             tokio::spawn(splice_upgraded(
                 client,
                 upstream,
@@ -85,6 +88,7 @@ impl Pipeline {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         let mut outcome = Outcome {
             audit: self.c.audit.clone(),
+            metrics: self.c.metrics.clone(),
             request_id: out.request_id.to_owned(),
             tenant: out.caller.tenant.clone(),
             status: parts.status.as_u16(),
@@ -160,14 +164,14 @@ async fn splice_upgraded(
     client: OnUpgrade,
     upstream: OnUpgrade,
     session: Session,
-    (audit, mut record): (Arc<Audit>, serde_json::Map<String, serde_json::Value>),
+    (audit, mut record): (Arc<Audit>, Upgrade),
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
-            record.insert("ended".into(), "failed".into());
-            audit.submit(record);
+            record.ended = Ended::Failed;
+            audit.submit(record.into());
             return;
         }
     };
@@ -180,15 +184,15 @@ async fn splice_upgraded(
             if let Err(e) = copied {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }
-            "closed"
+            Ended::Closed
         }
         () = session.killed.notified() => {
             tracing::info!("upgraded connection closed by PANIC");
-            "panic"
+            Ended::Panic
         }
     };
-    record.insert("bytes_up".into(), up.load(Ordering::Relaxed).into());
-    record.insert("bytes_down".into(), down.load(Ordering::Relaxed).into());
-    record.insert("ended".into(), ended.into());
-    audit.submit(record);
+    record.bytes_up = Some(up.load(Ordering::Relaxed));
+    record.bytes_down = Some(down.load(Ordering::Relaxed));
+    record.ended = ended;
+    audit.submit(record.into());
 }

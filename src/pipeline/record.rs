@@ -6,7 +6,9 @@ use std::time::Instant;
 use http::{Method, StatusCode};
 
 use super::assembly::Pipeline;
+use super::sent::Sent;
 use super::trail::Trail;
+use crate::audit::record::{self, Record};
 use crate::error::{Denial, Gate};
 use crate::gates::consent::BODY_TOO_LARGE;
 
@@ -21,106 +23,86 @@ impl Pipeline {
         host: &str,
         path: &str,
         denial: Option<&Denial>,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        use serde_json::Value;
+    ) -> Record {
         let caller = trail.caller.as_deref();
-        let mut r = self.c.audit.record("decision");
-        r.insert("request_id".into(), request_id.into());
-        r.insert(
-            "agent".into(),
-            caller.map_or(Value::Null, |c| c.spiffe_id.clone().into()),
-        );
-        r.insert(
-            "tenant".into(),
-            caller
-                .and_then(|c| c.tenant.clone())
-                .map_or(Value::Null, Value::from),
-        );
-        r.insert(
-            "jti".into(),
-            caller
-                .and_then(|c| c.jti.clone())
-                .map_or(Value::Null, Value::from),
-        );
-        r.insert(
-            "method".into(),
-            method.map_or(Value::Null, |m| m.as_str().into()),
-        );
-        r.insert("host".into(), host.into());
-        // Path only: query strings carry secrets (Slack's `token=`).
-        r.insert("path".into(), path.into());
-        if let Some(sent) = &trail.sent {
-            r.insert("sent".into(), sent.to_json());
-        }
-        if let Some(t) = &trail.tuple {
-            r.insert("action".into(), t.json["action"].clone());
-            r.insert("resource".into(), t.json["resource"].clone());
-            r.insert("context".into(), t.json["context"].clone());
-        }
-        let mut reasons: Vec<Value> = Vec::new();
-        if let Some(d) = &trail.decision {
-            r.insert("policy_effect".into(), d.effect.as_str().into());
-            r.insert("policy_hash".into(), (&*d.policy_hash).into());
-            r.insert("mode".into(), self.c.policies.mode().as_str().into());
-            if !d.scopes.is_empty() {
-                r.insert("scopes".into(), d.scopes.clone().into());
+        let mut reasons: Vec<String> = Vec::new();
+        let policy = trail.decision.as_ref().map(|d| {
+            reasons.extend(d.reasons.iter().cloned());
+            record::PolicyNote {
+                policy_effect: d.effect.as_str().into(),
+                policy_hash: d.policy_hash.to_string(),
+                mode: self.c.policies.mode().as_str().into(),
+                scopes: d.scopes.clone(),
             }
-            reasons.extend(d.reasons.iter().map(|s| Value::from(s.as_str())));
-        }
-        match (&trail.consent, denial) {
-            (Some(g), _) => {
-                r.insert(
-                    "consent".into(),
-                    serde_json::json!({"id": g.id, "status": "approved", "scope": g.scope, "by": g.answered_by, "how": g.how}),
-                );
-            }
+        });
+        let consent = match (&trail.consent, denial) {
+            (Some(g), _) => Some(record::ConsentNote::Approved {
+                id: g.id.clone(),
+                scope: g.scope.into(),
+                by: g.answered_by.clone(),
+                how: g.how.clone(),
+            }),
             // The consent store's refusal (a body too long to bind never reached it).
             (None, Some(d)) if d.gate == Gate::Consent && d.error != BODY_TOO_LARGE => {
-                let id = d
-                    .extra
-                    .as_ref()
-                    .and_then(|e| e.fields.get("consent_id").cloned());
-                r.insert(
-                    "consent".into(),
-                    serde_json::json!({"id": id, "error": d.error}),
-                );
+                Some(record::ConsentNote::Refused {
+                    id: d
+                        .extra
+                        .as_ref()
+                        .and_then(|e| e.fields.get("consent_id"))
+                        .and_then(|id| id.as_str())
+                        .map(str::to_owned),
+                    error: d.error.into(),
+                })
             }
-            _ => {}
-        }
-        if let Some(i) = trail.injection.as_ref().and_then(|i| i.issued()) {
+            _ => None,
+        };
+        let issued = trail.injection.as_ref().and_then(|i| i.issued());
+        let credential = issued.map(|i| {
             let c = &i.grant.credential;
-            r.insert(
-                "credential".into(),
-                serde_json::json!({
-                    "id": c.connection.id,
-                    "kind": c.connection.kind.as_str(),
-                    "fingerprint": c.fingerprint,
-                    "expires": c.expires,
-                    "grant_expires": i.grant.expires,
-                }),
-            );
-            if i.reference {
-                r.insert("reference".into(), true.into());
+            record::CredentialNote {
+                expires: c.expires,
+                fingerprint: c.fingerprint.clone(),
+                grant_expires: i.grant.expires,
+                id: c.connection.id.clone(),
+                kind: c.connection.kind.as_str().into(),
             }
-        }
-        match denial {
-            None => {
-                r.insert("effect".into(), "allow".into());
-                r.insert("gate".into(), Value::Null);
-            }
+        });
+        let verdict = match denial {
+            None => record::Verdict::Allow,
             Some(d) => {
-                r.insert("effect".into(), "deny".into());
-                r.insert("gate".into(), d.gate.as_str().into());
-                r.insert("status".into(), d.status.as_u16().into());
-                r.insert("error".into(), d.error.into());
                 // A policy denial's reasons are the policy's own, already listed.
                 if d.gate != Gate::Policy {
-                    reasons.push(d.reason.to_string().into());
+                    reasons.push(d.reason.to_string());
+                }
+                record::Verdict::Deny {
+                    gate: d.gate.as_str().into(),
+                    status: d.status.as_u16(),
+                    error: d.error.into(),
                 }
             }
-        }
-        r.insert("reasons".into(), Value::Array(reasons));
-        r
+        };
+        Record::from(record::Decision {
+            request_id: request_id.to_owned(),
+            agent: caller.map(|c| c.spiffe_id.clone()),
+            tenant: caller.and_then(|c| c.tenant.clone()),
+            jti: caller.and_then(|c| c.jti.clone()),
+            method: method.map(|m| m.as_str().to_owned()),
+            host: host.to_owned(),
+            // Path only: query strings carry secrets (Slack's `token=`).
+            path: path.to_owned(),
+            sent: trail.sent.as_ref().map(Sent::to_record),
+            tuple: trail.tuple.as_ref().map(|t| record::Tuple {
+                action: t.json["action"].clone(),
+                resource: t.json["resource"].clone(),
+                context: t.json["context"].clone(),
+            }),
+            policy,
+            consent,
+            credential,
+            reference: issued.is_some_and(|i| i.reference),
+            verdict,
+            reasons,
+        })
     }
 
     /// Records a request that the HTTP parser refused before it reached the flow (hyper
@@ -156,7 +138,7 @@ impl Pipeline {
     }
 
     /// Commits a refusal's record; a failure is logged (nothing was forwarded anyway).
-    pub(super) async fn record_refusal(&self, record: serde_json::Map<String, serde_json::Value>) {
+    pub(super) async fn record_refusal(&self, record: Record) {
         if let Err(e) = self.c.audit.commit(record).await {
             tracing::error!(error = %e, "refusal not recorded in the audit log");
         }

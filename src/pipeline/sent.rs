@@ -1,5 +1,7 @@
 //! What a forwarded request sends upstream, as its decision record says (`sent`).
 
+use crate::audit::record;
+
 /// What a forwarded request sends upstream, as its decision record says (`sent`), so the
 /// record can be held against what the upstream received.
 pub(super) struct Sent {
@@ -31,15 +33,14 @@ impl Sent {
         }
     }
 
-    pub(super) fn to_json(&self) -> serde_json::Value {
-        use crate::digest::hex;
-        serde_json::json!({
-            "method": self.method.as_str(),
-            "target_sha256": hex(&self.target_sha256),
-            "headers_sha256": hex(&self.headers_sha256),
-            "headers": self.headers,
-            "body_sha256": self.body_sha256.map(|d| hex(&d)),
-            "body_bytes": self.body_bytes,
-        })
+    pub(super) fn to_record(&self) -> record::Sent {
+        record::Sent {
+            body_bytes: self.body_bytes.map(|n| n as u64),
+            body_sha256: self.body_sha256.map(record::Sha256),
+            headers: self.headers.clone(),
+            headers_sha256: record::Sha256(self.headers_sha256),
+            method: self.method.as_str().to_owned(),
+            target_sha256: record::Sha256(self.target_sha256),
+        }
     }
 }

@@ -70,15 +70,19 @@ impl Policies {
         std::iter::once(&self.instance).chain(self.tenants.values())
     }
 
-    /// Starts one reload watch per policy (each audited with its tenant).
+    /// Starts one reload watch per policy (each audited with its tenant, and counted).
     pub fn watch(
         &self,
         audit: &Arc<crate::audit::Audit>,
+        metrics: &Arc<crate::metrics::Metrics>,
         every: Duration,
         shutdown: &tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.all()
-            .map(|p| tokio::spawn(p.clone().watch(audit.clone(), every, shutdown.clone())))
+            .map(|p| {
+                let (audit, metrics) = (audit.clone(), metrics.clone());
+                tokio::spawn(p.clone().watch(audit, metrics, every, shutdown.clone()))
+            })
             .collect()
     }
 }

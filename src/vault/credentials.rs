@@ -19,7 +19,7 @@ use super::error::VaultError;
 use super::fetch::{Fetcher, Obtained};
 use super::references::References;
 use super::store::{Store, fingerprint_with};
-use crate::audit::Audit;
+use crate::audit::{Audit, record};
 use crate::clock::now;
 use crate::outbound::FetchError;
 use crate::secret::Secret;
@@ -535,19 +535,21 @@ impl Vault {
         }
         ledger.insert(credential.fingerprint.clone(), credential.clone());
         drop(ledger);
-        let mut r = self.audit.record("admin");
-        r.insert("event".into(), "credential_issued".into());
-        r.insert(
-            "detail".into(),
-            serde_json::json!({
-                "connection": credential.connection.id,
-                "service": credential.connection.service,
-                "kind": credential.connection.kind.as_str(),
-                "fingerprint": credential.fingerprint,
-                "expires": credential.expires,
-            }),
+        let issued = record::CredentialIssued {
+            connection: credential.connection.id.clone(),
+            expires: credential.expires,
+            fingerprint: credential.fingerprint.clone(),
+            kind: credential.connection.kind.as_str().into(),
+            service: credential.connection.service.clone(),
+        };
+        self.audit.submit(
+            record::Admin {
+                event: "credential_issued".into(),
+                tenant: None,
+                detail: record::Detail::CredentialIssued(issued),
+            }
+            .into(),
         );
-        self.audit.submit(r);
         Ok(credential)
     }
 
