@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::Sources;
+use super::sources::Sources;
 
 macro_rules! files {
     ($($name:literal),* $(,)?) => {
@@ -44,11 +44,11 @@ pub fn default_sources() -> Sources {
     let mut sources = Sources::default();
     for (name, text) in DEFAULT_FILES.iter().filter(|(n, _)| !n.contains('/')) {
         let entry = ((*name).to_owned(), (*text).to_owned());
-        match super::classify(name) {
-            super::FileKind::Rego => sources.rego.push(entry),
-            super::FileKind::Data => sources.data.push(entry),
-            super::FileKind::Test => sources.tests.push(entry),
-            super::FileKind::Other => {}
+        match super::sources::classify(name) {
+            super::sources::FileKind::Rego => sources.rego.push(entry),
+            super::sources::FileKind::Data => sources.data.push(entry),
+            super::sources::FileKind::Test => sources.tests.push(entry),
+            super::sources::FileKind::Other => {}
         }
     }
     sources

@@ -7,7 +7,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Policy, PolicyConfig, PolicyError, Sources};
+use super::config::PolicyConfig;
+use super::engine::Policy;
+use super::error::PolicyError;
+use super::sources::Sources;
 use crate::intent::{BodyPrefix, Intent, Subject, Target};
 
 /// One test case's result.

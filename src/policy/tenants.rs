@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Mode, Policy, PolicyConfig, PolicyError, seed};
+use super::config::{Mode, PolicyConfig};
+use super::embedded::seed;
+use super::engine::Policy;
+use super::error::PolicyError;
 use crate::state::StateDir;
 
 /// The instance's policy and every configured tenant's.
@@ -26,7 +29,7 @@ impl Policies {
         tenants: impl IntoIterator<Item = (&'t str, Option<&'t Path>)>,
         state: &StateDir,
     ) -> Result<Policies, PolicyError> {
-        let dir = super::resolve_dir(config, state.root())?;
+        let dir = super::engine::resolve_dir(config, state.root())?;
         let instance = Arc::new(Policy::load(&dir, config)?);
         let mut tenants_map = BTreeMap::new();
         for (name, policy_dir) in tenants {

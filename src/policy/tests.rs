@@ -1,5 +1,9 @@
-use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
 
+use serde_json::{Value, json};
+
+use super::engine::to_rego;
 use super::*;
 
 fn sources(rego: &str) -> Sources {

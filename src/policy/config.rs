@@ -1,0 +1,56 @@
+//! `[policy]`: where the policy lives and how it is enforced.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The rule every policy must define.
+pub const ENTRYPOINT: &str = "data.agentgate.decision";
+
+/// Enforce decisions, or only record them (for rolling a policy out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+impl Mode {
+    /// The mode's name in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
+/// `[policy]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Policy directory; empty means `<state dir>/policies`, seeded with the default policy
+    /// on first run.
+    pub dir: PathBuf,
+    /// `enforce`, or `observe`: decide and audit, but let every request through.
+    pub mode: Mode,
+    /// Longest one evaluation may run before the request is denied.
+    #[serde(with = "humantime_serde")]
+    pub eval_timeout: Duration,
+    /// How often the directory is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            mode: Mode::Enforce,
+            eval_timeout: Duration::from_millis(100),
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+}

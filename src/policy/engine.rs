@@ -1,0 +1,317 @@
+//! The policy in force for the instance or one tenant: evaluated per request without a lock,
+//! reloaded when its directory changes (a failed reload keeps the last good policy), every
+//! reload audited.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::config::{Mode, PolicyConfig};
+use super::decision::{Decision, parse_decision};
+use super::embedded::seed;
+use super::error::PolicyError;
+use super::sources::{FileKind, Loaded, Sources, classify};
+use crate::audit::{Audit, record};
+use crate::metrics::Metrics;
+
+/// The policy directory in use: `policy.dir`, or `<state>/policies` seeded with the embedded
+/// policy on first run.
+pub fn resolve_dir(config: &PolicyConfig, state_root: &Path) -> Result<PathBuf, PolicyError> {
+    if !config.dir.as_os_str().is_empty() {
+        if !config.dir.is_dir() {
+            return Err(PolicyError::Io {
+                path: config.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "policy.dir is not a directory; create it or unset policy.dir to use the default policy",
+                ),
+            });
+        }
+        return Ok(config.dir.clone());
+    }
+    let dir = state_root.join("policies");
+    if seed(&dir).map_err(|source| PolicyError::Io {
+        path: dir.clone(),
+        source,
+    })? {
+        tracing::info!(dir = %dir.display(), "wrote the default policy; edit it there (reloaded on change)");
+    }
+    Ok(dir)
+}
+
+/// The last reload's result, for status and the admin API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub dir: String,
+    pub hash: String,
+    pub files: Vec<String>,
+    pub mode: &'static str,
+    /// Why the newest files were not loaded (the previous policy stays in force).
+    pub last_error: Option<String>,
+}
+
+/// The policy gate's state: the policy in force and how to reload it.
+pub struct Policy {
+    current: ArcSwap<Loaded>,
+    dir: PathBuf,
+    pub mode: Mode,
+    fingerprint: std::sync::Mutex<Fingerprint>,
+    last_error: ArcSwap<Option<String>>,
+    /// The tenant this policy decides for (`None`: the instance's).
+    tenant: Option<String>,
+}
+
+type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("dir", &self.dir).finish()
+    }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reload {
+    Unchanged,
+    Loaded { hash: Arc<str> },
+    Failed(String),
+}
+
+impl Policy {
+    /// Loads `dir`; a broken policy at start is an error (there is no last good one).
+    pub fn load(dir: &Path, config: &PolicyConfig) -> Result<Policy, PolicyError> {
+        set_eval_timeout(config.eval_timeout);
+        let fingerprint = fingerprint(dir);
+        let loaded = Sources::read_dir(dir)?.compile(dir)?;
+        Ok(Policy {
+            current: ArcSwap::from_pointee(loaded),
+            dir: dir.to_owned(),
+            mode: config.mode,
+            fingerprint: std::sync::Mutex::new(fingerprint),
+            last_error: ArcSwap::from_pointee(None),
+            tenant: None,
+        })
+    }
+
+    /// A policy from in-memory sources (tests, `explain` with embedded defaults).
+    pub fn from_sources(sources: &Sources, config: &PolicyConfig) -> Result<Policy, PolicyError> {
+        set_eval_timeout(config.eval_timeout);
+        let loaded = sources.compile(Path::new("<embedded>"))?;
+        Ok(Policy {
+            current: ArcSwap::from_pointee(loaded),
+            dir: PathBuf::from("<embedded>"),
+            mode: config.mode,
+            fingerprint: std::sync::Mutex::new(Vec::new()),
+            last_error: ArcSwap::from_pointee(None),
+            tenant: None,
+        })
+    }
+
+    /// Marks this as `tenant`'s policy (named in its reload records).
+    pub fn with_tenant(mut self, tenant: &str) -> Policy {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
+    /// The tenant this policy decides for; `None` for the instance's.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The policy directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hash of the policy in force.
+    pub fn hash(&self) -> Arc<str> {
+        self.current.load().hash.clone()
+    }
+
+    /// Status for the admin API and logs.
+    pub fn status(&self) -> Status {
+        let current = self.current.load();
+        Status {
+            dir: self.dir.display().to_string(),
+            hash: current.hash.to_string(),
+            files: current.files.clone(),
+            mode: self.mode.as_str(),
+            last_error: (**self.last_error.load()).clone(),
+        }
+    }
+
+    /// Decides on one AuthZEN tuple; never fails (every failure is a deny with its reason).
+    pub fn evaluate(&self, input: &Value) -> Decision {
+        let current = self.current.load();
+        let hash = current.hash.clone();
+        let Some(compiled) = &current.compiled else {
+            return Decision::deny(
+                format!(
+                    "no policy is loaded (no .rego file in {}); every request is denied",
+                    self.dir.display()
+                ),
+                hash,
+            );
+        };
+        let started = std::time::Instant::now();
+        match compiled.eval_with_input(to_rego(input)) {
+            Ok(v) => parse_decision(&v, hash),
+            Err(e) => {
+                let text = e.to_string();
+                let reason = if text.contains("time limit") || text.contains("exceeded") {
+                    format!(
+                        "policy evaluation exceeded its time bound ({:?} elapsed); denied",
+                        started.elapsed()
+                    )
+                } else {
+                    format!("policy evaluation failed: {text}")
+                };
+                Decision::deny(reason, hash)
+            }
+        }
+    }
+
+    /// Reloads when the directory changed (or always with `force`). A broken policy keeps
+    /// the one in force.
+    pub fn reload(&self, force: bool) -> Reload {
+        let now = fingerprint(&self.dir);
+        {
+            let Ok(mut last) = self.fingerprint.lock() else {
+                return Reload::Failed("policy reload state poisoned".into());
+            };
+            if !force && *last == now {
+                return Reload::Unchanged;
+            }
+            *last = now;
+        }
+        match Sources::read_dir(&self.dir).and_then(|s| s.compile(&self.dir)) {
+            Ok(loaded) => {
+                let hash = loaded.hash.clone();
+                self.current.store(Arc::new(loaded));
+                self.last_error.store(Arc::new(None));
+                Reload::Loaded { hash }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.last_error.store(Arc::new(Some(text.clone())));
+                Reload::Failed(text)
+            }
+        }
+    }
+
+    /// Reloads on change until shutdown; every reload (and every refused one) is audited
+    /// and counted.
+    pub async fn watch(
+        self: Arc<Self>,
+        audit: Arc<Audit>,
+        metrics: Arc<Metrics>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let this = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || this.reload(false)).await;
+            let Ok(outcome) = outcome else { continue };
+            self.announce(&audit, &metrics, &outcome).await;
+        }
+    }
+
+    /// Logs, counts and audits a reload's outcome.
+    pub async fn announce(&self, audit: &Audit, metrics: &Metrics, outcome: &Reload) {
+        let dir = self.dir.display().to_string();
+        let tenant = self.tenant.clone();
+        let (event, detail) = match outcome {
+            Reload::Unchanged => return,
+            Reload::Loaded { hash } => {
+                tracing::info!(dir = %self.dir.display(), %hash, tenant = self.tenant(), "policy reloaded");
+                let hash = hash.to_string();
+                let detail = record::PolicyReloaded { dir, hash, tenant };
+                ("policy_reloaded", record::Detail::PolicyReloaded(detail))
+            }
+            Reload::Failed(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, tenant = self.tenant(), "policy not reloaded; the previous policy stays in force");
+                let (error, in_force) = (error.clone(), self.hash().to_string());
+                let detail = record::PolicyReloadFailed {
+                    dir,
+                    error,
+                    in_force,
+                    tenant,
+                };
+                (
+                    "policy_reload_failed",
+                    record::Detail::PolicyReloadFailed(detail),
+                )
+            }
+        };
+        metrics.policy_reload(matches!(outcome, Reload::Loaded { .. }));
+        // A tenant's records carry its name, so its own admin scope sees them.
+        let r = record::Admin {
+            event: event.into(),
+            tenant: self.tenant.clone(),
+            detail,
+        };
+        if let Err(e) = audit.commit(r.into()).await {
+            tracing::error!(error = %e, "policy reload not recorded in the audit log");
+        }
+    }
+}
+
+/// What identifies the directory's state without reading every file: names, sizes, mtimes.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out: Fingerprint = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            if classify(&name) == FileKind::Other {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            Some((name, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn set_eval_timeout(limit: Duration) {
+    regorus::utils::limits::set_fallback_execution_timer_config(Some(
+        regorus::utils::limits::ExecutionTimerConfig {
+            limit,
+            // The clock is read every 64 units of work, not at every one.
+            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+        },
+    ));
+}
+
+/// The policy input as a regorus value, built directly (regorus's own `From` goes through a
+/// clone and serde, which costs several microseconds per request).
+pub(super) fn to_rego(v: &Value) -> regorus::Value {
+    match v {
+        Value::Null => regorus::Value::Null,
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into(),
+            (None, Some(u)) => u.into(),
+            (None, None) => n.as_f64().unwrap_or(f64::NAN).into(),
+        },
+        Value::String(s) => s.as_str().into(),
+        Value::Array(items) => items.iter().map(to_rego).collect::<Vec<_>>().into(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (regorus::Value::from(k.as_str()), to_rego(v)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
+    }
+}
