@@ -4,6 +4,10 @@
 //! forwards each request to the real, certificate-verified upstream once the flow in
 //! [`pipeline`] lets it through. [`start`] runs an instance from a [`config::Config`].
 
+// First: its macro is used by the modules below.
+#[macro_use]
+pub mod stream;
+
 pub mod admin;
 pub mod agent_env;
 pub mod audit;

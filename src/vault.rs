@@ -8,13 +8,15 @@ pub mod connection;
 pub mod credentials;
 pub mod error;
 pub mod fetch;
+pub mod grant;
 pub mod references;
 pub mod revoke;
 pub mod store;
 
 pub use config::{ClientConfig, VaultConfig};
 pub use connection::{Connection, Kind, Settings, origin_key};
-pub use credentials::{Credential, Grant, Vault};
+pub use credentials::Vault;
 pub use error::VaultError;
+pub use grant::{Credential, Grant};
 // What differs per vendor (default origins, origins one connection serves) is the vendor's.
 pub use crate::vendors::{Form, default_origin, form_at, served_by};

@@ -19,7 +19,7 @@ use crate::body::Redact;
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::vault::credentials::{TokenError, Want};
+use crate::vault::grant::{TokenError, Want};
 use crate::vault::references::PREFIX;
 use crate::vault::{Form, Grant, Vault, form_at};
 

@@ -26,8 +26,8 @@ use crate::gates;
 use crate::gates::token::Injection;
 use crate::headers;
 use crate::identity::Caller;
-use crate::ingress::counted::Counted;
 use crate::sessions::Session;
+use crate::stream::Counted;
 
 /// A decided request on its way out.
 pub(super) struct Outbound<'a> {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::connection::{Connection, Kind};
-use super::credentials::{Credential, Vault};
+use super::credentials::Vault;
+use super::grant::Credential;
 use crate::clock::now;
 use crate::outbound::FetchError;
 

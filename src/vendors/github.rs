@@ -80,5 +80,15 @@ fn names(param: &str, value: &mut str) -> Result<(), String> {
     Ok(())
 }
 
+/// GitHub App installation-token permissions from policy scopes such as `issues:write`, `contents:read`.
+pub fn app_permissions(scopes: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    scopes
+        .iter()
+        .filter_map(|s| s.split_once(':'))
+        .filter(|(_, level)| matches!(*level, "read" | "write" | "admin"))
+        .map(|(name, level)| (name.to_owned(), level.into()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -336,3 +336,17 @@ fn github_com_is_served_by_the_api_connection_in_git_form() {
         assert_eq!(form_at(other), Form::Scheme, "{other}");
     }
 }
+
+#[test]
+fn maps_scopes_to_app_permissions() {
+    let p = super::app_permissions(&[
+        "issues:write".into(),
+        "contents:read".into(),
+        "repo".into(),
+        "x:bogus".into(),
+    ]);
+    assert_eq!(
+        serde_json::Value::Object(p),
+        serde_json::json!({"issues": "write", "contents": "read"})
+    );
+}
