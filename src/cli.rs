@@ -1,19 +1,19 @@
 //! Subcommands beyond `run`: agent identities and the agent environment.
 
-pub mod agents;
-pub mod audit;
-pub mod consent;
-pub mod dashboard;
-pub mod env;
-pub mod panic;
-pub mod policy;
-pub mod vault;
+pub(crate) mod agents;
+pub(crate) mod audit;
+pub(crate) mod consent;
+pub(crate) mod dashboard;
+pub(crate) mod env;
+pub(crate) mod panic;
+pub(crate) mod policy;
+pub(crate) mod vault;
 
 use clap::ValueEnum;
 
 /// Output format of read commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Output {
+pub(crate) enum Output {
     /// For people.
     #[default]
     Text,
@@ -22,7 +22,7 @@ pub enum Output {
 }
 
 /// A small current-thread runtime for commands that talk to a running instance.
-pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     use anyhow::Context;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,7 +2,7 @@
 //! registry's revocations applied on every request. The gate itself (header parsing,
 //! refusals) is `gates::identity`; this module keeps the keys and the verified-token cache.
 //!
-//! Keys come from three sources, merged into one immutable [`Snapshot`] that requests read
+//! Keys come from three sources, merged into one immutable snapshot that requests read
 //! without locking: the built-in issuer (registry), bundle files, and the Workload API.
 
 pub mod bundle;

@@ -4,11 +4,13 @@
 //!
 //! Run everything with `scripts/test` (installs curl, Python requests/httpx and
 //! the Node client deps first), or `cargo nextest run --test e2e` once they are.
+// Test helpers are shared across this test crate's modules with plain `pub`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::print_stdout
+    clippy::print_stdout,
+    unreachable_pub
 )]
 
 mod cases;

@@ -151,7 +151,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Runs until every sender is gone or `Close` arrives.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         let mut pending_since: Option<Instant> = None;
         let mut since_tail: u64 = 0;

@@ -23,7 +23,7 @@ use agentgate::clock::rfc3339;
 
 /// `agentgate agents`.
 #[derive(Subcommand)]
-pub enum AgentsCommand {
+pub(crate) enum AgentsCommand {
     /// Register an agent (or re-register it) and issue it a token.
     Register {
         /// Agent name: letters, digits, '.', '_' or '-'.
@@ -73,7 +73,7 @@ pub enum AgentsCommand {
 
 /// `agentgate identity`.
 #[derive(Subcommand)]
-pub enum IdentityCommand {
+pub(crate) enum IdentityCommand {
     /// Make a new issuer key current; the old key stays trusted until its tokens expire.
     Rotate,
     /// Print the built-in issuer's SPIFFE JWT bundle (JWKS).
@@ -81,7 +81,7 @@ pub enum IdentityCommand {
 }
 
 /// Runs an `agents` subcommand.
-pub fn agents(state: &StateDir, config: &Config, cmd: AgentsCommand) -> Result<()> {
+pub(crate) fn agents(state: &StateDir, config: &Config, cmd: AgentsCommand) -> Result<()> {
     match cmd {
         AgentsCommand::Register {
             name,
@@ -358,7 +358,7 @@ fn revoke(
 }
 
 /// Runs an `identity` subcommand.
-pub fn identity(state: &StateDir, config: &Config, cmd: IdentityCommand) -> Result<()> {
+pub(crate) fn identity(state: &StateDir, config: &Config, cmd: IdentityCommand) -> Result<()> {
     let registry = Registry::open(state)?;
     match cmd {
         IdentityCommand::Rotate => {

@@ -17,7 +17,7 @@ use super::Output;
 
 /// `agentgate audit`.
 #[derive(Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Recompute the hash chain and every signed checkpoint; exit 0 only if intact.
     Verify {
         /// The log (default: audit.path, else audit.db in the state dir).
@@ -60,7 +60,7 @@ pub enum AuditCommand {
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ExportFormat {
+pub(crate) enum ExportFormat {
     Jsonl,
 }
 
@@ -80,7 +80,7 @@ fn open(db: &Path) -> Result<Connection> {
 }
 
 /// Runs an `audit` subcommand; `Ok(false)` means verification found a problem.
-pub fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Result<bool> {
+pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Result<bool> {
     match cmd {
         AuditCommand::Verify {
             db,

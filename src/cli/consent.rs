@@ -13,7 +13,7 @@ use agentgate::clock::rfc3339;
 
 /// `agentgate consent`.
 #[derive(Subcommand)]
-pub enum ConsentCommand {
+pub(crate) enum ConsentCommand {
     /// Pending consents (or recent ones in every state with --all).
     List {
         #[arg(long)]
@@ -37,7 +37,7 @@ pub enum ConsentCommand {
 }
 
 /// Runs a `consent` subcommand.
-pub fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
+pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
     let by = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     match cmd {
         ConsentCommand::List { all, output } => {

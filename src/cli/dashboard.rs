@@ -11,7 +11,7 @@ use agentgate::state::StateDir;
 use super::block_on;
 
 /// Asks the running instance for a link (for `tenant`'s view if given) and prints it.
-pub fn run(state: &StateDir, tenant: Option<String>, open: bool) -> Result<()> {
+pub(crate) fn run(state: &StateDir, tenant: Option<String>, open: bool) -> Result<()> {
     let body = tenant.map(|t| serde_json::json!({ "tenant": t }));
     let answer = block_on(call(
         state,

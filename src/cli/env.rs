@@ -12,7 +12,7 @@ use agentgate::state::StateDir;
 use super::Output;
 
 /// Prints the agent's environment as shell exports (or JSON).
-pub fn print(state: &StateDir, config: &Config, agent: &str, output: Output) -> Result<()> {
+pub(crate) fn print(state: &StateDir, config: &Config, agent: &str, output: Output) -> Result<()> {
     let env = agent_env::for_agent(state, config, agent, now())?;
     warn_if_not_running(state, &env);
     match output {
@@ -34,7 +34,7 @@ pub fn print(state: &StateDir, config: &Config, agent: &str, output: Output) -> 
 }
 
 /// Replaces this process with `cmd`, run in the agent's environment; its exit code is ours.
-pub fn exec(state: &StateDir, config: &Config, agent: &str, cmd: &[String]) -> Result<()> {
+pub(crate) fn exec(state: &StateDir, config: &Config, agent: &str, cmd: &[String]) -> Result<()> {
     let Some((program, args)) = cmd.split_first() else {
         bail!("nothing to run: agentgate exec --agent NAME -- CMD ARGS…");
     };

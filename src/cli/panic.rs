@@ -12,7 +12,7 @@ use agentgate::state::StateDir;
 use super::{Output, block_on};
 
 /// Runs PANIC; returns whether every local step succeeded.
-pub fn run(
+pub(crate) fn run(
     state: &StateDir,
     agent: Option<String>,
     all: bool,

@@ -17,7 +17,7 @@ use super::Output;
 
 /// `agentgate policy`.
 #[derive(Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Run a policy directory's tests: Rego `test_*` rules in `*_test.rego` and the cases in
     /// `*_test.yaml` / `*_test.json`. Exit 1 if any fails.
     Test {
@@ -32,7 +32,7 @@ pub enum PolicyCommand {
 }
 
 /// Runs `agentgate policy …`; returns false when a test failed.
-pub fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> Result<bool> {
+pub(crate) fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> Result<bool> {
     match command {
         PolicyCommand::Test {
             dir,
@@ -102,7 +102,7 @@ fn test(root: &Path, recursive: bool, config: &Config, output: Output) -> Result
 }
 
 /// What `explain` was asked about.
-pub struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     pub method: String,
     pub url: String,
     pub body: Option<PathBuf>,
@@ -112,7 +112,7 @@ pub struct ExplainArgs {
 }
 
 /// Prints the tuple and the decision the proxy would make for a request; sends nothing.
-pub fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<()> {
+pub(crate) fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<()> {
     let intent = Intent::embedded(config.intent.max_body)?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {

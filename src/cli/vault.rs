@@ -23,7 +23,7 @@ use agentgate::clock::rfc3339;
 // Parsed once per process; boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
-pub enum VaultCommand {
+pub(crate) enum VaultCommand {
     /// Store (or replace) the credential for SERVICE; the secret is read from stdin or --secret-file.
     Set {
         /// Service name, e.g. github, gmail, slack (or any name with --origin).
@@ -85,7 +85,7 @@ pub enum VaultCommand {
 
 /// `--kind`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KindArg {
+pub(crate) enum KindArg {
     Static,
     Oauth,
     GithubApp,
@@ -93,7 +93,7 @@ pub enum KindArg {
 }
 
 /// Runs a `vault` subcommand.
-pub fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Result<()> {
+pub(crate) fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Result<()> {
     let key_file =
         (!config.vault.key_file.as_os_str().is_empty()).then_some(config.vault.key_file.as_path());
     let mut store = Store::open(state, key_file)?;
