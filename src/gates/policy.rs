@@ -31,16 +31,19 @@ pub fn evaluate(
     decided: &mut Option<Arc<Decision>>,
 ) -> Result<Verdict, Denial> {
     let (decision, mode) = match policies.for_tenant(caller.tenant.as_deref()) {
-        Some(policy) => (policy.evaluate(&tuple.json), policy.mode),
+        Some(policy) => (policy.decide(&tuple.json), policy.mode),
         None => {
             let reason = format!(
                 "tenant {} is not configured in [tenants]",
                 caller.tenant.as_deref().unwrap_or_default()
             );
-            (Decision::deny(reason, Arc::from("")), Mode::Enforce)
+            (
+                Arc::new(Decision::deny(reason, Arc::from(""))),
+                Mode::Enforce,
+            )
         }
     };
-    let decision = decided.insert(Arc::new(decision)).clone();
+    let decision = decided.insert(decision).clone();
     let escalate = escalates(&decision, mode)?;
     Ok(Verdict { decision, escalate })
 }

@@ -146,20 +146,45 @@ impl Policy {
 
     /// Decides on one AuthZEN tuple; never fails (every failure is a deny with its reason).
     pub fn evaluate(&self, input: &Value) -> Decision {
+        self.evaluate_with(&self.current.load(), input).0
+    }
+
+    /// Decides on `input` like [`Self::evaluate`], answering a repeated input from the
+    /// decisions remembered for the policy in force (see `policy/cache.rs`).
+    pub fn decide(&self, input: &Value) -> Arc<Decision> {
         let current = self.current.load();
+        let Some(cache) = &current.decisions else {
+            return Arc::new(self.evaluate_with(&current, input).0);
+        };
+        let Ok(key) = serde_json::to_vec(input) else {
+            return Arc::new(self.evaluate_with(&current, input).0);
+        };
+        if let Some(known) = cache.get(&key) {
+            return known;
+        }
+        let (decision, evaluated) = self.evaluate_with(&current, input);
+        let decision = Arc::new(decision);
+        // An error (a time bound hit, say) is no answer of the policy's: never remembered.
+        if evaluated {
+            cache.insert(key, decision.clone());
+        }
+        decision
+    }
+
+    /// The decision of the policy `current` on `input`, and whether the policy itself
+    /// answered (`false` when evaluation failed and the decision is a made-up denial).
+    fn evaluate_with(&self, current: &Loaded, input: &Value) -> (Decision, bool) {
         let hash = current.hash.clone();
         let Some(compiled) = &current.compiled else {
-            return Decision::deny(
-                format!(
-                    "no policy is loaded (no .rego file in {}); every request is denied",
-                    self.dir.display()
-                ),
-                hash,
+            let reason = format!(
+                "no policy is loaded (no .rego file in {}); every request is denied",
+                self.dir.display()
             );
+            return (Decision::deny(reason, hash), false);
         };
         let started = std::time::Instant::now();
         match compiled.eval_with_input(to_rego(input)) {
-            Ok(v) => parse_decision(&v, hash),
+            Ok(v) => (parse_decision(&v, hash), true),
             Err(e) => {
                 let text = e.to_string();
                 let reason = if text.contains("time limit") || text.contains("exceeded") {
@@ -170,7 +195,7 @@ impl Policy {
                 } else {
                     format!("policy evaluation failed: {text}")
                 };
-                Decision::deny(reason, hash)
+                (Decision::deny(reason, hash), false)
             }
         }
     }

@@ -4,12 +4,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::cache::DecisionCache;
 use super::config::ENTRYPOINT;
 use super::error::PolicyError;
 
 /// One successfully compiled policy directory.
 pub struct Loaded {
     pub(super) compiled: Option<regorus::CompiledPolicy>,
+    /// Decisions remembered for repeated inputs; `None` for a policy that may decide
+    /// differently on the same input.
+    pub(super) decisions: Option<DecisionCache>,
     /// SHA-256 over file names and contents, hex; recorded with every decision.
     pub hash: Arc<str>,
     pub files: Vec<String>,
@@ -129,6 +133,7 @@ impl Sources {
         if self.rego.is_empty() {
             return Ok(Loaded {
                 compiled: None,
+                decisions: None,
                 hash,
                 files,
                 loaded_at: SystemTime::now(),
@@ -150,6 +155,7 @@ impl Sources {
             })?;
         Ok(Loaded {
             compiled: Some(compiled),
+            decisions: DecisionCache::for_policy(self.rego.iter().map(|(_, text)| text.as_str())),
             hash,
             files,
             loaded_at: SystemTime::now(),

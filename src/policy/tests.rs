@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -247,4 +248,51 @@ fn the_runner_reports_failures() {
 fn input_conversion_matches_regorus_own() {
     let v = json!({"a": [1, -2, 3.5, u64::MAX, null, true, "s"], "b": {"c": {}}, "d": []});
     assert_eq!(to_rego(&v), regorus::Value::from(v.clone()));
+}
+
+#[test]
+fn a_repeated_input_is_answered_from_the_decisions_remembered() {
+    let p = policy(
+        "package agentgate\ndecision := {\"effect\": \"allow\"} if input.action.properties.class == \"read\"\ndecision := {\"effect\": \"deny\", \"reasons\": [\"no\"]} if input.action.properties.class != \"read\"\n",
+    );
+    let first = p.decide(&input("read"));
+    assert_eq!(first.effect, Effect::Allow);
+    // The same input, byte for byte: the same decision, not a new evaluation.
+    assert!(Arc::ptr_eq(&first, &p.decide(&input("read"))));
+    // Any other input is evaluated on its own.
+    let other = p.decide(&input("write"));
+    assert_eq!(other.effect, Effect::Deny);
+    let mut later = input("read");
+    later["context"]["time"] = "2026-12-06T20:00:01Z".into();
+    assert!(!Arc::ptr_eq(&first, &p.decide(&later)));
+}
+
+#[test]
+fn a_policy_that_reads_the_clock_is_evaluated_every_time() {
+    let p = policy(
+        "package agentgate\ndecision := {\"effect\": \"allow\", \"reasons\": [sprintf(\"%d\", [time.now_ns()])]}\n",
+    );
+    let first = p.decide(&input("read"));
+    assert_eq!(first.effect, Effect::Allow);
+    assert!(!Arc::ptr_eq(&first, &p.decide(&input("read"))));
+}
+
+#[test]
+fn a_reload_forgets_the_decisions_of_the_policy_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.rego");
+    std::fs::write(
+        &file,
+        "package agentgate\ndecision := {\"effect\": \"allow\"}\n",
+    )
+    .unwrap();
+    let p = Policy::load(dir.path(), &PolicyConfig::default()).unwrap();
+    assert_eq!(p.decide(&input("read")).effect, Effect::Allow);
+    std::fs::write(
+        &file,
+        "package agentgate\ndecision := {\"effect\": \"deny\", \"reasons\": [\"changed\"]}\n",
+    )
+    .unwrap();
+    assert!(matches!(p.reload(true), Reload::Loaded { .. }));
+    assert_eq!(p.decide(&input("read")).effect, Effect::Deny);
 }

@@ -1,0 +1,70 @@
+//! Decisions remembered for inputs seen a moment ago. Agents repeat themselves (the same
+//! action on the same resource, many times a second), and a policy is a pure function of its
+//! input and its files, so a repeated input gets the decision already made instead of a new
+//! evaluation. The key is the whole input, byte for byte (its `context.time` included, in
+//! whole seconds, so an entry only ever answers within the second it was made); the cache
+//! lives and dies with one compiled policy, so a reload starts empty. A policy that calls a
+//! builtin whose answer is not a function of its input (the clock, randomness, the network)
+//! gets no cache at all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::decision::Decision;
+
+/// Builtins whose result is not a function of the input: a policy naming any of them is
+/// evaluated every time. A mention anywhere (even in a comment) counts: better a missed
+/// cache than a stale decision.
+const VOLATILE_BUILTINS: [&str; 8] = [
+    "time.now_ns",
+    "rand.intn",
+    "uuid.rfc4122",
+    "uuid.parse",
+    "http.send",
+    "opa.runtime",
+    "net.lookup_ip_addr",
+    "io.jwt.decode_verify",
+];
+
+/// Most remembered decisions; entries older than a few seconds can no longer match anyway.
+const MAX_ENTRIES: u64 = 4096;
+const TTL: Duration = Duration::from_secs(3);
+
+/// Remembered decisions of one compiled policy, keyed by the serialized input.
+pub(super) struct DecisionCache {
+    entries: moka::sync::Cache<Box<[u8]>, Arc<Decision>>,
+}
+
+impl DecisionCache {
+    /// A cache for a policy made of `rego` sources, or `None` when one of them may decide
+    /// differently on the same input.
+    pub(super) fn for_policy<'a>(mut rego: impl Iterator<Item = &'a str>) -> Option<Self> {
+        if rego.any(|text| VOLATILE_BUILTINS.iter().any(|b| text.contains(b))) {
+            return None;
+        }
+        Some(DecisionCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(TTL)
+                .build(),
+        })
+    }
+
+    /// The decision made on exactly this input, if it is still remembered.
+    pub(super) fn get(&self, input: &[u8]) -> Option<Arc<Decision>> {
+        self.entries.get(input)
+    }
+
+    /// Remembers a decision made by evaluating the policy (never one made up for an error).
+    pub(super) fn insert(&self, input: Vec<u8>, decision: Arc<Decision>) {
+        self.entries.insert(input.into_boxed_slice(), decision);
+    }
+}
+
+impl std::fmt::Debug for DecisionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
