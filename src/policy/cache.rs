@@ -26,9 +26,12 @@ const VOLATILE_BUILTINS: [&str; 8] = [
     "io.jwt.decode_verify",
 ];
 
-/// Most remembered decisions; entries older than a few seconds can no longer match anyway.
-const MAX_ENTRIES: u64 = 4096;
+/// Most bytes of remembered inputs (an input is a few hundred bytes to a few KiB, more with
+/// what intent read from a body); entries older than a few seconds can no longer match anyway.
+const MAX_BYTES: u64 = 8 << 20;
 const TTL: Duration = Duration::from_secs(3);
+/// What an entry costs beside its input: the decision and the cache's own bookkeeping.
+const ENTRY_OVERHEAD: usize = 256;
 
 /// Remembered decisions of one compiled policy, keyed by the serialized input.
 pub(super) struct DecisionCache {
@@ -44,7 +47,8 @@ impl DecisionCache {
         }
         Some(DecisionCache {
             entries: moka::sync::Cache::builder()
-                .max_capacity(MAX_ENTRIES)
+                .max_capacity(MAX_BYTES)
+                .weigher(weight)
                 .time_to_live(TTL)
                 .build(),
         })
@@ -59,6 +63,12 @@ impl DecisionCache {
     pub(super) fn insert(&self, input: Vec<u8>, decision: Arc<Decision>) {
         self.entries.insert(input.into_boxed_slice(), decision);
     }
+}
+
+/// An entry's weight against [`MAX_BYTES`]: its input's length and a fixed overhead.
+#[allow(clippy::borrowed_box)] // moka hands the key as stored
+fn weight(input: &Box<[u8]>, _: &Arc<Decision>) -> u32 {
+    u32::try_from(input.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
 impl std::fmt::Debug for DecisionCache {
