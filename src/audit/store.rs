@@ -16,6 +16,7 @@ use super::config::Durability;
 use super::error::AuditError;
 use super::record::Record;
 use crate::clock::now_micros;
+use crate::sqlite;
 
 /// After this many records the writer checkpoints the WAL tail itself (see `run`).
 const WAL_TAIL_EVERY: u64 = 4096;
@@ -54,25 +55,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 /// Opens a log database with the pragmas for `durability`, creating the schema and log id.
 pub fn open(path: &Path, durability: Durability) -> Result<(Connection, String), AuditError> {
-    if !path.exists() {
-        crate::state::write_private(path, b"").map_err(|e| AuditError::Open {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    }
     let err = |e: rusqlite::Error| AuditError::Open {
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err)?;
     let sync = match durability {
-        Durability::Fsync => "FULL",
-        Durability::Commit => "NORMAL",
+        Durability::Fsync => sqlite::Durability::Full,
+        Durability::Commit => sqlite::Durability::Normal,
     };
-    conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+    let conn = sqlite::open(path, sync).map_err(|e| AuditError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     // Checkpoints of the WAL run on their own thread, never in a request's commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(err)?;
