@@ -114,23 +114,22 @@ impl Pipeline {
             query: parts.uri.query(),
             headers: &parts.headers,
         });
-        let refusal = match &routed {
-            Err(_) => None,
+        let routed = match routed {
             // An inspected operation sent as GET or HEAD is judged without its body: a body
             // would be one the vendor might read and intent did not.
             Ok(r)
                 if r.body_kind().is_some() && !r.needs_body() && !inbound.body.is_end_stream() =>
             {
-                Some(IntentError::Ambiguous(format!(
+                Err(IntentError::Ambiguous(format!(
                     "{} requests to this operation are judged without a body, and this one has one; send it without",
                     parts.method
                 )))
             }
-            Ok(_) => None,
+            other => other,
         };
-        let routed = match (routed, refusal) {
-            (Ok(routed), None) => routed,
-            (Err(e), _) | (Ok(_), Some(e)) => {
+        let routed = match routed {
+            Ok(routed) => routed,
+            Err(e) => {
                 // Read what the agent is still sending, so it hears the refusal.
                 self.drain(inbound).await;
                 return Err(gates::intent::refusal(e));
