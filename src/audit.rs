@@ -4,7 +4,8 @@
 //! `audit.commit_timeout` is refused `503` — never forwarded unlogged.
 //!
 //! Layout: `record` (the typed records and their canonical encoding), `chain` (hashes),
-//! `store` (SQLite and the writer thread), `checkpoint` (Ed25519-signed heads), `verify`
+//! `store` (SQLite), `writer` (the thread that group-commits and tells the waiting),
+//! `checkpoint` (Ed25519-signed heads), `verify`
 //! (recomputes everything, names the first bad `seq`), `config` and `error`.
 
 pub mod chain;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod record;
 pub mod store;
 pub mod verify;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +36,9 @@ use crate::state::StateDir;
 /// The handle the pipeline and admin code append through.
 #[derive(Debug)]
 pub struct Audit {
-    tx: mpsc::Sender<store::Job>,
+    tx: mpsc::Sender<writer::Job>,
+    /// Records nobody waits for: they never wake the writer.
+    unawaited: mpsc::Sender<Record>,
     instance: String,
     commit_timeout: Duration,
     committed: Arc<AtomicU64>,
@@ -68,10 +72,15 @@ impl Audit {
             path: db.clone(),
             reason: e.to_string(),
         })?;
+        let thread_failed = |e: std::io::Error| AuditError::Open {
+            path: db.clone(),
+            reason: format!("cannot start the audit threads: {e}"),
+        };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
         let (events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFER);
-        let writer = store::Writer {
+        let writer = writer::Writer {
             conn,
             log_id: log_id.clone(),
             instance: instance.to_owned(),
@@ -83,16 +92,14 @@ impl Audit {
             checkpoint_every: config.checkpoint_every.max(1),
             checkpoint_interval: config.checkpoint_interval,
             last_checkpoint: (seq, Instant::now()),
-            committed: committed.clone(),
+            unawaited: unawaited_rx,
             events: events.clone(),
+            committed: committed.clone(),
         };
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Open {
-                path: db.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(thread_failed)?;
         let stop_checkpointer = Arc::new(AtomicBool::new(false));
         let checkpointer = {
             let (path, stop) = (db.clone(), stop_checkpointer.clone());
@@ -108,15 +115,16 @@ impl Audit {
                 .name("audit-tick".into())
                 .spawn(move || {
                     while !matches!(
-                        tx.try_send(store::Job::Tick),
+                        tx.try_send(writer::Job::Tick),
                         Err(mpsc::error::TrySendError::Closed(_))
                     ) {
-                        std::thread::sleep(store::OUTCOME_DELAY / 2);
+                        std::thread::sleep(writer::UNAWAITED_DELAY);
                     }
                 });
         }
         Ok(Audit {
             tx,
+            unawaited,
             instance: instance.to_owned(),
             commit_timeout: config.commit_timeout,
             committed,
@@ -167,10 +175,7 @@ impl Audit {
 
     async fn commit_inner(&self, record: Record) -> Result<u64, AuditError> {
         let (done, wait) = oneshot::channel();
-        let job = store::Job::Append {
-            record,
-            done: Some(done),
-        };
+        let job = writer::Job::Append { record, done };
         let deadline = tokio::time::Instant::now() + self.commit_timeout;
         tokio::time::timeout_at(deadline, self.tx.send(job))
             .await
@@ -183,11 +188,11 @@ impl Audit {
         }
     }
 
-    /// Appends `record` without waiting (outcome records). A full queue drops it and says
-    /// so in the log: the request it describes already has its committed decision.
+    /// Appends `record` without waiting (outcome records): it joins the next commit, or the
+    /// tick's. A full queue drops it and says so in the log: the request it describes
+    /// already has its committed decision.
     pub fn submit(&self, record: Record) {
-        let job = store::Job::Append { record, done: None };
-        if self.tx.try_send(job).is_err() {
+        if self.unawaited.try_send(record).is_err() {
             let n = self.metrics.audit_dropped();
             tracing::error!(
                 dropped_total = n,
@@ -205,7 +210,7 @@ impl Audit {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         let (reply, done) = oneshot::channel();
-        if self.tx.send(store::Job::Close(reply)).await.is_ok() {
+        if self.tx.send(writer::Job::Close(reply)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
     }

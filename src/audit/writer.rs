@@ -1,0 +1,341 @@
+//! The single writer thread: turns the queue of records into group commits (one
+//! transaction, one sync, many records), tells each waiting request when its record is
+//! durable, and signs checkpoints.
+//!
+//! Two queues feed it. Records a request waits for (decisions, admin events) come through
+//! `Job`s, and the first of them wakes the writer. Records nobody waits for (outcomes) go
+//! into a queue the writer only drains: they never wake it, they ride along with the next
+//! commit someone waits for, and the tick flushes them within `UNAWAITED_DELAY` when none
+//! comes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{self, Hash};
+use super::checkpoint::{Checkpoint, Signed, Signer};
+use super::error::AuditError;
+use super::record::Record;
+use super::store::{self, Committed};
+use crate::clock::now_micros;
+
+/// After this many records the writer checkpoints the WAL tail itself (see `run`).
+const WAL_TAIL_EVERY: u64 = 4096;
+
+/// Longest an unawaited record (an outcome) waits for a commit to join: the tick's period.
+pub(crate) const UNAWAITED_DELAY: Duration = Duration::from_millis(10);
+
+/// Who waits for a record: told its `seq`, or why it failed.
+pub(crate) type Waiter = oneshot::Sender<Result<u64, AuditError>>;
+
+/// A record waiting for its commit, and who to tell.
+type Pending = (Record, Option<Waiter>);
+
+/// One unit of work for the writer.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// A record someone waits for.
+    Append { record: Record, done: Waiter },
+    /// Periodic wake-up: unawaited records, time-based checkpoints.
+    Tick,
+    /// Final checkpoint; answered when written.
+    Close(oneshot::Sender<()>),
+}
+
+/// What the writer thread owns.
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) log_id: String,
+    /// This process's instance id, in every record it writes.
+    pub(crate) instance: String,
+    pub(crate) jsonl: PathBuf,
+    pub(crate) signer: Signer,
+    /// The last record committed.
+    pub(crate) seq: u64,
+    pub(crate) head: Hash,
+    pub(crate) batch_max: usize,
+    pub(crate) checkpoint_every: u64,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) last_checkpoint: (u64, Instant),
+    /// Records nobody waits for; drained, never waited on.
+    pub(crate) unawaited: mpsc::Receiver<Record>,
+    /// Committed records for live subscribers (the admin event stream).
+    pub(crate) events: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    /// Shared with the handle for `/metrics`-style reporting and tests.
+    pub(crate) committed: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone or `Close` arrives.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        let mut since_tail: u64 = 0;
+        while let Some(first) = rx.blocking_recv() {
+            let mut close = None;
+            let mut tick = false;
+            // Unawaited records come first: they were mostly submitted before the record
+            // that woke the writer.
+            self.take_unawaited(&mut batch, self.batch_max.saturating_sub(1));
+            let mut job = Some(first);
+            while let Some(next) = job.take() {
+                match next {
+                    Job::Append { record, done } => batch.push((record, Some(done))),
+                    Job::Tick => tick = true,
+                    Job::Close(reply) => close = Some(reply),
+                }
+                if batch.len() < self.batch_max && close.is_none() {
+                    job = rx.try_recv().ok();
+                }
+            }
+            // Unawaited records join a commit that happens anyway; a tick or the close
+            // commits them on their own. Those beyond `batch_max` wait for the next one.
+            self.take_unawaited(&mut batch, self.batch_max);
+            let urgent = tick || close.is_some() || batch.iter().any(|(_, done)| done.is_some());
+            if urgent && !batch.is_empty() {
+                let n = batch.len() as u64;
+                self.commit(&mut batch);
+                // The WAL thread copies frames into the database, but under steady writes
+                // it never catches the last ones, and the WAL only rewinds once every frame
+                // is copied: it would grow without bound. Now and then the writer copies
+                // the small remaining tail itself, so the next commit starts the WAL over.
+                since_tail += n;
+                if since_tail >= WAL_TAIL_EVERY {
+                    since_tail = 0;
+                    if let Err(e) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "WAL tail checkpoint skipped");
+                    }
+                }
+            }
+            let due = self.seq > self.last_checkpoint.0
+                && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
+                    || self.last_checkpoint.1.elapsed() >= self.checkpoint_interval
+                    || close.is_some());
+            if due {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                }
+            }
+            if let Some(reply) = close {
+                // Fold the WAL into audit.db so the file alone holds every record.
+                if let Err(e) = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "final WAL checkpoint of the audit log failed");
+                }
+                drop(self.conn);
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    /// Moves unawaited records into `batch` until it holds `up_to`.
+    fn take_unawaited(&mut self, batch: &mut Vec<Pending>, up_to: usize) {
+        while batch.len() < up_to {
+            match self.unawaited.try_recv() {
+                Ok(record) => batch.push((record, None)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Appends a batch in one transaction; on failure nothing of it is kept and its
+    /// waiters are refused.
+    fn commit(&mut self, batch: &mut Vec<Pending>) {
+        let start_seq = self.seq;
+        let start_head = self.head;
+        let mut events = Vec::new();
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another writer (the CLI while no proxy ran, or a second instance on the same
+            // file) may have appended: chain onto what is really there.
+            let (seq, head) = store::head(&tx, &self.log_id)?;
+            if seq != self.seq {
+                tracing::warn!(
+                    ours = self.seq,
+                    found = seq,
+                    "audit log was appended by another writer; continuing its chain"
+                );
+                self.seq = seq;
+                self.head = head;
+            }
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)",
+                )?;
+                let ts = now_micros();
+                let live = self.events.receiver_count() > 0;
+                for (record, _) in batch.iter() {
+                    self.seq += 1;
+                    // Cannot fail for these types (string keys only); if it ever did, the
+                    // batch fails like a failed write: nothing is forwarded unlogged.
+                    let text = record
+                        .seal(&self.instance, self.seq, ts)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    self.head = chain::link(&self.head, text.as_bytes());
+                    let hash = chain::hex(&self.head);
+                    stmt.execute(params![self.seq as i64, text, hash])?;
+                    if live {
+                        events.push(Arc::new(Committed {
+                            seq: self.seq,
+                            hash,
+                            record: text,
+                            tenant: record.tenant().map(Arc::from),
+                            decided_by: record.decided_by().map(Arc::from),
+                            ts,
+                        }));
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.committed.store(self.seq, Ordering::Release);
+                for event in events {
+                    // No subscriber left is fine: the stream is best effort, the log is not.
+                    let _ = self.events.send(event);
+                }
+                let mut seq = self.seq - batch.len() as u64;
+                for (_, done) in batch.drain(..) {
+                    seq += 1;
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            Err(e) => {
+                self.seq = start_seq;
+                self.head = start_head;
+                tracing::error!(error = %e, records = batch.len(), "audit commit failed; requests waiting on it are refused");
+                fail(batch, &e.to_string());
+            }
+        }
+    }
+
+    /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
+    fn checkpoint(&mut self) -> Result<Signed, AuditError> {
+        let size = self.seq;
+        let signed = self.signer.sign(Checkpoint {
+            log_id: self.log_id.clone(),
+            size,
+            head: chain::hex(&self.head),
+            time: now_micros(),
+        });
+        let line = serde_json::to_string(&signed).unwrap_or_default();
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints (size, signed) VALUES (?1, ?2)",
+                params![size as i64, line],
+            )
+            .map_err(|e| AuditError::Commit(e.to_string()))?;
+        store::append_line(&self.jsonl, &line)
+            .map_err(|e| AuditError::Commit(format!("{}: {e}", self.jsonl.display())))?;
+        self.last_checkpoint = (size, Instant::now());
+        Ok(signed)
+    }
+}
+
+/// Refuses every waiter of `batch`, which is emptied.
+fn fail(batch: &mut Vec<Pending>, reason: &str) {
+    for (_, done) in batch.drain(..) {
+        if let Some(done) = done {
+            let _ = done.send(Err(AuditError::Commit(reason.to_owned())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::audit::record::{Outcome, Stored};
+    use crate::audit::{Audit, AuditConfig, Record};
+    use crate::state::StateDir;
+
+    fn outcome(id: &str) -> Record {
+        Record::from(Outcome {
+            request_id: id.into(),
+            tenant: None,
+            status: 200,
+            bytes_up: 0,
+            bytes_down: 2,
+            duration_us: 10,
+            complete: true,
+            body_sha256: None,
+            redacted: 0,
+            unscanned: None,
+        })
+    }
+
+    fn kinds(audit: &Audit) -> Vec<String> {
+        let conn = rusqlite::Connection::open(audit.db_path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT record FROM records ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(
+                |text| match Stored::decode(&text.unwrap()).unwrap().record {
+                    Record::Outcome(o) => format!("outcome {}", o.request_id),
+                    Record::Admin(a) => format!("admin {}", a.event),
+                    other => format!("{other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unawaited_record_is_committed_by_the_tick_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let audit =
+            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        audit.submit(outcome("r-1"));
+        // Nobody commits anything else: only the tick can bring it in.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while audit.committed() < 1 {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(kinds(&audit), ["outcome r-1"]);
+        audit.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unawaited_records_join_the_next_waited_commit_and_none_is_lost_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let audit =
+            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        audit.submit(outcome("r-1"));
+        audit.submit(outcome("r-2"));
+        let seq = audit
+            .admin_event("config_loaded", serde_json::json!({}))
+            .await
+            .unwrap();
+        // The waited record and the two before it went in one commit.
+        assert_eq!(seq, 3);
+        audit.submit(outcome("r-3"));
+        audit.close().await;
+        assert_eq!(
+            kinds(&audit),
+            [
+                "outcome r-1",
+                "outcome r-2",
+                "admin config_loaded",
+                "outcome r-3"
+            ]
+        );
+    }
+}
