@@ -72,10 +72,6 @@ impl Audit {
             path: db.clone(),
             reason: e.to_string(),
         })?;
-        let thread_failed = |e: std::io::Error| AuditError::Open {
-            path: db.clone(),
-            reason: format!("cannot start the audit threads: {e}"),
-        };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
@@ -99,7 +95,10 @@ impl Audit {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(thread_failed)?;
+            .map_err(|e| AuditError::Open {
+                path: db.clone(),
+                reason: e.to_string(),
+            })?;
         let stop_checkpointer = Arc::new(AtomicBool::new(false));
         let checkpointer = {
             let (path, stop) = (db.clone(), stop_checkpointer.clone());

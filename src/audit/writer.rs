@@ -113,6 +113,17 @@ impl Writer {
                     }
                 }
             }
+            if close.is_some() {
+                // Unawaited records beyond that batch go in too, before the final
+                // checkpoint: none is lost at a clean shutdown.
+                for _ in 0..=self.unawaited.len() / self.batch_max {
+                    self.take_unawaited(&mut batch, self.batch_max);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    self.commit(&mut batch);
+                }
+            }
             let due = self.seq > self.last_checkpoint.0
                 && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
                     || self.last_checkpoint.1.elapsed() >= self.checkpoint_interval
@@ -310,6 +321,23 @@ mod tests {
         }
         assert_eq!(kinds(&audit), ["outcome r-1"]);
         audit.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unawaited_records_beyond_one_batch_are_all_committed_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let config = AuditConfig {
+            batch_max: 2,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
+        for i in 1..=7 {
+            audit.submit(outcome(&format!("r-{i}")));
+        }
+        audit.close().await;
+        let expected: Vec<String> = (1..=7).map(|i| format!("outcome r-{i}")).collect();
+        assert_eq!(kinds(&audit), expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
