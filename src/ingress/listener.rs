@@ -87,7 +87,9 @@ async fn serve_client(
         service_fn(move |req| {
             let (pipeline, activity) = (pipeline.clone(), activity.clone());
             let (permit, shutdown) = (permit.clone(), shutdown.clone());
-            async move {
+            // Boxed, as in a tunnel: idle keep-alive connections do not hold a request's
+            // future.
+            Box::pin(async move {
                 let _in_flight = activity.begin();
                 let resp = if req.method() == Method::CONNECT {
                     connect::handle(pipeline, req, peer, permit, shutdown).await
@@ -95,7 +97,7 @@ async fn serve_client(
                     pipeline.handle(None, peer, req).await
                 };
                 Ok::<_, Infallible>(resp)
-            }
+            })
         })
     };
     let io = Framing::new(stream, limits.max_header_bytes, limits.max_headers);

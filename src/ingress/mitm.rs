@@ -95,11 +95,13 @@ pub async fn serve(
         let activity = activity.clone();
         service_fn(move |req| {
             let (pipeline, tunnel, activity) = (pipeline.clone(), tunnel.clone(), activity.clone());
-            async move {
+            // Boxed: a request's flow is a ~7 KiB future, which inline would sit in every
+            // idle tunnel's connection.
+            Box::pin(async move {
                 let _in_flight = activity.begin();
                 let resp = pipeline.handle(Some(&tunnel), tunnel.client, req).await;
                 Ok::<_, Infallible>(resp)
-            }
+            })
         })
     };
     // PANIC closes the tunnel at once, in-flight requests and all.
