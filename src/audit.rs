@@ -84,6 +84,7 @@ impl Audit {
             signer,
             seq,
             head,
+            data_version: None,
             batch_max: config.batch_max.max(1),
             checkpoint_every: config.checkpoint_every.max(1),
             checkpoint_interval: config.checkpoint_interval,

@@ -57,6 +57,9 @@ pub(crate) struct Writer {
     /// The last record committed.
     pub(crate) seq: u64,
     pub(crate) head: Hash,
+    /// SQLite's `data_version` when `seq`/`head` were last known to match the file; it
+    /// changes only when another connection commits (None: not read yet).
+    pub(crate) data_version: Option<i64>,
     pub(crate) batch_max: usize,
     pub(crate) checkpoint_every: u64,
     pub(crate) checkpoint_interval: Duration,
@@ -164,52 +167,11 @@ impl Writer {
         let start_seq = self.seq;
         let start_head = self.head;
         let mut events = Vec::new();
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            // Another writer (the CLI while no proxy ran, or a second instance on the same
-            // file) may have appended: chain onto what is really there.
-            let (seq, head) = store::head(&tx, &self.log_id)?;
-            if seq != self.seq {
-                tracing::warn!(
-                    ours = self.seq,
-                    found = seq,
-                    "audit log was appended by another writer; continuing its chain"
-                );
-                self.seq = seq;
-                self.head = head;
-            }
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)",
-                )?;
-                let ts = now_micros();
-                let live = self.events.receiver_count() > 0;
-                for (record, _) in batch.iter() {
-                    self.seq += 1;
-                    // Cannot fail for these types (string keys only); if it ever did, the
-                    // batch fails like a failed write: nothing is forwarded unlogged.
-                    let text = record
-                        .seal(&self.instance, self.seq, ts)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    self.head = chain::link(&self.head, text.as_bytes());
-                    let hash = chain::hex(&self.head);
-                    stmt.execute(params![self.seq as i64, text, hash])?;
-                    if live {
-                        events.push(Arc::new(Committed {
-                            seq: self.seq,
-                            hash,
-                            record: text,
-                            tenant: record.tenant().map(Arc::from),
-                            decided_by: record.decided_by().map(Arc::from),
-                            ts,
-                        }));
-                    }
-                }
-            }
-            tx.commit()
-        })();
+        let result = self.append(batch, &mut events);
+        if result.is_err() && !self.conn.is_autocommit() {
+            // Nothing of a failed batch is kept.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
         match result {
             Ok(()) => {
                 self.committed.store(self.seq, Ordering::Release);
@@ -228,10 +190,69 @@ impl Writer {
             Err(e) => {
                 self.seq = start_seq;
                 self.head = start_head;
+                self.data_version = None;
                 tracing::error!(error = %e, records = batch.len(), "audit commit failed; requests waiting on it are refused");
                 fail(batch, &e.to_string());
             }
         }
+    }
+
+    /// The transaction of `commit`: statements are prepared once, and the head is re-read
+    /// only when another connection wrote to the file since this one last looked.
+    fn append(
+        &mut self,
+        batch: &[Pending],
+        events: &mut Vec<Arc<Committed>>,
+    ) -> Result<(), rusqlite::Error> {
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.data_version != Some(version) {
+            // Another writer (the CLI while no proxy ran, or a second instance on the same
+            // file) may have appended: chain onto what is really there.
+            let (seq, head) = store::head(&self.conn, &self.log_id)?;
+            if seq != self.seq {
+                tracing::warn!(
+                    ours = self.seq,
+                    found = seq,
+                    "audit log was appended by another writer; continuing its chain"
+                );
+                self.seq = seq;
+                self.head = head;
+            }
+            self.data_version = Some(version);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT INTO records (seq, record, hash) VALUES (?1, ?2, ?3)")?;
+        let ts = now_micros();
+        let live = self.events.receiver_count() > 0;
+        for (record, _) in batch {
+            self.seq += 1;
+            // Cannot fail for these types (string keys only); if it ever did, the batch
+            // fails like a failed write: nothing is forwarded unlogged.
+            let text = record
+                .seal(&self.instance, self.seq, ts)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            self.head = chain::link(&self.head, text.as_bytes());
+            let hash = chain::hex(&self.head);
+            stmt.execute(params![self.seq as i64, text, hash])?;
+            if live {
+                events.push(Arc::new(Committed {
+                    seq: self.seq,
+                    hash,
+                    record: text,
+                    tenant: record.tenant().map(Arc::from),
+                    decided_by: record.decided_by().map(Arc::from),
+                    ts,
+                }));
+            }
+        }
+        drop(stmt);
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
     }
 
     /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
@@ -365,5 +386,35 @@ mod tests {
                 "outcome r-3"
             ]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_writer_on_the_same_file_is_chained_onto_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let config = AuditConfig::default();
+        let a = Audit::open(&config, &state, "a", Default::default()).unwrap();
+        let b = Audit::open(&config, &state, "b", Default::default()).unwrap();
+        // Each writer's cached head goes stale when the other one commits.
+        let mut seqs = Vec::new();
+        for i in 0..3 {
+            let who = if i % 2 == 0 { &a } else { &b };
+            seqs.push(
+                who.admin_event("config_loaded", serde_json::json!({}))
+                    .await
+                    .unwrap(),
+            );
+            seqs.push(
+                who.admin_event("config_loaded", serde_json::json!({}))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        a.close().await;
+        b.close().await;
+        let report = crate::audit::verify::verify(a.db_path(), None, None).unwrap();
+        assert_eq!(report.records, 6);
+        assert!(report.problem.is_none(), "{:?}", report.problem);
     }
 }
