@@ -9,8 +9,8 @@
 //! comes.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
@@ -70,85 +70,149 @@ pub(crate) struct Writer {
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<Committed>>,
     /// Shared with the handle for `/metrics`-style reporting and tests.
     pub(crate) committed: Arc<AtomicU64>,
+    /// Records committed since the writer last copied the WAL's tail.
+    pub(crate) since_tail: u64,
+    /// Set by the final commit: nothing is appended after it.
+    pub(crate) closed: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("seq", &self.seq)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer, shared by its thread and, under `commit` durability, by a request that finds
+/// no commit under way and leads its own.
+pub(crate) type Shared = Arc<Mutex<Writer>>;
+
+/// Locks the writer; a panic while it was held left nothing half-done in SQLite (the
+/// transaction rolls back), so the lock is taken over.
+fn lock(shared: &Shared) -> MutexGuard<'_, Writer> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The writer thread: runs until every sender is gone or `Close` arrives.
+pub(crate) fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
+    let batch_max = lock(&shared).batch_max;
+    let mut batch = Vec::with_capacity(batch_max);
+    while let Some(first) = rx.blocking_recv() {
+        let mut w = lock(&shared);
+        let mut close = None;
+        let mut tick = false;
+        // Unawaited records come first: they were mostly submitted before the record that
+        // woke the writer.
+        w.take_unawaited(&mut batch, batch_max.saturating_sub(1));
+        let mut job = Some(first);
+        while let Some(next) = job.take() {
+            match next {
+                Job::Append { record, done } => batch.push((record, Some(done))),
+                Job::Tick => tick = true,
+                Job::Close(reply) => close = Some(reply),
+            }
+            if batch.len() < batch_max && close.is_none() {
+                job = rx.try_recv().ok();
+            }
+        }
+        // Unawaited records join a commit that happens anyway; a tick or the close commits
+        // them on their own. Those beyond `batch_max` wait for the next one.
+        w.take_unawaited(&mut batch, batch_max);
+        let urgent = tick || close.is_some() || batch.iter().any(|(_, done)| done.is_some());
+        if urgent && !batch.is_empty() {
+            w.commit(&mut batch);
+        }
+        if close.is_some() {
+            // Unawaited records beyond that batch go in too, before the final checkpoint:
+            // none is lost at a clean shutdown.
+            for _ in 0..=w.unawaited.len() / batch_max {
+                w.take_unawaited(&mut batch, batch_max);
+                if batch.is_empty() {
+                    break;
+                }
+                w.commit(&mut batch);
+            }
+        }
+        w.housekeeping(close.is_some());
+        if let Some(reply) = close {
+            // Fold the WAL into audit.db so the file alone holds every record.
+            if let Err(e) = w
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "final WAL checkpoint of the audit log failed");
+            }
+            w.closed = true;
+            drop(w);
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+/// What a request that tried to lead its own commit got.
+pub(crate) enum Led {
+    /// Committed (or refused) on the caller's thread. Checkpoints stay with the writer
+    /// thread, whose tick finds them due.
+    Done(Result<u64, AuditError>),
+    /// A commit was under way: the record goes through the queue.
+    Busy(Record),
+}
+
+/// Commits `record` on the caller's thread if no commit is under way, with the unawaited
+/// records queued before it. Under `commit` durability a commit is a few WAL writes and no
+/// sync, cheaper than the two thread wake-ups of a trip through the writer thread.
+pub(crate) fn lead(shared: &Shared, record: Record) -> Led {
+    let mut w = match shared.try_lock() {
+        Ok(w) => w,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return Led::Busy(record),
+    };
+    if w.closed {
+        return Led::Done(Err(AuditError::Closed));
+    }
+    let mut batch = Vec::with_capacity(4);
+    let up_to = w.batch_max.saturating_sub(1);
+    w.take_unawaited(&mut batch, up_to);
+    let (done, mut answer) = oneshot::channel();
+    batch.push((record, Some(done)));
+    w.commit(&mut batch);
+    drop(w);
+    Led::Done(answer.try_recv().unwrap_or(Err(AuditError::Closed)))
 }
 
 impl Writer {
-    /// Runs until every sender is gone or `Close` arrives.
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(self.batch_max);
-        let mut since_tail: u64 = 0;
-        while let Some(first) = rx.blocking_recv() {
-            let mut close = None;
-            let mut tick = false;
-            // Unawaited records come first: they were mostly submitted before the record
-            // that woke the writer.
-            self.take_unawaited(&mut batch, self.batch_max.saturating_sub(1));
-            let mut job = Some(first);
-            while let Some(next) = job.take() {
-                match next {
-                    Job::Append { record, done } => batch.push((record, Some(done))),
-                    Job::Tick => tick = true,
-                    Job::Close(reply) => close = Some(reply),
-                }
-                if batch.len() < self.batch_max && close.is_none() {
-                    job = rx.try_recv().ok();
-                }
-            }
-            // Unawaited records join a commit that happens anyway; a tick or the close
-            // commits them on their own. Those beyond `batch_max` wait for the next one.
-            self.take_unawaited(&mut batch, self.batch_max);
-            let urgent = tick || close.is_some() || batch.iter().any(|(_, done)| done.is_some());
-            if urgent && !batch.is_empty() {
-                let n = batch.len() as u64;
-                self.commit(&mut batch);
-                // The WAL thread copies frames into the database, but under steady writes
-                // it never catches the last ones, and the WAL only rewinds once every frame
-                // is copied: it would grow without bound. Now and then the writer copies
-                // the small remaining tail itself, so the next commit starts the WAL over.
-                since_tail += n;
-                if since_tail >= WAL_TAIL_EVERY {
-                    since_tail = 0;
-                    if let Err(e) =
-                        self.conn
-                            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "WAL tail checkpoint skipped");
-                    }
-                }
-            }
-            if close.is_some() {
-                // Unawaited records beyond that batch go in too, before the final
-                // checkpoint: none is lost at a clean shutdown.
-                for _ in 0..=self.unawaited.len() / self.batch_max {
-                    self.take_unawaited(&mut batch, self.batch_max);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    self.commit(&mut batch);
-                }
-            }
-            let due = self.seq > self.last_checkpoint.0
-                && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
-                    || self.last_checkpoint.1.elapsed() >= self.checkpoint_interval
-                    || close.is_some());
-            if due {
-                if let Err(e) = self.checkpoint() {
-                    tracing::error!(error = %e, "audit checkpoint failed");
-                }
-            }
-            if let Some(reply) = close {
-                // Fold the WAL into audit.db so the file alone holds every record.
-                if let Err(e) = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %e, "final WAL checkpoint of the audit log failed");
-                }
-                drop(self.conn);
-                let _ = reply.send(());
-                return;
+    /// After commits: copies the WAL's tail now and then, signs a checkpoint when due.
+    fn housekeeping(&mut self, closing: bool) {
+        // The WAL thread copies frames into the database, but under steady writes it never
+        // catches the last ones, and the WAL only rewinds once every frame is copied: it
+        // would grow without bound. Now and then the writer copies the small remaining
+        // tail itself, so the next commit starts the WAL over.
+        if self.since_tail >= WAL_TAIL_EVERY {
+            self.since_tail = 0;
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::debug!(error = %e, "WAL tail checkpoint skipped");
             }
         }
+        if self.checkpoint_due() || (closing && self.seq > self.last_checkpoint.0) {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "audit checkpoint failed");
+            }
+        }
+    }
+
+    /// Whether enough records or time passed since the last signed checkpoint.
+    fn checkpoint_due(&self) -> bool {
+        self.seq > self.last_checkpoint.0
+            && (self.seq - self.last_checkpoint.0 >= self.checkpoint_every
+                || self.last_checkpoint.1.elapsed() >= self.checkpoint_interval)
     }
 
     /// Moves unawaited records into `batch` until it holds `up_to`.
@@ -175,6 +239,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.committed.store(self.seq, Ordering::Release);
+                self.since_tail += batch.len() as u64;
                 for event in events {
                     // No subscriber left is fine: the stream is best effort, the log is not.
                     let _ = self.events.send(event);
@@ -416,5 +481,45 @@ mod tests {
         let report = crate::audit::verify::verify(a.db_path(), None, None).unwrap();
         assert_eq!(report.records, 6);
         assert!(report.problem.is_none(), "{:?}", report.problem);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_commit_durability_a_lone_request_leads_in_order_and_nothing_follows_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let config = AuditConfig {
+            durability: crate::audit::Durability::Commit,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
+        audit.submit(outcome("r-1"));
+        let seq = audit
+            .admin_event("config_loaded", serde_json::json!({}))
+            .await
+            .unwrap();
+        // The outcome queued before it went into the same commit, first.
+        assert_eq!(seq, 2);
+        audit.close().await;
+        let late = audit
+            .admin_event("config_loaded", serde_json::json!({}))
+            .await;
+        assert!(
+            matches!(late, Err(crate::audit::AuditError::Closed)),
+            "{late:?}"
+        );
+        assert_eq!(kinds(&audit), ["outcome r-1", "admin config_loaded"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_dropped_while_it_waits_is_no_longer_counted_as_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let audit =
+            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        // Polled once (queued, waiting for the writer), then dropped by the timeout.
+        let commit = audit.admin_event("config_loaded", serde_json::json!({}));
+        let _ = tokio::time::timeout(Duration::ZERO, commit).await;
+        assert_eq!(audit.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
+        audit.close().await;
     }
 }
