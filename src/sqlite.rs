@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::state::{StateError, write_private};
 
 /// How long a statement waits for another connection's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How hard a commit waits for the disk (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -175,6 +175,18 @@ pub(crate) fn lead(shared: &Shared, record: Record) -> Led {
     if w.closed {
         return Led::Done(Err(AuditError::Closed));
     }
+    // Another process holding the file's write lock (the CLI appending an event) must not
+    // make SQLite's busy handler sleep on an async worker: the leader takes the lock
+    // without waiting, and if it cannot, the writer thread does the waiting.
+    let _ = w.conn.busy_timeout(Duration::ZERO);
+    let began = w
+        .conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut begin| begin.execute([]));
+    let _ = w.conn.busy_timeout(crate::sqlite::BUSY_TIMEOUT);
+    if began.is_err() {
+        return Led::Busy(record);
+    }
     let mut batch = Vec::with_capacity(4);
     let up_to = w.batch_max.saturating_sub(1);
     w.take_unawaited(&mut batch, up_to);
@@ -269,7 +281,10 @@ impl Writer {
         batch: &[Pending],
         events: &mut Vec<Arc<Committed>>,
     ) -> Result<(), rusqlite::Error> {
-        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        // A leader has begun already (see `lead`).
+        if self.conn.is_autocommit() {
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        }
         let version: i64 = self
             .conn
             .prepare_cached("PRAGMA data_version")?
@@ -373,6 +388,18 @@ mod tests {
             redacted: 0,
             unscanned: None,
         })
+    }
+
+    /// A log with `durability = "commit"` in a fresh directory (kept alive by the guard).
+    fn open_commit_durability() -> (tempfile::TempDir, Audit) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let config = AuditConfig {
+            durability: crate::audit::Durability::Commit,
+            ..AuditConfig::default()
+        };
+        let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
+        (dir, audit)
     }
 
     fn kinds(audit: &Audit) -> Vec<String> {
@@ -485,13 +512,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_commit_durability_a_lone_request_leads_in_order_and_nothing_follows_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let config = AuditConfig {
-            durability: crate::audit::Durability::Commit,
-            ..AuditConfig::default()
-        };
-        let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
+        let (_dir, audit) = open_commit_durability();
         audit.submit(outcome("r-1"));
         let seq = audit
             .admin_event("config_loaded", serde_json::json!({}))
@@ -520,6 +541,34 @@ mod tests {
         let commit = audit.admin_event("config_loaded", serde_json::json!({}));
         let _ = tokio::time::timeout(Duration::ZERO, commit).await;
         assert_eq!(audit.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
+        audit.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_leader_does_not_wait_on_an_async_worker_for_another_process_lock() {
+        let (_dir, audit) = open_commit_durability();
+        // Another process's write transaction, ended by a task on the only worker: if the
+        // leader slept in SQLite's busy handler there, that task could not run for 5 s and
+        // the commit would fail.
+        let other = rusqlite::Connection::open(audit.db_path()).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            other.execute_batch("COMMIT").unwrap();
+        });
+        // On the worker too (the test's own body runs on another thread).
+        let audit = std::sync::Arc::new(audit);
+        let leader = audit.clone();
+        let seq = tokio::spawn(async move {
+            leader
+                .admin_event("config_loaded", serde_json::json!({}))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(seq, 1);
+        release.await.unwrap();
         audit.close().await;
     }
 }
