@@ -1,7 +1,8 @@
 //! The audit log: every decision, allowed or refused, as a record in a SHA-256 hash chain in
 //! SQLite, committed before an allowed request is forwarded. One writer thread group-commits
-//! what a bounded queue brings; a request that cannot get its record committed within
-//! `audit.commit_timeout` is refused `503` — never forwarded unlogged.
+//! what a bounded queue brings (under `commit` durability a lone request commits its own
+//! record instead, see `writer::lead`); a request that cannot get its record committed
+//! within `audit.commit_timeout` is refused `503` — never forwarded unlogged.
 //!
 //! Layout: `record` (the typed records and their canonical encoding), `chain` (hashes),
 //! `store` (SQLite), `writer` (the thread that group-commits and tells the waiting),
