@@ -16,6 +16,9 @@ pub use sections::{
     LogFormat, ProxyConfig, UpstreamConfig,
 };
 
+/// Most async worker threads `proxy.workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 /// Environment variables with the `AGENTGATE_` prefix that are not config overrides.
 const RESERVED_ENV: &[&str] = &["AGENTGATE_HOME", "AGENTGATE_CONFIG", "AGENTGATE_LOG"];
 
@@ -172,6 +175,14 @@ impl Config {
         }
         if self.proxy.max_connections == 0 {
             return bad("proxy.max_connections", "must be at least 1");
+        }
+        if let Some(n) = self.proxy.workers
+            && !(1..=MAX_WORKERS).contains(&n)
+        {
+            return bad(
+                "proxy.workers",
+                &format!("must be 1 to {MAX_WORKERS}, or left out for one per CPU"),
+            );
         }
         if self.limits.max_header_bytes < 1024 {
             return bad("limits.max_header_bytes", "must be at least 1024");
@@ -369,6 +380,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn workers_are_one_per_cpu_unless_set_and_zero_is_refused() {
+        assert_eq!(Config::default().proxy.workers, None);
+        let c = Config::parse("[proxy]\nworkers = 1\n", "f.toml").unwrap();
+        assert_eq!(c.proxy.workers, Some(1));
+        assert!(c.validate().is_ok());
+        for n in [0, MAX_WORKERS + 1] {
+            let mut c = Config::default();
+            c.proxy.workers = Some(n);
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.contains("proxy.workers"), "{msg}");
+        }
     }
 
     #[test]

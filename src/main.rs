@@ -371,7 +371,11 @@ fn init(home: &Path) -> Result<()> {
 
 fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()> {
     init_logging(log_format.unwrap_or(config.log.format), &config.log.level)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.proxy.workers {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -18,6 +18,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Concurrent client connections; beyond it new connections get a 503 and are closed.
     pub max_connections: usize,
+    /// Async worker threads; unset: one per CPU the process may use.
+    pub workers: Option<usize>,
 }
 
 impl Default for ProxyConfig {
@@ -25,6 +27,7 @@ impl Default for ProxyConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_connections: 4096,
+            workers: None,
         }
     }
 }
