@@ -209,11 +209,7 @@ impl Audit {
         // Counted down on drop too: a request dropped while it waits must not leave the
         // count up, or no request would ever be alone again.
         let waiting = Waiting::enter(&self.waiting);
-        // A heuristic: racing updates may lose a bit, which costs a batch, never a record.
-        let before = self.overlapped.load(Ordering::Relaxed);
-        self.overlapped
-            .store((before << 1) | u8::from(!waiting.alone), Ordering::Relaxed);
-        let lead = self.lead && waiting.alone && before == 0;
+        let lead = self.may_lead(&waiting);
         let result = self.commit_inner(record, lead).await;
         drop(waiting);
         match &result {
@@ -221,6 +217,18 @@ impl Audit {
             Err(_) => self.metrics.audit_failed(),
         }
         result
+    }
+
+    /// Whether this commit leads its own (see `lead`): alone now, and the last eight were.
+    fn may_lead(&self, waiting: &Waiting<'_>) -> bool {
+        if !self.lead {
+            return false;
+        }
+        // A heuristic: racing updates may lose a bit, which costs a batch, never a record.
+        let before = self.overlapped.load(Ordering::Relaxed);
+        self.overlapped
+            .store((before << 1) | u8::from(!waiting.alone), Ordering::Relaxed);
+        waiting.alone && before == 0
     }
 
     async fn commit_inner(&self, record: Record, lead: bool) -> Result<u64, AuditError> {

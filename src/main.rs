@@ -12,13 +12,13 @@ use agentgate::state::{self, StateDir};
 
 mod cli;
 use cli::Output;
+use cli::agents::{AgentsCommand, IdentityCommand};
 
 /// jemalloc for Rust's allocations: a proxied request allocates and frees many short-lived
 /// buffers, futures and headers across threads, and glibc's malloc spent ~20% of the
 /// process's CPU on them (same memory with 1,000 idle tunnels; see `scripts/bench --idle`).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use cli::agents::{AgentsCommand, IdentityCommand};
 
 /// AgentGate: an egress security gate for AI agents.
 #[derive(Parser)]

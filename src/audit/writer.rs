@@ -1,6 +1,7 @@
 //! The single writer thread: turns the queue of records into group commits (one
 //! transaction, one sync, many records), tells each waiting request when its record is
-//! durable, and signs checkpoints.
+//! durable, and signs checkpoints. Under `commit` durability a lone request may instead
+//! lead its own commit on its thread (`lead`); both go through the same `Writer`.
 //!
 //! Two queues feed it. Records a request waits for (decisions, admin events) come through
 //! `Job`s, and the first of them wakes the writer. Records nobody waits for (outcomes) go
@@ -23,7 +24,7 @@ use super::record::Record;
 use super::store::{self, Committed};
 use crate::clock::now_micros;
 
-/// After this many records the writer checkpoints the WAL tail itself (see `run`).
+/// After this many records the writer checkpoints the WAL tail itself (see `housekeeping`).
 const WAL_TAIL_EVERY: u64 = 4096;
 
 /// Longest an unawaited record (an outcome) waits for a commit to join: the tick's period.
@@ -390,16 +391,20 @@ mod tests {
         })
     }
 
-    /// A log with `durability = "commit"` in a fresh directory (kept alive by the guard).
-    fn open_commit_durability() -> (tempfile::TempDir, Audit) {
+    /// A log opened with `config` in a fresh directory (kept alive by the guard).
+    fn open(config: AuditConfig) -> (tempfile::TempDir, Audit) {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let config = AuditConfig {
-            durability: crate::audit::Durability::Commit,
-            ..AuditConfig::default()
-        };
         let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
         (dir, audit)
+    }
+
+    /// A log with `durability = "commit"`.
+    fn open_commit_durability() -> (tempfile::TempDir, Audit) {
+        open(AuditConfig {
+            durability: crate::audit::Durability::Commit,
+            ..AuditConfig::default()
+        })
     }
 
     fn kinds(audit: &Audit) -> Vec<String> {
@@ -421,10 +426,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unawaited_record_is_committed_by_the_tick_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let audit =
-            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        let (_dir, audit) = open(AuditConfig::default());
         audit.submit(outcome("r-1"));
         // Nobody commits anything else: only the tick can bring it in.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -438,13 +440,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unawaited_records_beyond_one_batch_are_all_committed_at_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let config = AuditConfig {
+        let (_dir, audit) = open(AuditConfig {
             batch_max: 2,
             ..AuditConfig::default()
-        };
-        let audit = Audit::open(&config, &state, "test", Default::default()).unwrap();
+        });
         for i in 1..=7 {
             audit.submit(outcome(&format!("r-{i}")));
         }
@@ -455,10 +454,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unawaited_records_join_the_next_waited_commit_and_none_is_lost_at_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let audit =
-            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        let (_dir, audit) = open(AuditConfig::default());
         audit.submit(outcome("r-1"));
         audit.submit(outcome("r-2"));
         let seq = audit
@@ -533,10 +529,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_dropped_while_it_waits_is_no_longer_counted_as_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let audit =
-            Audit::open(&AuditConfig::default(), &state, "test", Default::default()).unwrap();
+        let (_dir, audit) = open(AuditConfig::default());
         // Polled once (queued, waiting for the writer), then dropped by the timeout.
         let commit = audit.admin_event("config_loaded", serde_json::json!({}));
         let _ = tokio::time::timeout(Duration::ZERO, commit).await;
