@@ -138,9 +138,33 @@ pub async fn serve(
     admin: Arc<Admin>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: LimitsConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_router(listener, api::router(admin), tls, limits, shutdown).await;
+}
+
+/// Serves only `/healthz` and `/readyz`, in plain HTTP, on `health.listen` (kubelet probes
+/// reach the pod's address; the admin API stays on loopback).
+pub async fn serve_probes(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: LimitsConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(system::healthz))
+        .route("/readyz", axum::routing::get(system::readyz))
+        .with_state(admin);
+    serve_router(listener, router, None, limits, shutdown).await;
+}
+
+async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: LimitsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let router = api::router(admin.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {

@@ -117,6 +117,14 @@ fn reachable(addr: SocketAddr) -> Option<SocketAddr> {
 /// Writes the system roots plus our CA to `ca-bundle.pem`; clients given this one file
 /// trust both the real internet (NO_PROXY hosts) and the proxy's interception.
 pub fn write_ca_bundle(state: &StateDir) -> Result<PathBuf, EnvError> {
+    let path = state.path(CA_BUNDLE);
+    export_ca_bundle(state, &path)?;
+    Ok(path)
+}
+
+/// Writes the same bundle to `path` (`ca.export_bundle`: a volume the agent's container
+/// mounts), creating its directory.
+pub fn export_ca_bundle(state: &StateDir, path: &std::path::Path) -> Result<(), EnvError> {
     ca::ensure_ca(state)?;
     let ours = std::fs::read_to_string(state.ca_cert()).map_err(|source| StateError::Io {
         action: "read",
@@ -130,9 +138,15 @@ pub fn write_ca_bundle(state: &StateDir) -> Result<PathBuf, EnvError> {
     }
     pem.push_str("# AgentGate interception CA\n");
     pem.push_str(&ours);
-    let path = state.path(CA_BUNDLE);
-    write_public(&path, pem.as_bytes())?;
-    Ok(path)
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            action: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    write_public(path, pem.as_bytes())?;
+    Ok(())
 }
 
 /// Quotes `value` for a POSIX shell.

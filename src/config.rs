@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod pod;
 pub mod sections;
+pub use pod::{HealthConfig, PodConfig, TransparentConfig};
 pub use sections::{
     AdminConfig, AdminTls, CaConfig, EgressConfig, IdentityConfig, LimitsConfig, LogConfig,
     LogFormat, ProxyConfig, UpstreamConfig,
@@ -20,7 +22,13 @@ pub use sections::{
 const MAX_WORKERS: usize = 1024;
 
 /// Environment variables with the `AGENTGATE_` prefix that are not config overrides.
-const RESERVED_ENV: &[&str] = &["AGENTGATE_HOME", "AGENTGATE_CONFIG", "AGENTGATE_LOG"];
+const RESERVED_ENV: &[&str] = &[
+    "AGENTGATE_HOME",
+    "AGENTGATE_CONFIG",
+    "AGENTGATE_LOG",
+    crate::seed::ADMIN_TOKEN_ENV,
+    crate::seed::VAULT_KEY_ENV,
+];
 
 /// A configuration problem, with where it came from and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,9 @@ impl ConfigError {
 pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
+    pub transparent: TransparentConfig,
+    pub health: HealthConfig,
+    pub pod: PodConfig,
     pub ca: CaConfig,
     pub upstream: UpstreamConfig,
     pub egress: EgressConfig,

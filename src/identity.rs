@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod issuer;
 pub mod jwt;
+pub mod pod;
 pub mod registry;
 pub mod workload;
 
@@ -114,6 +115,8 @@ pub struct Identity {
     generation: AtomicU64,
     /// Set when bundles are expected from the Workload API; cleared by the first one.
     awaiting_workload: std::sync::atomic::AtomicBool,
+    /// The token presented for the pod's own traffic (see [`pod`]).
+    pod: pod::PodToken,
 }
 
 impl Identity {
@@ -155,6 +158,7 @@ impl Identity {
             sources: Mutex::new(sources),
             generation: AtomicU64::new(0),
             awaiting_workload: std::sync::atomic::AtomicBool::new(false),
+            pod: pod::PodToken::default(),
         };
         identity.publish(&identity.lock_sources());
         Ok(identity)
@@ -297,9 +301,18 @@ impl Identity {
 
     /// Why the identity gate is not ready yet, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
-        self.awaiting_workload
-            .load(Ordering::Acquire)
-            .then_some("waiting for the first JWT bundles from the SPIFFE Workload API")
+        if self.awaiting_workload.load(Ordering::Acquire) {
+            return Some("waiting for the first JWT bundles from the SPIFFE Workload API");
+        }
+        self.pod
+            .waiting()
+            .then_some("waiting for the pod's own identity token (pod.agent or the Workload API)")
+    }
+
+    /// Verifies the pod's own token, for traffic that carries no credential (the
+    /// transparent listener, `pod.loopback_is_pod`); `None` when no pod token exists yet.
+    pub fn authenticate_pod(&self) -> Option<Result<Arc<Caller>, IdentityError>> {
+        self.pod.current().map(|token| self.authenticate(&token))
     }
 
     /// Builds a new snapshot from `sources` and makes it current.

@@ -5,3 +5,4 @@ pub mod connect;
 pub mod framing;
 pub mod listener;
 pub mod mitm;
+pub mod transparent;

@@ -26,14 +26,17 @@ pub mod identity;
 pub mod ingress;
 pub mod instance;
 pub mod intent;
+pub mod k8s;
 pub mod metrics;
 pub mod outbound;
 pub mod panic;
 pub mod pipeline;
 pub mod policy;
 pub mod secret;
+pub mod seed;
 pub mod server;
 pub mod sessions;
+pub mod sidecar;
 pub mod sqlite;
 pub mod state;
 pub mod tenants;
@@ -88,6 +91,8 @@ pub enum StartError {
     AdminRuntime(std::io::Error),
     #[error("webhooks: {0}")]
     Webhooks(String),
+    #[error("{0}")]
+    Sidecar(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
     )]
@@ -105,6 +110,10 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
+    /// Where redirected connections are taken (`transparent.listen`).
+    pub transparent_addrs: Vec<SocketAddr>,
+    /// Where the probe listener is (`health.listen`).
+    pub health_addr: Option<SocketAddr>,
     /// The admin API's URL (`https://` when it serves TLS).
     pub admin_url: String,
     /// The CA certificate agents must trust.
@@ -175,6 +184,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     )
     .map_err(StartError::Workload)?;
     let identity = Arc::new(Identity::load(&config.identity, state)?);
+    let pod_source = sidecar::prepare(&config, state, &identity, workload_endpoint.as_deref())?;
     let intent = Arc::new(
         intent::Intent::embedded(config.intent.max_body)?
             .with_upgrades(config.intent.upgrades.clone()),
@@ -210,17 +220,6 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         own_tls.clone(),
         audit.clone(),
     )?);
-    let bind = |addr, key, env| async move {
-        TcpListener::bind(addr)
-            .await
-            .and_then(|l| Ok((l.local_addr()?, l)))
-            .map_err(|source| StartError::Bind {
-                key,
-                env,
-                addr,
-                source,
-            })
-    };
     let (proxy_addr, proxy) = bind(
         config.proxy.listen,
         "proxy.listen",
@@ -234,6 +233,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         "AGENTGATE_ADMIN_LISTEN",
     )
     .await?;
+    let pod_listeners = sidecar::bind(&config).await?;
+    let transparent_addrs: Vec<SocketAddr> =
+        pod_listeners.transparent.iter().map(|(a, _)| *a).collect();
+    let health_addr = pod_listeners.probes.as_ref().map(|(a, _)| *a);
 
     // Gate 4: consents, asked of the CIBA provider (which pings the admin listener) or of
     // the local approver; events go out as webhooks.
@@ -277,6 +280,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         guard,
         upstream,
         ca,
+        loopback_is_pod: config.pod.loopback_is_pod,
     }));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -319,7 +323,15 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
     });
-    let mut tasks = vec![
+    let mut tasks = sidecar::spawn(
+        pod_listeners.transparent,
+        pod_source,
+        (&pipeline, &slots, &shutdown_rx),
+        &identity,
+        state,
+        &config,
+    );
+    tasks.extend([
         tokio::spawn(ingress::listener::serve(
             proxy,
             pipeline,
@@ -331,7 +343,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             shutdown_rx.clone(),
         )),
         spawn_admin(
-            admin,
+            (admin, pod_listeners.probes.map(|(_, l)| l)),
             admin_state,
             admin_tls,
             config.limits.clone(),
@@ -343,7 +355,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
                 .watch(Duration::from_secs(1), shutdown_rx.clone()),
         ),
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
-    ];
+    ]);
     tasks.extend(tenant_consents.sweep(&shutdown_rx));
     tasks.extend(policies.watch(
         &audit,
@@ -395,6 +407,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     Ok(Running {
         proxy_addr,
         admin_addr,
+        transparent_addrs,
+        health_addr,
         admin_url,
         ca_cert: state.ca_cert(),
         ca_created,
@@ -413,13 +427,17 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
 /// Serves the admin API on a runtime and thread of its own, so PANIC, approvals and the
 /// dashboard answer while the proxy's workers are saturated.
 fn spawn_admin(
-    listener: TcpListener,
+    (listener, probes): (TcpListener, Option<TcpListener>),
     admin: Arc<Admin>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: config::LimitsConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, StartError> {
     let listener = listener.into_std().map_err(StartError::AdminRuntime)?;
+    let probes = probes
+        .map(TcpListener::into_std)
+        .transpose()
+        .map_err(StartError::AdminRuntime)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("agentgate-admin")
@@ -427,7 +445,18 @@ fn spawn_admin(
         .build()
         .map_err(StartError::AdminRuntime)?;
     let mut stop = shutdown.clone();
+    let probe_admin = admin.clone();
+    let (probe_limits, probe_shutdown) = (limits.clone(), shutdown.clone());
     let served = runtime.spawn(async move {
+        if let Some(probes) = probes.map(TcpListener::from_std) {
+            match probes {
+                Ok(l) => {
+                    let serve = admin::serve_probes(l, probe_admin, probe_limits, probe_shutdown);
+                    tokio::spawn(serve);
+                }
+                Err(e) => tracing::error!(error = %e, "probe listener could not be served"),
+            }
+        }
         match TcpListener::from_std(listener) {
             Ok(listener) => admin::serve(listener, admin, tls, limits, shutdown).await,
             Err(e) => tracing::error!(error = %e, "admin listener could not be served"),
@@ -490,4 +519,21 @@ impl Running {
         // Last: the final signed checkpoint covers every record written above.
         self.audit.close().await;
     }
+}
+
+/// Binds `addr`, naming the config key and variable to change when it cannot.
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    env: &'static str,
+) -> Result<(SocketAddr, TcpListener), StartError> {
+    TcpListener::bind(addr)
+        .await
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(|source| StartError::Bind {
+            key,
+            env,
+            addr,
+            source,
+        })
 }

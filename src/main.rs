@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
+    /// Kubernetes: the enforced-mode iptables rules.
+    K8s {
+        #[command(subcommand)]
+        command: cli::k8s::K8sCommand,
+    },
     /// Show what a request means (its AuthZEN tuple) and what policy decides; sends nothing.
     Explain {
         #[command(flatten)]
@@ -240,6 +245,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let passed = cli::policy::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
             exit_unless(passed)
         }
+        Command::K8s { command } => cli::k8s::run(command),
         Command::Explain {
             config,
             method,
@@ -381,6 +387,10 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let state = StateDir::open_or_create(home)?;
+        let key_file = Some(config.vault.key_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+        for var in agentgate::seed::from_env(&state, key_file, |v| std::env::var(v).ok())? {
+            tracing::info!(var, "secret taken from the environment into the state dir");
+        }
         let running = agentgate::start(config, &state).await?;
         eprintln!("AgentGate {}", env!("CARGO_PKG_VERSION"));
         eprintln!("  state dir  {}", state.root().display());
@@ -395,8 +405,16 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         eprintln!("  policy     {}", running.policy_dir.display());
         eprintln!("  agents     agentgate agents register my-bot");
         eprintln!("             agentgate exec --agent my-bot -- curl https://api.github.com/repos/rust-lang/rust");
+        // Optional fields go before `ca=`, which runs to the end of the line.
+        let mut extra = String::new();
+        for addr in &running.transparent_addrs {
+            extra.push_str(&format!(" transparent={addr}"));
+        }
+        if let Some(addr) = running.health_addr {
+            extra.push_str(&format!(" health={addr}"));
+        }
         println!(
-            "READY proxy={} admin={} ca={}",
+            "READY proxy={} admin={}{extra} ca={}",
             running.proxy_addr,
             running.admin_addr,
             running.ca_cert.display()

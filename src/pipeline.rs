@@ -55,6 +55,7 @@ use sent::Sent;
 pub use target::Tunnel;
 use target::{Target, target_of};
 use trail::Trail;
+pub use tunnel::Redirect;
 
 impl Pipeline {
     /// Handles one request: never fails; every refusal becomes its JSON response here.
@@ -76,7 +77,7 @@ impl Pipeline {
 
         let mut trail = Trail::default();
         let flow = self
-            .flow(tunnel, &mut trail, &request_id, started, req)
+            .flow(tunnel, client, &mut trail, &request_id, started, req)
             .await;
         let (mut resp, denial) = match flow {
             Ok(resp) => (resp, None),
@@ -120,6 +121,7 @@ impl Pipeline {
     async fn flow(
         &self,
         tunnel: Option<&Tunnel>,
+        client: SocketAddr,
         trail: &mut Trail,
         request_id: &str,
         started: Instant,
@@ -136,7 +138,11 @@ impl Pipeline {
         // with the other hop-by-hop headers before intent reads anything.
         let claim = match tunnel {
             Some(t) => Claim::Verified(&t.caller),
-            None => Claim::Credential(req.headers()),
+            None => Claim::of_request(
+                req.headers(),
+                client.ip().is_loopback(),
+                self.c.loopback_is_pod,
+            ),
         };
         let caller = gates::identity::verify(&self.c.identity, claim)?;
         trail.caller = Some(caller.clone());

@@ -76,6 +76,9 @@ pub struct CaConfig {
     pub leaf_validity: Duration,
     /// Leaf certificates kept in memory (one per host).
     pub leaf_cache_size: u64,
+    /// Where to write the CA bundle agents trust (system roots + this CA) at start, e.g. a
+    /// volume shared with the agent's container; unset: only `agentgate env` writes one.
+    pub export_bundle: Option<PathBuf>,
 }
 
 impl Default for CaConfig {
@@ -83,6 +86,7 @@ impl Default for CaConfig {
         Self {
             leaf_validity: Duration::from_secs(24 * 3600),
             leaf_cache_size: 10_000,
+            export_bundle: None,
         }
     }
 }

@@ -19,6 +19,21 @@ pub enum Claim<'a> {
     /// The caller verified when its tunnel was opened (or before it waited for consent):
     /// still live, unless revoked or expired since.
     Verified(&'a Arc<Caller>),
+    /// No credential of its own: the pod's traffic (the transparent listener, or loopback
+    /// with `pod.loopback_is_pod`), verified with the pod's token.
+    Pod,
+}
+
+impl<'a> Claim<'a> {
+    /// What an explicit-proxy request offers: its `Proxy-Authorization`, or — with
+    /// `loopback_is_pod`, from loopback and without one — the pod's identity.
+    pub fn of_request(headers: &'a HeaderMap, from_loopback: bool, loopback_is_pod: bool) -> Self {
+        if loopback_is_pod && from_loopback && !headers.contains_key(header::PROXY_AUTHORIZATION) {
+            Claim::Pod
+        } else {
+            Claim::Credential(headers)
+        }
+    }
 }
 
 /// Verifies who is calling.
@@ -32,6 +47,15 @@ pub fn verify(identity: &Identity, claim: Claim<'_>) -> Result<Arc<Caller>, Deni
             .recheck(caller)
             .map(|()| caller.clone())
             .map_err(refusal),
+        Claim::Pod => match identity.authenticate_pod() {
+            Some(verified) => verified.map_err(refusal),
+            None => Err(Denial::new(
+                Gate::Identity,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pod_identity_unavailable",
+                "the pod's own identity token is not available yet (pod.agent, or the SPIFFE Workload API); retry shortly",
+            )),
+        },
     }
 }
 

@@ -24,8 +24,23 @@ pub async fn serve(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     slots: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    accept_loop(listener, pipeline, slots, shutdown, serve_client).await;
+}
+
+/// Accepts connections until `shutdown` flips and serves each with `serve` in a task of
+/// its own, holding one of `slots`; beyond them a connection gets a 503 and is closed.
+pub(super) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(Arc<Pipeline>, TcpStream, SocketAddr, OwnedSemaphorePermit, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -43,9 +58,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                let pipeline = pipeline.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(serve_client(pipeline, stream, peer, permit, shutdown));
+                tokio::spawn(serve(
+                    pipeline.clone(),
+                    stream,
+                    peer,
+                    permit,
+                    shutdown.clone(),
+                ));
             }
             Err(_) => {
                 let id = pipeline.request_id();

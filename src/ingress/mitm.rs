@@ -27,7 +27,7 @@ use crate::pipeline::{Pipeline, Tunnel};
 use crate::server::{Activity, drive, http1_builder, http2_builder};
 
 /// TLS record type of a handshake message; every ClientHello starts with it.
-const TLS_HANDSHAKE: u8 = 0x16;
+pub(super) const TLS_HANDSHAKE: u8 = 0x16;
 /// Concurrent HTTP/2 streams per agent connection.
 const MAX_H2_STREAMS: u32 = 256;
 
@@ -87,7 +87,22 @@ pub async fn serve(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_requests(pipeline, tls, h2, tunnel, shutdown).await;
+}
 
+/// Serves the HTTP requests of one intercepted connection (HTTP/2 when `h2`) until it
+/// ends, each handed to the pipeline with the tunnel it belongs to.
+pub(super) async fn serve_requests<IO>(
+    pipeline: Arc<Pipeline>,
+    io: IO,
+    h2: bool,
+    tunnel: Tunnel,
+    shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = pipeline.limits().clone();
+    let client = tunnel.client;
     let activity = Arc::new(Activity::new());
     let tunnel = Arc::new(tunnel);
     let (target, recorder) = (tunnel.clone(), pipeline.clone());
@@ -108,7 +123,7 @@ pub async fn serve(
     let session = recorder.sessions.open(&target.caller.spiffe_id);
     let served = async {
         if h2 {
-            let io = TokioIo::new(tls);
+            let io = TokioIo::new(io);
             drive(
                 http2_builder(&limits, MAX_H2_STREAMS).serve_connection(io, svc),
                 &activity,
@@ -118,7 +133,7 @@ pub async fn serve(
             .await
         } else {
             let io = TokioIo::new(Framing::new(
-                tls,
+                io,
                 limits.max_header_bytes,
                 limits.max_headers,
             ));
@@ -144,7 +159,11 @@ pub async fn serve(
 }
 
 /// Plain bytes where a ClientHello belongs: answer in HTTP if it looks like HTTP, then close.
-async fn refuse_plaintext<W: AsyncWrite + Unpin>(pipeline: &Pipeline, io: &mut W, first: &[u8]) {
+pub(super) async fn refuse_plaintext<W: AsyncWrite + Unpin>(
+    pipeline: &Pipeline,
+    io: &mut W,
+    first: &[u8],
+) {
     let request_id = pipeline.request_id();
     tracing::info!(%request_id, "agent sent non-TLS bytes inside a CONNECT tunnel");
     if first.first().is_some_and(u8::is_ascii_uppercase) {
@@ -160,9 +179,9 @@ async fn refuse_plaintext<W: AsyncWrite + Unpin>(pipeline: &Pipeline, io: &mut W
 }
 
 /// A stream whose first bytes were already read (to peek at the ClientHello).
-struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
+pub(super) struct Prefixed<T> {
+    pub(super) prefix: Bytes,
+    pub(super) inner: T,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {

@@ -46,6 +46,8 @@ pub struct Components {
     pub upstream: Upstream,
     /// Mints the leaf certificates agents see.
     pub ca: Ca,
+    /// `pod.loopback_is_pod`: loopback requests without a credential are the pod's.
+    pub loopback_is_pod: bool,
 }
 
 /// The request flow with everything it needs, shared by all connections.

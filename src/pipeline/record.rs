@@ -67,6 +67,7 @@ impl Pipeline {
                 kind: c.connection.kind.as_str().into(),
             }
         });
+        reasons.extend(trail.redirected.iter().cloned());
         let verdict = match denial {
             None => record::Verdict::Allow,
             Some(d) => {

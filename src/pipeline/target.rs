@@ -16,6 +16,8 @@ use crate::identity::Caller;
 /// The destination a client connection is bound to, fixed at CONNECT time.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
+    /// `https`, or `http` for plain HTTP the transparent listener took.
+    pub scheme: Scheme,
     /// Lowercased CONNECT host (DNS name or IP literal).
     pub host: String,
     pub port: u16,
@@ -86,7 +88,7 @@ pub(super) fn target_of(
         )));
     }
     Ok(Target {
-        scheme: Scheme::HTTPS,
+        scheme: tunnel.scheme.clone(),
         authority: tunnel.authority.clone(),
     })
 }

@@ -25,4 +25,6 @@ pub(super) struct Trail {
     pub(super) decided: Option<Duration>,
     /// What a forwarded request sends upstream, as its decision record describes it.
     pub(super) sent: Option<Sent>,
+    /// Where a kernel-redirected connection was headed, for its record's reasons.
+    pub(super) redirected: Option<String>,
 }

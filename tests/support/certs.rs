@@ -28,6 +28,27 @@ impl Leaf {
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
+
+    /// Writes the chain and the key as PEM files, for servers that are not rustls.
+    pub fn write_pem(&self, cert: &Path, key: &Path) {
+        let chain: String = self.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        std::fs::write(cert, chain).expect("write leaf chain");
+        std::fs::write(key, pem("PRIVATE KEY", &self.key_der)).expect("write leaf key");
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 impl Ca {

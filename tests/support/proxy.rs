@@ -111,8 +111,14 @@ pub enum Launch {
 /// `agentgate run -c <config>` with `AGENTGATE_HOME=<home>` plus `envs`; waits for
 /// READY or for the process to exit, whichever comes first.
 pub fn launch(home: &Path, config: &Path, envs: &[(&str, &str)]) -> Launch {
+    launch_in(&[], home, config, envs)
+}
+
+/// Like [`launch`], with the binary started through `wrapper` (e.g. `ip netns exec NS
+/// setpriv --reuid ...`), which must pass the environment on.
+pub fn launch_in(wrapper: &[&str], home: &Path, config: &Path, envs: &[(&str, &str)]) -> Launch {
     let config = config.to_string_lossy();
-    let mut child = spawn(home, &["run", "-c", &config], envs);
+    let mut child = spawn(wrapper, home, &["run", "-c", &config], envs);
     let stderr_buf = Arc::new(Mutex::new(Vec::new()));
     let stderr_thread = drain(child.stderr.take().expect("stderr"), stderr_buf.clone());
     let (tx, rx) = mpsc::channel();
@@ -181,6 +187,7 @@ fn parse_ready(line: &str) -> (SocketAddr, SocketAddr, PathBuf) {
         match field.split_once('=') {
             Some(("proxy", v)) => proxy = v.parse().ok(),
             Some(("admin", v)) => admin = v.parse().ok(),
+            Some(("transparent" | "health", _)) => {}
             _ => panic!("unexpected field {field:?} in READY line {line:?}"),
         }
     }
@@ -211,9 +218,17 @@ fn drain(mut src: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> JoinH
     })
 }
 
-/// `agentgate` with a clean environment: no inherited `AGENTGATE_*` settings.
-fn base_command(home: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+/// `agentgate` (through `wrapper`, if any) with a clean environment: no inherited
+/// `AGENTGATE_*` settings.
+fn base_command(wrapper: &[&str], home: &Path) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(BIN);
+            cmd
+        }
+        None => Command::new(BIN),
+    };
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("AGENTGATE_") {
             cmd.env_remove(k);
@@ -224,8 +239,13 @@ fn base_command(home: &Path) -> Command {
 }
 
 /// Starts `agentgate ARGS` with piped output and no stdin.
-fn spawn(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = base_command(home);
+fn spawn(
+    wrapper: &[&str],
+    home: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    let mut cmd = base_command(wrapper, home);
     cmd.args(args);
     for (k, v) in envs {
         cmd.env(k, v);
@@ -239,7 +259,12 @@ fn spawn(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> std::process::Chi
 
 /// Runs `agentgate ARGS` to completion (60 s bound) and returns its output.
 pub fn cli(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut child = spawn(home, args, envs);
+    cli_in(&[], home, args, envs)
+}
+
+/// Like [`cli`], through `wrapper` (see [`launch_in`]).
+pub fn cli_in(wrapper: &[&str], home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut child = spawn(wrapper, home, args, envs);
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     let t_out = drain(child.stdout.take().expect("stdout"), out.clone());

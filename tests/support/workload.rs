@@ -159,7 +159,17 @@ impl WorkloadApi {
     /// as a JSON string is sent verbatim) and pushes it to every open
     /// `FetchJWTBundles` stream. Returns how many streams were open.
     pub async fn set_bundles(&mut self, bundles: Value) -> usize {
-        let mut line = json!({ "bundles": bundles }).to_string();
+        self.command(json!({ "bundles": bundles })).await
+    }
+
+    /// Sets the JWT-SVID `FetchJWTSVID` answers with (`{"spiffe_id", "token",
+    /// "audience": [...]}`), or removes it with `null`.
+    pub async fn set_svid(&mut self, svid: Value) {
+        self.command(json!({ "svid": svid })).await;
+    }
+
+    async fn command(&mut self, command: Value) -> usize {
+        let mut line = command.to_string();
         line.push('\n');
         self.stdin
             .write_all(line.as_bytes())
@@ -177,7 +187,7 @@ impl WorkloadApi {
         reply
             .strip_prefix("OK ")
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("workload_api.py: set_bundles got {reply:?}"))
+            .unwrap_or_else(|| panic!("workload_api.py: {command} got {reply:?}"))
     }
 
     /// One raw `FetchJWTBundles` call from a Python grpc client, with or

@@ -4,8 +4,8 @@
     workload_api.py --proto .../spiffe-0.19.0/src/proto/workload.proto --socket /tmp/x/wl.sock
 
 Compiles the spiffe crate's workload.proto with grpc_tools.protoc at start and serves
-SpiffeWorkloadAPI on unix:<socket>. Only FetchJWTBundles is implemented (every other RPC
-answers UNIMPLEMENTED). Like SPIRE, every call must carry the metadata
+SpiffeWorkloadAPI on unix:<socket>. FetchJWTBundles and FetchJWTSVID are implemented (every
+other RPC answers UNIMPLEMENTED). Like SPIRE, every call must carry the metadata
 `workload.spiffe.io: true`, else INVALID_ARGUMENT "security header missing from request".
 
 FetchJWTBundles is a server stream: it sends the current bundle set at once, then every
@@ -14,10 +14,17 @@ UNAVAILABLE "Cancelling all calls"). While no bundle set has been
 configured yet the stream waits for the first one (a JWTBundlesResponse with no bundles is
 invalid to clients); a set that is explicitly replaced by `{}` is sent as is.
 
+FetchJWTSVID answers with the JWT-SVID last configured (the test signs it), when the
+requested audience is one the SVID carries; with none configured it answers
+PERMISSION_DENIED "no identity issued", as SPIRE does for a workload it has no entry for.
+Each call's audience is logged to stderr as `FetchJWTSVID audience=[...]`.
+
 Control over stdin, one JSON object per line:
     {"bundles": {"example.org": {"keys": [...]}, ...}}
 replaces the bundle set (trust domain -> JWKS; a JWKS given as a JSON string is sent
-verbatim, to test malformed bundles) and pushes it to every open stream. After each command
+verbatim, to test malformed bundles) and pushes it to every open stream.
+    {"svid": {"spiffe_id": "spiffe://...", "token": "<jwt>", "audience": ["agentgate"]}}
+sets the JWT-SVID that FetchJWTSVID returns (null removes it). After each command
 one line `OK <n>` goes to stdout, n = number of open FetchJWTBundles streams at that time;
 a bad command gets `ERR <reason>`. `READY` is printed once the server listens. The server
 exits when stdin closes. Diagnostics go to stderr.
@@ -99,6 +106,7 @@ class Bundles:
         self.current = None  # dict td -> bytes, None until configured
         self.streams = set()
         self.stopping = False
+        self.svid = None  # {"spiffe_id", "token", "audience"}
 
     def subscribe(self):
         q = queue.Queue()
@@ -157,6 +165,23 @@ def make_servicer(pb2, pb2_grpc, state):
                 state.unsubscribe(q)
                 log("FetchJWTBundles stream closed")
 
+        def FetchJWTSVID(self, request, context):
+            if dict(context.invocation_metadata()).get(HEADER) != "true":
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request"
+                )
+            audience = list(request.audience)
+            log(f"FetchJWTSVID audience={json.dumps(audience)}")
+            with state.lock:
+                svid = state.svid
+            if svid is None:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
+            if not audience or not set(audience) <= set(svid["audience"]):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audience not issued")
+            return pb2.JWTSVIDResponse(
+                svids=[pb2.JWTSVID(spiffe_id=svid["spiffe_id"], svid=svid["token"])]
+            )
+
     return Servicer()
 
 
@@ -199,8 +224,14 @@ def serve(args, pb2, pb2_grpc):
                 continue
             try:
                 cmd = json.loads(line)
+                if isinstance(cmd, dict) and "svid" in cmd:
+                    with state.lock:
+                        state.svid = cmd["svid"]
+                    log("JWT-SVID " + ("removed" if cmd["svid"] is None else "set"))
+                    reply(f"OK {len(state.streams)}")
+                    continue
                 if not isinstance(cmd, dict) or "bundles" not in cmd:
-                    raise ValueError('expected {"bundles": {...}}')
+                    raise ValueError('expected {"bundles": {...}} or {"svid": {...}}')
                 n = state.replace(parse_bundles(cmd["bundles"]))
             except ValueError as e:  # json.JSONDecodeError is a ValueError
                 log(f"bad command {line!r}: {e}")
