@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod consent;
 pub(crate) mod dashboard;
 pub(crate) mod env;
+pub(crate) mod k8s;
 pub(crate) mod panic;
 pub(crate) mod policy;
 pub(crate) mod vault;

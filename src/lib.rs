@@ -26,6 +26,7 @@ pub mod identity;
 pub mod ingress;
 pub mod instance;
 pub mod intent;
+pub mod k8s;
 pub mod metrics;
 pub mod outbound;
 pub mod panic;

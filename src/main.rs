@@ -150,6 +150,12 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Kubernetes: add the AgentGate sidecar to workload manifests (`inject`), or take it
+    /// out again (`uninject`).
+    K8s {
+        #[command(subcommand)]
+        command: cli::k8s::K8sCommand,
+    },
     /// Work with the interception CA.
     Ca {
         #[command(subcommand)]
@@ -287,6 +293,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let config = load_config(&cli.home, &config)?;
             cli::agents::identity(&StateDir::open_or_create(&cli.home)?, &config, command)
         }
+        Command::K8s { command } => cli::k8s::run(command),
         Command::Ca {
             command: CaCommand::Export { out },
         } => {
