@@ -94,11 +94,6 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
-    /// Kubernetes: the enforced-mode iptables rules.
-    K8s {
-        #[command(subcommand)]
-        command: cli::k8s::K8sCommand,
-    },
     /// Show what a request means (its AuthZEN tuple) and what policy decides; sends nothing.
     Explain {
         #[command(flatten)]
@@ -154,6 +149,12 @@ enum Command {
         config: ConfigArgs,
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// Kubernetes: add the AgentGate sidecar to workload manifests (`inject`, `uninject`) and
+    /// install enforced mode's iptables rules (`iptables`).
+    K8s {
+        #[command(subcommand)]
+        command: cli::k8s::K8sCommand,
     },
     /// Work with the interception CA.
     Ca {
@@ -245,7 +246,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             let passed = cli::policy::run(&StateDir::open_or_create(&cli.home)?, &config, command)?;
             exit_unless(passed)
         }
-        Command::K8s { command } => cli::k8s::run(command),
         Command::Explain {
             config,
             method,
@@ -293,6 +293,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let config = load_config(&cli.home, &config)?;
             cli::agents::identity(&StateDir::open_or_create(&cli.home)?, &config, command)
         }
+        Command::K8s { command } => cli::k8s::run(command),
         Command::Ca {
             command: CaCommand::Export { out },
         } => {

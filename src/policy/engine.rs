@@ -302,7 +302,9 @@ fn fingerprint(dir: &Path) -> Fingerprint {
             if classify(&name) == FileKind::Other {
                 return None;
             }
-            let meta = e.metadata().ok()?;
+            // Followed: a Kubernetes ConfigMap volume's files are symlinks into `..data`,
+            // which an update swaps, leaving the links themselves unchanged.
+            let meta = std::fs::metadata(e.path()).ok()?;
             Some((name, meta.len(), meta.modified().ok()))
         })
         .collect();

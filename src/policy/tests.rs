@@ -296,3 +296,32 @@ fn a_reload_forgets_the_decisions_of_the_policy_before() {
     assert!(matches!(p.reload(true), Reload::Loaded { .. }));
     assert_eq!(p.decide(&input("read")).effect, Effect::Deny);
 }
+
+/// A Kubernetes ConfigMap volume: each file a symlink into `..data`, a symlink to a
+/// timestamped directory that an update replaces. The update is seen without `force`.
+#[test]
+fn a_configmap_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let version = |n: u32, reason: &str| {
+        let d = dir.path().join(format!("..2026_12_07_0{n}"));
+        std::fs::create_dir(&d).unwrap();
+        let rego = format!(
+            "package agentgate\ndecision := {{\"effect\": \"allow\", \"reasons\": [\"{reason}\"]}}\n"
+        );
+        std::fs::write(d.join("policy.rego"), rego).unwrap();
+        d
+    };
+    let v1 = version(1, "one");
+    symlink(&v1, dir.path().join("..data")).unwrap();
+    symlink("..data/policy.rego", dir.path().join("policy.rego")).unwrap();
+    let p = Policy::load(dir.path(), &PolicyConfig::default()).unwrap();
+    assert_eq!(p.evaluate(&input("read")).reasons, ["one"]);
+
+    // The kubelet's swap: a new directory, `..data` renamed over to point at it.
+    let v2 = version(2, "two, longer");
+    symlink(&v2, dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    assert!(matches!(p.reload(false), Reload::Loaded { .. }));
+    assert_eq!(p.evaluate(&input("read")).reasons, ["two, longer"]);
+}

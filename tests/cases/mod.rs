@@ -16,6 +16,7 @@ mod hardening_bodies;
 mod hardening_requests;
 mod identity;
 mod intent_policy;
+mod k8s_inject;
 mod lifecycle;
 mod load;
 mod metrics;
