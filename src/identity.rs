@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod issuer;
 pub mod jwt;
 pub mod pod;
+pub mod pod_token;
 pub mod registry;
 pub mod workload;
 
@@ -116,7 +117,7 @@ pub struct Identity {
     /// Set when bundles are expected from the Workload API; cleared by the first one.
     awaiting_workload: std::sync::atomic::AtomicBool,
     /// The token presented for the pod's own traffic (see [`pod`]).
-    pod: pod::PodToken,
+    pod: pod_token::PodToken,
 }
 
 impl Identity {
@@ -158,7 +159,7 @@ impl Identity {
             sources: Mutex::new(sources),
             generation: AtomicU64::new(0),
             awaiting_workload: std::sync::atomic::AtomicBool::new(false),
-            pod: pod::PodToken::default(),
+            pod: pod_token::PodToken::default(),
         };
         identity.publish(&identity.lock_sources());
         Ok(identity)
@@ -307,6 +308,21 @@ impl Identity {
         self.pod
             .waiting()
             .then_some("waiting for the pod's own identity token (pod.agent or the Workload API)")
+    }
+
+    /// Marks that readiness waits for the pod's first token.
+    pub fn expect_pod_token(&self) {
+        self.pod.expect();
+    }
+
+    /// Replaces the token presented for the pod's own traffic.
+    pub fn set_pod_token(&self, token: String) {
+        self.pod.set(token);
+    }
+
+    /// The pod's current token, if any.
+    pub fn pod_token(&self) -> Option<Arc<String>> {
+        self.pod.current()
     }
 
     /// Verifies the pod's own token, for traffic that carries no credential (the

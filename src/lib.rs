@@ -27,6 +27,7 @@ pub mod ingress;
 pub mod instance;
 pub mod intent;
 pub mod k8s;
+pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod panic;
@@ -59,6 +60,7 @@ use crate::config::Config;
 use crate::egress::guard::Guard;
 use crate::egress::upstream::{Upstream, UpstreamError};
 use crate::identity::Identity;
+use crate::listen::bind;
 use crate::pipeline::Pipeline;
 use crate::state::StateDir;
 
@@ -91,17 +93,10 @@ pub enum StartError {
     AdminRuntime(std::io::Error),
     #[error("webhooks: {0}")]
     Webhooks(String),
-    #[error("{0}")]
-    Sidecar(String),
-    #[error(
-        "cannot listen on {addr} ({key}): {source}; choose another address with {key} or {env}"
-    )]
-    Bind {
-        key: &'static str,
-        env: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sidecar(#[from] sidecar::SidecarError),
+    #[error(transparent)]
+    Bind(#[from] listen::BindError),
 }
 
 /// A running instance.
@@ -233,7 +228,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         "AGENTGATE_ADMIN_LISTEN",
     )
     .await?;
-    let pod_listeners = sidecar::bind(&config).await?;
+    let pod_listeners = sidecar::bind_listeners(&config).await?;
     let transparent_addrs: Vec<SocketAddr> =
         pod_listeners.transparent.iter().map(|(a, _)| *a).collect();
     let health_addr = pod_listeners.probes.as_ref().map(|(a, _)| *a);
@@ -519,21 +514,4 @@ impl Running {
         // Last: the final signed checkpoint covers every record written above.
         self.audit.close().await;
     }
-}
-
-/// Binds `addr`, naming the config key and variable to change when it cannot.
-pub(crate) async fn bind(
-    addr: SocketAddr,
-    key: &'static str,
-    env: &'static str,
-) -> Result<(SocketAddr, TcpListener), StartError> {
-    TcpListener::bind(addr)
-        .await
-        .and_then(|l| Ok((l.local_addr()?, l)))
-        .map_err(|source| StartError::Bind {
-            key,
-            env,
-            addr,
-            source,
-        })
 }

@@ -9,12 +9,28 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::agent_env;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::identity::pod::{self, Source};
+use crate::listen::{BindError, bind};
 use crate::pipeline::Pipeline;
 use crate::state::StateDir;
-use crate::{StartError, agent_env, ingress};
+
+/// Why the pod's side of an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("ca.export_bundle {path}: {reason}")]
+    ExportBundle { path: String, reason: String },
+    #[error(
+        "transparent.listen and pod.loopback_is_pod need to know who the pod is: set pod.agent to an agent name, or turn on identity.workload_api for the pod's SPIFFE ID"
+    )]
+    NoPodIdentity,
+    #[error(transparent)]
+    Pod(#[from] pod::PodError),
+}
 
 /// Bound listeners of the pod's own, opened before anything is served.
 pub struct Listeners {
@@ -23,14 +39,13 @@ pub struct Listeners {
 }
 
 /// Binds `transparent.listen` and `health.listen`.
-pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+pub async fn bind_listeners(config: &Config) -> Result<Listeners, SidecarError> {
     let mut transparent = Vec::new();
     for addr in &config.transparent.listen {
-        transparent
-            .push(crate::bind(*addr, "transparent.listen", "AGENTGATE_TRANSPARENT_LISTEN").await?);
+        transparent.push(bind(*addr, "transparent.listen", "AGENTGATE_TRANSPARENT_LISTEN").await?);
     }
     let probes = match config.health.listen {
-        Some(addr) => Some(crate::bind(addr, "health.listen", "AGENTGATE_HEALTH_LISTEN").await?),
+        Some(addr) => Some(bind(addr, "health.listen", "AGENTGATE_HEALTH_LISTEN").await?),
         None => None,
     };
     Ok(Listeners {
@@ -46,10 +61,11 @@ pub fn prepare(
     state: &StateDir,
     identity: &Identity,
     workload_endpoint: Option<&str>,
-) -> Result<Option<Source>, StartError> {
+) -> Result<Option<Source>, SidecarError> {
     if let Some(path) = &config.ca.export_bundle {
-        agent_env::export_ca_bundle(state, path).map_err(|e| {
-            StartError::Sidecar(format!("ca.export_bundle {}: {e}", path.display()))
+        agent_env::export_ca_bundle(state, path).map_err(|e| SidecarError::ExportBundle {
+            path: path.display().to_string(),
+            reason: e.to_string(),
         })?;
     }
     if !config.pod.in_use(&config.transparent) {
@@ -59,18 +75,13 @@ pub fn prepare(
         ("", Some(endpoint)) => Source::Workload {
             endpoint: endpoint.to_owned(),
         },
-        ("", None) => {
-            return Err(StartError::Sidecar(
-                "transparent.listen and pod.loopback_is_pod need to know who the pod is: set pod.agent to an agent name, or turn on identity.workload_api for the pod's SPIFFE ID".into(),
-            ));
-        }
+        ("", None) => return Err(SidecarError::NoPodIdentity),
         (name, _) => Source::Agent {
             name: name.to_owned(),
             owner: Some(config.pod.owner.clone()).filter(|o| !o.is_empty()),
         },
     };
-    pod::first_token(identity, &source, state, &config.identity)
-        .map_err(|e| StartError::Sidecar(e.to_string()))?;
+    pod::first_token(identity, &source, state, &config.identity)?;
     Ok(Some(source))
 }
 
@@ -87,7 +98,7 @@ pub fn spawn(
     let mut tasks = Vec::new();
     for (addr, listener) in listeners {
         tracing::info!(%addr, "transparent listener: taking redirected connections");
-        tasks.push(tokio::spawn(ingress::transparent::serve(
+        tasks.push(tokio::spawn(crate::ingress::transparent::serve(
             listener,
             pipeline.clone(),
             slots.clone(),

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use super::Identity;
@@ -17,29 +16,6 @@ use super::registry::{Registry, RegistryError};
 use crate::clock::now;
 use crate::config::sections::IdentityConfig;
 use crate::state::StateDir;
-
-/// The pod's current token, kept fresh by [`keep_fresh`].
-#[derive(Default)]
-pub struct PodToken {
-    token: ArcSwapOption<String>,
-    /// Set when some traffic is the pod's: readiness waits for the first token.
-    expected: std::sync::atomic::AtomicBool,
-}
-
-impl PodToken {
-    /// The token to verify for the pod's traffic; `None` until the first one arrived.
-    pub fn current(&self) -> Option<Arc<String>> {
-        self.token.load_full()
-    }
-
-    pub(super) fn waiting(&self) -> bool {
-        self.expected.load(std::sync::atomic::Ordering::Acquire) && self.token.load().is_none()
-    }
-
-    fn set(&self, token: String) {
-        self.token.store(Some(Arc::new(token)));
-    }
-}
 
 /// Where the pod's token comes from.
 #[derive(Debug, Clone)]
@@ -71,13 +47,10 @@ pub fn first_token(
     state: &StateDir,
     config: &IdentityConfig,
 ) -> Result<(), PodError> {
-    identity
-        .pod
-        .expected
-        .store(true, std::sync::atomic::Ordering::Release);
+    identity.expect_pod_token();
     if let Source::Agent { name, owner } = source {
         let (token, _) = agent_token(state, config, name, owner.as_deref(), now())?;
-        identity.pod.set(token);
+        identity.set_pod_token(token);
         // A registration made here must be known before the first request.
         if let Err(e) = identity.refresh(true) {
             tracing::warn!(error = %e, "identity reload after registering the pod's agent failed");
@@ -114,8 +87,8 @@ pub async fn keep_fresh(
         };
         let wait = match next {
             Ok((token, expires)) => {
-                let changed = identity.pod.current().is_none_or(|t| *t != token);
-                identity.pod.set(token);
+                let changed = identity.pod_token().is_none_or(|t| *t != token);
+                identity.set_pod_token(token);
                 if changed {
                     let id = identity.clone();
                     let _ = tokio::task::spawn_blocking(move || id.refresh(true)).await;

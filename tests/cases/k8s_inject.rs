@@ -156,3 +156,87 @@ fn writes_injected_fixtures_for_validation() {
         }
     }
 }
+
+/// `kubectl kustomize DIR` (kustomize as kubectl ships it).
+fn kustomize(dir: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl kustomize (install kubectl): {e}"));
+    ok(&out, "kubectl kustomize")
+}
+
+/// The pod spec of the Deployment `app` in a stream, with its volumes by name (kustomize
+/// and inject may list them in another order; containers keep theirs).
+fn app_pod(stream: &str) -> yaml_serde::Value {
+    let app = values(stream)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "app")
+        .expect("Deployment app");
+    let mut pod = app["spec"]["template"]["spec"].clone();
+    if let Some(volumes) = pod.get_mut("volumes").and_then(|v| v.as_sequence_mut()) {
+        volumes.sort_by_key(|v| v["name"].as_str().unwrap_or("").to_owned());
+    }
+    pod
+}
+
+/// The sidecar overlay in deploy/ and `agentgate k8s inject` describe the same pod: what a
+/// reader applies with `kubectl apply -k` is what inject gives their own manifests.
+#[test]
+fn the_sidecar_overlay_is_what_inject_makes_of_the_base() {
+    let base = kustomize("deploy/kubernetes/base");
+    let injected = ok(
+        &agentgate(&["k8s", "inject", "--mode", "enforced"], &base),
+        "inject",
+    );
+    let overlay = kustomize("deploy/kubernetes/sidecar");
+    let (want, got) = (app_pod(&overlay), app_pod(&injected));
+    assert_eq!(
+        got,
+        want,
+        "inject of deploy/kubernetes/base differs from deploy/kubernetes/sidecar:\ninject:\n{}\noverlay:\n{}",
+        yaml_serde::to_string(&got).unwrap(),
+        yaml_serde::to_string(&want).unwrap()
+    );
+}
+
+/// Every agentgate.toml the manifests ship is a config this binary accepts (with the
+/// SPIFFE socket variable the pods set).
+#[test]
+fn the_shipped_pod_configs_are_valid() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut checked = 0;
+    for overlay in std::fs::read_dir(&deploy).unwrap() {
+        let config = overlay.unwrap().path().join("agentgate.toml");
+        if !config.exists() {
+            continue;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        // The test's own AGENTGATE_* variables would be read as config overrides.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AGENTGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(["validate", "-c"])
+            .arg(&config)
+            .env("AGENTGATE_HOME", home.path())
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                "unix:///run/spire/sockets/agent.sock",
+            )
+            .output()
+            .unwrap();
+        ok(&out, &format!("agentgate validate -c {}", config.display()));
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} configs found under {}",
+        deploy.display()
+    );
+}

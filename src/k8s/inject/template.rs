@@ -45,12 +45,13 @@ pub(super) struct Prepared {
 pub(super) fn prepare(opts: &Options) -> Result<Prepared, InjectError> {
     let mut init_containers = Vec::new();
     let mut volumes = vec![
+        // State (CA, audit.db, vault.db) lives as long as the pod.
         volume(
             "agentgate-state",
             "emptyDir",
-            Value::Mapping(Mapping::new()),
+            map([("sizeLimit", s("1Gi"))]),
         ),
-        volume("agentgate-ca", "emptyDir", Value::Mapping(Mapping::new())),
+        volume("agentgate-ca", "emptyDir", in_memory("4Mi")),
         volume(
             "agentgate-config",
             "configMap",
@@ -70,11 +71,7 @@ pub(super) fn prepare(opts: &Options) -> Result<Prepared, InjectError> {
         let mut iptables = parse(IPTABLES, "iptables.yaml")?;
         iptables.insert(s("image"), s(&init_image));
         init_containers.push(Value::Mapping(iptables));
-        volumes.push(volume(
-            "agentgate-xtables",
-            "emptyDir",
-            Value::Mapping(Mapping::new()),
-        ));
+        volumes.push(volume("agentgate-xtables", "emptyDir", in_memory("1Mi")));
     }
     if opts.spire {
         let csi = map([
@@ -90,6 +87,11 @@ pub(super) fn prepare(opts: &Options) -> Result<Prepared, InjectError> {
         volumes,
         env: app_env(opts.mode),
     })
+}
+
+/// An `emptyDir` in memory, bounded.
+fn in_memory(size: &str) -> Value {
+    map([("medium", s("Memory")), ("sizeLimit", s(size))])
 }
 
 /// The `agentgate` sidecar container inject adds for `opts`.
