@@ -38,7 +38,10 @@ struct Netns {
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("agentgate-e2e-{}", std::process::id());
+        // Unique per test even when tests share a process (cargo test).
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("agentgate-e2e-{}-{n}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
@@ -554,4 +557,53 @@ fn an_agent_without_proxy_settings_is_gated_and_cannot_get_around_agentgate() {
     );
     assert!(verify.status.success(), "audit verify: {}", text(&verify));
     let _ = BIN;
+}
+
+/// Legacy iptables (older nodes, kube-proxy in legacy mode) gets the same rules, once, and
+/// the default run only prints them.
+#[test]
+fn the_legacy_backend_installs_the_same_rules_once_and_the_default_only_prints() {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED legacy iptables test: {why}");
+        return;
+    }
+    let ns = Netns::new();
+    let root_ns = ns.wrapper(None);
+    let root_ns: Vec<&str> = root_ns.iter().map(String::as_str).collect();
+    let home = tempfile::tempdir().expect("tempdir");
+    let dry = cli_in(&root_ns, home.path(), &["k8s", "iptables"], &[]);
+    let printed = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        dry.status.success() && printed.contains(&format!("-d {DNS} -p udp --dport 53 -j RETURN")),
+        "dry run: {}",
+        text(&dry)
+    );
+    let before = ns.exec(None, &[], &["iptables-nft-save"]);
+    assert!(
+        !String::from_utf8_lossy(&before.stdout).contains("AGENTGATE"),
+        "the dry run changed the rules"
+    );
+    for _ in 0..2 {
+        let out = cli_in(
+            &root_ns,
+            home.path(),
+            &["k8s", "iptables", "--apply", "--backend", "legacy"],
+            &[],
+        );
+        assert!(out.status.success(), "--backend legacy: {}", text(&out));
+    }
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let rules = String::from_utf8_lossy(&ns.exec(None, &[], &[save]).stdout).into_owned();
+        assert_eq!(
+            rules
+                .matches("-A OUTPUT -p tcp -j AGENTGATE_OUTPUT")
+                .count(),
+            1,
+            "{save}:\n{rules}"
+        );
+        assert!(
+            rules.contains("--to-ports 15001") && rules.contains("-p udp -j DROP"),
+            "{save}:\n{rules}"
+        );
+    }
 }
