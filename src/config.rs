@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
 pub mod pod;
 pub mod sections;
+pub use fleet::FleetConfig;
 pub use pod::{HealthConfig, PodConfig, TransparentConfig};
 pub use sections::{
     AdminConfig, AdminTls, CaConfig, EgressConfig, IdentityConfig, LimitsConfig, LogConfig,
@@ -60,6 +62,7 @@ pub struct Config {
     pub transparent: TransparentConfig,
     pub health: HealthConfig,
     pub pod: PodConfig,
+    pub fleet: FleetConfig,
     pub ca: CaConfig,
     pub upstream: UpstreamConfig,
     pub egress: EgressConfig,
@@ -285,6 +288,9 @@ impl Config {
         }
         if self.identity.cache_size == 0 {
             return bad("identity.cache_size", "must be at least 1");
+        }
+        if let Err((key, message)) = self.fleet.validate() {
+            return Err(ConfigError::invalid(key, message));
         }
         if let Err((key, message)) = self.vault.validate() {
             return Err(ConfigError::invalid(key, message));

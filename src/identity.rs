@@ -6,6 +6,7 @@
 //! without locking: the built-in issuer (registry), bundle files, and the Workload API.
 
 pub mod bundle;
+pub mod freshness;
 pub mod issuer;
 pub mod jwt;
 pub mod pod;
@@ -118,6 +119,8 @@ pub struct Identity {
     awaiting_workload: std::sync::atomic::AtomicBool,
     /// The token presented for the pod's own traffic (see [`pod`]).
     pod: pod_token::PodToken,
+    /// How current the fleet's registry is here (see [`freshness`]).
+    fleet: freshness::Freshness,
 }
 
 impl Identity {
@@ -160,6 +163,7 @@ impl Identity {
             generation: AtomicU64::new(0),
             awaiting_workload: std::sync::atomic::AtomicBool::new(false),
             pod: pod_token::PodToken::default(),
+            fleet: freshness::Freshness::default(),
         };
         identity.publish(&identity.lock_sources());
         Ok(identity)
@@ -305,9 +309,22 @@ impl Identity {
         if self.awaiting_workload.load(Ordering::Acquire) {
             return Some("waiting for the first JWT bundles from the SPIFFE Workload API");
         }
+        if self.fleet.waiting() {
+            return Some("waiting for the first sync of the fleet's registry (fleet.url)");
+        }
+        if self.fleet.stale() {
+            return Some(
+                "the fleet's bus has been unreachable for longer than fleet.max_staleness",
+            );
+        }
         self.pod
             .waiting()
             .then_some("waiting for the pod's own identity token (pod.agent or the Workload API)")
+    }
+
+    /// The fleet registry's freshness, which the fleet's sync keeps.
+    pub fn fleet(&self) -> &freshness::Freshness {
+        &self.fleet
     }
 
     /// Marks that readiness waits for the pod's first token.

@@ -20,6 +20,7 @@ pub mod consent;
 pub mod digest;
 pub mod egress;
 pub mod error;
+pub mod fleet;
 pub mod gates;
 pub mod headers;
 pub mod identity;
@@ -292,6 +293,14 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         metrics: metrics.clone(),
         state: state.clone(),
     });
+    // Fleet mode: one registry and one PANIC with the other instances.
+    let fleet = config.fleet.enabled().then(|| fleet::Member {
+        config: config.fleet.clone(),
+        instance: instance.clone(),
+        identity: identity.clone(),
+        panic: panic.clone(),
+        state: state.clone(),
+    });
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
     let tenant_tokens = tenants::admin_tokens(state, &config.tenants)?;
     let tenant_names: Vec<String> = config.tenants.keys().cloned().collect();
@@ -352,6 +361,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
     ]);
     tasks.extend(tenant_consents.sweep(&shutdown_rx));
+    if let Some(member) = fleet {
+        tracing::info!(fleet = %config.fleet.name, servers = %config.fleet.url.join(", "), "joining the fleet");
+        tasks.push(tokio::spawn(fleet::run(member, shutdown_rx.clone())));
+    }
     tasks.extend(policies.watch(
         &audit,
         &metrics,

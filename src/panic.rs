@@ -82,19 +82,9 @@ impl Panic {
     /// Runs PANIC for `target`.
     pub async fn run(&self, target: Target, reason: &str) -> Result<Report, PanicError> {
         let started = Instant::now();
-        let panic_id = format!(
-            "panic_{}",
-            crate::vault::store::hex(&rand::random::<[u8; 6]>())
-        );
-        let mut steps = Vec::new();
-
         // 1. Identity: the registry first, so no new request of the agent passes gate 1.
         let (agents, revoked_tokens) = self.revoke_identity(&target, reason).await?;
-        let scope: Option<&HashSet<String>> = match target {
-            Target::All => None,
-            Target::Agent(_) | Target::Tenant(_) => Some(&agents),
-        };
-        steps.push(Step {
+        let identity = Step {
             step: "identity",
             count: revoked_tokens as u64,
             detail: match &target {
@@ -105,7 +95,54 @@ impl Panic {
                     join(&agents)
                 ),
             },
-        });
+        };
+        let report = self
+            .cut_off(&target, agents, reason, identity, started)
+            .await;
+        self.announce(&report);
+        Ok(report)
+    }
+
+    /// The local cut-off for agents another instance of the fleet revoked (their
+    /// revocation already reached this registry): what they hold here goes as after a
+    /// PANIC run here, and what this instance handed them is revoked upstream by it. No
+    /// webhook: the instance that ran PANIC announced it.
+    pub async fn follow_fleet(&self, revoked: Vec<String>, reason: &str) -> Report {
+        let started = Instant::now();
+        let all = revoked.iter().any(|id| id == ALL_AGENTS);
+        let (target, agents) = if all {
+            (Target::All, self.sessions.agents().into_iter().collect())
+        } else {
+            let agents: HashSet<String> = revoked.into_iter().collect();
+            (Target::Agent(join(&agents)), agents)
+        };
+        let identity = Step {
+            step: "identity",
+            count: 0,
+            detail: format!("revoked elsewhere in the fleet: {}", join(&agents)),
+        };
+        self.cut_off(&target, agents, reason, identity, started)
+            .await
+    }
+
+    /// Steps 2 to 6 of a PANIC whose identity step is done, each one recorded.
+    async fn cut_off(
+        &self,
+        target: &Target,
+        agents: HashSet<String>,
+        reason: &str,
+        identity: Step,
+        started: Instant,
+    ) -> Report {
+        let panic_id = format!(
+            "panic_{}",
+            crate::vault::store::hex(&rand::random::<[u8; 6]>())
+        );
+        let mut steps = vec![identity];
+        let scope: Option<&HashSet<String>> = match target {
+            Target::All => None,
+            Target::Agent(_) | Target::Tenant(_) => Some(&agents),
+        };
         // 2. References.
         let refs = self.vault.references.revoke(scope);
         steps.push(Step {
@@ -143,7 +180,7 @@ impl Panic {
             ),
         });
         let local_ms = started.elapsed().as_millis() as u64;
-        let tenant = match &target {
+        let tenant = match target {
             Target::Tenant(t) => Some(t.as_str()),
             _ => None,
         };
@@ -185,9 +222,8 @@ impl Panic {
             ok: true,
         };
         self.metrics.panic();
-        self.announce(&report);
         tracing::warn!(panic_id = %report.panic_id, scope = report.scope, agents = %join(&report.agents), local_ms, "PANIC");
-        Ok(report)
+        report
     }
 
     /// `agent.panic` to the instance's webhooks (every agent) and to each tenant's own

@@ -46,12 +46,16 @@ impl PodConfig {
 }
 
 /// `listen = "127.0.0.1:15001"` or `listen = ["127.0.0.1:15001", "[::1]:15001"]`.
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+pub(super) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(SocketAddr),
-        Many(Vec<SocketAddr>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(a) => vec![a],

@@ -38,6 +38,15 @@ impl<'a> Claim<'a> {
 
 /// Verifies who is calling.
 pub fn verify(identity: &Identity, claim: Claim<'_>) -> Result<Arc<Caller>, Denial> {
+    if identity.fleet().stale() {
+        // Revocations made elsewhere may be missing here: judge nobody.
+        return Err(Denial::new(
+            Gate::Identity,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fleet_unavailable",
+            "the fleet's bus has been unreachable for longer than fleet.max_staleness; revocations made elsewhere may be missing, so no request is judged until it is back",
+        ));
+    }
     match claim {
         Claim::Credential(headers) => {
             let token = credential(headers)?;

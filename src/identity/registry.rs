@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::sqlite::{self, Durability, OpenError};
 use crate::state::StateDir;
 
+pub mod fleet;
 mod model;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,17 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
     created INTEGER NOT NULL,
     retired INTEGER,
     valid_until INTEGER
+);
+CREATE TABLE IF NOT EXISTS fleet_issuer_keys (
+    kid TEXT PRIMARY KEY,
+    public_jwk TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    valid_until INTEGER
+);
+CREATE TABLE IF NOT EXISTS fleet_revoked_jtis (
+    jti TEXT PRIMARY KEY,
+    expires INTEGER NOT NULL,
+    revoked INTEGER NOT NULL
 );
 ";
 
@@ -416,7 +428,10 @@ impl Registry {
         // Expired tokens are refused by their `exp`; only live ones need listing.
         let mut stmt = self
             .conn
-            .prepare("SELECT jti FROM tokens WHERE revoked IS NOT NULL AND expires >= ?1")
+            .prepare(
+                "SELECT jti FROM tokens WHERE revoked IS NOT NULL AND expires >= ?1
+                 UNION SELECT jti FROM fleet_revoked_jtis WHERE expires >= ?1",
+            )
             .map_err(self.db())?;
         let rows = stmt
             .query_map(params![now - 3600], |r| r.get(0))
@@ -425,6 +440,7 @@ impl Registry {
         snap.issuer_keys = self
             .issuer_keys()?
             .into_iter()
+            .chain(self.fleet_issuer_keys()?)
             .filter(|k| k.valid_until.is_none_or(|v| v >= now))
             .collect();
         Ok(snap)

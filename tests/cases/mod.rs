@@ -10,6 +10,7 @@ mod cli;
 mod consent;
 mod dashboard;
 mod enforced;
+mod fleet;
 mod git;
 mod guard;
 mod hardening_bodies;

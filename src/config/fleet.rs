@@ -1,0 +1,87 @@
+//! `[fleet]`: joining other instances through NATS JetStream (one registry and one PANIC
+//! for all of them). A leaf: it imports nothing from the crate but its sibling.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::pod::one_or_many;
+
+/// `[fleet]`; off while `url` is empty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// NATS server URLs (one or a list), e.g. "nats://nats.agentgate.svc:4222".
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// The fleet's name: instances with the same name share one registry.
+    pub name: String,
+    /// A file holding the NATS token.
+    pub token_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT + NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// Extra PEM roots for a TLS (`tls://`) server.
+    pub tls_ca: Option<PathBuf>,
+    /// How long to keep serving on the last known registry while the bus is unreachable;
+    /// after that every request is refused `503 fleet_unavailable` until it is back.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            url: Vec::new(),
+            name: "agentgate".into(),
+            token_file: None,
+            creds_file: None,
+            tls_ca: None,
+            max_staleness: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Whether the instance joins a fleet.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Checks what types cannot: `Err((key, message))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err((
+                "fleet.name",
+                "must be 1-32 letters, digits, '-' or '_' (it names the fleet's KV buckets)".into(),
+            ));
+        }
+        if self.token_file.is_some() && self.creds_file.is_some() {
+            return Err((
+                "fleet.token_file",
+                "set token_file or creds_file, not both".into(),
+            ));
+        }
+        if self.max_staleness.is_zero() {
+            return Err((
+                "fleet.max_staleness",
+                "must be greater than zero, e.g. \"30s\"".into(),
+            ));
+        }
+        for url in &self.url {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err((
+                    "fleet.url",
+                    format!("`{url}` must start with nats:// or tls://"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

