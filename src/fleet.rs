@@ -7,7 +7,8 @@
 //! registered, revoked, PANIC — is published (see [`crate::identity::registry::fleet`]).
 //! A revocation that arrives from the bus triggers the local PANIC cut-off here: tunnels
 //! closed, held requests refused, credentials dropped and revoked upstream by the instance
-//! that handed them out. Each instance also heartbeats a record in `<fleet>-instances`.
+//! that handed them out. Each instance also heartbeats a record in `<fleet>-instances`, and
+//! ships its committed audit records to the fleet's stream ([`stream`]).
 //! When the bus stays unreachable for longer than `fleet.max_staleness`, every request is
 //! refused (`503 fleet_unavailable`) until it is back; revocations already seen are kept.
 
@@ -21,6 +22,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+pub mod bus;
+pub mod stream;
+
+use crate::audit::Audit;
 use crate::clock::now;
 use crate::config::FleetConfig;
 use crate::identity::Identity;
@@ -28,29 +33,11 @@ use crate::identity::registry::Registry;
 use crate::identity::registry::fleet::{FleetEntryError, REVOKED};
 use crate::panic::Panic;
 use crate::state::StateDir;
+use bus::{FleetError, bus, connect};
 
 /// How often local registry changes are looked for, and the instance record refreshed.
 const EXPORT_EVERY: Duration = Duration::from_millis(250);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-
-/// Why joining the fleet failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error("fleet.{key} {path}: {source}")]
-    File {
-        key: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("fleet: {0}")]
-    Bus(String),
-    #[error(transparent)]
-    Entry(#[from] FleetEntryError),
-}
-
-fn bus(e: impl std::fmt::Display) -> FleetError {
-    FleetError::Bus(e.to_string())
-}
 
 /// What the fleet's background task needs.
 pub struct Member {
@@ -58,6 +45,7 @@ pub struct Member {
     pub instance: String,
     pub identity: Arc<Identity>,
     pub panic: Arc<Panic>,
+    pub audit: Arc<Audit>,
     pub state: StateDir,
 }
 
@@ -69,6 +57,12 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
         member.identity.clone(),
         member.config.max_staleness,
         last_good.clone(),
+        shutdown.clone(),
+    ));
+    let shipper = tokio::spawn(stream::ship(
+        member.config.clone(),
+        member.audit.clone(),
+        member.state.clone(),
         shutdown.clone(),
     ));
     let mut backoff = Duration::from_millis(200);
@@ -87,6 +81,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     watchdog.abort();
+    shipper.abort();
 }
 
 /// Refuses every request once the bus has been gone for longer than `max_staleness`.
@@ -174,37 +169,6 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
             }
         }
     }
-}
-
-async fn connect(config: &FleetConfig) -> Result<async_nats::Client, FleetError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .name("agentgate");
-    if let Some(path) = &config.token_file {
-        let token = std::fs::read_to_string(path).map_err(|source| FleetError::File {
-            key: "token_file",
-            path: path.display().to_string(),
-            source,
-        })?;
-        options = options.token(token.trim().to_owned());
-    }
-    if let Some(path) = &config.creds_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|source| FleetError::File {
-                key: "creds_file",
-                path: path.display().to_string(),
-                source,
-            })?;
-    }
-    if let Some(path) = &config.tls_ca {
-        options = options.add_root_certificates(path.clone());
-    }
-    options
-        .connect(config.url.join(","))
-        .await
-        .map_err(|e| bus(format!("cannot connect to {}: {e}", config.url.join(", "))))
 }
 
 /// The bucket `name`, created on first use (`max_age`: entries expire, for heartbeats).

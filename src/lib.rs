@@ -299,6 +299,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         instance: instance.clone(),
         identity: identity.clone(),
         panic: panic.clone(),
+        audit: audit.clone(),
         state: state.clone(),
     });
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.

@@ -30,6 +30,9 @@ pub(crate) enum AuditCommand {
         /// in the state dir). Keep a copy somewhere the log's host cannot change.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// Verify every instance's log as the fleet's audit stream holds it ([fleet]).
+        #[arg(long, conflicts_with_all = ["db", "checkpoint", "pubkey"])]
+        fleet: bool,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
@@ -83,10 +86,16 @@ fn open(db: &Path) -> Result<Connection> {
 pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Result<bool> {
     match cmd {
         AuditCommand::Verify {
+            fleet: true,
+            output,
+            ..
+        } => verify_fleet(config, output),
+        AuditCommand::Verify {
             db,
             checkpoint,
             pubkey,
             output,
+            ..
         } => {
             let db = db_path(state, config, db);
             // The default file may not exist yet (no checkpoint written); a named one must.
@@ -161,6 +170,35 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
             Ok(true)
         }
     }
+}
+
+/// `audit verify --fleet`: every log in the fleet's stream, intact only if all are.
+fn verify_fleet(config: &Config, output: Output) -> Result<bool> {
+    if !config.fleet.enabled() {
+        bail!("--fleet reads the fleet's audit stream: set [fleet] url (and name) in the config");
+    }
+    let logs = crate::cli::block_on(agentgate::fleet::stream::verify(&config.fleet))??;
+    let intact = !logs.is_empty() && logs.iter().all(|l| l.problem.is_none());
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&logs)?),
+        Output::Text => {
+            if logs.is_empty() {
+                println!(
+                    "fleet {}: the audit stream holds no records",
+                    config.fleet.name
+                );
+            }
+            for l in &logs {
+                match &l.problem {
+                    None => println!("log {}: {} records, intact", l.log_id, l.records),
+                    Some(p) => {
+                        println!("log {}: {} records, NOT INTACT at {p}", l.log_id, l.records)
+                    }
+                }
+            }
+        }
+    }
+    Ok(intact)
 }
 
 fn print_after(conn: &Connection, after: i64, output: Output) -> Result<i64> {

@@ -1,0 +1,254 @@
+//! The fleet's audit stream. Each instance still commits every record to its own
+//! hash-chained log before anything leaves; committed records are then shipped, in order,
+//! to the JetStream stream `<fleet>-audit` on the subject `<fleet>.audit.<tenant>.<log id>`
+//! (`_` without a tenant), each with the message id `<log id>:<seq>`, so a record resent
+//! after a crash or an outage within the stream's duplicate window is dropped by the server.
+//! How far shipping got is kept in the state dir (`audit-shipped`): an outage only delays
+//! shipping. [`verify`] reads the stream back and checks every log's chain from its genesis,
+//! naming the first gap, duplicate or broken link.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::bus::{FleetError, bus, connect};
+use crate::audit::Audit;
+use crate::audit::chain;
+use crate::config::FleetConfig;
+use crate::state::{StateDir, write_public};
+
+/// Where shipping progress is kept in the state dir: `<log id> <seq>`.
+const PROGRESS_FILE: &str = "audit-shipped";
+/// Records read and published per round.
+const BATCH: i64 = 256;
+/// How long the server remembers message ids to drop resent records.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// One shipped record, as the stream carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Shipped {
+    log_id: String,
+    seq: u64,
+    hash: String,
+    record: serde_json::Value,
+}
+
+/// The stream of `fleet`, created on first use.
+async fn audit_stream(
+    js: &jetstream::Context,
+    fleet: &FleetConfig,
+) -> Result<stream::Stream, FleetError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("{}-audit", fleet.name),
+        subjects: vec![format!("{}.audit.>", fleet.name)],
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| bus(format!("cannot create the audit stream: {e}")))
+}
+
+/// Ships committed records until `shutdown`, reconnecting with backoff.
+pub async fn ship(
+    fleet: FleetConfig,
+    audit: Arc<Audit>,
+    state: StateDir,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let ended = tokio::select! {
+            r = ship_session(&fleet, &audit, &state, &mut backoff) => r,
+            _ = shutdown.changed() => return,
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: audit shipping paused; records stay in the local log until the bus is back");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn ship_session(
+    fleet: &FleetConfig,
+    audit: &Audit,
+    state: &StateDir,
+    backoff: &mut Duration,
+) -> Result<(), FleetError> {
+    let client = connect(fleet).await?;
+    let js = jetstream::new(client);
+    audit_stream(&js, fleet).await?;
+    let log_id = audit.log_id().to_owned();
+    let db = audit.db_path().to_owned();
+    let progress = state.path(PROGRESS_FILE);
+    let mut shipped = read_progress(&progress, &log_id);
+    let mut committed = audit.subscribe();
+    loop {
+        let (db2, after) = (db.clone(), shipped);
+        let rows = tokio::task::spawn_blocking(move || read_after(&db2, after))
+            .await
+            .map_err(bus)?
+            .map_err(|e| bus(format!("reading the audit log: {e}")))?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            // Nothing new: wait for the next commit (or look again in a second).
+            tokio::select! {
+                _ = committed.recv() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        };
+        let mut acks = Vec::with_capacity(rows.len());
+        for (seq, hash, record, tenant) in rows {
+            let subject = format!(
+                "{}.audit.{}.{log_id}",
+                fleet.name,
+                tenant.as_deref().map_or("_".into(), subject_token)
+            );
+            let body = format!(
+                "{{\"log_id\":\"{log_id}\",\"seq\":{seq},\"hash\":\"{hash}\",\"record\":{record}}}"
+            );
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{log_id}:{seq}").as_str());
+            let ack = js
+                .publish_with_headers(subject, headers, Bytes::from(body))
+                .await
+                .map_err(bus)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(bus)?;
+        }
+        shipped = last;
+        let (progress, line) = (progress.clone(), format!("{log_id} {shipped}\n"));
+        tokio::task::spawn_blocking(move || write_public(&progress, line.as_bytes()))
+            .await
+            .map_err(bus)?
+            .map_err(|e| bus(format!("saving shipping progress: {e}")))?;
+        *backoff = Duration::from_millis(200);
+    }
+}
+
+/// A tenant name as one subject token (`.` would split it).
+fn subject_token(tenant: &str) -> String {
+    tenant.replace(['.', '*', '>', ' '], "_")
+}
+
+fn read_progress(path: &std::path::Path, log_id: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [id, seq] if id == log_id => seq.parse().unwrap_or(0),
+        // Another log (a new state dir's): ship this one from the start.
+        _ => 0,
+    }
+}
+
+type Row = (u64, String, String, Option<String>);
+
+fn read_after(db: &std::path::Path, after: u64) -> rusqlite::Result<Vec<Row>> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, hash, record, json_extract(record, '$.tenant') FROM records
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after as i64, BATCH], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    rows.collect()
+}
+
+/// One log's verdict in the fleet's stream.
+#[derive(Debug, Serialize)]
+pub struct LogReport {
+    pub log_id: String,
+    pub records: u64,
+    /// The first problem, `None` when the log's chain is whole.
+    pub problem: Option<String>,
+}
+
+/// Reads the whole stream back and checks each log's chain from its genesis.
+pub async fn verify(fleet: &FleetConfig) -> Result<Vec<LogReport>, FleetError> {
+    let client = connect(fleet).await?;
+    let js = jetstream::new(client);
+    let mut stream = js
+        .get_stream(format!("{}-audit", fleet.name))
+        .await
+        .map_err(|e| bus(format!("no audit stream for fleet {}: {e}", fleet.name)))?;
+    let last = stream.info().await.map_err(bus)?.state.last_sequence;
+    // Per log: seq -> (hash, canonical record); a second, different copy is a problem.
+    let mut logs: HashMap<String, BTreeMap<u64, (String, String)>> = HashMap::new();
+    let mut conflicts: HashMap<String, u64> = HashMap::new();
+    for n in 1..=last {
+        let Ok(message) = stream.get_raw_message(n).await else {
+            continue; // deleted from the stream: shows up as a gap in its log
+        };
+        let shipped: Shipped = match serde_json::from_slice(&message.payload) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(bus(format!(
+                    "stream message {n} is not a shipped record: {e}"
+                )));
+            }
+        };
+        let entry = (shipped.hash, chain::canonical(&shipped.record));
+        let log = logs.entry(shipped.log_id.clone()).or_default();
+        match log.get(&shipped.seq) {
+            Some(seen) if *seen != entry => {
+                let first = conflicts.entry(shipped.log_id).or_insert(shipped.seq);
+                *first = (*first).min(shipped.seq);
+            }
+            Some(_) => {}
+            None => {
+                log.insert(shipped.seq, entry);
+            }
+        }
+    }
+    let mut out: Vec<LogReport> = logs
+        .into_iter()
+        .map(|(log_id, records)| {
+            let problem = check_chain(&log_id, &records, conflicts.get(&log_id).copied());
+            LogReport {
+                records: records.len() as u64,
+                log_id,
+                problem,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.log_id.cmp(&b.log_id));
+    Ok(out)
+}
+
+/// The first problem in one log's records as the stream holds them.
+fn check_chain(
+    log_id: &str,
+    records: &BTreeMap<u64, (String, String)>,
+    conflict: Option<u64>,
+) -> Option<String> {
+    let mut prev = chain::genesis(log_id);
+    for (expected, (&seq, (hash, canonical))) in (1u64..).zip(records) {
+        if conflict.is_some_and(|c| c <= seq) {
+            return Some(format!("seq {seq}: two different records in the stream"));
+        }
+        if seq != expected {
+            return Some(format!(
+                "seq {expected}: missing from the stream (next is {seq})"
+            ));
+        }
+        let link = chain::link(&prev, canonical.as_bytes());
+        if !chain::hex_matches(&link, hash) {
+            return Some(format!(
+                "seq {seq}: the record does not hash to its chain link (altered, or a record before it was)"
+            ));
+        }
+        prev = link;
+    }
+    None
+}
