@@ -12,9 +12,9 @@
 //! When the bus stays unreachable for longer than `fleet.max_staleness`, every request is
 //! refused (`503 fleet_unavailable`) until it is back; revocations already seen are kept.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 pub mod bus;
+pub mod mirror;
 pub mod stream;
 
 use crate::audit::Audit;
@@ -30,10 +31,13 @@ use crate::clock::now;
 use crate::config::FleetConfig;
 use crate::identity::Identity;
 use crate::identity::registry::Registry;
-use crate::identity::registry::fleet::{FleetEntryError, REVOKED};
+use crate::identity::registry::fleet::{Applied, FleetEntryError, REVOKED};
 use crate::panic::Panic;
 use crate::state::StateDir;
+use crate::vault::Vault;
+use crate::vault::fleet::{CONN, VaultReplica};
 use bus::{FleetError, bus, connect};
+use mirror::{Mirror, Replica};
 
 /// How often local registry changes are looked for, and the instance record refreshed.
 const EXPORT_EVERY: Duration = Duration::from_millis(250);
@@ -45,6 +49,7 @@ pub struct Member {
     pub instance: String,
     pub identity: Arc<Identity>,
     pub panic: Arc<Panic>,
+    pub vault: Arc<Vault>,
     pub audit: Arc<Audit>,
     pub state: StateDir,
 }
@@ -117,47 +122,58 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     let client = connect(&member.config).await?;
     let js = jetstream::new(client.clone());
     let name = &member.config.name;
-    let registry_kv = bucket(&js, &format!("{name}-registry"), None).await?;
     let instances_kv = bucket(&js, &format!("{name}-instances"), Some(HEARTBEAT_EVERY * 3)).await?;
-    let mut watch = registry_kv.watch_with_history(">").await.map_err(bus)?;
-    // What the bucket holds, as last seen: publishing compares against it.
-    let mut seen: HashMap<String, Bytes> = HashMap::new();
-    // One connection for the session: its `data_version` moves only when another
+    // One connection per store for the session: its `data_version` moves only when another
     // connection (the admin API, the CLI, PANIC) writes, which is what must be published.
     let state = member.state.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::open(&state))
-        .await
-        .map_err(bus)?
-        .map_err(FleetEntryError::from)?;
-    let registry = Arc::new(Mutex::new(registry));
-    let initial = registry_kv.status().await.map_err(bus)?.values();
-    let mut current = initial == 0;
-    let mut exported_version = None;
+    let (registry, vault) = tokio::task::spawn_blocking(move || {
+        let registry = Registry::open(&state).map_err(FleetEntryError::from)?;
+        Ok::<_, FleetEntryError>((RegistryReplica(registry), VaultReplica::open(&state)?))
+    })
+    .await
+    .map_err(bus)??;
+    let registry_kv = bucket(&js, &format!("{name}-registry"), None).await?;
+    let vault_kv = bucket(&js, &format!("{name}-vault"), None).await?;
+    let mut registry = Mirror::open("registry", registry_kv, registry).await?;
+    let mut vault = Mirror::open("vault", vault_kv, vault).await?;
     let mut export = tokio::time::interval(EXPORT_EVERY);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
-    tracing::info!(fleet = %name, entries = initial, "fleet: joined");
+    tracing::info!(fleet = %name, "fleet: joined");
     loop {
+        let current = registry.current && vault.current;
         if current && client.connection_state() == async_nats::connection::State::Connected {
             last_good.store(now(), Ordering::Release);
         }
         tokio::select! {
-            entry = watch.next() => {
-                let entry = entry.ok_or_else(|| bus("registry watch ended"))?.map_err(bus)?;
-                let value = match entry.operation {
-                    kv::Operation::Put => Some(entry.value.clone()),
-                    kv::Operation::Delete | kv::Operation::Purge => None,
-                };
-                apply(member, &registry, &entry.key, value.clone()).await?;
-                match value {
-                    Some(v) => seen.insert(entry.key, v),
-                    None => seen.remove(&entry.key),
-                };
-                if !current && (entry.seen_current || entry.delta == 0) {
-                    current = true;
+            entry = registry.watch.next() => {
+                let applied = registry.on_entry(entry).await?;
+                if applied.changed {
+                    let identity = member.identity.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || identity.refresh(false)).await;
+                    if let Ok(Err(e)) = reloaded {
+                        tracing::warn!(error = %e, "identity reload after a fleet update failed");
+                    }
+                }
+                if !applied.newly_revoked.is_empty() {
+                    let report = member
+                        .panic
+                        .follow_fleet(applied.newly_revoked, "revoked elsewhere in the fleet")
+                        .await;
+                    tracing::warn!(agents = %report.agents.join(", "), "fleet: revocation applied here");
+                }
+            }
+            entry = vault.watch.next() => {
+                if vault.on_entry(entry).await?.changed {
+                    let v = member.vault.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || v.reload_if_changed()).await;
+                    if let Ok(Err(e)) = reloaded {
+                        tracing::warn!(error = %e, "vault reload after a fleet update failed");
+                    }
                 }
             }
             _ = export.tick(), if current => {
-                exported_version = publish(&registry, &registry_kv, &mut seen, exported_version).await?;
+                registry.publish().await?;
+                vault.publish().await?;
                 member.identity.fleet().synced();
             }
             _ = heartbeat.tick() => {
@@ -168,6 +184,57 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
                     .map_err(bus)?;
             }
         }
+    }
+}
+
+/// The registry as a mirror's replica.
+struct RegistryReplica(Registry);
+
+impl Replica for RegistryReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        Ok(self.0.data_version()?)
+    }
+
+    fn entries(&self, now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+        Ok(self.0.fleet_entries(now)?)
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Applied, FleetEntryError> {
+        self.0.fleet_apply(key, value, now)
+    }
+
+    fn deletes(&self, key: &str) -> bool {
+        // A revocation lifted here (re-registration, `panic --lift`) is deleted for all.
+        key.starts_with(REVOKED)
+    }
+}
+
+impl Replica for VaultReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        VaultReplica::version(self)
+    }
+
+    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+        VaultReplica::entries(self)
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        _now: i64,
+    ) -> Result<Applied, FleetEntryError> {
+        VaultReplica::apply(self, key, value)
+    }
+
+    fn deletes(&self, key: &str) -> bool {
+        // `vault rm` here removes the connection everywhere.
+        key.starts_with(CONN)
     }
 }
 
@@ -189,88 +256,3 @@ async fn bucket(
     .await
     .map_err(|e| bus(format!("cannot create KV bucket {name}: {e}")))
 }
-
-/// Writes one entry from the bus into the registry; a new revocation cuts the agent off.
-async fn apply(
-    member: &Member,
-    registry: &Shared,
-    key: &str,
-    value: Option<Bytes>,
-) -> Result<(), FleetError> {
-    let (registry, identity, key_owned) =
-        (registry.clone(), member.identity.clone(), key.to_owned());
-    let applied = tokio::task::spawn_blocking(move || {
-        let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
-        let applied = registry.fleet_apply(&key_owned, value.as_deref(), now())?;
-        if applied.changed
-            && let Err(e) = identity.refresh(false)
-        {
-            tracing::warn!(error = %e, "identity reload after a fleet update failed");
-        }
-        Ok::<_, FleetEntryError>(applied)
-    })
-    .await
-    .map_err(bus)?;
-    let applied = match applied {
-        Ok(a) => a,
-        // One malformed entry must not stop the others (or the sync): report it.
-        Err(FleetEntryError::Bad { key, reason }) => {
-            tracing::error!(%key, %reason, "fleet: entry ignored");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !applied.newly_revoked.is_empty() {
-        let report = member
-            .panic
-            .follow_fleet(applied.newly_revoked, "revoked elsewhere in the fleet")
-            .await;
-        tracing::warn!(agents = %report.agents.join(", "), "fleet: revocation applied here");
-    }
-    Ok(())
-}
-
-/// Publishes what changed here (by another connection) since the last look: every entry
-/// that differs from what the bucket holds, and the deletion of revocations lifted here.
-async fn publish(
-    registry: &Shared,
-    kv: &kv::Store,
-    seen: &mut HashMap<String, Bytes>,
-    last_version: Option<i64>,
-) -> Result<Option<i64>, FleetError> {
-    let registry = registry.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
-        let version = registry.data_version()?;
-        if Some(version) == last_version {
-            return Ok((version, None));
-        }
-        registry.fleet_entries(now()).map(|e| (version, Some(e)))
-    })
-    .await
-    .map_err(bus)?
-    .map_err(FleetEntryError::from)?;
-    let (version, Some(entries)) = read else {
-        return Ok(last_version);
-    };
-    for (key, value) in &entries {
-        if seen.get(key).map(|v| &v[..]) != Some(&value[..]) {
-            let value = Bytes::from(value.clone());
-            kv.put(key, value.clone()).await.map_err(bus)?;
-            seen.insert(key.clone(), value);
-        }
-    }
-    // A revocation lifted here (re-registration, `panic --lift`) is deleted for all.
-    let lifted: Vec<String> = seen
-        .keys()
-        .filter(|k| k.starts_with(REVOKED) && !entries.contains_key(*k))
-        .cloned()
-        .collect();
-    for key in lifted {
-        kv.delete(&key).await.map_err(bus)?;
-        seen.remove(&key);
-    }
-    Ok(Some(version))
-}
-
-type Shared = Arc<Mutex<Registry>>;

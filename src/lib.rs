@@ -299,6 +299,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         instance: instance.clone(),
         identity: identity.clone(),
         panic: panic.clone(),
+        vault: vault.clone(),
         audit: audit.clone(),
         state: state.clone(),
     });

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod credentials;
 pub mod error;
 pub mod fetch;
+pub mod fleet;
 pub mod grant;
 pub mod references;
 pub mod revoke;

@@ -295,3 +295,80 @@ async fn audit_records_are_shipped_once_and_verified_across_the_fleet() {
     );
     assert!(problem(&id_b).starts_with("seq 3: missing"), "{logs:?}");
 }
+
+/// One GET of https://api.github.com/repos/acme/web through `proxy` as the test agent;
+/// returns the Authorization the upstream saw (the vault's credential, if any).
+async fn injected(env: &TestEnv, proxy: &Proxy) -> Option<String> {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let tls = raw::tunnel_to(proxy, "api.github.com", b"http/1.1").await;
+    let mut h1 = raw::h1_client(tls).await;
+    let req = http::Request::get("/repos/acme/web")
+        .header("host", "api.github.com")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = raw::send_h1(&mut h1, req).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    env.upstream
+        .seen()
+        .last()
+        .and_then(|s| s.authorization.clone())
+}
+
+/// `vault set` on one instance serves every instance (the secret travels sealed under the
+/// fleet's vault key); `vault rm` on another removes it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_connection_set_on_one_instance_serves_all_and_rm_removes_it_everywhere() {
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    // Every instance of a fleet holds the same vault key (in Kubernetes, one Secret).
+    let key = "ZmxlZXQtdmF1bHQta2V5LWZvci10aGUtZTJlLXRlc3Q=";
+    for name in ["a", "b"] {
+        let home = env.dir.path().join(name);
+        std::fs::create_dir_all(&home).expect("home");
+        crate::support::cli::write_private(&home.join("vault.key"), format!("{key}\n").as_bytes());
+    }
+    let (a, b) = (instance(&env, &nats, "a"), instance(&env, &nats, "b"));
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    assert_eq!(injected(&env, &b).await, None, "no connection yet");
+
+    let token = format!("ghp_fleet_{}", std::process::id());
+    let file = crate::support::cli::secret_file(env.dir.path(), "gh.token", &format!("{token}\n"));
+    let config = a.home.join("agentgate.toml").display().to_string();
+    let file = file.display().to_string();
+    let args = [
+        "vault",
+        "set",
+        "github",
+        "--kind",
+        "static",
+        "--secret-file",
+        &file,
+    ];
+    cli_ok(
+        &agentgate(&a.home, &args, &[("AGENTGATE_CONFIG", &config)]).await,
+        "vault set",
+    );
+    let want = format!("Bearer {token}");
+    until("B injects the credential set on A", 10, 1, || async {
+        u16::from(injected(&env, &b).await.as_deref() == Some(want.as_str()))
+    })
+    .await;
+
+    let config = b.home.join("agentgate.toml").display().to_string();
+    cli_ok(
+        &agentgate(
+            &b.home,
+            &["vault", "rm", "github"],
+            &[("AGENTGATE_CONFIG", &config)],
+        )
+        .await,
+        "vault rm",
+    );
+    until("A stops injecting what B removed", 10, 1, || async {
+        u16::from(injected(&env, &a).await.is_none())
+    })
+    .await;
+}

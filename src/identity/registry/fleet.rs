@@ -67,8 +67,11 @@ pub struct Applied {
 pub enum FleetEntryError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("fleet registry entry {key}: {reason}")]
+    #[error("fleet entry {key}: {reason}")]
     Bad { key: String, reason: String },
+    /// The local store failed: the sync starts over (and replays) rather than skip it.
+    #[error("{path}: {reason}")]
+    Store { path: String, reason: String },
 }
 
 impl Registry {

@@ -1,0 +1,138 @@
+//! A local SQLite store kept in step with a KV bucket, both ways: a watch with history
+//! writes what other instances publish, and whatever another local connection (the API, the
+//! CLI) changed is published. What the bucket holds, as last seen, is what publishing
+//! compares against, so an entry written from the bus is never sent back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+
+use super::bus::{FleetError, bus};
+use crate::clock::now;
+use crate::identity::registry::fleet::{Applied, FleetEntryError};
+
+/// The local side of a mirror.
+pub trait Replica: Send + 'static {
+    /// A counter that moves when another connection commits to the store.
+    fn version(&self) -> Result<i64, FleetEntryError>;
+    /// Everything this instance publishes, by key.
+    fn entries(&self, now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError>;
+    /// Writes an entry another instance published (`None`: deleted).
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Applied, FleetEntryError>;
+    /// Whether a key the bucket holds but this store lacks was deleted here (and so is
+    /// deleted from the bucket), rather than never held.
+    fn deletes(&self, key: &str) -> bool;
+}
+
+/// One bucket and its local replica.
+pub struct Mirror<R> {
+    pub name: String,
+    kv: kv::Store,
+    pub watch: kv::Watch,
+    replica: Arc<Mutex<R>>,
+    seen: HashMap<String, Bytes>,
+    /// Set once the watch has replayed what the bucket held.
+    pub current: bool,
+    published: Option<i64>,
+}
+
+impl<R: Replica> Mirror<R> {
+    /// Opens the watch on `kv` (replaying its history first).
+    pub async fn open(name: &str, kv: kv::Store, replica: R) -> Result<Self, FleetError> {
+        let held = kv.status().await.map_err(bus)?.values();
+        let watch = kv.watch_with_history(">").await.map_err(bus)?;
+        Ok(Mirror {
+            name: name.to_owned(),
+            kv,
+            watch,
+            replica: Arc::new(Mutex::new(replica)),
+            seen: HashMap::new(),
+            current: held == 0,
+            published: None,
+        })
+    }
+
+    /// Applies one entry from the watch; a malformed one is reported and skipped.
+    pub async fn on_entry(
+        &mut self,
+        entry: Option<Result<kv::Entry, kv::WatcherError>>,
+    ) -> Result<Applied, FleetError> {
+        let entry = entry
+            .ok_or_else(|| bus(format!("{} watch ended", self.name)))?
+            .map_err(bus)?;
+        let value = match entry.operation {
+            kv::Operation::Put => Some(entry.value.clone()),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let (replica, key, v) = (self.replica.clone(), entry.key.clone(), value.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut replica = replica.lock().unwrap_or_else(|p| p.into_inner());
+            replica.apply(&key, v.as_deref(), now())
+        })
+        .await
+        .map_err(bus)?;
+        let applied = match applied {
+            Ok(a) => a,
+            // One malformed entry must not stop the others: report it.
+            Err(FleetEntryError::Bad { key, reason }) => {
+                tracing::error!(bucket = %self.name, %key, %reason, "fleet: entry ignored");
+                Applied::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match value {
+            Some(v) => self.seen.insert(entry.key, v),
+            None => self.seen.remove(&entry.key),
+        };
+        if !self.current && (entry.seen_current || entry.delta == 0) {
+            self.current = true;
+        }
+        Ok(applied)
+    }
+
+    /// Publishes what another local connection changed since the last look.
+    pub async fn publish(&mut self) -> Result<(), FleetError> {
+        let (replica, last) = (self.replica.clone(), self.published);
+        let read = tokio::task::spawn_blocking(move || {
+            let replica = replica.lock().unwrap_or_else(|p| p.into_inner());
+            let version = replica.version()?;
+            if Some(version) == last {
+                return Ok((version, None));
+            }
+            replica.entries(now()).map(|e| (version, Some(e)))
+        })
+        .await
+        .map_err(bus)??;
+        let (version, Some(entries)) = read else {
+            return Ok(());
+        };
+        for (key, value) in &entries {
+            if self.seen.get(key).map(|v| &v[..]) != Some(&value[..]) {
+                let value = Bytes::from(value.clone());
+                self.kv.put(key, value.clone()).await.map_err(bus)?;
+                self.seen.insert(key.clone(), value);
+            }
+        }
+        let gone: Vec<String> = {
+            let replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
+            self.seen
+                .keys()
+                .filter(|k| !entries.contains_key(*k) && replica.deletes(k))
+                .cloned()
+                .collect()
+        };
+        for key in gone {
+            self.kv.delete(&key).await.map_err(bus)?;
+            self.seen.remove(&key);
+        }
+        self.published = Some(version);
+        Ok(())
+    }
+}
