@@ -13,6 +13,7 @@ pub mod ask;
 pub mod ciba;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod record;
 pub mod store;
 pub mod tenants;

@@ -29,6 +29,8 @@ pub mod stream;
 use crate::audit::Audit;
 use crate::clock::now;
 use crate::config::FleetConfig;
+use crate::consent::TenantConsents;
+use crate::consent::fleet::{CONSENT, ConsentReplica};
 use crate::identity::Identity;
 use crate::identity::registry::Registry;
 use crate::identity::registry::fleet::{Applied, FleetEntryError, REVOKED};
@@ -50,6 +52,7 @@ pub struct Member {
     pub identity: Arc<Identity>,
     pub panic: Arc<Panic>,
     pub vault: Arc<Vault>,
+    pub consents: Arc<TenantConsents>,
     pub audit: Arc<Audit>,
     pub state: StateDir,
 }
@@ -126,9 +129,13 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     // One connection per store for the session: its `data_version` moves only when another
     // connection (the admin API, the CLI, PANIC) writes, which is what must be published.
     let state = member.state.clone();
-    let (registry, vault) = tokio::task::spawn_blocking(move || {
+    let (registry, vault, consents) = tokio::task::spawn_blocking(move || {
         let registry = Registry::open(&state).map_err(FleetEntryError::from)?;
-        Ok::<_, FleetEntryError>((RegistryReplica(registry), VaultReplica::open(&state)?))
+        Ok::<_, FleetEntryError>((
+            RegistryReplica(registry),
+            VaultReplica::open(&state)?,
+            ConsentReplica::open(&state)?,
+        ))
     })
     .await
     .map_err(bus)??;
@@ -136,11 +143,13 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     let vault_kv = bucket(&js, &format!("{name}-vault"), None).await?;
     let mut registry = Mirror::open("registry", registry_kv, registry).await?;
     let mut vault = Mirror::open("vault", vault_kv, vault).await?;
+    let consents_kv = bucket(&js, &format!("{name}-consents"), None).await?;
+    let mut consents = Mirror::open("consents", consents_kv, consents).await?;
     let mut export = tokio::time::interval(EXPORT_EVERY);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     tracing::info!(fleet = %name, "fleet: joined");
     loop {
-        let current = registry.current && vault.current;
+        let current = registry.current && vault.current && consents.current;
         if current && client.connection_state() == async_nats::connection::State::Connected {
             last_good.store(now(), Ordering::Release);
         }
@@ -171,9 +180,16 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
                     }
                 }
             }
+            entry = consents.watch.next() => {
+                // An answer given on another instance wakes the request held here.
+                for id in consents.on_entry(entry).await?.answered {
+                    member.consents.instance().answered_elsewhere(&id);
+                }
+            }
             _ = export.tick(), if current => {
                 registry.publish().await?;
                 vault.publish().await?;
+                consents.publish().await?;
                 member.identity.fleet().synced();
             }
             _ = heartbeat.tick() => {
@@ -211,6 +227,30 @@ impl Replica for RegistryReplica {
     fn deletes(&self, key: &str) -> bool {
         // A revocation lifted here (re-registration, `panic --lift`) is deleted for all.
         key.starts_with(REVOKED)
+    }
+}
+
+impl Replica for ConsentReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        ConsentReplica::version(self)
+    }
+
+    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+        ConsentReplica::entries(self)
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        _now: i64,
+    ) -> Result<Applied, FleetEntryError> {
+        ConsentReplica::apply(self, key, value)
+    }
+
+    fn deletes(&self, key: &str) -> bool {
+        // Pruned here after 30 days: the bucket need not keep it either.
+        key.starts_with(CONSENT)
     }
 }
 

@@ -300,6 +300,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         identity: identity.clone(),
         panic: panic.clone(),
         vault: vault.clone(),
+        consents: tenant_consents.clone(),
         audit: audit.clone(),
         state: state.clone(),
     });

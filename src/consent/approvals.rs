@@ -56,6 +56,8 @@ impl Consents {
             tracing::info!(pruned, "old closed consents removed from consents.db");
         }
         let pending = store.list(true, u32::MAX)?;
+        // Another instance's consents are its to ask (again); this one only answers them.
+        let remote = store.remote_ids()?;
         let consents = Arc::new(Consents {
             config: config.clone(),
             store: Mutex::new(store),
@@ -65,7 +67,7 @@ impl Consents {
             webhooks,
             ciba,
         });
-        for c in pending {
+        for c in pending.into_iter().filter(|c| !remote.contains(&c.id)) {
             consents.track(&c.id);
             if let Some(ciba) = &consents.ciba {
                 ciba.clone().ask(consents.clone(), c);
@@ -296,6 +298,12 @@ impl Consents {
     /// One consent.
     pub fn get(&self, id: &str) -> Result<Option<Consent>, ConsentError> {
         self.store.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+    }
+
+    /// An answer to `id` that reached the store from elsewhere (another instance of the
+    /// fleet): requests held on it here wake with it.
+    pub fn answered_elsewhere(&self, id: &str) {
+        let _ = self.still_pending(id);
     }
 
     /// Whether `id` is pending in the store; if not, its channel is settled (and dropped),

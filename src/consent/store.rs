@@ -68,6 +68,19 @@ impl Store {
             OpenError::Db(e) => err(e),
         })?;
         db.execute_batch(SCHEMA).map_err(err)?;
+        // Added with fleet mode: rows another instance asked (answerable here, never used).
+        let has_remote: bool = db
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('consents') WHERE name = 'remote'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(err)?;
+        if !has_remote {
+            db.execute_batch("ALTER TABLE consents ADD COLUMN remote INTEGER NOT NULL DEFAULT 0")
+                .map_err(err)?;
+        }
         Ok(Store {
             db,
             path: path.to_owned(),
@@ -149,7 +162,7 @@ impl Store {
             .query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM consents
-                     WHERE agent = ?1 AND digest = ?2 AND expires > ?3 AND (
+                     WHERE agent = ?1 AND digest = ?2 AND expires > ?3 AND remote = 0 AND (
                         status IN ('pending', 'denied')
                         OR (status = 'approved' AND window_until IS NULL AND used = 0))
                      ORDER BY created DESC LIMIT 1"
@@ -159,6 +172,16 @@ impl Store {
             )
             .optional()
             .map_err(self.err())
+    }
+
+    /// The consents another instance of the fleet asked (answerable here, never used).
+    pub fn remote_ids(&self) -> Result<std::collections::HashSet<String>, ConsentError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT id FROM consents WHERE remote = 1 AND status = 'pending'")
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
     /// An approval window of `agent` covering this action and resource, if one is open.

@@ -12,15 +12,19 @@ use tokio::io::AsyncReadExt;
 use crate::support::TestEnv;
 use crate::support::cli::{Registered, agentgate, ok, register};
 use crate::support::nats::Nats;
-use crate::support::proxy::{self, Proxy, toml_str};
+use crate::support::proxy::{self, ConfigBuilder, Proxy, toml_str};
 use crate::support::raw;
 
 /// One instance of the fleet with its own state dir.
 fn instance(env: &TestEnv, nats: &Nats, name: &str) -> Proxy {
+    instance_with(env, nats, name, env.config())
+}
+
+/// [`instance`] on top of `cfg`.
+fn instance_with(env: &TestEnv, nats: &Nats, name: &str, cfg: ConfigBuilder) -> Proxy {
     let home = env.dir.path().join(name);
     std::fs::create_dir_all(&home).expect("instance home");
-    let cfg = env
-        .config()
+    let cfg = cfg
         .set("fleet", "url", &toml_str(&nats.url()))
         .set("fleet", "name", &toml_str("e2e"))
         .set("fleet", "max_staleness", &toml_str("2s"));
@@ -371,4 +375,68 @@ async fn a_vault_connection_set_on_one_instance_serves_all_and_rm_removes_it_eve
         u16::from(injected(&env, &a).await.is_none())
     })
     .await;
+}
+
+/// A request held on A for consent is answered through B (the CLI on B's state dir, its
+/// API) and completes on A; B never spends A's once-approval: the same request through B
+/// asks B's own consent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_held_on_one_instance_is_answered_on_another() {
+    use crate::support::cli::consent_list;
+    use crate::support::held;
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let cfg = || {
+        env.with_default_policy()
+            .set("policy", "eval_timeout", &toml_str("5s"))
+            .set("consent", "mode", &toml_str("hold"))
+            .set("consent", "timeout", &toml_str("30s"))
+    };
+    let (a, b) = (
+        instance_with(&env, &nats, "a", cfg()),
+        instance_with(&env, &nats, "b", cfg()),
+    );
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    let bot = register(&a, "bot", "alice", &[]).await;
+    let url = "https://api.github.com/repos/acme/web/issues";
+    let body = r#"{"title":"asked on A, approved on B"}"#;
+    let held = held::post_json(bot.proxy_url(&a), a.ca_path.clone(), url, body, 30, &[]);
+    until("B lists the consent A asked", 10, 1, || async {
+        u16::from(!consent_list(&b, false).await.is_empty())
+    })
+    .await;
+    let pending = consent_list(&b, false).await;
+    let id = pending[0]["id"].as_str().expect("id").to_owned();
+    let out = agentgate(&b.home, &["consent", "approve", &id], &[("USER", "ops")]).await;
+    cli_ok(&out, "consent approve on B");
+    let got = held::finish(held, 10).await;
+    assert_eq!(
+        got.status,
+        200,
+        "held on A, approved on B: {}",
+        String::from_utf8_lossy(&got.body)
+    );
+
+    // The same request through B: A's approval is not B's to spend.
+    let other = held::post_json(bot.proxy_url(&b), b.ca_path.clone(), url, body, 2, &[]);
+    let _ = held::finish(other, 10).await;
+    let on_b = consent_list(&b, true).await;
+    assert!(
+        on_b.iter()
+            .any(|c| c["id"] != id.as_str() && c["agent"] == bot.spiffe_id),
+        "B did not ask its own consent: {on_b:#?}"
+    );
+    let spent: Vec<_> = env
+        .upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/issues"))
+        .collect();
+    assert_eq!(
+        spent.len(),
+        1,
+        "the once-approval was spent twice: {spent:?}"
+    );
 }

@@ -60,6 +60,8 @@ pub struct Applied {
     pub changed: bool,
     /// SPIFFE IDs revoked by it that were not revoked here before (`*`: every agent).
     pub newly_revoked: Vec<String>,
+    /// Consents it answered that were pending here.
+    pub answered: Vec<String>,
 }
 
 /// Why an entry could not be applied.
@@ -269,6 +271,7 @@ impl Registry {
             return Ok(Applied {
                 changed: n > 0,
                 newly_revoked: if newly { vec![entry.spiffe_id] } else { vec![] },
+                ..Applied::default()
             });
         }
         if let Some(jti) = key.strip_prefix(JTI) {
