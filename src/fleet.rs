@@ -125,7 +125,14 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     let client = connect(&member.config).await?;
     let js = jetstream::new(client.clone());
     let name = &member.config.name;
-    let instances_kv = bucket(&js, &format!("{name}-instances"), Some(HEARTBEAT_EVERY * 3)).await?;
+    let replicas = member.config.replicas;
+    let instances_kv = bucket(
+        &js,
+        &format!("{name}-instances"),
+        Some(HEARTBEAT_EVERY * 3),
+        replicas,
+    )
+    .await?;
     // One connection per store for the session: its `data_version` moves only when another
     // connection (the admin API, the CLI, PANIC) writes, which is what must be published.
     let state = member.state.clone();
@@ -139,11 +146,11 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     })
     .await
     .map_err(bus)??;
-    let registry_kv = bucket(&js, &format!("{name}-registry"), None).await?;
-    let vault_kv = bucket(&js, &format!("{name}-vault"), None).await?;
+    let registry_kv = bucket(&js, &format!("{name}-registry"), None, replicas).await?;
+    let vault_kv = bucket(&js, &format!("{name}-vault"), None, replicas).await?;
     let mut registry = Mirror::open("registry", registry_kv, registry).await?;
     let mut vault = Mirror::open("vault", vault_kv, vault).await?;
-    let consents_kv = bucket(&js, &format!("{name}-consents"), None).await?;
+    let consents_kv = bucket(&js, &format!("{name}-consents"), None, replicas).await?;
     let mut consents = Mirror::open("consents", consents_kv, consents).await?;
     let mut export = tokio::time::interval(EXPORT_EVERY);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
@@ -283,6 +290,7 @@ async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Option<Duration>,
+    replicas: usize,
 ) -> Result<kv::Store, FleetError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
@@ -291,6 +299,7 @@ async fn bucket(
         bucket: name.to_owned(),
         history: 1,
         max_age: max_age.unwrap_or_default(),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

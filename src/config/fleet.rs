@@ -23,6 +23,9 @@ pub struct FleetConfig {
     pub creds_file: Option<PathBuf>,
     /// Extra PEM roots for a TLS (`tls://`) server.
     pub tls_ca: Option<PathBuf>,
+    /// Copies the server cluster keeps of each bucket and of the audit stream (1 for a single
+    /// server; 3 in a 3-node cluster, so losing a node loses nothing).
+    pub replicas: usize,
     /// How long to keep serving on the last known registry while the bus is unreachable;
     /// after that every request is refused `503 fleet_unavailable` until it is back.
     #[serde(with = "humantime_serde")]
@@ -37,6 +40,7 @@ impl Default for FleetConfig {
             token_file: None,
             creds_file: None,
             tls_ca: None,
+            replicas: 1,
             max_staleness: Duration::from_secs(30),
         }
     }
@@ -66,6 +70,12 @@ impl FleetConfig {
             return Err((
                 "fleet.token_file",
                 "set token_file or creds_file, not both".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err((
+                "fleet.replicas",
+                "must be 1 to 5 (JetStream's limit)".into(),
             ));
         }
         if self.max_staleness.is_zero() {

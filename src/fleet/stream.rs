@@ -48,6 +48,7 @@ async fn audit_stream(
         name: format!("{}-audit", fleet.name),
         subjects: vec![format!("{}.audit.>", fleet.name)],
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: fleet.replicas,
         ..Default::default()
     })
     .await

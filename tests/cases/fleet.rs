@@ -440,3 +440,52 @@ async fn a_consent_held_on_one_instance_is_answered_on_another() {
         "the once-approval was spent twice: {spent:?}"
     );
 }
+
+/// A 3-node JetStream cluster (buckets and stream with 3 replicas): with the node A uses
+/// killed, the rest of the fleet keeps working (a revocation on B reaches C); A, cut off,
+/// fails closed after max_staleness; when its node comes back, A replays what it missed —
+/// the revocation — before it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_instance_fails_closed_and_catches_up_on_revocations() {
+    let env = TestEnv::new().await;
+    let mut nodes = Nats::cluster(env.dir.path(), 3);
+    let fleet_cfg = |node: &Nats| {
+        env.config()
+            .set("fleet", "url", &toml_str(&node.url()))
+            .set("fleet", "replicas", "3")
+    };
+    // A on node 2 alone; B and C on node 0.
+    let a = instance_with(&env, &nodes[2], "a", fleet_cfg(&nodes[2]));
+    let b = instance_with(&env, &nodes[0], "b", fleet_cfg(&nodes[0]));
+    let c = instance_with(&env, &nodes[0], "c", fleet_cfg(&nodes[0]));
+    for p in [&a, &b, &c] {
+        until("ready on the cluster", 40, 200, || readyz(p)).await;
+    }
+    let (stays, goes) = (
+        register(&b, "stays", "alice", &[]).await,
+        register(&b, "goes", "alice", &[]).await,
+    );
+    for p in [&a, &c] {
+        listed(p, "goes").await;
+        until("accepted everywhere", 10, 200, || connect(p, &goes)).await;
+    }
+
+    nodes[2].kill();
+    run(&b.home, &["agents", "revoke", "goes"]).await;
+    until("C, on a live node, refuses what B revoked", 15, 403, || {
+        connect(&c, &goes)
+    })
+    .await;
+    until("A, cut off, fails closed", 15, 503, || connect(&a, &stays)).await;
+
+    nodes[2].restart();
+    until("A serves again after its node is back", 40, 200, || {
+        connect(&a, &stays)
+    })
+    .await;
+    assert_eq!(
+        connect(&a, &goes).await,
+        403,
+        "A forgot the revocation it missed"
+    );
+}

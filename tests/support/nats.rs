@@ -8,7 +8,16 @@ use std::time::{Duration, Instant};
 pub struct Nats {
     pub port: u16,
     store: PathBuf,
+    /// Cluster flags (name, routes), empty for a single server.
+    cluster: Vec<String>,
     child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// The server binary: beside the test Python (the venv), else on PATH.
@@ -25,17 +34,44 @@ fn binary() -> PathBuf {
 impl Nats {
     /// Starts a JetStream server storing under `dir`; waits until it accepts connections.
     pub fn start(dir: &Path) -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let mut nats = Nats {
-            port,
+            port: free_port(),
             store: dir.join("nats-store"),
+            cluster: Vec::new(),
             child: None,
         };
         nats.restart();
         nats
+    }
+
+    /// A JetStream cluster of `n` servers routed to each other (`-n node<i>`).
+    pub fn cluster(dir: &Path, n: usize) -> Vec<Nats> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let urls: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes: Vec<Nats> = (0..n)
+            .map(|i| Nats {
+                port: free_port(),
+                store: dir.join(format!("nats-store-{i}")),
+                cluster: vec![
+                    "-n".into(),
+                    format!("node{i}"),
+                    "--cluster_name".into(),
+                    "agentgate-e2e".into(),
+                    "--cluster".into(),
+                    urls[i].clone(),
+                    "--routes".into(),
+                    urls.join(","),
+                ],
+                child: None,
+            })
+            .collect();
+        for node in &mut nodes {
+            node.restart();
+        }
+        nodes
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -57,6 +93,7 @@ impl Nats {
         let child = Command::new(binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&self.store)
+            .args(&self.cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
