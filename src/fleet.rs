@@ -41,8 +41,10 @@ use crate::vault::fleet::{CONN, VaultReplica};
 use bus::{FleetError, bus, connect};
 use mirror::{Mirror, Replica};
 
-/// How often local registry changes are looked for, and the instance record refreshed.
-const EXPORT_EVERY: Duration = Duration::from_millis(250);
+/// How often local changes (registry, vault, consents) are looked for: a local read of each
+/// store's change counter, published only when it moved.
+const EXPORT_EVERY: Duration = Duration::from_millis(50);
+/// How often the instance record is refreshed (it expires after three missed beats).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the fleet's background task needs.
