@@ -64,6 +64,9 @@ impl Nats {
                     urls[i].clone(),
                     "--routes".into(),
                     urls.join(","),
+                    // Clients reach only the node they were given: a killed node is a
+                    // partition for them, not a hop to the next node.
+                    "--no_advertise".into(),
                 ],
                 child: None,
             })
