@@ -232,8 +232,11 @@ impl Consents {
         let pending = self
             .with_store(|s| s.list(true, u32::MAX))
             .unwrap_or_default();
+        // Another instance's consents are denied by it, when the revocation reaches it.
+        let remote = self.with_store(|s| s.remote_ids()).unwrap_or_default();
         let denied = pending
             .iter()
+            .filter(|c| !remote.contains(&c.id))
             .filter(|c| agents.is_none_or(|a| a.contains(&c.agent)))
             .filter(|c| self.deny(&c.id, "agentgate", "panic", Some(reason)).is_ok())
             .count();

@@ -210,3 +210,75 @@ fn from_json(v: &serde_json::Value) -> Sql {
         other => Sql::Text(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::store::Store;
+
+    fn row(id: &str, status: &str) -> Vec<u8> {
+        let mut obj = serde_json::Map::new();
+        for c in COLUMNS {
+            obj.insert(c.to_owned(), serde_json::Value::Null);
+        }
+        for (k, v) in [
+            ("id", serde_json::json!(id)),
+            ("agent", serde_json::json!("spiffe://t/agent/bot")),
+            ("action", serde_json::json!("github.issues.create")),
+            ("resource_type", serde_json::json!("github.repo")),
+            ("resource_id", serde_json::json!("acme/web")),
+            ("tuple", serde_json::json!("{}")),
+            ("digest", serde_json::json!("d")),
+            ("tuple_key", serde_json::json!("k")),
+            ("binding_code", serde_json::json!("ABCD")),
+            ("backend", serde_json::json!("local")),
+            ("created", serde_json::json!(100)),
+            ("expires", serde_json::json!(130)),
+            ("status", serde_json::json!(status)),
+            ("used", serde_json::json!(0)),
+        ] {
+            obj.insert(k.to_owned(), v);
+        }
+        serde_json::to_vec(&obj).unwrap()
+    }
+
+    #[test]
+    fn remote_consents_are_answered_not_used_expired_or_reopened_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("h")).unwrap();
+        let store = Store::open(&state).unwrap();
+        let mut replica = ConsentReplica::open(&state).unwrap();
+        let key = format!("{CONSENT}c1");
+        assert!(
+            replica
+                .apply(&key, Some(&row("c1", "pending")))
+                .unwrap()
+                .changed
+        );
+        // Listed here, but never used, expired or re-asked here: its instance does that.
+        assert!(store.remote_ids().unwrap().contains("c1"));
+        assert!(store.overdue(1000).unwrap().is_empty());
+        assert!(
+            store
+                .for_request("spiffe://t/agent/bot", "d", 110)
+                .unwrap()
+                .is_none()
+        );
+        // The first answer is taken and wakes the held request; a later one changes nothing.
+        let answered = replica.apply(&key, Some(&row("c1", "approved"))).unwrap();
+        assert_eq!(answered.answered, ["c1"]);
+        let again = replica.apply(&key, Some(&row("c1", "denied"))).unwrap();
+        assert!(!again.changed && again.answered.is_empty());
+        let back = replica.apply(&key, Some(&row("c1", "pending"))).unwrap();
+        assert!(!back.changed, "an answer never reopens");
+        assert_eq!(
+            store.get("c1").unwrap().unwrap().status.as_str(),
+            "approved"
+        );
+        assert!(
+            replica
+                .apply("consent.other", Some(&row("c1", "pending")))
+                .is_err()
+        );
+    }
+}

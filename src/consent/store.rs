@@ -315,7 +315,10 @@ impl Store {
     pub fn overdue(&self, now: i64) -> Result<Vec<String>, ConsentError> {
         let mut stmt = self
             .db
-            .prepare("SELECT id FROM consents WHERE status = 'pending' AND expires <= ?1")
+            // Another instance's consents are expired by it (one webhook, one record).
+            .prepare(
+                "SELECT id FROM consents WHERE status = 'pending' AND expires <= ?1 AND remote = 0",
+            )
             .map_err(self.err())?;
         let rows = stmt
             .query_map(params![now], |r| r.get(0))
