@@ -12,7 +12,6 @@
 //! When the bus stays unreachable for longer than `fleet.max_staleness`, every request is
 //! refused (`503 fleet_unavailable`) until it is back; revocations already seen are kept.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -30,16 +29,17 @@ use crate::audit::Audit;
 use crate::clock::now;
 use crate::config::FleetConfig;
 use crate::consent::TenantConsents;
-use crate::consent::fleet::{CONSENT, ConsentReplica};
+use crate::consent::fleet::ConsentReplica;
 use crate::identity::Identity;
 use crate::identity::registry::Registry;
-use crate::identity::registry::fleet::{Applied, FleetEntryError, REVOKED};
+use crate::identity::registry::fleet::RegistryReplica;
 use crate::panic::Panic;
+use crate::replica::FleetEntryError;
 use crate::state::StateDir;
 use crate::vault::Vault;
-use crate::vault::fleet::{CONN, VaultReplica};
+use crate::vault::fleet::VaultReplica;
 use bus::{FleetError, bus, connect};
-use mirror::{Mirror, Replica};
+use mirror::Mirror;
 
 /// How often local changes (registry, vault, consents) are looked for: a local read of each
 /// store's change counter, published only when it moved.
@@ -209,81 +209,6 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
                     .map_err(bus)?;
             }
         }
-    }
-}
-
-/// The registry as a mirror's replica.
-struct RegistryReplica(Registry);
-
-impl Replica for RegistryReplica {
-    fn version(&self) -> Result<i64, FleetEntryError> {
-        Ok(self.0.data_version()?)
-    }
-
-    fn entries(&self, now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
-        Ok(self.0.fleet_entries(now)?)
-    }
-
-    fn apply(
-        &mut self,
-        key: &str,
-        value: Option<&[u8]>,
-        now: i64,
-    ) -> Result<Applied, FleetEntryError> {
-        self.0.fleet_apply(key, value, now)
-    }
-
-    fn deletes(&self, key: &str) -> bool {
-        // A revocation lifted here (re-registration, `panic --lift`) is deleted for all.
-        key.starts_with(REVOKED)
-    }
-}
-
-impl Replica for ConsentReplica {
-    fn version(&self) -> Result<i64, FleetEntryError> {
-        ConsentReplica::version(self)
-    }
-
-    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
-        ConsentReplica::entries(self)
-    }
-
-    fn apply(
-        &mut self,
-        key: &str,
-        value: Option<&[u8]>,
-        _now: i64,
-    ) -> Result<Applied, FleetEntryError> {
-        ConsentReplica::apply(self, key, value)
-    }
-
-    fn deletes(&self, key: &str) -> bool {
-        // Pruned here after 30 days: the bucket need not keep it either.
-        key.starts_with(CONSENT)
-    }
-}
-
-impl Replica for VaultReplica {
-    fn version(&self) -> Result<i64, FleetEntryError> {
-        VaultReplica::version(self)
-    }
-
-    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
-        VaultReplica::entries(self)
-    }
-
-    fn apply(
-        &mut self,
-        key: &str,
-        value: Option<&[u8]>,
-        _now: i64,
-    ) -> Result<Applied, FleetEntryError> {
-        VaultReplica::apply(self, key, value)
-    }
-
-    fn deletes(&self, key: &str) -> bool {
-        // `vault rm` here removes the connection everywhere.
-        key.starts_with(CONN)
     }
 }
 

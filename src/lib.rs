@@ -34,6 +34,7 @@ pub mod outbound;
 pub mod panic;
 pub mod pipeline;
 pub mod policy;
+pub mod replica;
 pub mod secret;
 pub mod seed;
 pub mod server;

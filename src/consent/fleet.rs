@@ -7,13 +7,11 @@
 //! its use; an answer never changes once given.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection as Db, OptionalExtension, params, types::Value as Sql};
+use rusqlite::{OptionalExtension, params, types::Value as Sql};
 
 use super::store::FILE;
-use crate::identity::registry::fleet::{Applied, FleetEntryError};
-use crate::sqlite::{self, Durability};
+use crate::replica::{Applied, FleetEntryError, Replica, StoreFile};
 use crate::state::StateDir;
 
 /// `consent.<id>`: one consent.
@@ -46,43 +44,39 @@ const COLUMNS: [&str; 22] = [
 ];
 
 /// `consents.db` as a mirror's replica.
-pub struct ConsentReplica {
-    db: Db,
-    path: PathBuf,
-}
+pub struct ConsentReplica(StoreFile);
 
 impl ConsentReplica {
-    /// Opens the instance's `consents.db` in `state`.
+    /// Opens the instance's `consents.db` in `state`; the consent store made its schema
+    /// (with `remote`) when the instance started.
     pub fn open(state: &StateDir) -> Result<ConsentReplica, FleetEntryError> {
-        let path = state.path(FILE);
-        // The consent store made the schema (with `remote`) when the instance started.
-        let db = sqlite::open(&path, Durability::Full).map_err(|e| store(&path, e.to_string()))?;
-        Ok(ConsentReplica { db, path })
+        StoreFile::open(&state.path(FILE)).map(ConsentReplica)
+    }
+}
+
+impl Replica for ConsentReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        self.0.version()
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> FleetEntryError + '_ {
-        move |e| store(&self.path, e.to_string())
-    }
-
-    /// A counter that moves when another connection commits.
-    pub fn version(&self) -> Result<i64, FleetEntryError> {
-        self.db
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(self.err())
+    fn deletes(&self, key: &str) -> bool {
+        // Pruned here after 30 days: the bucket need not keep it either.
+        key.starts_with(CONSENT)
     }
 
     /// Every consent, by key, as a JSON object of its shared columns.
-    pub fn entries(&self) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
         let mut stmt = self
+            .0
             .db
             .prepare(&format!("SELECT {} FROM consents", COLUMNS.join(", ")))
-            .map_err(self.err())?;
-        let mut rows = stmt.query([]).map_err(self.err())?;
+            .map_err(self.0.err())?;
+        let mut rows = stmt.query([]).map_err(self.0.err())?;
         let mut out = BTreeMap::new();
-        while let Some(r) = rows.next().map_err(self.err())? {
+        while let Some(r) = rows.next().map_err(self.0.err())? {
             let mut obj = serde_json::Map::new();
             for (i, col) in COLUMNS.iter().enumerate() {
-                let v: Sql = r.get(i).map_err(self.err())?;
+                let v: Sql = r.get(i).map_err(self.0.err())?;
                 obj.insert((*col).to_owned(), to_json(v));
             }
             let id = obj["id"].as_str().unwrap_or_default().to_owned();
@@ -95,7 +89,12 @@ impl ConsentReplica {
     }
 
     /// Writes a consent another instance published, under the narrowing rules above.
-    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Result<Applied, FleetEntryError> {
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        _now: i64,
+    ) -> Result<Applied, FleetEntryError> {
         let bad = |reason: String| FleetEntryError::Bad {
             key: key.to_owned(),
             reason,
@@ -117,6 +116,7 @@ impl ConsentReplica {
             .map(|c| from_json(obj.get(*c).unwrap_or(&serde_json::Value::Null)))
             .collect();
         let local: Option<(String, Option<i64>, i64)> = self
+            .0
             .db
             .query_row(
                 "SELECT status, window_until, used FROM consents WHERE id = ?1",
@@ -124,7 +124,7 @@ impl ConsentReplica {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(self.err())?;
+            .map_err(self.0.err())?;
         let status = obj.get("status").and_then(|v| v.as_str()).unwrap_or("");
         let window = obj.get("window_until").and_then(|v| v.as_i64());
         let used = obj.get("used").and_then(|v| v.as_i64()).unwrap_or(0);
@@ -137,9 +137,10 @@ impl ConsentReplica {
                     "INSERT INTO consents ({cols}, remote) VALUES ({}, 1)",
                     marks.join(", ")
                 );
-                self.db
+                self.0
+                    .db
                     .execute(&sql, rusqlite::params_from_iter(values))
-                    .map_err(self.err())?;
+                    .map_err(self.0.err())?;
                 applied.changed = true;
             }
             Some((local_status, _, _)) if local_status == "pending" && status != "pending" => {
@@ -154,9 +155,10 @@ impl ConsentReplica {
                     sets.join(", ")
                 );
                 let n = self
+                    .0
                     .db
                     .execute(&sql, rusqlite::params_from_iter(values))
-                    .map_err(self.err())?;
+                    .map_err(self.0.err())?;
                 applied.changed = n > 0;
                 if n > 0 {
                     applied.answered.push(id.to_owned());
@@ -166,6 +168,7 @@ impl ConsentReplica {
                 // Narrowing only: a window that ended, a once-approval that was used.
                 let shorter = window.is_some_and(|w| local_window.is_none_or(|l| w < l));
                 let n = self
+                    .0
                     .db
                     .execute(
                         "UPDATE consents SET window_until = CASE WHEN ?2 THEN ?3 ELSE window_until END,
@@ -173,19 +176,12 @@ impl ConsentReplica {
                          WHERE id = ?1 AND (?2 OR used < ?4)",
                         params![id, shorter, window, used],
                     )
-                    .map_err(self.err())?;
+                    .map_err(self.0.err())?;
                 applied.changed = n > 0 && (shorter || used > local_used);
             }
             Some(_) => {}
         }
         Ok(applied)
-    }
-}
-
-fn store(path: &Path, reason: String) -> FleetEntryError {
-    FleetEntryError::Store {
-        path: path.display().to_string(),
-        reason,
     }
 }
 
@@ -251,7 +247,7 @@ mod tests {
         let key = format!("{CONSENT}c1");
         assert!(
             replica
-                .apply(&key, Some(&row("c1", "pending")))
+                .apply(&key, Some(&row("c1", "pending")), 0)
                 .unwrap()
                 .changed
         );
@@ -265,11 +261,13 @@ mod tests {
                 .is_none()
         );
         // The first answer is taken and wakes the held request; a later one changes nothing.
-        let answered = replica.apply(&key, Some(&row("c1", "approved"))).unwrap();
+        let answered = replica
+            .apply(&key, Some(&row("c1", "approved")), 0)
+            .unwrap();
         assert_eq!(answered.answered, ["c1"]);
-        let again = replica.apply(&key, Some(&row("c1", "denied"))).unwrap();
+        let again = replica.apply(&key, Some(&row("c1", "denied")), 0).unwrap();
         assert!(!again.changed && again.answered.is_empty());
-        let back = replica.apply(&key, Some(&row("c1", "pending"))).unwrap();
+        let back = replica.apply(&key, Some(&row("c1", "pending")), 0).unwrap();
         assert!(!back.changed, "an answer never reopens");
         assert_eq!(
             store.get("c1").unwrap().unwrap().status.as_str(),
@@ -277,7 +275,7 @@ mod tests {
         );
         assert!(
             replica
-                .apply("consent.other", Some(&row("c1", "pending")))
+                .apply("consent.other", Some(&row("c1", "pending")), 0)
                 .is_err()
         );
     }

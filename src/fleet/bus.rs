@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::config::FleetConfig;
-use crate::identity::registry::fleet::FleetEntryError;
+use crate::replica::FleetEntryError;
 
 /// Why joining the fleet failed.
 #[derive(Debug, thiserror::Error)]

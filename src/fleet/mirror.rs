@@ -3,7 +3,7 @@
 //! CLI) changed is published. What the bucket holds, as last seen, is what publishing
 //! compares against, so an entry written from the bus is never sent back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
@@ -11,25 +11,7 @@ use bytes::Bytes;
 
 use super::bus::{FleetError, bus};
 use crate::clock::now;
-use crate::identity::registry::fleet::{Applied, FleetEntryError};
-
-/// The local side of a mirror.
-pub trait Replica: Send + 'static {
-    /// A counter that moves when another connection commits to the store.
-    fn version(&self) -> Result<i64, FleetEntryError>;
-    /// Everything this instance publishes, by key.
-    fn entries(&self, now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError>;
-    /// Writes an entry another instance published (`None`: deleted).
-    fn apply(
-        &mut self,
-        key: &str,
-        value: Option<&[u8]>,
-        now: i64,
-    ) -> Result<Applied, FleetEntryError>;
-    /// Whether a key the bucket holds but this store lacks was deleted here (and so is
-    /// deleted from the bucket), rather than never held.
-    fn deletes(&self, key: &str) -> bool;
-}
+use crate::replica::{Applied, FleetEntryError, Replica};
 
 /// One bucket and its local replica.
 pub struct Mirror<R> {

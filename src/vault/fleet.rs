@@ -5,16 +5,14 @@
 //! effect everywhere. Nothing here decrypts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use rusqlite::{Connection as Db, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use super::store::FILE;
-use crate::identity::registry::fleet::{Applied, FleetEntryError};
-use crate::sqlite::{self, Durability};
+use crate::replica::{Applied, FleetEntryError, Replica, StoreFile};
 use crate::state::StateDir;
 
 /// `conn.<id>`: one connection.
@@ -39,39 +37,35 @@ struct Row {
 }
 
 /// The vault database as a mirror's replica.
-pub struct VaultReplica {
-    db: Db,
-    path: PathBuf,
-}
+pub struct VaultReplica(StoreFile);
 
 impl VaultReplica {
     /// Opens `vault.db` in `state` (its schema is the vault's; it must exist).
     pub fn open(state: &StateDir) -> Result<VaultReplica, FleetEntryError> {
-        let path = state.path(FILE);
-        let db = sqlite::open(&path, Durability::Full).map_err(|e| bad(&path, e.to_string()))?;
-        Ok(VaultReplica { db, path })
+        StoreFile::open(&state.path(FILE)).map(VaultReplica)
+    }
+}
+
+impl Replica for VaultReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        self.0.version()
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> FleetEntryError + '_ {
-        move |e| bad(&self.path, e.to_string())
-    }
-
-    /// A counter that moves when another connection commits.
-    pub fn version(&self) -> Result<i64, FleetEntryError> {
-        self.db
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(self.err())
+    fn deletes(&self, key: &str) -> bool {
+        // `vault rm` here removes the connection everywhere.
+        key.starts_with(CONN)
     }
 
     /// Every connection, by key.
-    pub fn entries(&self) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+    fn entries(&self, _now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
         let mut stmt = self
+            .0
             .db
             .prepare(
                 "SELECT id, tenant, service, user, kind, origin, settings, secret, fingerprint,
                         expires, created, updated, revoked, revoke_reason FROM connections",
             )
-            .map_err(self.err())?;
+            .map_err(self.0.err())?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -93,10 +87,10 @@ impl VaultReplica {
                     },
                 ))
             })
-            .map_err(self.err())?;
+            .map_err(self.0.err())?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (id, row) = row.map_err(self.err())?;
+            let (id, row) = row.map_err(self.0.err())?;
             out.insert(
                 format!("{CONN}{id}"),
                 serde_json::to_vec(&row).unwrap_or_default(),
@@ -106,15 +100,21 @@ impl VaultReplica {
     }
 
     /// Writes a connection another instance published, or removes one it removed.
-    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Result<Applied, FleetEntryError> {
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        _now: i64,
+    ) -> Result<Applied, FleetEntryError> {
         let Some(id) = key.strip_prefix(CONN) else {
             return Err(bad_key(key, "unknown kind of entry"));
         };
         let Some(value) = value else {
             let n = self
+                .0
                 .db
                 .execute("DELETE FROM connections WHERE id = ?1", params![id])
-                .map_err(self.err())?;
+                .map_err(self.0.err())?;
             return Ok(Applied {
                 changed: n > 0,
                 ..Applied::default()
@@ -124,16 +124,15 @@ impl VaultReplica {
         let secret = STANDARD
             .decode(&row.secret)
             .map_err(|e| bad_key(key, &e.to_string()))?;
-        let path = self.path.clone();
-        let err = move |e: rusqlite::Error| bad(&path, e.to_string());
-        let tx = self.db.transaction().map_err(&err)?;
+        let err = |e: rusqlite::Error| FleetEntryError::Store(format!("{FILE}: {e}"));
+        let tx = self.0.db.transaction().map_err(err)?;
         // `vault set` replaces a (tenant, service, user): the row it replaced goes here too.
         let replaced = tx
             .execute(
                 "DELETE FROM connections WHERE tenant = ?1 AND service = ?2 AND user = ?3 AND id != ?4",
                 params![row.tenant, row.service, row.user, id],
             )
-            .map_err(&err)?;
+            .map_err(err)?;
         let written = tx
             .execute(
                 "INSERT INTO connections (id, tenant, service, user, kind, origin, settings, secret,
@@ -162,19 +161,12 @@ impl VaultReplica {
                     row.revoke_reason
                 ],
             )
-            .map_err(&err)?;
-        tx.commit().map_err(&err)?;
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok(Applied {
             changed: replaced + written > 0,
             ..Applied::default()
         })
-    }
-}
-
-fn bad(path: &Path, reason: String) -> FleetEntryError {
-    FleetEntryError::Store {
-        path: path.display().to_string(),
-        reason,
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{IssuerKey, Registry, RegistryError};
 use crate::digest::hex;
+use crate::replica::{Applied, FleetEntryError, Replica};
 
 /// `agent.<name>`: an agent's row.
 pub const AGENT: &str = "agent.";
@@ -53,27 +54,37 @@ struct IssuerEntry {
     valid_until: Option<i64>,
 }
 
-/// What applying an entry changed here.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// Whether the registry changed.
-    pub changed: bool,
-    /// SPIFFE IDs revoked by it that were not revoked here before (`*`: every agent).
-    pub newly_revoked: Vec<String>,
-    /// Consents it answered that were pending here.
-    pub answered: Vec<String>,
+impl From<RegistryError> for FleetEntryError {
+    fn from(e: RegistryError) -> Self {
+        FleetEntryError::Store(e.to_string())
+    }
 }
 
-/// Why an entry could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetEntryError {
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error("fleet entry {key}: {reason}")]
-    Bad { key: String, reason: String },
-    /// The local store failed: the sync starts over (and replays) rather than skip it.
-    #[error("{path}: {reason}")]
-    Store { path: String, reason: String },
+/// The registry as a mirror's replica.
+pub struct RegistryReplica(pub Registry);
+
+impl Replica for RegistryReplica {
+    fn version(&self) -> Result<i64, FleetEntryError> {
+        Ok(self.0.data_version()?)
+    }
+
+    fn entries(&self, now: i64) -> Result<BTreeMap<String, Vec<u8>>, FleetEntryError> {
+        Ok(self.0.fleet_entries(now)?)
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Applied, FleetEntryError> {
+        self.0.fleet_apply(key, value, now)
+    }
+
+    fn deletes(&self, key: &str) -> bool {
+        // A revocation lifted here (re-registration, `panic --lift`) is deleted for all.
+        key.starts_with(REVOKED)
+    }
 }
 
 impl Registry {

@@ -320,16 +320,9 @@ fn entry<'a>(
     created: &mut Vec<String>,
     at: &str,
 ) -> Result<&'a mut Sequence, InjectError> {
-    match m.get(key) {
-        None => created.push(label.to_owned()),
-        Some(Value::Null) => created.push(format!("{label}:null")),
-        _ => {}
-    }
-    let v = m.entry(s(key)).or_insert(Value::Null);
-    if v.is_null() {
-        *v = Value::Sequence(Vec::new());
-    }
-    v.as_sequence_mut().ok_or_else(|| shape(at, key, "a list"))
+    created_entry(m, key, label, created, Value::Sequence(Vec::new()))
+        .as_sequence_mut()
+        .ok_or_else(|| shape(at, key, "a list"))
 }
 
 /// Like [`entry`], for a mapping.
@@ -340,6 +333,19 @@ fn map_entry<'a>(
     created: &mut Vec<String>,
     at: &str,
 ) -> Result<&'a mut Mapping, InjectError> {
+    created_entry(m, key, label, created, Value::Mapping(Mapping::new()))
+        .as_mapping_mut()
+        .ok_or_else(|| shape(at, key, "a mapping"))
+}
+
+/// `m[key]`, set to `empty` (and recorded in `created`) when absent or null.
+fn created_entry<'a>(
+    m: &'a mut Mapping,
+    key: &str,
+    label: &str,
+    created: &mut Vec<String>,
+    empty: Value,
+) -> &'a mut Value {
     match m.get(key) {
         None => created.push(label.to_owned()),
         Some(Value::Null) => created.push(format!("{label}:null")),
@@ -347,10 +353,9 @@ fn map_entry<'a>(
     }
     let v = m.entry(s(key)).or_insert(Value::Null);
     if v.is_null() {
-        *v = Value::Mapping(Mapping::new());
+        *v = empty;
     }
-    v.as_mapping_mut()
-        .ok_or_else(|| shape(at, key, "a mapping"))
+    v
 }
 
 fn retain(m: &mut Mapping, key: &str, keep: impl FnMut(&Value) -> bool) {
