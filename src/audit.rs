@@ -6,13 +6,14 @@
 //!
 //! Layout: `record` (the typed records and their canonical encoding), `chain` (hashes),
 //! `store` (SQLite), `writer` (the thread that group-commits and tells the waiting),
-//! `checkpoint` (Ed25519-signed heads), `verify`
+//! `checkpoint` (Ed25519-signed heads), `outbox` (committed records for shippers), `verify`
 //! (recomputes everything, names the first bad `seq`), `config` and `error`.
 
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod outbox;
 pub mod record;
 pub mod store;
 pub mod verify;

@@ -11,9 +11,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod fleet;
+pub mod otel;
 pub mod pod;
 pub mod sections;
 pub use fleet::FleetConfig;
+pub use otel::{OtelConfig, OtlpProtocol};
 pub use pod::{HealthConfig, PodConfig, TransparentConfig};
 pub use sections::{
     AdminConfig, AdminTls, CaConfig, EgressConfig, IdentityConfig, LimitsConfig, LogConfig,
@@ -63,6 +65,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub pod: PodConfig,
     pub fleet: FleetConfig,
+    pub otel: OtelConfig,
     pub ca: CaConfig,
     pub upstream: UpstreamConfig,
     pub egress: EgressConfig,
@@ -290,6 +293,9 @@ impl Config {
             return bad("identity.cache_size", "must be at least 1");
         }
         if let Err((key, message)) = self.fleet.validate() {
+            return Err(ConfigError::invalid(key, message));
+        }
+        if let Err((key, message)) = self.otel.validate() {
             return Err(ConfigError::invalid(key, message));
         }
         if let Err((key, message)) = self.vault.validate() {

@@ -30,6 +30,7 @@ pub mod intent;
 pub mod k8s;
 pub mod listen;
 pub mod metrics;
+pub mod otel;
 pub mod outbound;
 pub mod panic;
 pub mod pipeline;
@@ -99,6 +100,8 @@ pub enum StartError {
     Sidecar(#[from] sidecar::SidecarError),
     #[error(transparent)]
     Bind(#[from] listen::BindError),
+    #[error(transparent)]
+    Otel(#[from] otel::OtelError),
 }
 
 /// A running instance.
@@ -210,6 +213,16 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let upstream = Upstream::new(&config.upstream, guard.clone(), provider)?;
     // AgentGate's own HTTPS calls (token endpoints, CIBA, webhooks) trust the same roots.
     let own_tls = upstream.client_config()?;
+    // `[otel]`: the exporters are built (and their files read) before anything is served.
+    let otel = match config.otel.enabled() {
+        true => Some(otel::Exporters::new(
+            &config.otel,
+            &instance_id,
+            config.fleet.enabled().then_some(config.fleet.name.as_str()),
+            &upstream,
+        )?),
+        false => None,
+    };
     let vault = Arc::new(vault::Vault::open(
         &config.vault,
         &config.upstream.resolve,
@@ -365,6 +378,18 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         tokio::spawn(watch_vault(vault.clone(), shutdown_rx.clone())),
     ]);
     tasks.extend(tenant_consents.sweep(&shutdown_rx));
+    if let Some(exporters) = otel {
+        let stats = Arc::new(otel::Stats::default());
+        metrics.track_otel(stats.clone());
+        tasks.push(tokio::spawn(otel::run(
+            config.otel.clone(),
+            exporters,
+            audit.clone(),
+            state.clone(),
+            stats,
+            shutdown_rx.clone(),
+        )));
+    }
     if let Some(member) = fleet {
         tracing::info!(fleet = %config.fleet.name, servers = %config.fleet.url.join(", "), "joining the fleet");
         tasks.push(tokio::spawn(fleet::run(member, shutdown_rx.clone())));

@@ -231,6 +231,7 @@ pub struct Metrics {
     policy_reloads: [AtomicU64; 2],
     caches: [OnceLock<Arc<CacheStats>>; CACHES.len()],
     webhooks: OnceLock<Arc<crate::webhooks::Stats>>,
+    otel: OnceLock<Arc<crate::otel::stats::Stats>>,
 }
 
 impl Default for Metrics {
@@ -252,6 +253,7 @@ impl Default for Metrics {
             policy_reloads: std::array::from_fn(|_| zero()),
             caches: Default::default(),
             webhooks: OnceLock::new(),
+            otel: OnceLock::new(),
         }
     }
 }
@@ -313,6 +315,11 @@ impl Metrics {
     /// Renders the webhook delivery counters from now on (first registration wins).
     pub fn track_webhooks(&self, stats: Arc<crate::webhooks::Stats>) {
         let _ = self.webhooks.set(stats);
+    }
+
+    /// Shows the OTLP exporter's counters (`[otel]`).
+    pub fn track_otel(&self, stats: Arc<crate::otel::stats::Stats>) {
+        let _ = self.otel.set(stats);
     }
 
     /// Requests decided so far with this outcome (for tests and logs).

@@ -102,6 +102,24 @@ impl Upstream {
             .with_no_client_auth())
     }
 
+    /// [`Upstream::client_config`] with `extra` roots trusted too (a collector's own CA).
+    pub fn client_config_adding(
+        &self,
+        extra: &[CertificateDer<'static>],
+    ) -> Result<ClientConfig, UpstreamError> {
+        let mut roots = (*self.roots).clone();
+        for cert in extra {
+            roots
+                .add(cert.clone())
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        }
+        Ok(ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
     /// Sends `req` (absolute URI) and waits for the response head. The response timeout
     /// runs from the moment the agent's whole body has been sent, so a slow upload is not
     /// mistaken for a slow upstream; a body AgentGate cut off is reported as such.

@@ -13,20 +13,20 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bus::{FleetError, bus, connect};
 use crate::audit::Audit;
 use crate::audit::chain;
+use crate::audit::outbox::{Outbox, Row};
 use crate::config::FleetConfig;
-use crate::state::{StateDir, write_public};
+use crate::state::StateDir;
 
 /// Where shipping progress is kept in the state dir: `<log id> <seq>`.
 const PROGRESS_FILE: &str = "audit-shipped";
 /// Records read and published per round.
-const BATCH: i64 = 256;
+const BATCH: usize = 256;
 /// How long the server remembers message ids to drop resent records.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
@@ -63,9 +63,10 @@ pub async fn ship(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut outbox = Outbox::open(audit, &state, PROGRESS_FILE);
     loop {
         let ended = tokio::select! {
-            r = ship_session(&fleet, &audit, &state, &mut backoff) => r,
+            r = ship_session(&fleet, &mut outbox, &mut backoff) => r,
             _ = shutdown.changed() => return,
         };
         if let Err(e) = ended {
@@ -81,34 +82,29 @@ pub async fn ship(
 
 async fn ship_session(
     fleet: &FleetConfig,
-    audit: &Audit,
-    state: &StateDir,
+    outbox: &mut Outbox,
     backoff: &mut Duration,
 ) -> Result<(), FleetError> {
     let client = connect(fleet).await?;
     let js = jetstream::new(client);
     audit_stream(&js, fleet).await?;
-    let log_id = audit.log_id().to_owned();
-    let db = audit.db_path().to_owned();
-    let progress = state.path(PROGRESS_FILE);
-    let mut shipped = read_progress(&progress, &log_id);
-    let mut committed = audit.subscribe();
+    let log_id = outbox.log_id().to_owned();
     loop {
-        let (db2, after) = (db.clone(), shipped);
-        let rows = tokio::task::spawn_blocking(move || read_after(&db2, after))
+        let rows = outbox
+            .next(BATCH)
             .await
-            .map_err(bus)?
             .map_err(|e| bus(format!("reading the audit log: {e}")))?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            // Nothing new: wait for the next commit (or look again in a second).
-            tokio::select! {
-                _ = committed.recv() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+        let Some(last) = rows.last().map(|r| r.seq) else {
             continue;
         };
         let mut acks = Vec::with_capacity(rows.len());
-        for (seq, hash, record, tenant) in rows {
+        for Row {
+            seq,
+            hash,
+            record,
+            tenant,
+        } in rows
+        {
             let subject = format!(
                 "{}.audit.{}.{log_id}",
                 fleet.name,
@@ -128,11 +124,9 @@ async fn ship_session(
         for ack in acks {
             ack.await.map_err(bus)?;
         }
-        shipped = last;
-        let (progress, line) = (progress.clone(), format!("{log_id} {shipped}\n"));
-        tokio::task::spawn_blocking(move || write_public(&progress, line.as_bytes()))
+        outbox
+            .shipped(last)
             .await
-            .map_err(bus)?
             .map_err(|e| bus(format!("saving shipping progress: {e}")))?;
         *backoff = Duration::from_millis(200);
     }
@@ -141,29 +135,6 @@ async fn ship_session(
 /// A tenant name as one subject token (`.` would split it).
 fn subject_token(tenant: &str) -> String {
     tenant.replace(['.', '*', '>', ' '], "_")
-}
-
-fn read_progress(path: &std::path::Path, log_id: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    match text.split_whitespace().collect::<Vec<_>>()[..] {
-        [id, seq] if id == log_id => seq.parse().unwrap_or(0),
-        // Another log (a new state dir's): ship this one from the start.
-        _ => 0,
-    }
-}
-
-type Row = (u64, String, String, Option<String>);
-
-fn read_after(db: &std::path::Path, after: u64) -> rusqlite::Result<Vec<Row>> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = conn.prepare(
-        "SELECT seq, hash, record, json_extract(record, '$.tenant') FROM records
-         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after as i64, BATCH], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    rows.collect()
 }
 
 /// One log's verdict in the fleet's stream.

@@ -173,6 +173,35 @@ impl Metrics {
             let _ = writeln!(o, "agentgate_webhooks_total{{result=\"{result}\"}} {n}");
         }
 
+        if let Some(otel) = self.otel.get() {
+            head(
+                o,
+                "agentgate_otel_exported_total",
+                "counter",
+                "Audit records exported over OTLP, by signal.",
+            );
+            for (signal, n) in [("logs", &otel.logs), ("spans", &otel.spans)] {
+                let n = n.load(Relaxed);
+                let _ = writeln!(
+                    o,
+                    "agentgate_otel_exported_total{{signal=\"{signal}\"}} {n}"
+                );
+            }
+            counter(
+                o,
+                "agentgate_otel_export_failures_total",
+                "OTLP export calls that failed or timed out (each is retried with backoff).",
+                otel.failures.load(Relaxed),
+            );
+            head(
+                o,
+                "agentgate_otel_behind",
+                "gauge",
+                "Committed audit records not exported over OTLP yet.",
+            );
+            let _ = writeln!(o, "agentgate_otel_behind {}", otel.behind.load(Relaxed));
+        }
+
         head(
             o,
             "agentgate_policy_reloads_total",

@@ -22,6 +22,7 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod oidc_provider;
+mod otel;
 mod panic;
 mod pod_identity;
 mod streaming;

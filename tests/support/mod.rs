@@ -13,6 +13,7 @@ pub mod held;
 pub mod judged;
 pub mod nats;
 pub mod oidc;
+pub mod otlp;
 pub mod pattern;
 pub mod proxy;
 pub mod raw;
