@@ -62,9 +62,11 @@ pub struct Member {
 /// Joins the fleet and keeps this instance in step with it until `shutdown`.
 pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
     member.identity.fleet().expect_sync();
+    member.consents.instance().fleet_bus(false);
     let last_good = Arc::new(AtomicI64::new(now()));
     let watchdog = tokio::spawn(staleness(
         member.identity.clone(),
+        member.consents.instance().clone(),
         member.config.max_staleness,
         last_good.clone(),
         shutdown.clone(),
@@ -81,6 +83,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
             r = session(&member, &last_good) => r,
             _ = shutdown.changed() => break,
         };
+        member.consents.instance().fleet_bus(false);
         if let Err(e) = ended {
             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: lost the bus; serving on the registry as last synced");
         }
@@ -97,12 +100,18 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
 /// Refuses every request once the bus has been gone for longer than `max_staleness`.
 async fn staleness(
     identity: Arc<Identity>,
+    consents: Arc<crate::consent::approvals::Consents>,
     max: Duration,
     last_good: Arc<AtomicI64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let gone = now() - last_good.load(Ordering::Acquire);
+        // A session stuck on a dead connection stops confirming within a second or two:
+        // from then on no consent is opened that only this instance could answer.
+        if gone >= 2 {
+            consents.fleet_bus(false);
+        }
         let stale = gone > max.as_secs() as i64;
         if stale != identity.fleet().stale() {
             if stale {
@@ -159,9 +168,11 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     tracing::info!(fleet = %name, "fleet: joined");
     loop {
         let current = registry.current && vault.current && consents.current;
-        if current && client.connection_state() == async_nats::connection::State::Connected {
+        let up = current && client.connection_state() == async_nats::connection::State::Connected;
+        if up {
             last_good.store(now(), Ordering::Release);
         }
+        member.consents.instance().fleet_bus(up);
         tokio::select! {
             entry = registry.watch.next() => {
                 let applied = registry.on_entry(entry).await?;

@@ -4,7 +4,7 @@
 //! [`super::ask`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,16 @@ pub struct Consents {
     metrics: Arc<crate::metrics::Metrics>,
     webhooks: Arc<Webhooks>,
     pub(super) ciba: Option<Arc<Ciba>>,
+    /// In fleet mode: whether the bus is reachable (`BUS_*`).
+    bus: AtomicU8,
 }
+
+/// No fleet: consents are local.
+const BUS_NONE: u8 = 0;
+/// In a fleet, the bus reachable: a consent asked here is seen and answerable everywhere.
+const BUS_UP: u8 = 1;
+/// In a fleet, the bus unreachable: no consent is opened (nobody else could answer it).
+const BUS_DOWN: u8 = 2;
 
 impl Consents {
     /// Opens the store; consents pending from an earlier run stay pending (and are asked
@@ -66,6 +75,7 @@ impl Consents {
             metrics,
             webhooks,
             ciba,
+            bus: AtomicU8::new(BUS_NONE),
         });
         for c in pending.into_iter().filter(|c| !remote.contains(&c.id)) {
             consents.track(&c.id);
@@ -74,6 +84,19 @@ impl Consents {
             }
         }
         Ok(consents)
+    }
+
+    /// In fleet mode: records whether the bus is reachable. While it is not, an escalation
+    /// that needs a new consent is refused at once rather than held where only this
+    /// instance could answer it.
+    pub fn fleet_bus(&self, up: bool) {
+        self.bus
+            .store(if up { BUS_UP } else { BUS_DOWN }, Ordering::Relaxed);
+    }
+
+    /// Whether a new consent may be opened (not while a fleet's bus is unreachable).
+    pub(super) fn can_open(&self) -> bool {
+        self.bus.load(Ordering::Relaxed) != BUS_DOWN
     }
 
     /// Makes a used once-approval usable again (its request was refused before leaving).

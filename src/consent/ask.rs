@@ -63,6 +63,11 @@ impl Consents {
             Some(c) if c.status == Status::Denied => return Err(denied(&c)),
             // The identical request again while its consent is open: the same consent.
             Some(c) => c,
+            None if !self.can_open() => {
+                return Err(Refused::Unavailable(
+                    "this request needs a person's approval, and the fleet's bus is unreachable: a consent opened now could be seen and answered only here; retry when the bus is back".into(),
+                ));
+            }
             None => self.create(&ask, tuple_key, now)?,
         };
         match self.config.mode {

@@ -385,7 +385,7 @@ async fn a_consent_held_on_one_instance_is_answered_on_another() {
     use crate::support::cli::consent_list;
     use crate::support::held;
     let env = TestEnv::new().await;
-    let nats = Nats::start(env.dir.path());
+    let mut nats = Nats::start(env.dir.path());
     let cfg = || {
         env.with_default_policy()
             .set("policy", "eval_timeout", &toml_str("5s"))
@@ -439,6 +439,48 @@ async fn a_consent_held_on_one_instance_is_answered_on_another() {
         1,
         "the once-approval was spent twice: {spent:?}"
     );
+
+    // The bus gone (well within max_staleness, so identity still serves): an escalation is
+    // refused at once instead of held where only A could answer it.
+    nats.kill();
+    // An escalation sent before A has noticed would be held: give it the moment it needs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut n = 0;
+    let refused = until("A refuses escalations without the bus", 60, 503, || {
+        n += 1;
+        let body = format!(r#"{{"title":"without the bus {n}"}}"#);
+        let held = held::post_json(bot.proxy_url(&a), a.ca_path.clone(), url, &body, 5, &[]);
+        async move { held::finish(held, 10).await.status }
+    })
+    .await;
+    let last = held::finish(
+        held::post_json(
+            bot.proxy_url(&a),
+            a.ca_path.clone(),
+            url,
+            r#"{"title":"x"}"#,
+            20,
+            &[],
+        ),
+        25,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&last.body);
+    assert_eq!(last.status, 503, "{text}");
+    assert!(
+        text.contains("consent_unavailable") && text.contains("bus is unreachable"),
+        "{text}"
+    );
+    eprintln!("escalations refused {refused:?} after the first probe");
+    // Back: an escalation is held again (curl gives up waiting for the answer).
+    nats.restart();
+    until("A holds an escalation again", 60, 1, || {
+        n += 1;
+        let body = format!(r#"{{"title":"bus is back {n}"}}"#);
+        let held = held::post_json(bot.proxy_url(&a), a.ca_path.clone(), url, &body, 2, &[]);
+        async move { u16::from(held::finish(held, 10).await.exit == Some(28)) }
+    })
+    .await;
 }
 
 /// A 3-node JetStream cluster (buckets and stream with 3 replicas): with the node A uses
