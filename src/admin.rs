@@ -16,6 +16,7 @@ pub mod client;
 pub mod consent;
 pub mod dashboard;
 pub mod events;
+pub mod fleet_audit;
 pub mod policy;
 pub mod reply;
 pub mod request;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 pub mod bus;
 pub mod mirror;
 pub mod stream;
+pub mod view;
 
 use crate::audit::Audit;
 use crate::clock::now;

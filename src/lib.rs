@@ -343,6 +343,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         streams: admin::state::Streams::new(shutdown_rx.clone()),
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
+        fleet: config
+            .fleet
+            .enabled()
+            .then(|| Arc::new(fleet::view::View::new(config.fleet.clone()))),
     });
     let mut tasks = sidecar::spawn(
         pod_listeners.transparent,

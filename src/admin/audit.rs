@@ -9,6 +9,7 @@ use http::StatusCode;
 
 use super::auth::Scope;
 use super::events;
+use super::fleet_audit;
 use super::reply::{
     ErrorBody, Reply, bad_request, blocking, error, instance_only, internal, json_value,
 };
@@ -19,8 +20,9 @@ use super::state::Admin;
 /// `before` (newest first).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
     params(("after" = Option<i64>, Query), ("before" = Option<i64>, Query),
-        ("limit" = Option<i64>, Query, description = "1..1000, default 100")),
-    responses((status = 200, description = "`{\"records\": [{\"hash\",\"record\"}], \"next_after\"}`", body = Object)))]
+        ("limit" = Option<i64>, Query, description = "1..1000, default 100"),
+        ("scope" = Option<String>, Query, description = "`fleet`: every instance's records from the fleet's stream (`after` is a stream sequence; no `before`)")),
+    responses((status = 200, description = "`{\"records\": [{\"hash\",\"record\"}], \"next_after\"}`; with scope=fleet each record also has `stream_seq`, `log_id` and `seq`", body = Object)))]
 pub async fn audit_page(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
@@ -40,6 +42,14 @@ pub async fn audit_page(
         (Ok(a), Ok(b), Ok(l)) => (a, b, l.unwrap_or(100).clamp(1, 1000)),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
+    match fleet_audit::wanted(query) {
+        Ok(false) => {}
+        Ok(true) if before.is_some() => {
+            return bad_request("before is not supported with scope=fleet: page with after");
+        }
+        Ok(true) => return fleet_audit::page(&admin, &scope, after, limit).await,
+        Err(r) => return r,
+    }
     let tenant = scope.tenant().map(str::to_owned);
     let db = admin.audit.db_path().to_owned();
     let (page, from, next) = match before {
@@ -73,17 +83,23 @@ fn parse_record(record: String) -> serde_json::Value {
 
 /// One audit record with its hash and the previous record's hash.
 #[utoipa::path(get, path = "/api/v1/audit/{seq}", tag = "audit",
-    params(("seq" = i64, Path)),
+    params(("seq" = i64, Path), ("scope" = Option<String>, Query, description = "`fleet`: `seq` is a stream sequence of the fleet's stream")),
     responses((status = 200, description = "`{\"seq\",\"hash\",\"prev_hash\",\"record\"}`", body = Object),
         (status = 404, body = ErrorBody)))]
 pub async fn audit_record(
     State(admin): State<Arc<Admin>>,
     Extension(scope): Extension<Scope>,
     Path(seq): Path<String>,
+    req: Request,
 ) -> Reply {
     let Ok(seq) = seq.parse::<i64>() else {
         return bad_request("seq must be a number");
     };
+    match fleet_audit::wanted(req.uri().query()) {
+        Ok(false) => {}
+        Ok(true) => return fleet_audit::record(&admin, &scope, seq).await,
+        Err(r) => return r,
+    }
     let db = admin.audit.db_path().to_owned();
     let read = move || -> Result<Option<(String, String, Option<String>)>, rusqlite::Error> {
         use rusqlite::OptionalExtension;

@@ -69,6 +69,8 @@ pub struct WhoAmI {
     pub version: &'static str,
     /// Configured tenants (instance scope only).
     pub tenants: Vec<String>,
+    /// The fleet's name, in fleet mode (the views can then show the whole fleet).
+    pub fleet: Option<String>,
 }
 
 /// Who the bearer token speaks for.
@@ -87,6 +89,10 @@ pub async fn whoami(State(admin): State<Arc<Admin>>, Extension(scope): Extension
             instance: admin.instance.clone(),
             version: env!("CARGO_PKG_VERSION"),
             tenants,
+            fleet: admin
+                .fleet
+                .as_ref()
+                .map(|_| admin.config.fleet.name.clone()),
         },
     )
 }

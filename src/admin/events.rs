@@ -11,15 +11,14 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use super::auth::{self, Scope};
-use super::reply::{ErrorBody, Reply, bad_request, error, json_value, unauthorized};
+use super::reply::{ErrorBody, Reply, bad_request, error, json_value, sse_reply, unauthorized};
 use super::request::{bearer, query_param};
 use super::state::{Admin, MAX_STREAMS};
 
@@ -65,6 +64,7 @@ pub async fn ticket(State(admin): State<Arc<Admin>>, Extension(scope): Extension
         ("ticket" = Option<String>, Query, description = "single-use ticket instead of the Authorization header"),
         ("last_event_id" = Option<u64>, Query, description = "resume after this seq (same as the Last-Event-ID header)"),
         ("backlog" = Option<u32>, Query, description = "replay the newest N records first (max 500)"),
+        ("scope" = Option<String>, Query, description = "`fleet`: every instance's records from the fleet's stream; ids are stream sequences"),
     ),
     responses((status = 200, content_type = "text/event-stream", description = "the stream"),
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -106,17 +106,23 @@ pub async fn stream(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
             ),
         );
     };
+    match super::fleet_audit::wanted(query) {
+        Ok(false) => {}
+        Ok(true) => {
+            let from = match start {
+                Start::Live => super::fleet_audit::From::Live,
+                Start::After(seq) => super::fleet_audit::From::After(seq as u64),
+                Start::Backlog(n) => super::fleet_audit::From::Backlog(n as u64),
+            };
+            return super::fleet_audit::events(admin, scope, from, permit).await;
+        }
+        Err(r) => return r,
+    }
     // Subscribe before replaying, so nothing committed in between is missed.
     let live = admin.audit.subscribe();
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     tokio::spawn(feed(admin.clone(), scope, start, live, tx, permit));
-    Sse::new(ReceiverStream::new(rx))
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("keep-alive"),
-        )
-        .into_response()
+    sse_reply(rx)
 }
 
 enum Start {

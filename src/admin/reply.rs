@@ -99,3 +99,17 @@ impl IntoResponse for auth::Full {
         error(StatusCode::TOO_MANY_REQUESTS, "too_many", &self.to_string())
     }
 }
+
+/// The event-stream answer for what `rx` brings, with a keep-alive comment every 15 s.
+pub(crate) fn sse_reply(
+    rx: tokio::sync::mpsc::Receiver<Result<axum::response::sse::Event, std::convert::Infallible>>,
+) -> Reply {
+    use axum::response::sse::{KeepAlive, Sse};
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(std::time::Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response()
+}

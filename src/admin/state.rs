@@ -48,6 +48,8 @@ pub struct Admin {
     /// The proxy listener's connection slots (for the open-connections gauge).
     pub slots: Arc<Semaphore>,
     pub max_connections: usize,
+    /// The fleet's audit stream (`scope=fleet`), in fleet mode.
+    pub fleet: Option<Arc<crate::fleet::view::View>>,
 }
 
 /// Readiness shared with the proxy: true once the proxy listener accepts, false when draining.

@@ -133,7 +133,7 @@ async fn ship_session(
 }
 
 /// A tenant name as one subject token (`.` would split it).
-fn subject_token(tenant: &str) -> String {
+pub(super) fn subject_token(tenant: &str) -> String {
     tenant.replace(['.', '*', '>', ' '], "_")
 }
 

@@ -509,3 +509,56 @@ async fn dashboard_signs_in_shows_decisions_answers_consents_and_panics() {
         "browser console errors or page errors: {e:#}"
     );
 }
+
+/// In a fleet, the dashboard's "whole fleet" switch shows decisions made on another instance
+/// (from the fleet's audit stream), and their records open from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_whole_fleet() {
+    use crate::support::nats::Nats;
+    let chromium = chromium();
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let instance = |name: &str| {
+        let home = env.dir.path().join(name);
+        std::fs::create_dir_all(&home).expect("home");
+        let cfg = env
+            .with_default_policy()
+            .set("policy", "eval_timeout", &toml_str("5s"))
+            .set("fleet", "url", &toml_str(&nats.url()))
+            .set("fleet", "name", &toml_str("dash"));
+        let path = home.join("agentgate.toml");
+        std::fs::write(&path, cfg.render()).expect("config");
+        crate::support::proxy::start(&home, &path, &[])
+    };
+    let (a, b) = (instance("a"), instance("b"));
+    let bot = register(&a, "bot", "alice", &[]).await;
+    let base = format!("http://{}", a.admin_addr);
+    let mut browser = Browser::start(&base, &chromium, &screenshot_dir()).await;
+    let link = dashboard_link(&a).await;
+    let r = browser.step("open_link", json!({"url": link})).await;
+    assert_eq!(r["stream"], "live", "{r:#}");
+
+    let r = browser.step("fleet_scope", json!({"on": true})).await;
+    assert_eq!(r["decisions"], 0, "the view starts over: {r:#}");
+    // The registry is shared: the token issued on A works on B.
+    let got = curl_get(&b, &bot, READ_URL).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    let b_instance = read_records(&b.home.join("audit.db"), "decision")[0]["instance"]
+        .as_str()
+        .expect("instance")
+        .to_owned();
+    let r = browser
+        .step(
+            "wait_decision",
+            json!({"action": READ_ACTION, "effect": "allow", "screenshot": "fleet-decisions.png"}),
+        )
+        .await;
+    assert_eq!(r["instance"], b_instance.as_str(), "{r:#}");
+    let seq = r["seq"].as_u64().expect("seq");
+    let rec = browser.step("open_record", json!({"seq": seq})).await;
+    assert_eq!(rec["json"]["instance"], b_instance.as_str(), "{rec:#}");
+    assert_eq!(rec["json"]["action"]["name"], READ_ACTION, "{rec:#}");
+
+    let e = browser.step("errors", json!({})).await;
+    assert_eq!(e["unexpected"], json!([]), "browser errors: {e:#}");
+}

@@ -534,3 +534,198 @@ async fn a_partitioned_instance_fails_closed_and_catches_up_on_revocations() {
         "A forgot the revocation it missed"
     );
 }
+
+/// `scope=fleet` on the admin API: instance A pages through, opens and follows records that
+/// instance B committed, through the fleet's stream; a tenant's token sees only its tenant's
+/// records there too; an instance not in a fleet says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reads_every_instances_records_through_the_fleet() {
+    use crate::support::admin::{call, json, sse};
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let allow = env.dir.path().join("allow");
+    std::fs::create_dir_all(&allow).expect("policy dir");
+    std::fs::write(
+        allow.join("allow.rego"),
+        "package agentgate\n\ndecision := {\"effect\": \"allow\", \"reasons\": [\"ok\"]}\n",
+    )
+    .expect("policy");
+    let cfg = || {
+        env.with_default_policy().set(
+            "tenants.acme",
+            "policy_dir",
+            &toml_str(&allow.display().to_string()),
+        )
+    };
+    let (a, b) = (
+        instance_with(&env, &nats, "a", cfg()),
+        instance_with(&env, &nats, "b", cfg()),
+    );
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    let root = a.admin_token().trim().to_owned();
+    let acme_token = std::fs::read_to_string(a.home.join("tenants/acme/admin.token"))
+        .expect("acme token")
+        .trim()
+        .to_owned();
+
+    // Live on A before anything happens on B.
+    let (status, live, _) = sse(
+        a.admin_addr,
+        "/api/v1/events?scope=fleet",
+        &[("authorization", &format!("Bearer {root}"))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut live = live.expect("stream");
+
+    // B: one request of the instance's agent, one of acme's.
+    let bot = register(&b, "bot", "alice", &[]).await;
+    let out = agentgate(
+        &b.home,
+        &[
+            "agents", "register", "acme-bot", "--tenant", "acme", "-o", "json",
+        ],
+        &[],
+    )
+    .await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&out, "register acme-bot")).expect("register JSON");
+    let acme = Registered {
+        name: "acme-bot".into(),
+        spiffe_id: doc["spiffe_id"].as_str().expect("spiffe_id").into(),
+        token: doc["token"].as_str().expect("token").into(),
+    };
+    for agent in [&bot, &acme] {
+        assert_eq!(connect(&b, agent).await, 200);
+    }
+    let b_log = crate::support::read_records(&b.home.join("audit.db"), "decision");
+    let b_instance = b_log[0]["instance"].clone();
+
+    // A's stream shows B's decisions as they are shipped.
+    let got = within_secs(20, async {
+        loop {
+            let ev = live.next().await.expect("the fleet stream ended");
+            if ev.event.as_deref() != Some("record") {
+                continue;
+            }
+            let v = ev.json();
+            assert_eq!(
+                ev.id,
+                Some(v["stream_seq"].to_string()),
+                "id is the stream seq"
+            );
+            if v["record"]["kind"] == "decision" && v["record"]["instance"] == b_instance {
+                return v;
+            }
+        }
+    })
+    .await;
+    assert!(got["log_id"].is_string() && got["seq"].is_u64(), "{got}");
+
+    // Pages: every record of both instances, in stream order, each once.
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page = json(
+            a.admin_addr,
+            "GET",
+            &format!("/api/v1/audit?scope=fleet&after={after}&limit=3"),
+            &root,
+            None,
+            200,
+        )
+        .await;
+        let records = page["records"].as_array().expect("records").clone();
+        if records.is_empty() {
+            break;
+        }
+        after = page["next_after"].as_u64().expect("next_after");
+        all.extend(records);
+    }
+    let instances: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|r| {
+            r["record"]["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(instances.len(), 2, "both instances' records: {instances:?}");
+    let seqs: Vec<u64> = all
+        .iter()
+        .map(|r| r["stream_seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(all.iter().any(|r| r["record"]["agent"] == acme.spiffe_id));
+
+    // One record by its stream sequence; acme's token sees only acme's.
+    let one = json(
+        a.admin_addr,
+        "GET",
+        &format!("/api/v1/audit/{}?scope=fleet", got["stream_seq"]),
+        &root,
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(one["record"], got["record"]);
+    let theirs = json(
+        a.admin_addr,
+        "GET",
+        "/api/v1/audit?scope=fleet&limit=1000",
+        &acme_token,
+        None,
+        200,
+    )
+    .await;
+    let theirs = theirs["records"].as_array().expect("records");
+    assert!(!theirs.is_empty());
+    assert!(
+        theirs.iter().all(|r| r["record"]["tenant"] == "acme"),
+        "{theirs:#?}"
+    );
+    let not_theirs = all
+        .iter()
+        .find(|r| r["record"]["tenant"].is_null())
+        .expect("an instance record");
+    let resp = call(
+        a.admin_addr,
+        "GET",
+        &format!("/api/v1/audit/{}?scope=fleet", not_theirs["stream_seq"]),
+        Some(&acme_token),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 404, "{}", resp.text());
+    let resp = call(
+        a.admin_addr,
+        "GET",
+        "/api/v1/audit?scope=galaxy",
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+
+    // Not in a fleet: said so.
+    let alone = env.start(env.config());
+    let resp = call(
+        alone.admin_addr,
+        "GET",
+        "/api/v1/audit?scope=fleet",
+        Some(alone.admin_token().trim()),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.text().contains("not_in_a_fleet"), "{}", resp.text());
+}
+
+async fn within_secs<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("not within {secs} s"))
+}

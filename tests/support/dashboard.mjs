@@ -147,8 +147,20 @@ const commands = {
       seq: Number(await row.getAttribute('data-seq')),
       effect: await row.getAttribute('data-effect'),
       policy_effect: await row.getAttribute('data-policy-effect'),
+      instance: await row.getAttribute('data-instance'),
       cells: await row.locator('td').allTextContents(),
     };
+  },
+
+  /** Switches the live decisions to the whole fleet (or back) and waits for the stream. */
+  async fleet_scope({ on }) {
+    phase = 'fleet_scope';
+    await page.locator('#fleet-toggle').waitFor({ state: 'visible' });
+    const toggle = page.locator('#fleet-scope');
+    if (on) await toggle.check();
+    else await toggle.uncheck();
+    await live().waitFor();
+    return { decisions: await page.locator('#decisions tr').count() };
   },
 
   /** Opens a decision row's audit record with the keyboard (focus + Enter). */

@@ -23,6 +23,8 @@ const state = {
   reconnectTimer: 0,
   reconnectDelay: 1000,
   lastSeq: null,
+  // 'instance' (this instance's log) or 'fleet' (every instance's, from the fleet's stream).
+  scope: 'instance',
   rowsBySeq: new Map(),
   rowsByRequest: new Map(),
   // request_id -> duration_us, for outcomes that may arrive before or after their decision.
@@ -320,6 +322,9 @@ function start() {
   const who = state.whoami;
   $('instance-id').textContent = text(who.instance);
   $('scope').textContent = who.scope === 'tenant' ? `tenant ${who.tenant}` : 'instance';
+  show($('fleet-toggle'), Boolean(who.fleet));
+  $('fleet-scope').checked = false;
+  state.scope = 'instance';
   $('panic-all-label').textContent =
     who.scope === 'tenant' ? `All agents of tenant ${who.tenant}` : 'All agents (every agent of this instance)';
   show($('loading'), false);
@@ -395,6 +400,7 @@ async function connectStream() {
   }
   if (generation !== state.generation) return;
   const params = new URLSearchParams({ ticket });
+  if (state.scope === 'fleet') params.set('scope', 'fleet');
   if (state.lastSeq !== null) params.set('last_event_id', String(state.lastSeq));
   else params.set('backlog', '100');
   const es = new EventSource(`/api/v1/events?${params}`);
@@ -432,7 +438,8 @@ function scheduleReconnect(why) {
 }
 
 function onRecord(event) {
-  const seq = Number(event.seq ?? event.record?.seq);
+  // In the fleet view, the stream sequence: one log's seq is not unique across instances.
+  const seq = Number(event.stream_seq ?? event.seq ?? event.record?.seq);
   const record = event.record ?? {};
   if (Number.isFinite(seq) && (state.lastSeq === null || seq > state.lastSeq)) state.lastSeq = seq;
   switch (record.kind) {
@@ -449,6 +456,19 @@ function onRecord(event) {
     default:
       break;
   }
+}
+
+/** Switches the live decisions between this instance and the whole fleet. */
+function switchScope() {
+  state.scope = $('fleet-scope').checked ? 'fleet' : 'instance';
+  state.lastSeq = null;
+  state.rowsBySeq.clear();
+  state.rowsByRequest.clear();
+  state.outcomes.clear();
+  $('decisions').replaceChildren();
+  updateCounts();
+  setStreamStatus('connecting', 'connecting…');
+  connectStream();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -484,10 +504,13 @@ function addDecision(seq, r) {
       agent,
       requestId: r.request_id ?? '',
       method: r.method ?? '',
+      instance: r.instance ?? '',
     },
   },
   el('td', { className: 'nowrap' }, clock(toMs(r.ts))),
-  el('td', { title: r.agent ?? '' }, agent),
+  el('td', { title: r.agent ?? '' }, agent,
+    // In the fleet view, which instance decided.
+    state.scope === 'fleet' ? el('div', { className: 'muted mono', title: 'instance' }, text(r.instance)) : null),
   el('td', { className: 'mono wrap action' }, action || '—'),
   el('td', { className: 'mono wrap resource' }, resource || '—'),
   effectCell,
@@ -847,14 +870,17 @@ async function openRecord(seq) {
   if (!dialog.open) dialog.showModal();
   let r;
   try {
-    r = await api('GET', `/api/v1/audit/${encodeURIComponent(seq)}`);
+    const scope = state.scope === 'fleet' ? '?scope=fleet' : '';
+    r = await api('GET', `/api/v1/audit/${encodeURIComponent(seq)}${scope}`);
   } catch (err) {
     if (err.status !== 0 && err.status !== 401) $('record-json').textContent = `Could not load: ${describe(err)}`;
     return;
   }
   $('record-meta').replaceChildren(
     el('dt', {}, 'Hash'), el('dd', { className: 'mono wrap' }, text(r.hash)),
-    el('dt', {}, 'Previous hash'), el('dd', { className: 'mono wrap' }, text(r.prev_hash)),
+    ...(r.log_id === undefined
+      ? [el('dt', {}, 'Previous hash'), el('dd', { className: 'mono wrap' }, text(r.prev_hash))]
+      : [el('dt', {}, 'Log'), el('dd', { className: 'mono wrap' }, `${text(r.log_id)} #${text(r.seq)}`)]),
   );
   $('record-json').textContent = pretty(r.record);
 }
@@ -980,6 +1006,7 @@ function bindStatic() {
   $('panic-cancel').addEventListener('click', () => $('panic-dialog').close());
   $('panic-close').addEventListener('click', () => $('panic-dialog').close());
   $('panic-confirm').addEventListener('click', confirmPanic);
+  $('fleet-scope').addEventListener('change', switchScope);
   $('panic-one').addEventListener('change', updatePanicLabel);
   $('panic-all').addEventListener('change', updatePanicLabel);
   $('panic-agent').addEventListener('change', updatePanicLabel);
