@@ -45,6 +45,11 @@ impl Outbox {
         }
     }
 
+    /// The log's file.
+    pub fn db_path(&self) -> PathBuf {
+        self.audit.db_path().to_owned()
+    }
+
     /// The log's id.
     pub fn log_id(&self) -> &str {
         self.audit.log_id()

@@ -190,10 +190,14 @@ fn verify_fleet(config: &Config, output: Output) -> Result<bool> {
             }
             for l in &logs {
                 match &l.problem {
-                    None => println!("log {}: {} records, intact", l.log_id, l.records),
-                    Some(p) => {
-                        println!("log {}: {} records, NOT INTACT at {p}", l.log_id, l.records)
-                    }
+                    None => println!(
+                        "log {}: {} records, {} checkpoints, intact",
+                        l.log_id, l.records, l.checkpoints
+                    ),
+                    Some(p) => println!(
+                        "log {}: {} records, {} checkpoints, NOT INTACT at {p}",
+                        l.log_id, l.records, l.checkpoints
+                    ),
                 }
             }
         }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::bus::{FleetError, bus, connect};
 use crate::audit::Audit;
 use crate::audit::chain;
+use crate::audit::checkpoint::{Signed, verify_signature};
 use crate::audit::outbox::{Outbox, Row};
 use crate::config::FleetConfig;
 use crate::state::StateDir;
@@ -37,6 +38,14 @@ struct Shipped {
     seq: u64,
     hash: String,
     record: serde_json::Value,
+}
+
+/// What a message of the stream is: a record, or one of a log's signed checkpoints.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Message {
+    Record(Shipped),
+    Checkpoint { log_id: String, checkpoint: Signed },
 }
 
 /// The stream of `fleet`, created on first use.
@@ -89,6 +98,9 @@ async fn ship_session(
     let js = jetstream::new(client);
     audit_stream(&js, fleet).await?;
     let log_id = outbox.log_id().to_owned();
+    // Checkpoints are sent again once per session; the server drops repeats within its
+    // duplicate window and `verify` takes identical copies.
+    let mut checkpoints_shipped = 0;
     loop {
         let rows = outbox
             .next(BATCH)
@@ -124,12 +136,54 @@ async fn ship_session(
         for ack in acks {
             ack.await.map_err(bus)?;
         }
+        // The log's signed checkpoints up to what is shipped: a tail cut off in the stream
+        // then shows as records a checkpoint vouches for but the stream lacks.
+        let (db, after) = (outbox.db_path(), checkpoints_shipped);
+        let signed = tokio::task::spawn_blocking(move || checkpoints_between(&db, after, last))
+            .await
+            .map_err(bus)?
+            .map_err(|e| bus(format!("reading the log's checkpoints: {e}")))?;
+        for (size, signed) in signed {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{log_id}:checkpoint:{size}").as_str(),
+            );
+            let body = format!("{{\"log_id\":\"{log_id}\",\"checkpoint\":{signed}}}");
+            js.publish_with_headers(
+                format!("{}.audit.checkpoint.{log_id}.signed", fleet.name),
+                headers,
+                Bytes::from(body),
+            )
+            .await
+            .map_err(bus)?
+            .await
+            .map_err(bus)?;
+            checkpoints_shipped = size;
+        }
         outbox
             .shipped(last)
             .await
             .map_err(|e| bus(format!("saving shipping progress: {e}")))?;
         *backoff = Duration::from_millis(200);
     }
+}
+
+/// The log's signed checkpoints with `after < size <= upto`, by size (their JSON text).
+fn checkpoints_between(
+    db: &std::path::Path,
+    after: u64,
+    upto: u64,
+) -> rusqlite::Result<Vec<(u64, String)>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT size, signed FROM checkpoints WHERE size > ?1 AND size <= ?2 ORDER BY size",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![after as i64, upto as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+    })?;
+    rows.collect()
 }
 
 /// A tenant name as one subject token (`.` would split it).
@@ -142,6 +196,8 @@ pub(super) fn subject_token(tenant: &str) -> String {
 pub struct LogReport {
     pub log_id: String,
     pub records: u64,
+    /// Signed checkpoints of the log found in the stream.
+    pub checkpoints: u64,
     /// The first problem, `None` when the log's chain is whole.
     pub problem: Option<String>,
 }
@@ -158,15 +214,20 @@ pub async fn verify(fleet: &FleetConfig) -> Result<Vec<LogReport>, FleetError> {
     // Per log: seq -> (hash, canonical record); a second, different copy is a problem.
     let mut logs: HashMap<String, BTreeMap<u64, (String, String)>> = HashMap::new();
     let mut conflicts: HashMap<String, u64> = HashMap::new();
+    let mut checkpoints: HashMap<String, Vec<Signed>> = HashMap::new();
     for n in 1..=last {
         let Ok(message) = stream.get_raw_message(n).await else {
             continue; // deleted from the stream: shows up as a gap in its log
         };
-        let shipped: Shipped = match serde_json::from_slice(&message.payload) {
-            Ok(s) => s,
+        let shipped = match serde_json::from_slice(&message.payload) {
+            Ok(Message::Record(s)) => s,
+            Ok(Message::Checkpoint { log_id, checkpoint }) => {
+                checkpoints.entry(log_id).or_default().push(checkpoint);
+                continue;
+            }
             Err(e) => {
                 return Err(bus(format!(
-                    "stream message {n} is not a shipped record: {e}"
+                    "stream message {n} is not a shipped record or checkpoint: {e}"
                 )));
             }
         };
@@ -186,9 +247,12 @@ pub async fn verify(fleet: &FleetConfig) -> Result<Vec<LogReport>, FleetError> {
     let mut out: Vec<LogReport> = logs
         .into_iter()
         .map(|(log_id, records)| {
-            let problem = check_chain(&log_id, &records, conflicts.get(&log_id).copied());
+            let signed = checkpoints.remove(&log_id).unwrap_or_default();
+            let problem = check_chain(&log_id, &records, conflicts.get(&log_id).copied())
+                .or_else(|| check_checkpoints(&log_id, &records, &signed));
             LogReport {
                 records: records.len() as u64,
+                checkpoints: signed.len() as u64,
                 log_id,
                 problem,
             }
@@ -221,6 +285,45 @@ fn check_chain(
             ));
         }
         prev = link;
+    }
+    None
+}
+
+/// The first checkpoint of a log that its records in the stream contradict: a bad
+/// signature, another log's or another key's checkpoint, a head that is not the chain's
+/// link at its size, or a size beyond the last record (the tail is missing). Runs after
+/// [`check_chain`], so the records are contiguous from 1.
+fn check_checkpoints(
+    log_id: &str,
+    records: &BTreeMap<u64, (String, String)>,
+    signed: &[Signed],
+) -> Option<String> {
+    let key = signed.first().map(|s| s.key.to_ascii_lowercase())?;
+    let held = records.len() as u64;
+    for s in signed {
+        let size = s.checkpoint.size;
+        if s.checkpoint.log_id != log_id
+            || !s.key.eq_ignore_ascii_case(&key)
+            || !verify_signature(s, &key)
+        {
+            return Some(format!(
+                "checkpoint at size {size}: not validly signed by this log's key"
+            ));
+        }
+        if size > held {
+            return Some(format!(
+                "seq {}: missing from the stream, though a checkpoint signed at size {size} vouches for it (the tail was cut off)",
+                held + 1
+            ));
+        }
+        let Some((hash, _)) = records.get(&size) else {
+            continue; // size 0: nothing to compare
+        };
+        if !hash.eq_ignore_ascii_case(&s.checkpoint.head) {
+            return Some(format!(
+                "seq {size}: its hash is not the head the checkpoint signed at that size"
+            ));
+        }
     }
     None
 }

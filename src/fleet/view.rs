@@ -66,11 +66,12 @@ impl View {
             .map_err(|e| bus(format!("the fleet's audit stream: {e}")))
     }
 
-    /// The subject `tenant` may read (`None`: every record).
+    /// The subject `tenant` may read (`None`: every record). Records are
+    /// `<fleet>.audit.<tenant>.<log id>`, exactly four tokens; checkpoints have five.
     fn subject(&self, tenant: Option<&str>) -> String {
         match tenant {
-            Some(t) => format!("{}.audit.{}.>", self.config.name, subject_token(t)),
-            None => format!("{}.audit.>", self.config.name),
+            Some(t) => format!("{}.audit.{}.*", self.config.name, subject_token(t)),
+            None => format!("{}.audit.*.*", self.config.name),
         }
     }
 

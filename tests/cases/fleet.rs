@@ -300,6 +300,73 @@ async fn audit_records_are_shipped_once_and_verified_across_the_fleet() {
     assert!(problem(&id_b).starts_with("seq 3: missing"), "{logs:?}");
 }
 
+/// A log's signed checkpoints travel with its records: a tail cut off in the stream (the
+/// newest records deleted, leaving a chain that is whole but shorter) is named, because a
+/// shipped checkpoint vouches for records the stream no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_cut_off_in_the_stream_is_named_by_a_shipped_checkpoint() {
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let cfg = env
+        .config()
+        .set("fleet", "max_staleness", &toml_str("10s"))
+        .set("audit", "checkpoint_every", "4");
+    let a = instance_with(&env, &nats, "a", cfg);
+    until("ready", 20, 200, || readyz(&a)).await;
+    let bot = register(&a, "bot", "alice", &[]).await;
+    for _ in 0..6 {
+        until("accepted", 10, 200, || connect(&a, &bot)).await;
+    }
+    let id = local_log_id(&a).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("e2e-audit").await.expect("stream");
+    // Wait for the records and at least one checkpoint beyond seq 4 to be shipped.
+    let (mut records, mut newest) = (Vec::new(), 0);
+    let started = Instant::now();
+    while newest < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no checkpoint was shipped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        records.clear();
+        let last = stream.info().await.expect("info").state.last_sequence;
+        for n in 1..=last {
+            let m = stream.get_raw_message(n).await.expect("message");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+            if v["checkpoint"].is_object() {
+                newest = newest.max(v["checkpoint"]["checkpoint"]["size"].as_u64().unwrap_or(0));
+            } else {
+                records.push((n, v["seq"].as_u64().expect("seq")));
+            }
+        }
+    }
+    let (intact, logs) = verify_fleet(&a).await;
+    assert!(intact, "{logs:?}");
+    assert!(logs[0]["checkpoints"].as_u64() >= Some(1), "{logs:?}");
+
+    // Cut the tail from the newest checkpoint's record on.
+    for (n, seq) in &records {
+        if *seq >= newest {
+            assert!(stream.delete_message(*n).await.expect("delete"));
+        }
+    }
+    let (intact, logs) = verify_fleet(&a).await;
+    assert!(!intact, "a cut-off tail went unnoticed: {logs:?}");
+    let problem = logs
+        .iter()
+        .find(|l| l["log_id"] == id)
+        .and_then(|l| l["problem"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        problem.starts_with(&format!("seq {newest}: missing from the stream"))
+            && problem.contains("tail was cut off"),
+        "{problem}"
+    );
+}
+
 /// One GET of https://api.github.com/repos/acme/web through `proxy` as the test agent;
 /// returns the Authorization the upstream saw (the vault's credential, if any).
 async fn injected(env: &TestEnv, proxy: &Proxy) -> Option<String> {
