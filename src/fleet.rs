@@ -63,11 +63,11 @@ pub struct Member {
 /// Joins the fleet and keeps this instance in step with it until `shutdown`.
 pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
     member.identity.fleet().expect_sync();
-    member.consents.instance().fleet_bus(false);
+    fleet_bus(&member, false);
     let last_good = Arc::new(AtomicI64::new(now()));
     let watchdog = tokio::spawn(staleness(
         member.identity.clone(),
-        member.consents.instance().clone(),
+        member.consents.clone(),
         member.config.max_staleness,
         last_good.clone(),
         shutdown.clone(),
@@ -84,7 +84,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
             r = session(&member, &last_good) => r,
             _ = shutdown.changed() => break,
         };
-        member.consents.instance().fleet_bus(false);
+        fleet_bus(&member, false);
         if let Err(e) = ended {
             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: lost the bus; serving on the registry as last synced");
         }
@@ -101,7 +101,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
 /// Refuses every request once the bus has been gone for longer than `max_staleness`.
 async fn staleness(
     identity: Arc<Identity>,
-    consents: Arc<crate::consent::approvals::Consents>,
+    consents: Arc<TenantConsents>,
     max: Duration,
     last_good: Arc<AtomicI64>,
     mut shutdown: watch::Receiver<bool>,
@@ -111,7 +111,9 @@ async fn staleness(
         // A session stuck on a dead connection stops confirming within a second or two:
         // from then on no consent is opened that only this instance could answer.
         if gone >= 2 {
-            consents.fleet_bus(false);
+            for (_, store) in consents.all() {
+                store.fleet_bus(false);
+            }
         }
         let stale = gone > max.as_secs() as i64;
         if stale != identity.fleet().stale() {
@@ -164,6 +166,22 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     let mut vault = Mirror::open("vault", vault_kv, vault).await?;
     let consents_kv = bucket(&js, &format!("{name}-consents"), None, replicas).await?;
     let mut consents = Mirror::open("consents", consents_kv, consents).await?;
+    // Each tenant's own consent store: a bucket of its own, followed by its own task.
+    let mut tenant_sync = Vec::new();
+    for (tenant, store) in member.consents.all() {
+        let Some(tenant) = tenant else { continue };
+        let home = crate::tenants::state_dir(&member.state, tenant)
+            .map_err(|e| bus(format!("tenant {tenant}: {e}")))?;
+        let replica = tokio::task::spawn_blocking(move || ConsentReplica::open(&home))
+            .await
+            .map_err(bus)??;
+        let kv = bucket(&js, &tenant_bucket(name, tenant), None, replicas).await?;
+        let mirror = Mirror::open(&format!("consents of tenant {tenant}"), kv, replica).await?;
+        tenant_sync.push(follow_consents(mirror, store.clone()));
+    }
+    let has_tenants = !tenant_sync.is_empty();
+    let tenant_sync = futures_util::future::try_join_all(tenant_sync);
+    tokio::pin!(tenant_sync);
     let mut export = tokio::time::interval(EXPORT_EVERY);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     tracing::info!(fleet = %name, "fleet: joined");
@@ -173,7 +191,7 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
         if up {
             last_good.store(now(), Ordering::Release);
         }
-        member.consents.instance().fleet_bus(up);
+        fleet_bus(member, up);
         tokio::select! {
             entry = registry.watch.next() => {
                 let applied = registry.on_entry(entry).await?;
@@ -201,6 +219,9 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
                     }
                 }
             }
+            ended = &mut tenant_sync, if has_tenants => {
+                ended?;
+            }
             entry = consents.watch.next() => {
                 // An answer given on another instance wakes the request held here.
                 for id in consents.on_entry(entry).await?.answered {
@@ -221,6 +242,43 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
                     .map_err(bus)?;
             }
         }
+    }
+}
+
+/// Keeps one tenant's consent store in step with its bucket until the bus fails: answers
+/// given elsewhere wake the requests held here; consents asked here are published.
+async fn follow_consents(
+    mut mirror: Mirror<ConsentReplica>,
+    consents: Arc<crate::consent::approvals::Consents>,
+) -> Result<(), FleetError> {
+    let mut export = tokio::time::interval(EXPORT_EVERY);
+    loop {
+        tokio::select! {
+            entry = mirror.watch.next() => {
+                for id in mirror.on_entry(entry).await?.answered {
+                    consents.answered_elsewhere(&id);
+                }
+            }
+            _ = export.tick(), if mirror.current => mirror.publish().await?,
+        }
+    }
+}
+
+/// `<fleet>-consents-t<hex of the tenant name>`: a tenant name may hold `.`, which bucket
+/// names may not, and hex keeps two tenants' buckets apart.
+fn tenant_bucket(fleet: &str, tenant: &str) -> String {
+    format!(
+        "{fleet}-consents-t{}",
+        crate::digest::hex(tenant.as_bytes())
+    )
+}
+
+/// Tells every consent store whether the bus is reachable (see [`Consents::fleet_bus`]).
+///
+/// [`Consents::fleet_bus`]: crate::consent::approvals::Consents::fleet_bus
+fn fleet_bus(member: &Member, up: bool) {
+    for (_, consents) in member.consents.all() {
+        consents.fleet_bus(up);
     }
 }
 

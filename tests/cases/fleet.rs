@@ -604,6 +604,71 @@ async fn a_consent_held_on_one_instance_is_answered_on_another() {
     .await;
 }
 
+/// A tenant's own consent store is shared as well: a request of tenant acme's agent held on
+/// A (in acme's store) is listed and approved on B, and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_consent_held_on_one_instance_is_answered_on_another() {
+    use crate::support::cli::consent_list;
+    use crate::support::held;
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let cfg = || {
+        // Tenant acme gets the shipped policy (writes escalate) in its own directory.
+        env.with_default_policy()
+            .set("policy", "eval_timeout", &toml_str("5s"))
+            .set("consent", "mode", &toml_str("hold"))
+            .set("consent", "timeout", &toml_str("30s"))
+            .set("tenants.acme", "webhooks", "[]")
+    };
+    let (a, b) = (
+        instance_with(&env, &nats, "a", cfg()),
+        instance_with(&env, &nats, "b", cfg()),
+    );
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    let out = agentgate(
+        &a.home,
+        &[
+            "agents", "register", "acme-bot", "--tenant", "acme", "-o", "json",
+        ],
+        &[],
+    )
+    .await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&out, "register acme-bot")).expect("register JSON");
+    let token = doc["token"].as_str().expect("token");
+    let url = "https://api.github.com/repos/acme/web/issues";
+    let held = held::post_json(
+        format!("http://acme-bot:{token}@{}", a.proxy_addr),
+        a.ca_path.clone(),
+        url,
+        r#"{"title":"acme asks on A"}"#,
+        30,
+        &[],
+    );
+    until("B lists acme's consent asked on A", 15, 1, || async {
+        let pending = consent_list(&b, false).await;
+        u16::from(pending.iter().any(|c| c["tenant"] == "acme"))
+    })
+    .await;
+    let pending = consent_list(&b, false).await;
+    let consent = pending
+        .iter()
+        .find(|c| c["tenant"] == "acme")
+        .expect("acme's consent");
+    let id = consent["id"].as_str().expect("id").to_owned();
+    let out = agentgate(&b.home, &["consent", "approve", &id], &[("USER", "ops")]).await;
+    cli_ok(&out, "consent approve on B");
+    let got = held::finish(held, 15).await;
+    assert_eq!(
+        got.status,
+        200,
+        "acme's request held on A, approved on B: {}",
+        String::from_utf8_lossy(&got.body)
+    );
+}
+
 /// A 3-node JetStream cluster (buckets and stream with 3 replicas): with the node A uses
 /// killed, the rest of the fleet keeps working (a revocation on B reaches C); A, cut off,
 /// fails closed after max_staleness; when its node comes back, A replays what it missed —
