@@ -139,7 +139,9 @@ impl Vault {
     }
 
     /// Reloads connections from the database and forgets every cached credential, so a
-    /// removed or replaced connection is never used again. Returns how many there are.
+    /// removed or replaced connection is never used again; when only refresh tokens were
+    /// rotated (here or elsewhere in a fleet), the access tokens obtained stay valid and
+    /// are kept. Returns how many connections there are.
     pub fn reload(&self) -> Result<usize, VaultError> {
         let list = {
             let store = self.lock_store();
@@ -158,9 +160,12 @@ impl Vault {
                 .or_default()
                 .push(Arc::new(c));
         }
-        self.index.store(Arc::new(index));
-        self.forget_all();
-        Ok(self.index.load().count)
+        let index = Arc::new(index);
+        let before = self.index.swap(index.clone());
+        if !only_rotated(&before, &index) {
+            self.forget_all();
+        }
+        Ok(index.count)
     }
 
     /// Drops every cached credential, grant and remembered failure; returns how many
@@ -456,3 +461,18 @@ impl Vault {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// Whether `after` holds the same connections as `before`, differing at most in their
+/// secrets.
+fn only_rotated(before: &Index, after: &Index) -> bool {
+    let sorted = |i: &Index| {
+        let mut all: Vec<Arc<Connection>> = i.by_origin.values().flatten().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    };
+    let (before, after) = (sorted(before), sorted(after));
+    before.len() == after.len() && before.iter().zip(&after).all(|(a, b)| a.same_but_secret(b))
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,9 @@
 //! instances on one JetStream server share one `oauth` connection and need fresh access
 //! tokens at the same moment, round after round, with the token endpoint slowed so their
 //! refreshes would overlap: every request succeeds (the fleet's lease serializes them), and
-//! afterwards both instances and the bus hold the same, newest refresh token. With the bus
-//! gone, a cached access token keeps working and a refresh is refused.
+//! afterwards both instances and the bus hold the same, newest refresh token. A rotation on
+//! one instance leaves the access token another holds in use. With the bus gone, a cached
+//! access token keeps working and a refresh is refused.
 
 use std::time::Duration;
 
@@ -188,8 +189,29 @@ async fn a_refresh_token_rotation_raced_by_two_instances_keeps_the_newest_token(
         stats["refresh_failures"], 0,
         "a refresh token was reused: {stats}"
     );
-    // One refresh per instance per round.
+    // One refresh per instance per round: a rotation elsewhere does not drop the access
+    // token an instance holds.
     assert_eq!(stats["refresh_grants"], 2 * ROUNDS, "{stats}");
+
+    // A rotation on B reaches A and leaves the access token A holds in use.
+    tokio::time::sleep(RENEW_AFTER).await;
+    let on_a = all_at_once(&[&a]).await;
+    assert!(injected(&on_a[0]).starts_with("Bearer "));
+    let on_b = all_at_once(&[&b]).await;
+    assert!(injected(&on_b[0]).starts_with("Bearer "));
+    let (rotated_on_b, _) = bus_row(&nats, &id).await;
+    until("A holds B's rotation", 2, 1, || async {
+        u16::from(local_fingerprint(&a, &id).as_deref() == Some(rotated_on_b.as_str()))
+    })
+    .await;
+    let again = all_at_once(&[&a]).await;
+    assert!(injected(&again[0]).starts_with("Bearer "));
+    let stats = op.stats().await;
+    assert_eq!(
+        stats["refresh_grants"],
+        2 * ROUNDS + 2,
+        "A refreshed again after B's rotation: {stats}"
+    );
 
     // Both instances and the bus hold one refresh token, the newest: the provider's only
     // active one (every earlier one was consumed by its rotation).
