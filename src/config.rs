@@ -301,6 +301,17 @@ impl Config {
         if let Err((key, message)) = self.vault.validate() {
             return Err(ConfigError::invalid(key, message));
         }
+        if self.fleet.enabled() && self.vault.fetch_timeout > fleet::MAX_FETCH_TIMEOUT {
+            // A refresh holds the fleet's lease for at most this long, plus bus round trips.
+            return Err(ConfigError::invalid(
+                "vault.fetch_timeout",
+                format!(
+                    "must be at most {:?} with [fleet] (a refresh must end inside its {:?} lease)",
+                    fleet::MAX_FETCH_TIMEOUT,
+                    fleet::REFRESH_LEASE
+                ),
+            ));
+        }
         if let Err((key, message)) = self.consent.validate() {
             return Err(ConfigError::invalid(key, message));
         }
@@ -403,6 +414,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn a_fleet_refuses_a_fetch_timeout_longer_than_its_refresh_lease_allows() {
+        let fleet = "[fleet]\nurl = \"nats://127.0.0.1:4222\"\n";
+        let c = Config::parse(
+            &format!("{fleet}[vault]\nfetch_timeout = \"31s\"\n"),
+            "f.toml",
+        )
+        .unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("vault.fetch_timeout") && msg.contains("30s"),
+            "{msg}"
+        );
+        let alone = Config::parse("[vault]\nfetch_timeout = \"31s\"\n", "f.toml").unwrap();
+        assert!(alone.validate().is_ok());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! A revocation that arrives from the bus triggers the local PANIC cut-off here: tunnels
 //! closed, held requests refused, credentials dropped and revoked upstream by the instance
 //! that handed them out. Each instance also heartbeats a record in `<fleet>-instances`, and
-//! ships its committed audit records to the fleet's stream ([`stream`]).
+//! ships its committed audit records to the fleet's stream ([`stream`]). OAuth refreshes
+//! take a per-connection lease and write rotated refresh tokens back with compare-and-set
+//! ([`refresh`]).
 //! When the bus stays unreachable for longer than `fleet.max_staleness`, every request is
 //! refused (`503 fleet_unavailable`) until it is back; revocations already seen are kept.
 
@@ -23,12 +25,14 @@ use tokio::sync::watch;
 
 pub mod bus;
 pub mod mirror;
+pub mod refresh;
 pub mod stream;
 pub mod view;
 
 use crate::audit::Audit;
 use crate::clock::now;
 use crate::config::FleetConfig;
+use crate::config::fleet::REFRESH_LEASE;
 use crate::consent::TenantConsents;
 use crate::consent::fleet::ConsentReplica;
 use crate::identity::Identity;
@@ -41,6 +45,7 @@ use crate::vault::Vault;
 use crate::vault::fleet::VaultReplica;
 use bus::{FleetError, bus, connect};
 use mirror::Mirror;
+use refresh::{Buckets, RefreshLeases};
 
 /// How often local changes (registry, vault, consents) are looked for: a local read of each
 /// store's change counter, published only when it moved.
@@ -58,6 +63,8 @@ pub struct Member {
     pub consents: Arc<TenantConsents>,
     pub audit: Arc<Audit>,
     pub state: StateDir,
+    /// The vault's refresh leases, pointed at each session's buckets.
+    pub leases: Arc<RefreshLeases>,
 }
 
 /// Joins the fleet and keeps this instance in step with it until `shutdown`.
@@ -85,6 +92,8 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => break,
         };
         fleet_bus(&member, false);
+        // No refresh without the lease: until the next session, refreshes are refused.
+        member.leases.attach(None);
         if let Err(e) = ended {
             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: lost the bus; serving on the registry as last synced");
         }
@@ -162,6 +171,18 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     .map_err(bus)??;
     let registry_kv = bucket(&js, &format!("{name}-registry"), None, replicas).await?;
     let vault_kv = bucket(&js, &format!("{name}-vault"), None, replicas).await?;
+    let leases_kv = bucket(
+        &js,
+        &format!("{name}-refresh"),
+        Some(REFRESH_LEASE),
+        replicas,
+    )
+    .await?;
+    member.leases.attach(Some(Buckets {
+        client: client.clone(),
+        leases: leases_kv,
+        vault: vault_kv.clone(),
+    }));
     let mut registry = Mirror::open("registry", registry_kv, registry).await?;
     let mut vault = Mirror::open("vault", vault_kv, vault).await?;
     let consents_kv = bucket(&js, &format!("{name}-consents"), None, replicas).await?;

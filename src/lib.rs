@@ -223,13 +223,22 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         )?),
         false => None,
     };
-    let vault = Arc::new(vault::Vault::open(
+    let vault = vault::Vault::open(
         &config.vault,
         &config.upstream.resolve,
         state,
         own_tls.clone(),
         audit.clone(),
-    )?);
+    )?;
+    // In a fleet, OAuth refreshes take the fleet's lease on the connection first.
+    let leases = config
+        .fleet
+        .enabled()
+        .then(|| fleet::refresh::RefreshLeases::new(instance_id.clone()));
+    let vault = Arc::new(match &leases {
+        Some(l) => vault.with_refresh_coordinator(l.clone()),
+        None => vault,
+    });
     let (proxy_addr, proxy) = bind(
         config.proxy.listen,
         "proxy.listen",
@@ -308,7 +317,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         state: state.clone(),
     });
     // Fleet mode: one registry and one PANIC with the other instances.
-    let fleet = config.fleet.enabled().then(|| fleet::Member {
+    let fleet = leases.map(|leases| fleet::Member {
         config: config.fleet.clone(),
         instance: instance.clone(),
         identity: identity.clone(),
@@ -317,6 +326,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         consents: tenant_consents.clone(),
         audit: audit.clone(),
         state: state.clone(),
+        leases,
     });
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
     let tenant_tokens = tenants::admin_tokens(state, &config.tenants)?;

@@ -47,6 +47,12 @@ pub trait Replica: Send + 'static {
     /// Whether a key the bucket holds but this store lacks was deleted here (and so is
     /// deleted from the bucket), rather than never held.
     fn deletes(&self, key: &str) -> bool;
+    /// Whether a change here to `key` is published only over the entry last seen
+    /// (compare-and-set): one made elsewhere meanwhile wins and arrives through the watch,
+    /// after which the change is looked at again. Otherwise the last writer wins.
+    fn conditional(&self, _key: &str) -> bool {
+        false
+    }
 }
 
 /// A store's own connection for its mirror: its `data_version` moves only when another

@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::pod::one_or_many;
 
+/// How long a fleet-wide lease on refreshing one OAuth connection lives when its holder
+/// does not give it up (it stopped mid-refresh).
+pub const REFRESH_LEASE: Duration = Duration::from_secs(60);
+/// The longest `vault.fetch_timeout` in a fleet: a lease holder's token-endpoint call and
+/// its bus round trips end well inside [`REFRESH_LEASE`].
+pub const MAX_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `[fleet]`; off while `url` is empty.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,17 +1,26 @@
 //! A local SQLite store kept in step with a KV bucket, both ways: a watch with history
 //! writes what other instances publish, and whatever another local connection (the API, the
 //! CLI) changed is published. What the bucket holds, as last seen, is what publishing
-//! compares against, so an entry written from the bus is never sent back.
+//! compares against, so an entry written from the bus is never sent back; a key the
+//! replica calls conditional is written only over the revision last seen, so a change
+//! made elsewhere that the watch has not delivered yet is never overwritten.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bytes::Bytes;
 
 use super::bus::{FleetError, bus};
 use crate::clock::now;
 use crate::replica::{Applied, FleetEntryError, Replica};
+
+/// A key as last seen in the bucket.
+struct Seen {
+    /// `None`: deleted.
+    value: Option<Bytes>,
+    revision: u64,
+}
 
 /// One bucket and its local replica.
 pub struct Mirror<R> {
@@ -19,7 +28,7 @@ pub struct Mirror<R> {
     kv: kv::Store,
     pub watch: kv::Watch,
     replica: Arc<Mutex<R>>,
-    seen: HashMap<String, Bytes>,
+    seen: HashMap<String, Seen>,
     /// Set once the watch has replayed what the bucket held.
     pub current: bool,
     published: Option<i64>,
@@ -69,10 +78,8 @@ impl<R: Replica> Mirror<R> {
             }
             Err(e) => return Err(e.into()),
         };
-        match value {
-            Some(v) => self.seen.insert(entry.key, v),
-            None => self.seen.remove(&entry.key),
-        };
+        let revision = entry.revision;
+        self.seen.insert(entry.key, Seen { value, revision });
         if !self.current && (entry.seen_current || entry.delta == 0) {
             self.current = true;
         }
@@ -95,24 +102,52 @@ impl<R: Replica> Mirror<R> {
         let (version, Some(entries)) = read else {
             return Ok(());
         };
-        for (key, value) in &entries {
-            if self.seen.get(key).map(|v| &v[..]) != Some(&value[..]) {
-                let value = Bytes::from(value.clone());
-                self.kv.put(key, value.clone()).await.map_err(bus)?;
-                self.seen.insert(key.clone(), value);
+        let conditional: Vec<bool> = {
+            let replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
+            entries.keys().map(|k| replica.conditional(k)).collect()
+        };
+        // Set when a conditional write found the bucket ahead of the watch: look again
+        // once the watch has caught up, even if nothing else changes here.
+        let mut behind = false;
+        for ((key, value), conditional) in entries.iter().zip(conditional) {
+            let seen = self.seen.get(key);
+            if seen.and_then(|s| s.value.as_deref()) == Some(&value[..]) {
+                continue;
             }
+            let value = Bytes::from(value.clone());
+            let revision = if conditional {
+                let last = seen.map_or(0, |s| s.revision);
+                match self.kv.update(key, value.clone(), last).await {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                        tracing::debug!(bucket = %self.name, %key, "fleet: changed elsewhere meanwhile; the watch brings it first");
+                        behind = true;
+                        continue;
+                    }
+                    Err(e) => return Err(bus(e)),
+                }
+            } else {
+                self.kv.put(key, value.clone()).await.map_err(bus)?
+            };
+            let value = Some(value);
+            self.seen.insert(key.clone(), Seen { value, revision });
         }
         let gone: Vec<String> = {
             let replica = self.replica.lock().unwrap_or_else(|p| p.into_inner());
             self.seen
-                .keys()
-                .filter(|k| !entries.contains_key(*k) && replica.deletes(k))
+                .iter()
+                .filter(|(k, s)| s.value.is_some() && !entries.contains_key(*k))
+                .map(|(k, _)| k)
+                .filter(|k| replica.deletes(k))
                 .cloned()
                 .collect()
         };
         for key in gone {
             self.kv.delete(&key).await.map_err(bus)?;
             self.seen.remove(&key);
+        }
+        if behind {
+            return Ok(());
         }
         self.published = Some(version);
         Ok(())

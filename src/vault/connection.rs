@@ -82,6 +82,40 @@ pub struct Connection {
     pub revoked: Option<i64>,
 }
 
+impl Connection {
+    /// Whether `other` is this connection apart from its secret (a rotated refresh token
+    /// changes only the fingerprint and the update time).
+    pub fn same_but_secret(&self, other: &Connection) -> bool {
+        // Destructured, so a field added later is compared or knowingly left out.
+        let Connection {
+            id,
+            tenant,
+            service,
+            user,
+            kind,
+            origin,
+            settings,
+            fingerprint: _,
+            expires,
+            created,
+            updated: _,
+            revoked,
+        } = self;
+        let o = other;
+        (id, tenant, service, user, kind, origin, settings)
+            == (
+                &o.id,
+                &o.tenant,
+                &o.service,
+                &o.user,
+                &o.kind,
+                &o.origin,
+                &o.settings,
+            )
+            && (expires, created, revoked) == (&o.expires, &o.created, &o.revoked)
+    }
+}
+
 /// Normalizes `https://host[:port]` to the origin key (`host`, or `host:port` off 443).
 /// Credentials go over TLS only, so other schemes are refused.
 pub fn origin_key(url: &str) -> Result<String, String> {

@@ -1,7 +1,8 @@
 //! The running vault: which connection serves a request, the cache of short-lived
 //! credentials (single-flight: concurrent requests share one fetch, and refreshes of one
-//! connection never overlap — providers treat a reused refresh token as theft), per-decision
-//! grants, and the ledger of what each agent received, which PANIC revokes.
+//! connection never overlap, across a fleet too — providers treat a reused refresh token as
+//! theft; see `rotation`), per-decision grants, and the ledger of what each agent received,
+//! which PANIC revokes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use http::HeaderValue;
 
 use super::config::VaultConfig;
 use super::connection::{Connection, Kind};
+use super::coordinator::RefreshCoordinator;
 use super::error::VaultError;
 use super::fetch::{Fetcher, Obtained};
 use super::grant::{Credential, Grant, TokenError, Want};
@@ -48,7 +50,7 @@ struct Index {
 
 /// The vault as the proxy uses it.
 pub struct Vault {
-    config: VaultConfig,
+    pub(super) config: VaultConfig,
     store: Mutex<Store>,
     fingerprint_key: hmac::Key,
     index: ArcSwap<Index>,
@@ -59,6 +61,8 @@ pub struct Vault {
     failures: moka::sync::Cache<CacheKey, Arc<TokenError>>,
     grants: moka::sync::Cache<[u8; 16], Arc<Grant>>,
     refresh_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Fleet mode: keeps refreshes of one connection from overlapping across instances.
+    pub(super) coordinator: Option<Arc<dyn RefreshCoordinator>>,
     /// Credentials handed out, by fingerprint, until they expire.
     pub(super) ledger: Mutex<HashMap<String, Arc<Credential>>>,
     pub(super) fetcher: Fetcher,
@@ -111,6 +115,7 @@ impl Vault {
                 .time_to_live(v.grant_ttl)
                 .build(),
             refresh_locks: Mutex::default(),
+            coordinator: None,
             ledger: Mutex::default(),
             fetcher: Fetcher::new(v, resolve, tls)?,
             audit,
@@ -121,13 +126,22 @@ impl Vault {
         Ok(vault)
     }
 
+    /// Refreshes OAuth connections under `coordinator`'s lease, writing rotated refresh
+    /// tokens back with compare-and-set (fleet mode).
+    pub fn with_refresh_coordinator(mut self, coordinator: Arc<dyn RefreshCoordinator>) -> Vault {
+        self.coordinator = Some(coordinator);
+        self
+    }
+
     /// The credential cache's hit and miss counters.
     pub fn cache_stats(&self) -> Arc<crate::metrics::CacheStats> {
         self.stats.clone()
     }
 
     /// Reloads connections from the database and forgets every cached credential, so a
-    /// removed or replaced connection is never used again. Returns how many there are.
+    /// removed or replaced connection is never used again; when only refresh tokens were
+    /// rotated (here or elsewhere in a fleet), the access tokens obtained stay valid and
+    /// are kept. Returns how many connections there are.
     pub fn reload(&self) -> Result<usize, VaultError> {
         let list = {
             let store = self.lock_store();
@@ -146,9 +160,12 @@ impl Vault {
                 .or_default()
                 .push(Arc::new(c));
         }
-        self.index.store(Arc::new(index));
-        self.forget_all();
-        Ok(self.index.load().count)
+        let index = Arc::new(index);
+        let before = self.index.swap(index.clone());
+        if !only_rotated(&before, &index) {
+            self.forget_all();
+        }
+        Ok(index.count)
     }
 
     /// Drops every cached credential, grant and remembered failure; returns how many
@@ -358,33 +375,6 @@ impl Vault {
         self.admit(connection, obtained)
     }
 
-    /// One OAuth refresh, storing a rotated refresh token before the access token is used.
-    /// One refresh per connection at a time, whatever the scopes: the stored refresh token
-    /// is read under the lock, after any rotation before us.
-    async fn refresh(&self, c: &Connection, scopes: &[String]) -> Result<Obtained, TokenError> {
-        let lock = self.refresh_lock(&c.id);
-        let _held = lock.lock().await;
-        let refresh = self
-            .lock_store()
-            .secret(&c.id)
-            .map_err(|e| TokenError::Store(e.to_string()))?;
-        let provider = c.settings.provider.as_deref().unwrap_or(&c.service);
-        let got = self
-            .fetcher
-            .refresh(provider, &refresh, scopes)
-            .await
-            .map_err(|e| reauthorize(e, &c.service))?;
-        if let Some(rotated) = got.refresh_token.as_ref().filter(|r| **r != refresh) {
-            self.lock_store()
-                .set_secret(&c.id, rotated, now())
-                .map_err(|e| {
-                    tracing::error!(connection = %c.id, error = %e, "a rotated refresh token could not be stored; the connection needs `vault set` again");
-                    TokenError::Store(e.to_string())
-                })?;
-        }
-        Ok(got)
-    }
-
     /// Turns a fetched token into a credential, unless PANIC deny-listed it.
     fn admit(
         &self,
@@ -462,7 +452,7 @@ impl Vault {
         Ok(credential)
     }
 
-    fn refresh_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn refresh_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.refresh_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_owned()).or_default().clone()
     }
@@ -472,16 +462,17 @@ impl Vault {
     }
 }
 
-/// A refused refresh grant: the stored grant is dead, and only the user can mend it.
-fn reauthorize(e: FetchError, service: &str) -> TokenError {
-    match &e {
-        FetchError::Refused { detail, .. }
-            if detail.contains("invalid_grant") || detail.contains("unauthorized_client") =>
-        {
-            TokenError::Reauthorize(format!(
-                "{e}; the stored refresh token no longer works: authorize again and store the new one with `agentgate vault set {service} --kind oauth`"
-            ))
-        }
-        _ => TokenError::Fetch(e),
-    }
+/// Whether `after` holds the same connections as `before`, differing at most in their
+/// secrets.
+fn only_rotated(before: &Index, after: &Index) -> bool {
+    let sorted = |i: &Index| {
+        let mut all: Vec<Arc<Connection>> = i.by_origin.values().flatten().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    };
+    let (before, after) = (sorted(before), sorted(after));
+    before.len() == after.len() && before.iter().zip(&after).all(|(a, b)| a.same_but_secret(b))
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::connection::Connection;
+use super::coordinator::CoordinationError;
 use crate::outbound::FetchError;
 use crate::secret::Secret;
 use crate::vendors::Form;
@@ -90,6 +91,8 @@ pub enum TokenError {
     Revoked(String),
     #[error("{0}")]
     Reauthorize(String),
+    #[error("{0}")]
+    Fleet(#[from] CoordinationError),
 }
 
 /// What a request needs a credential for.

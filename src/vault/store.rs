@@ -286,18 +286,37 @@ impl Store {
             .optional()
             .map_err(db_err(&self.path))?
             .ok_or_else(|| VaultError::Gone(id.to_owned()))?;
-        let plain =
-            self.open_sealed(id.as_bytes(), &sealed)
-                .ok_or_else(|| VaultError::Corrupt {
-                    id: id.to_owned(),
-                    reason: "the secret does not decrypt under the vault key".into(),
-                })?;
+        self.unseal(id, &sealed)
+    }
+
+    /// The secret of connection `id` from its sealed form (a row another instance wrote).
+    pub fn unseal(&self, id: &str, sealed: &[u8]) -> Result<Secret, VaultError> {
+        let plain = self
+            .open_sealed(id.as_bytes(), sealed)
+            .ok_or_else(|| VaultError::Corrupt {
+                id: id.to_owned(),
+                reason: "the secret does not decrypt under the vault key".into(),
+            })?;
         String::from_utf8(plain)
             .map(Secret::new)
             .map_err(|_| VaultError::Corrupt {
                 id: id.to_owned(),
                 reason: "the secret is not UTF-8".into(),
             })
+    }
+
+    /// `secret` sealed for connection `id`, with its fingerprint.
+    pub fn seal_secret(&self, id: &str, secret: &Secret) -> Result<(Vec<u8>, String), VaultError> {
+        let sealed = self.seal(id.as_bytes(), secret.expose().as_bytes())?;
+        Ok((sealed, self.fingerprint(secret.expose())))
+    }
+
+    /// Runs `write` on the database (a whole row from the fleet, see `vault::fleet`).
+    pub fn write_with<T>(
+        &mut self,
+        write: impl FnOnce(&mut Db) -> rusqlite::Result<T>,
+    ) -> Result<T, VaultError> {
+        write(&mut self.db).map_err(db_err(&self.path))
     }
 
     /// Replaces the secret of `id` (a rotated refresh token), in one statement.

@@ -22,7 +22,7 @@ fn instance(env: &TestEnv, nats: &Nats, name: &str) -> Proxy {
 }
 
 /// [`instance`] on top of `cfg`.
-fn instance_with(env: &TestEnv, nats: &Nats, name: &str, cfg: ConfigBuilder) -> Proxy {
+pub(super) fn instance_with(env: &TestEnv, nats: &Nats, name: &str, cfg: ConfigBuilder) -> Proxy {
     let home = env.dir.path().join(name);
     std::fs::create_dir_all(&home).expect("instance home");
     let cfg =
@@ -33,7 +33,7 @@ fn instance_with(env: &TestEnv, nats: &Nats, name: &str, cfg: ConfigBuilder) -> 
     proxy::start(&home, &path, &[])
 }
 
-async fn readyz(proxy: &Proxy) -> u16 {
+pub(super) async fn readyz(proxy: &Proxy) -> u16 {
     let mut s = raw::tcp(proxy.admin_addr).await;
     let req = b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     raw::exchange(&mut s, req).await.map_or(0, |r| r.status)
@@ -52,7 +52,7 @@ async fn connect(proxy: &Proxy, agent: &Registered) -> u16 {
 }
 
 /// Polls `probe` until it gives `want`, for up to `secs`; returns how long it took.
-async fn until<F, Fut>(what: &str, secs: u64, want: u16, mut probe: F) -> Duration
+pub(super) async fn until<F, Fut>(what: &str, secs: u64, want: u16, mut probe: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = u16>,

@@ -11,6 +11,7 @@ mod consent;
 mod dashboard;
 mod enforced;
 mod fleet;
+mod fleet_refresh;
 mod git;
 mod guard;
 mod hardening_bodies;
