@@ -11,6 +11,8 @@ mod consent;
 mod dashboard;
 mod enforced;
 mod fleet;
+mod fleet_audit;
+mod fleet_consent;
 mod fleet_refresh;
 mod git;
 mod guard;
