@@ -95,7 +95,7 @@ pub async fn run(member: Member, mut shutdown: watch::Receiver<bool>) {
         // No refresh without the lease: until the next session, refreshes are refused.
         member.leases.attach(None);
         if let Err(e) = ended {
-            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: lost the bus; serving on the registry as last synced");
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "fleet: the sync session ended (bus lost, or a local store failed); serving on the registry as last synced and retrying");
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}

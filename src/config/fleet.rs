@@ -28,6 +28,8 @@ pub struct FleetConfig {
     pub token_file: Option<PathBuf>,
     /// A NATS credentials file (JWT + NKey seed).
     pub creds_file: Option<PathBuf>,
+    /// A file holding a user NKey seed (`SU…`), for a server that authorizes NKeys.
+    pub nkey_file: Option<PathBuf>,
     /// Extra PEM roots for a TLS (`tls://`) server.
     pub tls_ca: Option<PathBuf>,
     /// Copies the server cluster keeps of each bucket and of the audit stream (1 for a single
@@ -46,6 +48,7 @@ impl Default for FleetConfig {
             name: "agentgate".into(),
             token_file: None,
             creds_file: None,
+            nkey_file: None,
             tls_ca: None,
             replicas: 1,
             max_staleness: Duration::from_secs(30),
@@ -73,10 +76,14 @@ impl FleetConfig {
                 "must be 1-32 letters, digits, '-' or '_' (it names the fleet's KV buckets)".into(),
             ));
         }
-        if self.token_file.is_some() && self.creds_file.is_some() {
+        let credentials = [&self.token_file, &self.creds_file, &self.nkey_file]
+            .iter()
+            .filter(|c| c.is_some())
+            .count();
+        if credentials > 1 {
             return Err((
                 "fleet.token_file",
-                "set token_file or creds_file, not both".into(),
+                "set one of token_file, creds_file and nkey_file".into(),
             ));
         }
         if !(1..=5).contains(&self.replicas) {
@@ -100,5 +107,39 @@ impl FleetConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn one_kind_of_bus_credential_at_most() {
+        let with = |token: bool, creds: bool, nkey: bool| FleetConfig {
+            url: vec!["nats://127.0.0.1:4222".into()],
+            token_file: token.then(|| "t".into()),
+            creds_file: creds.then(|| "c".into()),
+            nkey_file: nkey.then(|| "n".into()),
+            ..FleetConfig::default()
+        };
+        for (t, c, n) in [
+            (false, false, false),
+            (true, false, false),
+            (false, false, true),
+        ] {
+            assert!(with(t, c, n).validate().is_ok(), "{t} {c} {n}");
+        }
+        for (t, c, n) in [
+            (true, true, false),
+            (true, false, true),
+            (false, true, true),
+        ] {
+            let (key, msg) = with(t, c, n).validate().unwrap_err();
+            assert_eq!(key, "fleet.token_file");
+            assert!(msg.contains("nkey_file"), "{msg}");
+        }
     }
 }

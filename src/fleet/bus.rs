@@ -48,6 +48,14 @@ pub async fn connect(config: &FleetConfig) -> Result<async_nats::Client, FleetEr
                 source,
             })?;
     }
+    if let Some(path) = &config.nkey_file {
+        let seed = std::fs::read_to_string(path).map_err(|source| FleetError::File {
+            key: "nkey_file",
+            path: path.display().to_string(),
+            source,
+        })?;
+        options = options.nkey(seed.trim().to_owned());
+    }
     if let Some(path) = &config.tls_ca {
         options = options.add_root_certificates(path.clone());
     }

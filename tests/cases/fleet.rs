@@ -289,3 +289,80 @@ async fn a_partitioned_instance_fails_closed_and_catches_up_on_revocations() {
         "A forgot the revocation it missed"
     );
 }
+
+/// A server that wants credentials: an instance with the right token, or the right NKey
+/// seed, joins (ready); one with a wrong token or none stays out, not ready, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_credentials_token_and_nkey_are_used() {
+    // A test-only user NKey pair (seed, public key).
+    const SEED: &str = "SUAABXOMTMT53ATVKT6IZ2TC7SPW2GMYBDZHFLW5C3BDCTSFW2TMGEE3Y4";
+    const PUBLIC: &str = "UBWEUGUWTU6CLAPJ2UORJFL5JH77NTXG3C6CWQMLSZPZRSGS6NXOIXYO";
+    let env = TestEnv::new().await;
+    let dir = env.dir.path();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        crate::support::cli::write_private(&path, text.as_bytes());
+        toml_str(&path.display().to_string())
+    };
+    let by_token = Nats::start_with(dir, &["--auth", "s3cret-bus-token"]);
+    let conf = dir.join("nkey.conf");
+    std::fs::write(
+        &conf,
+        format!("authorization {{ users = [ {{ nkey: \"{PUBLIC}\" }} ] }}\n"),
+    )
+    .expect("nats config");
+    let by_nkey = Nats::start_with(dir, &["-c", &conf.display().to_string()]);
+    let join = |nats: &Nats, name: &str, key: &str, value: Option<String>| {
+        let mut cfg = env.config().set("fleet", "max_staleness", &toml_str("30s"));
+        if let Some(v) = value {
+            cfg = cfg.set("fleet", key, &v);
+        }
+        instance_with(&env, nats, name, cfg)
+    };
+    let good = [
+        join(
+            &by_token,
+            "token-ok",
+            "token_file",
+            Some(file("t", "s3cret-bus-token\n")),
+        ),
+        join(
+            &by_nkey,
+            "nkey-ok",
+            "nkey_file",
+            Some(file("n", &format!("{SEED}\n"))),
+        ),
+    ];
+    let bad = [
+        join(
+            &by_token,
+            "token-bad",
+            "token_file",
+            Some(file("w", "not-the-token\n")),
+        ),
+        join(&by_nkey, "nkey-none", "token_file", None),
+    ];
+    for p in &good {
+        until("ready with the right credentials", 20, 200, || readyz(p)).await;
+    }
+    for p in &bad {
+        until("the refusal is explained", 20, 1, || async {
+            let err = p.stderr().to_lowercase();
+            u16::from(err.contains("cannot connect") && err.contains("authoriz"))
+        })
+        .await;
+        assert_eq!(readyz(p).await, 503, "joined without the right credentials");
+        let err = p.stderr();
+        assert!(
+            !err.contains("s3cret-bus-token") && !err.contains(SEED),
+            "{err}"
+        );
+    }
+    for p in &good {
+        let err = p.stderr();
+        assert!(
+            !err.contains("s3cret-bus-token") && !err.contains(SEED),
+            "{err}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 pub struct Nats {
     pub port: u16,
     store: PathBuf,
-    /// Cluster flags (name, routes), empty for a single server.
+    /// More flags: cluster (name, routes), or authorization.
     cluster: Vec<String>,
     child: Option<Child>,
 }
@@ -34,10 +34,15 @@ fn binary() -> PathBuf {
 impl Nats {
     /// Starts a JetStream server storing under `dir`; waits until it accepts connections.
     pub fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, &[])
+    }
+
+    /// [`Nats::start`] with more server flags (e.g. `--auth TOKEN`, `-c FILE`).
+    pub fn start_with(dir: &Path, flags: &[&str]) -> Nats {
         let mut nats = Nats {
             port: free_port(),
-            store: dir.join("nats-store"),
-            cluster: Vec::new(),
+            store: dir.join(format!("nats-store-{}", free_port())),
+            cluster: flags.iter().map(|f| (*f).to_owned()).collect(),
             child: None,
         };
         nats.restart();
