@@ -33,6 +33,8 @@ pub use stats::Stats;
 
 /// Where export progress is kept in the state dir.
 const PROGRESS_FILE: &str = "otel-exported";
+/// The most record text one export carries (a single larger record still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Requests whose span waits for its outcome record, at most.
 const MAX_OPEN_SPANS: usize = 4096;
 /// How long a span waits for its outcome before it is exported without one (µs).
@@ -80,6 +82,19 @@ impl Parts {
     }
 }
 
+/// How many of `rows`, from the first, fit in `max` bytes of record text (at least one).
+fn within_bytes(rows: &[Row], max: usize) -> usize {
+    let mut total = 0;
+    let fit = rows
+        .iter()
+        .take_while(|r| {
+            total += r.record.len();
+            total <= max
+        })
+        .count();
+    fit.max(1).min(rows.len())
+}
+
 /// Whether a decision's span waits for an outcome record: an allowed request that is not a
 /// tunnel (a CONNECT's requests are decided, and spanned, one by one).
 fn waits_for_outcome(d: &crate::audit::record::Decision) -> bool {
@@ -119,7 +134,7 @@ pub async fn run(
             () = tokio::time::sleep(flush_after) => Ok(Vec::new()),
             _ = shutdown.changed() => return,
         };
-        let rows = match rows {
+        let mut rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "otel: cannot read the audit log; retrying in 1s");
@@ -127,6 +142,10 @@ pub async fn run(
                 continue;
             }
         };
+        // Collectors refuse messages over 4 MiB by default (gRPC): a batch of large records
+        // is cut at MAX_BATCH_BYTES and the rest goes next round, so no batch is refused
+        // for its size again and again.
+        rows.truncate(within_bytes(&rows, MAX_BATCH_BYTES));
         let last = rows.last().map(|r| r.seq);
         let mut parts = exporter.prepare(outbox.log_id(), &rows);
         let mut backoff = Duration::from_millis(200);
@@ -264,5 +283,32 @@ impl Exporter {
             part.done = true;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(len: usize) -> Row {
+        Row {
+            seq: 1,
+            hash: String::new(),
+            record: "x".repeat(len),
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_its_byte_budget_but_never_to_nothing() {
+        let rows: Vec<Row> = (0..5).map(|_| row(400)).collect();
+        assert_eq!(within_bytes(&rows, 1000), 2);
+        assert_eq!(within_bytes(&rows, 10_000), 5);
+        assert_eq!(
+            within_bytes(&[row(5000)], 1000),
+            1,
+            "a large record goes alone"
+        );
+        assert_eq!(within_bytes(&[], 1000), 0);
     }
 }
