@@ -94,6 +94,13 @@ impl Exporters {
     ) -> Result<Exporters, OtelError> {
         let mut headers = config.headers.clone();
         if let Some(path) = &config.headers_file {
+            // Secret headers travel only over TLS (or to loopback).
+            crate::outbound::check_endpoint(&config.endpoint).map_err(|reason| {
+                OtelError::Headers {
+                    path: path.display().to_string(),
+                    reason: format!("secret headers go only to an https:// endpoint: {reason}"),
+                }
+            })?;
             headers.extend(read_headers(path)?);
         }
         let mut base = vec![

@@ -324,3 +324,37 @@ async fn otel_retries_a_refusing_collector_and_a_dead_or_slow_one_holds_up_nothi
         assert!(failures > 0, "{what}: the failed export is counted");
     }
 }
+
+/// Secret headers (`otel.headers_file`) go only over TLS or to loopback: a plain-http collector
+/// elsewhere is refused at start, naming the file and why, never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_refuses_to_send_secret_headers_over_plain_http() {
+    use crate::support::proxy::{Launch, launch};
+    let env = TestEnv::new().await;
+    let headers = env.dir.path().join("otel-headers");
+    crate::support::cli::write_private(&headers, b"x-api-key: s3cr3t-collector-key\n");
+    let cfg = env
+        .config()
+        .set(
+            "otel",
+            "endpoint",
+            &toml_str("http://collector.example:4317"),
+        )
+        .set(
+            "otel",
+            "headers_file",
+            &toml_str(&headers.display().to_string()),
+        );
+    let path = env.write_config(&cfg);
+    match launch(&env.home(), &path, &[]) {
+        Launch::Ready(_) => panic!("started sending secret headers over plain http"),
+        Launch::Exited { status, stderr } => {
+            assert!(!status.success());
+            assert!(
+                stderr.contains("otel.headers_file") && stderr.contains("https"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("s3cr3t-collector-key"), "{stderr}");
+        }
+    }
+}
