@@ -85,7 +85,8 @@ pub struct Exporters {
 }
 
 impl Exporters {
-    /// Checks the configuration and reads its files; builds nothing yet.
+    /// Checks the configuration, reads its files and builds the instance's exporters (a
+    /// tenant's are built on first use). Call it on the runtime: gRPC channels need one.
     pub fn new(
         config: &OtelConfig,
         instance: &str,
@@ -140,14 +141,17 @@ impl Exporters {
             }
             OtlpProtocol::Grpc => (None, None),
         };
-        Ok(Exporters {
+        let mut exporters = Exporters {
             config: config.clone(),
             base,
             headers,
             http,
             tls,
             by_tenant: HashMap::new(),
-        })
+        };
+        // Built now, so an endpoint the exporter cannot use stops the start, not every export.
+        exporters.for_tenant(None)?;
+        Ok(exporters)
     }
 
     /// The exporters for `tenant`'s records, built on first use.
