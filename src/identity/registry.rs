@@ -142,7 +142,7 @@ impl Registry {
         tx.execute(
             "INSERT INTO agents (name, spiffe_id, owner, tenant, created) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(name) DO UPDATE SET spiffe_id = ?2, owner = ?3, tenant = ?4,
-                 revoked = NULL, revoke_reason = NULL",
+                 created = ?5, revoked = NULL, revoke_reason = NULL",
             params![name, spiffe_id, owner, tenant, now],
         )
         .and_then(|_| {

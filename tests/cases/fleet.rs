@@ -159,6 +159,36 @@ async fn instances_share_registrations_revocations_and_panic_and_fail_closed_wit
         connect(a, &bot3)
     })
     .await;
+
+    // A revocation made on E's state dir while E was not running (the CLI writes the
+    // registry itself) stands when E starts and replays the bus, whose row of bot3 is older,
+    // and reaches the others.
+    listed(e, "bot3").await;
+    let e_home = e.home.clone();
+    let mut fleet = fleet;
+    fleet.pop().expect("e").stop();
+    run(&e_home, &["agents", "revoke", "bot3"]).await;
+    let e = instance(&env, &nats, "e");
+    until("E ready again", 20, 200, || readyz(&e)).await;
+    until("B refuses what E revoked while stopped", 15, 403, || {
+        connect(&fleet[1], &bot3)
+    })
+    .await;
+    assert_eq!(connect(&e, &bot3).await, 403, "E lifted its own revocation");
+    // The agent itself is revoked everywhere, not only the token it had.
+    for p in [&e, &fleet[1]] {
+        until("bot3 listed as revoked", 15, 1, || async {
+            let out = agentgate(&p.home, &["agents", "list", "-o", "json"], &[]).await;
+            let agents: serde_json::Value =
+                serde_json::from_str(&ok(&out, "agents list")).expect("agents JSON");
+            let revoked = agents
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == "bot3"))
+                .is_some_and(|x| x["revoked"].is_i64());
+            u16::from(revoked)
+        })
+        .await;
+    }
 }
 
 /// One GET of https://api.github.com/repos/acme/web through `proxy` as the test agent;

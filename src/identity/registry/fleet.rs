@@ -201,6 +201,15 @@ impl Registry {
                 )
                 .optional()
                 .map_err(&db)?;
+            // A row of a registration older than a revocation made here (while the bus was
+            // away, say) never lifts it: the revocation stands and is published instead.
+            // A re-registration stamps a new `created`, so one made after it does lift it.
+            if let Some(Some(revoked_here)) = before
+                && entry.revoked.is_none()
+                && entry.created <= revoked_here
+            {
+                return Ok(Applied::default());
+            }
             self.conn
                 .execute(
                     "INSERT INTO agents (name, spiffe_id, owner, tenant, created, revoked, revoke_reason, reference_tokens)
@@ -443,6 +452,32 @@ mod tests {
         assert!(b.fleet_apply(&key, None, 300).unwrap().changed);
         let snap = b.snapshot(300).unwrap();
         assert!(!snap.revoked_ids.contains("spiffe://t/agent/bot"));
+        assert!(b.agent("bot").unwrap().revoked.is_none());
+    }
+
+    #[test]
+    fn a_revocation_made_here_is_not_lifted_by_an_older_row_from_the_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b) = (registry(&dir, "a"), registry(&dir, "b"));
+        a.upsert_agent("bot", "spiffe://t/agent/bot", Some("alice"), None, 100)
+            .unwrap();
+        sync(&a, &mut b, 100);
+        // B, cut off from the bus, revokes; then the bus replays A's row of the same
+        // registration.
+        b.revoke_agent("bot", "offline", 150).unwrap();
+        sync(&a, &mut b, 160);
+        assert_eq!(
+            b.agent("bot").unwrap().revoked,
+            Some(150),
+            "the revocation was lifted"
+        );
+        let published = &b.fleet_entries(160).unwrap()[&format!("{AGENT}bot")];
+        let entry: AgentEntry = serde_json::from_slice(published).unwrap();
+        assert_eq!(entry.revoked, Some(150), "B publishes its revocation");
+        // A re-registration made after the revocation does lift it.
+        a.upsert_agent("bot", "spiffe://t/agent/bot", Some("alice"), None, 300)
+            .unwrap();
+        sync(&a, &mut b, 300);
         assert!(b.agent("bot").unwrap().revoked.is_none());
     }
 
