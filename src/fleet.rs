@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 pub mod bus;
+pub mod entry;
 pub mod mirror;
 pub mod refresh;
 pub mod stream;
@@ -178,15 +179,18 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
         replicas,
     )
     .await?;
+    // Entries are tagged under a key derived from the vault key, which only the fleet holds.
+    let sealer = Arc::new(entry::Sealer::new(member.vault.fleet_key()));
     member.leases.attach(Some(Buckets {
         client: client.clone(),
         leases: leases_kv,
         vault: vault_kv.clone(),
+        sealer: sealer.clone(),
     }));
-    let mut registry = Mirror::open("registry", registry_kv, registry).await?;
-    let mut vault = Mirror::open("vault", vault_kv, vault).await?;
+    let mut registry = Mirror::open("registry", registry_kv, sealer.clone(), registry).await?;
+    let mut vault = Mirror::open("vault", vault_kv, sealer.clone(), vault).await?;
     let consents_kv = bucket(&js, &format!("{name}-consents"), None, replicas).await?;
-    let mut consents = Mirror::open("consents", consents_kv, consents).await?;
+    let mut consents = Mirror::open("consents", consents_kv, sealer.clone(), consents).await?;
     // Each tenant's own consent store: a bucket of its own, followed by its own task.
     let mut tenant_sync = Vec::new();
     for (tenant, store) in member.consents.all() {
@@ -197,7 +201,8 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
             .await
             .map_err(bus)??;
         let kv = bucket(&js, &tenant_bucket(name, tenant), None, replicas).await?;
-        let mirror = Mirror::open(&format!("consents of tenant {tenant}"), kv, replica).await?;
+        let name = format!("consents of tenant {tenant}");
+        let mirror = Mirror::open(&name, kv, sealer.clone(), replica).await?;
         tenant_sync.push(follow_consents(mirror, store.clone()));
     }
     let has_tenants = !tenant_sync.is_empty();

@@ -1,7 +1,8 @@
 //! A local SQLite store kept in step with a KV bucket, both ways: a watch with history
 //! writes what other instances publish, and whatever another local connection (the API, the
 //! CLI) changed is published. What the bucket holds, as last seen, is what publishing
-//! compares against, so an entry written from the bus is never sent back; a key the
+//! compares against, so an entry written from the bus is never sent back. Every value is
+//! tagged under the fleet key, and a deletion is a tagged tombstone (`entry.rs`); a key the
 //! replica calls conditional is written only over the revision last seen, so a change
 //! made elsewhere that the watch has not delivered yet is never overwritten.
 
@@ -12,6 +13,7 @@ use async_nats::jetstream::kv::{self, UpdateErrorKind};
 use bytes::Bytes;
 
 use super::bus::{FleetError, bus};
+use super::entry::Sealer;
 use crate::clock::now;
 use crate::replica::{Applied, FleetEntryError, Replica};
 
@@ -26,6 +28,8 @@ struct Seen {
 pub struct Mirror<R> {
     pub name: String,
     kv: kv::Store,
+    /// Tags what is written and checks what is read (see `entry.rs`).
+    sealer: Arc<Sealer>,
     pub watch: kv::Watch,
     replica: Arc<Mutex<R>>,
     seen: HashMap<String, Seen>,
@@ -36,12 +40,18 @@ pub struct Mirror<R> {
 
 impl<R: Replica> Mirror<R> {
     /// Opens the watch on `kv` (replaying its history first).
-    pub async fn open(name: &str, kv: kv::Store, replica: R) -> Result<Self, FleetError> {
+    pub async fn open(
+        name: &str,
+        kv: kv::Store,
+        sealer: Arc<Sealer>,
+        replica: R,
+    ) -> Result<Self, FleetError> {
         let held = kv.status().await.map_err(bus)?.values();
         let watch = kv.watch_with_history(">").await.map_err(bus)?;
         Ok(Mirror {
             name: name.to_owned(),
             kv,
+            sealer,
             watch,
             replica: Arc::new(Mutex::new(replica)),
             seen: HashMap::new(),
@@ -58,9 +68,33 @@ impl<R: Replica> Mirror<R> {
         let entry = entry
             .ok_or_else(|| bus(format!("{} watch ended", self.name)))?
             .map_err(bus)?;
-        let value = match entry.operation {
-            kv::Operation::Put => Some(entry.value.clone()),
-            kv::Operation::Delete | kv::Operation::Purge => None,
+        if !self.current && (entry.seen_current || entry.delta == 0) {
+            self.current = true;
+        }
+        let opened = match entry.operation {
+            kv::Operation::Put => self.sealer.open(&self.kv.name, &entry.key, &entry.value),
+            // A bare delete carries no tag: anyone on the bus could send it (to drop a
+            // revocation, say). Not applied; and whatever this instance holds under the key
+            // is published again at the next look.
+            kv::Operation::Delete | kv::Operation::Purge => {
+                tracing::warn!(bucket = %self.name, key = %entry.key, "fleet: an untagged delete ignored; what is held here is published again");
+                self.seen.insert(
+                    entry.key,
+                    Seen {
+                        value: None,
+                        revision: entry.revision,
+                    },
+                );
+                self.published = None;
+                return Ok(Applied::default());
+            }
+        };
+        let value = match opened {
+            Ok(v) => v.map(Bytes::copy_from_slice),
+            Err(e) => {
+                tracing::error!(bucket = %self.name, key = %entry.key, reason = %e, "fleet: entry ignored");
+                return Ok(Applied::default());
+            }
         };
         let (replica, key, v) = (self.replica.clone(), entry.key.clone(), value.clone());
         let applied = tokio::task::spawn_blocking(move || {
@@ -80,9 +114,6 @@ impl<R: Replica> Mirror<R> {
         };
         let revision = entry.revision;
         self.seen.insert(entry.key, Seen { value, revision });
-        if !self.current && (entry.seen_current || entry.delta == 0) {
-            self.current = true;
-        }
         Ok(applied)
     }
 
@@ -115,9 +146,10 @@ impl<R: Replica> Mirror<R> {
                 continue;
             }
             let value = Bytes::from(value.clone());
+            let sealed = self.sealer.seal(&self.kv.name, key, Some(&value));
             let revision = if conditional {
                 let last = seen.map_or(0, |s| s.revision);
-                match self.kv.update(key, value.clone(), last).await {
+                match self.kv.update(key, sealed, last).await {
                     Ok(r) => r,
                     Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                         tracing::debug!(bucket = %self.name, %key, "fleet: changed elsewhere meanwhile; the watch brings it first");
@@ -127,7 +159,7 @@ impl<R: Replica> Mirror<R> {
                     Err(e) => return Err(bus(e)),
                 }
             } else {
-                self.kv.put(key, value.clone()).await.map_err(bus)?
+                self.kv.put(key, sealed).await.map_err(bus)?
             };
             let value = Some(value);
             self.seen.insert(key.clone(), Seen { value, revision });
@@ -143,8 +175,16 @@ impl<R: Replica> Mirror<R> {
                 .collect()
         };
         for key in gone {
-            self.kv.delete(&key).await.map_err(bus)?;
-            self.seen.remove(&key);
+            // A tagged tombstone, not a KV delete (see `entry.rs`).
+            let tombstone = self.sealer.seal(&self.kv.name, &key, None);
+            let revision = self.kv.put(&key, tombstone).await.map_err(bus)?;
+            self.seen.insert(
+                key,
+                Seen {
+                    value: None,
+                    revision,
+                },
+            );
         }
         if behind {
             return Ok(());

@@ -13,6 +13,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 
+use super::entry::Sealer;
 use crate::config::fleet::REFRESH_LEASE;
 use crate::vault::coordinator::{BoxFuture, CoordinationError, RefreshCoordinator, RefreshLease};
 use crate::vault::fleet::CONN;
@@ -28,6 +29,8 @@ pub struct Buckets {
     pub leases: kv::Store,
     /// `<fleet>-vault`.
     pub vault: kv::Store,
+    /// Its entries' tags (see `entry.rs`).
+    pub sealer: Arc<Sealer>,
 }
 
 /// Refresh leases on whatever bus session is current.
@@ -90,6 +93,7 @@ impl RefreshLeases {
         let mut lease = Lease {
             leases: buckets.leases.clone(),
             vault: buckets.vault.clone(),
+            sealer: buckets.sealer.clone(),
             id: id.to_owned(),
             revision,
             row: None,
@@ -105,7 +109,16 @@ impl RefreshLeases {
         if let Some(entry) = entry {
             lease.row_revision = entry.revision;
             if entry.operation == Operation::Put {
-                lease.row = Some(entry.value);
+                // A row whose tag does not verify is no row: the refresh is refused.
+                match buckets
+                    .sealer
+                    .open(&buckets.vault.name, &entry.key, &entry.value)
+                {
+                    Ok(row) => lease.row = row.map(Bytes::copy_from_slice),
+                    Err(e) => {
+                        tracing::error!(connection = %id, reason = %e, "fleet: the connection's row on the bus is not the fleet's; refresh refused")
+                    }
+                }
             }
         }
         Ok(Box::new(lease))
@@ -126,6 +139,7 @@ impl RefreshCoordinator for RefreshLeases {
 struct Lease {
     leases: kv::Store,
     vault: kv::Store,
+    sealer: Arc<Sealer>,
     id: String,
     /// The lease entry's revision: only this lease is given up, never a later holder's.
     revision: u64,
@@ -141,7 +155,8 @@ impl RefreshLease for Lease {
     fn write_back(&mut self, row: Vec<u8>) -> BoxFuture<'_, Result<(), CoordinationError>> {
         Box::pin(async move {
             let key = format!("{CONN}{}", self.id);
-            match self.vault.update(key, row.into(), self.row_revision).await {
+            let sealed = self.sealer.seal(&self.vault.name, &key, Some(&row));
+            match self.vault.update(key, sealed, self.row_revision).await {
                 Ok(revision) => {
                     self.row_revision = revision;
                     Ok(())

@@ -457,6 +457,11 @@ impl Vault {
         locks.entry(id.to_owned()).or_default().clone()
     }
 
+    /// The key the fleet's KV entries are tagged with (see `fleet/entry.rs`).
+    pub fn fleet_key(&self) -> aws_lc_rs::hmac::Key {
+        self.lock_store().fleet_key()
+    }
+
     pub(super) fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }

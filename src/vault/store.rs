@@ -61,6 +61,8 @@ pub struct NewConnection {
 struct Keys {
     aead: LessSafeKey,
     fingerprint: hmac::Key,
+    /// Tags the fleet's KV entries (`fleet/entry.rs`).
+    fleet: hmac::Key,
 }
 
 /// An open vault database with its key.
@@ -358,6 +360,12 @@ impl Store {
         self.keys.fingerprint.clone()
     }
 
+    /// The key a fleet's KV entries are tagged with: derived from the vault key, which every
+    /// instance of a fleet holds.
+    pub fn fleet_key(&self) -> hmac::Key {
+        self.keys.fleet.clone()
+    }
+
     fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, VaultError> {
         let nonce_bytes = random::<NONCE_LEN>()?;
         let mut out = plain.to_vec();
@@ -397,9 +405,11 @@ impl Keys {
         // A separate key for fingerprints, so a fingerprint says nothing about the sealing key.
         let derive = hmac::Key::new(hmac::HMAC_SHA256, raw);
         let fp = hmac::sign(&derive, b"agentgate vault fingerprint v1");
+        let fleet = hmac::sign(&derive, b"agentgate fleet entries v1");
         Ok(Keys {
             aead,
             fingerprint: hmac::Key::new(hmac::HMAC_SHA256, fp.as_ref()),
+            fleet: hmac::Key::new(hmac::HMAC_SHA256, fleet.as_ref()),
         })
     }
 }

@@ -521,6 +521,11 @@ async fn dashboard_shows_the_whole_fleet() {
     let instance = |name: &str| {
         let home = env.dir.path().join(name);
         std::fs::create_dir_all(&home).expect("home");
+        // One vault key for the fleet: its entries are tagged under a key derived from it.
+        crate::support::cli::write_private(
+            &home.join("vault.key"),
+            b"ZmxlZXQtdmF1bHQta2V5LWZvci10aGUtZTJlLXRlc3Q=\n",
+        );
         let cfg = env
             .with_default_policy()
             .set("policy", "eval_timeout", &toml_str("5s"))

@@ -21,10 +21,18 @@ pub(super) fn instance(env: &TestEnv, nats: &Nats, name: &str) -> Proxy {
     instance_with(env, nats, name, cfg)
 }
 
-/// [`instance`] on top of `cfg`.
+/// The fleet's vault key: every instance of a fleet holds the same one (in Kubernetes, one
+/// Secret); the fleet's entries are tagged under a key derived from it.
+pub(super) const FLEET_VAULT_KEY: &str = "ZmxlZXQtdmF1bHQta2V5LWZvci10aGUtZTJlLXRlc3Q=";
+
+/// [`instance`] on top of `cfg`, holding [`FLEET_VAULT_KEY`] (unless its home has a key).
 pub(super) fn instance_with(env: &TestEnv, nats: &Nats, name: &str, cfg: ConfigBuilder) -> Proxy {
     let home = env.dir.path().join(name);
     std::fs::create_dir_all(&home).expect("instance home");
+    let key = home.join("vault.key");
+    if !key.exists() {
+        crate::support::cli::write_private(&key, format!("{FLEET_VAULT_KEY}\n").as_bytes());
+    }
     let cfg =
         cfg.set("fleet", "url", &toml_str(&nats.url()))
             .set("fleet", "name", &toml_str("e2e"));
@@ -216,13 +224,7 @@ async fn injected(env: &TestEnv, proxy: &Proxy) -> Option<String> {
 async fn a_vault_connection_set_on_one_instance_serves_all_and_rm_removes_it_everywhere() {
     let env = TestEnv::new().await;
     let nats = Nats::start(env.dir.path());
-    // Every instance of a fleet holds the same vault key (in Kubernetes, one Secret).
-    let key = "ZmxlZXQtdmF1bHQta2V5LWZvci10aGUtZTJlLXRlc3Q=";
-    for name in ["a", "b"] {
-        let home = env.dir.path().join(name);
-        std::fs::create_dir_all(&home).expect("home");
-        crate::support::cli::write_private(&home.join("vault.key"), format!("{key}\n").as_bytes());
-    }
+    // Both hold the fleet's vault key (`instance_with`).
     let (a, b) = (instance(&env, &nats, "a"), instance(&env, &nats, "b"));
     for p in [&a, &b] {
         until("ready", 20, 200, || readyz(p)).await;
@@ -395,4 +397,90 @@ async fn the_bus_credentials_token_and_nkey_are_used() {
             "{err}"
         );
     }
+}
+
+/// Someone who can write to the bus but does not hold the fleet's vault key cannot steer the
+/// fleet: an untagged issuer key or agent row, or one that lifts a revocation, is ignored
+/// (and logged); a bare delete of a revoked agent's row is answered by publishing it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_planted_on_the_bus_without_the_fleet_key_are_ignored() {
+    let env = TestEnv::new().await;
+    let nats = Nats::start(env.dir.path());
+    let (a, b) = (instance(&env, &nats, "a"), instance(&env, &nats, "b"));
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    let bot = register(&a, "bot", "alice", &[]).await;
+    until("B accepts bot", 10, 200, || connect(&b, &bot)).await;
+    run(&a.home, &["agents", "revoke", "bot"]).await;
+    until("B refuses bot", 10, 403, || connect(&b, &bot)).await;
+
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("e2e-registry")
+        .await
+        .expect("registry bucket");
+    let plant = |key: &str, value: serde_json::Value| {
+        let (kv, key) = (kv.clone(), key.to_owned());
+        async move {
+            kv.put(&key, value.to_string().into()).await.expect("put");
+        }
+    };
+    // A forged issuer key, a new agent, and bot's row without its revocation.
+    plant(
+        "issuer.evil",
+        serde_json::json!({"public_jwk": r#"{"kty":"EC","crv":"P-256","x":"x","y":"y","kid":"evil"}"#,
+            "created": 1, "valid_until": null}),
+    )
+    .await;
+    plant(
+        "agent.mallory",
+        serde_json::json!({"spiffe_id": "spiffe://agentgate.local/agent/mallory", "owner": "m",
+            "tenant": null, "created": 1, "revoked": null, "revoke_reason": null,
+            "reference_tokens": false}),
+    )
+    .await;
+    plant(
+        "agent.bot",
+        serde_json::json!({"spiffe_id": bot.spiffe_id, "owner": "alice", "tenant": null,
+            "created": 4_000_000_000i64, "revoked": null, "revoke_reason": null,
+            "reference_tokens": false}),
+    )
+    .await;
+    until("B logs the planted entries as ignored", 10, 1, || async {
+        let err = b.stderr();
+        u16::from(
+            ["issuer.evil", "agent.mallory", "agent.bot"]
+                .iter()
+                .all(|k| err.contains(&format!("\"key\":\"{k}\"")) && err.contains("not tagged")),
+        )
+    })
+    .await;
+    assert_eq!(
+        connect(&b, &bot).await,
+        403,
+        "a planted row lifted the revocation"
+    );
+    let out = agentgate(&b.home, &["agents", "list", "-o", "json"], &[]).await;
+    assert!(
+        !ok(&out, "agents list").contains("mallory"),
+        "a planted agent was taken"
+    );
+
+    // A bare delete of bot's row: an instance that holds it publishes it again (tagged).
+    kv.delete("agent.bot").await.expect("delete");
+    until("bot's row is back on the bus", 10, 1, || async {
+        let value = kv.get("agent.bot").await.ok().flatten().unwrap_or_default();
+        let text = String::from_utf8_lossy(&value).into_owned();
+        u16::from(
+            value.get(64) == Some(&b'.')
+                && text.contains("\"revoked\":")
+                && !text.contains("\"revoked\":null"),
+        )
+    })
+    .await;
+    // And an instance that joins now learns the revocation.
+    let c = instance(&env, &nats, "c");
+    until("C ready", 20, 200, || readyz(&c)).await;
+    assert_eq!(connect(&c, &bot).await, 403, "C accepted a revoked agent");
 }

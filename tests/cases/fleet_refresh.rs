@@ -17,14 +17,14 @@ use serde_json::Value;
 
 use super::fleet::{instance_with, readyz, until};
 use crate::support::TestEnv;
-use crate::support::cli::{agentgate, ok, secret_file, write_private};
+use crate::support::cli::{agentgate, ok, secret_file};
 use crate::support::nats::Nats;
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, OidcProvider};
 use crate::support::proxy::{Proxy, toml_str};
 use crate::support::raw::{self, RawResponse};
 
-/// The fleet's vault key (every instance holds the same one).
-const VAULT_KEY: &str = "ZmxlZXQtdmF1bHQta2V5LWZvci10aGUtZTJlLXRlc3Q=";
+/// The fleet's vault key (every instance holds the same one; `instance_with` writes it).
+use super::fleet::FLEET_VAULT_KEY as VAULT_KEY;
 const GMAIL: &str = "gmail.googleapis.com";
 const GMAIL_PATH: &str = "/gmail/v1/users/me/messages";
 /// Access tokens live 4 s; with `refresh_skew` 1 s each is renewed after 3 s.
@@ -92,7 +92,9 @@ async fn bus_row(nats: &Nats, id: &str) -> (String, String) {
         .await
         .expect("get")
         .expect("row");
-    let row: Value = serde_json::from_slice(&entry).expect("row JSON");
+    // `<64 hex of the fleet tag>.<row JSON>` (see src/fleet/entry.rs).
+    assert_eq!(entry.get(64), Some(&b'.'), "the bus row is not tagged");
+    let row: Value = serde_json::from_slice(&entry[65..]).expect("row JSON");
     let sealed = STANDARD
         .decode(row["secret"].as_str().expect("secret"))
         .expect("base64");
@@ -130,11 +132,6 @@ async fn a_refresh_token_rotation_raced_by_two_instances_keeps_the_newest_token(
                 &toml_str(&client_secret.display().to_string()),
             )
     };
-    for name in ["a", "b"] {
-        let home = env.dir.path().join(name);
-        std::fs::create_dir_all(&home).expect("home");
-        write_private(&home.join("vault.key"), format!("{VAULT_KEY}\n").as_bytes());
-    }
     let a = instance_with(&env, &nats, "a", cfg());
     let b = instance_with(&env, &nats, "b", cfg());
     for p in [&a, &b] {
