@@ -11,8 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -206,19 +208,45 @@ pub struct LogReport {
 pub async fn verify(fleet: &FleetConfig) -> Result<Vec<LogReport>, FleetError> {
     let client = connect(fleet).await?;
     let js = jetstream::new(client);
-    let mut stream = js
+    let mut audit = js
         .get_stream(format!("{}-audit", fleet.name))
         .await
         .map_err(|e| bus(format!("no audit stream for fleet {}: {e}", fleet.name)))?;
-    let last = stream.info().await.map_err(bus)?.state.last_sequence;
+    let held = audit.info().await.map_err(bus)?.state.messages;
     // Per log: seq -> (hash, canonical record); a second, different copy is a problem.
     let mut logs: HashMap<String, BTreeMap<u64, (String, String)>> = HashMap::new();
     let mut conflicts: HashMap<String, u64> = HashMap::new();
     let mut checkpoints: HashMap<String, Vec<Signed>> = HashMap::new();
-    for n in 1..=last {
-        let Ok(message) = stream.get_raw_message(n).await else {
-            continue; // deleted from the stream: shows up as a gap in its log
-        };
+    // One ordered consumer over the whole stream, not a request per message; a message
+    // deleted from the stream is simply not delivered, and shows as a gap in its log.
+    let mut messages = match held {
+        0 => None,
+        _ => Some(
+            audit
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: format!("{}.audit.>", fleet.name),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(bus)?
+                .messages()
+                .await
+                .map_err(bus)?,
+        ),
+    };
+    while let Some(reading) = messages.as_mut() {
+        let next = tokio::time::timeout(Duration::from_secs(30), reading.next())
+            .await
+            .map_err(|_| bus("the audit stream stopped delivering for 30 s"))?;
+        let message = next
+            .ok_or_else(|| bus("the audit stream ended"))?
+            .map_err(bus)?;
+        let info = message.info().map_err(|e| bus(e.to_string()))?;
+        let (n, pending) = (info.stream_sequence, info.pending);
+        if pending == 0 {
+            messages = None;
+        }
         let shipped = match serde_json::from_slice(&message.payload) {
             Ok(Message::Record(s)) => s,
             Ok(Message::Checkpoint { log_id, checkpoint }) => {
