@@ -6,7 +6,7 @@
 //! deletion is a tagged tombstone, never a bare KV delete, which anyone could send.
 //!
 //! Framing: `<64 hex of the tag> "." <value>`, the tag over `bucket \0 key \0 value`; a
-//! tombstone's value is [`TOMBSTONE`] (no JSON value starts with a NUL byte).
+//! tombstone's value is `TOMBSTONE` (no JSON value starts with a NUL byte).
 
 use aws_lc_rs::hmac;
 use bytes::Bytes;

@@ -71,28 +71,27 @@ impl<R: Replica> Mirror<R> {
         if !self.current && (entry.seen_current || entry.delta == 0) {
             self.current = true;
         }
+        // A bare delete carries no tag, and an entry whose tag does not verify was not
+        // written by the fleet: anyone on the bus could send either (to drop a revocation,
+        // or to hide it from instances that join later). Neither is applied, and whatever
+        // this instance holds under the key is published again at the next look.
         let opened = match entry.operation {
             kv::Operation::Put => self.sealer.open(&self.kv.name, &entry.key, &entry.value),
-            // A bare delete carries no tag: anyone on the bus could send it (to drop a
-            // revocation, say). Not applied; and whatever this instance holds under the key
-            // is published again at the next look.
-            kv::Operation::Delete | kv::Operation::Purge => {
-                tracing::warn!(bucket = %self.name, key = %entry.key, "fleet: an untagged delete ignored; what is held here is published again");
-                self.seen.insert(
-                    entry.key,
-                    Seen {
-                        value: None,
-                        revision: entry.revision,
-                    },
-                );
-                self.published = None;
-                return Ok(Applied::default());
-            }
+            kv::Operation::Delete | kv::Operation::Purge => Err(super::entry::Unsealed::Untagged),
         };
         let value = match opened {
             Ok(v) => v.map(Bytes::copy_from_slice),
             Err(e) => {
-                tracing::error!(bucket = %self.name, key = %entry.key, reason = %e, "fleet: entry ignored");
+                tracing::error!(bucket = %self.name, key = %entry.key, reason = %e, "fleet: entry ignored; what is held here under its key is published again");
+                let revision = entry.revision;
+                self.seen.insert(
+                    entry.key,
+                    Seen {
+                        value: None,
+                        revision,
+                    },
+                );
+                self.published = None;
                 return Ok(Applied::default());
             }
         };

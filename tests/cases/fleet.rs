@@ -461,6 +461,12 @@ async fn entries_planted_on_the_bus_without_the_fleet_key_are_ignored() {
         403,
         "a planted row lifted the revocation"
     );
+    // The planted row of bot does not stay on the bus: the fleet's own row replaces it.
+    until("bot's own row replaces the planted one", 10, 1, || async {
+        let value = kv.get("agent.bot").await.ok().flatten().unwrap_or_default();
+        u16::from(tagged(&value))
+    })
+    .await;
     let out = agentgate(&b.home, &["agents", "list", "-o", "json"], &[]).await;
     assert!(
         !ok(&out, "agents list").contains("mallory"),
@@ -473,9 +479,7 @@ async fn entries_planted_on_the_bus_without_the_fleet_key_are_ignored() {
         let value = kv.get("agent.bot").await.ok().flatten().unwrap_or_default();
         let text = String::from_utf8_lossy(&value).into_owned();
         u16::from(
-            value.get(64) == Some(&b'.')
-                && text.contains("\"revoked\":")
-                && !text.contains("\"revoked\":null"),
+            tagged(&value) && text.contains("\"revoked\":") && !text.contains("\"revoked\":null"),
         )
     })
     .await;
@@ -483,4 +487,9 @@ async fn entries_planted_on_the_bus_without_the_fleet_key_are_ignored() {
     let c = instance(&env, &nats, "c");
     until("C ready", 20, 200, || readyz(&c)).await;
     assert_eq!(connect(&c, &bot).await, 403, "C accepted a revoked agent");
+}
+
+/// Whether a KV value has the fleet's framing: 64 hex digits of a tag, then `.`.
+fn tagged(value: &[u8]) -> bool {
+    value.len() > 65 && value[..64].iter().all(u8::is_ascii_hexdigit) && value[64] == b'.'
 }
