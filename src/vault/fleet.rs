@@ -241,11 +241,9 @@ mod tests {
     use crate::vault::store::{NewConnection, Store};
     use crate::vault::{Kind, Settings};
 
-    #[test]
-    fn a_row_applied_again_changes_nothing_and_a_revocation_here_stands() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let mut store = Store::open(&state, None).unwrap();
+    /// A vault in `state` holding one OAuth connection (refresh token `rt-0`).
+    fn gmail(state: &StateDir) -> (Store, crate::vault::Connection) {
+        let mut store = Store::open(state, None).unwrap();
         let new = NewConnection {
             tenant: String::new(),
             service: "gmail".into(),
@@ -256,6 +254,14 @@ mod tests {
             expires: None,
         };
         let c = store.put(new, &Secret::new("rt-0".into()), 1).unwrap();
+        (store, c)
+    }
+
+    #[test]
+    fn a_row_applied_again_changes_nothing_and_a_revocation_here_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let (store, c) = gmail(&state);
         let key = format!("{CONN}{}", c.id);
         let mut replica = VaultReplica::open(&state).unwrap();
         let row = replica.entries(0).unwrap()[&key].clone();
@@ -280,17 +286,7 @@ mod tests {
     fn a_row_written_while_another_connection_writes_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open_or_create(dir.path().join("home")).unwrap();
-        let mut store = Store::open(&state, None).unwrap();
-        let new = NewConnection {
-            tenant: String::new(),
-            service: "gmail".into(),
-            user: String::new(),
-            kind: Kind::Oauth,
-            origin: "gmail.googleapis.com".into(),
-            settings: Settings::default(),
-            expires: None,
-        };
-        let c = store.put(new, &Secret::new("rt-0".into()), 1).unwrap();
+        let (_store, c) = gmail(&state);
         let key = format!("{CONN}{}", c.id);
         let mut replica = VaultReplica::open(&state).unwrap();
         let row = Row::parse(&replica.entries(0).unwrap()[&key]).unwrap();

@@ -18,6 +18,14 @@ async fn local_records(proxy: &Proxy) -> usize {
     ok(&out, "audit export").lines().count()
 }
 
+/// How many records of log `id` the stream holds, per `audit verify --fleet`'s report.
+fn in_stream(logs: &[serde_json::Value], id: &str) -> usize {
+    logs.iter()
+        .find(|l| l["log_id"] == id)
+        .and_then(|l| l["records"].as_u64())
+        .unwrap_or(0) as usize
+}
+
 /// `audit verify --fleet -o json` from `proxy`'s config: (exit ok, per-log reports).
 async fn verify_fleet(proxy: &Proxy) -> (bool, Vec<serde_json::Value>) {
     let config = proxy.home.join("agentgate.toml").display().to_string();
@@ -45,11 +53,7 @@ async fn shipped(fleet: &[&Proxy]) {
         for p in fleet {
             let local = local_records(p).await;
             let id = local_log_id(p).await;
-            let in_stream = logs
-                .iter()
-                .find(|l| l["log_id"] == id)
-                .and_then(|l| l["records"].as_u64())
-                .unwrap_or(0) as usize;
+            let in_stream = in_stream(&logs, &id);
             all &= in_stream >= local;
         }
         if all {
@@ -130,11 +134,7 @@ async fn audit_records_are_shipped_once_and_verified_across_the_fleet() {
     assert!(intact, "after the restart: {logs:?}");
     for p in [&a, &b] {
         let id = local_log_id(p).await;
-        let in_stream = logs
-            .iter()
-            .find(|l| l["log_id"] == id)
-            .and_then(|l| l["records"].as_u64())
-            .unwrap_or(0) as usize;
+        let in_stream = in_stream(&logs, &id);
         // Each seq once (verify names a duplicate that differs; an identical resend is
         // dropped by the server's duplicate window, so the count is exact).
         assert_eq!(in_stream, local_records(p).await, "{logs:?}");
