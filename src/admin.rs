@@ -11,6 +11,8 @@ pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod access_request;
+pub mod access_routes;
 pub mod authzen;
 pub mod client;
 pub mod consent;

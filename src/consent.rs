@@ -6,8 +6,10 @@
 //! Layout, bottom up: [`config`], [`record`] and [`error`] are leaves; [`store`] keeps
 //! records in SQLite; [`ciba`] asks a provider and answers through its [`ciba::Answers`];
 //! [`approvals`] holds [`Consents`] (answers, expiry, listing) and [`ask`] is the gate's
-//! side of it; [`tenants`] keeps one [`Consents`] per tenant.
+//! side of it; [`access`] opens consents for AuthZEN access requests; [`tenants`] keeps
+//! one [`Consents`] per tenant.
 
+pub mod access;
 pub mod approvals;
 pub mod ask;
 pub mod ciba;
@@ -19,7 +21,7 @@ pub mod store;
 pub mod tenants;
 
 pub use approvals::Consents;
-pub use ask::{Ask, Granted};
+pub use ask::{Ask, Granted, NewConsent};
 pub use config::{Backend, CibaConfig, ConsentConfig, Delivery, HintFormat, Mode};
 pub use error::{AnswerError, ConsentError, Refused};
 pub use record::{Answer, Consent, Status};

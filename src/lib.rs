@@ -353,6 +353,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         streams: admin::state::Streams::new(shutdown_rx.clone()),
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
+        access_requests: Default::default(),
         fleet: config
             .fleet
             .enabled()

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use super::reply::{Reply, error, json_bytes, unauthorized};
 use super::request::bearer;
 use super::state::Admin;
-use super::{agents, audit, consent, dashboard, events, policy, system, token};
+use super::{access_routes, agents, audit, consent, dashboard, events, policy, system, token};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -79,6 +79,13 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .routes(routes!(system::metrics))
         .routes(routes!(policy::evaluation))
         .routes(routes!(policy::evaluations))
+        .routes(routes!(access_routes::submit))
+        .routes(routes!(access_routes::status))
+        .routes(routes!(access_routes::cancel))
+        .route(
+            "/access/v1/requests/{id}/cancel",
+            axum::routing::delete(access_routes::cancel),
+        )
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
     let public = OpenApiRouter::new()
         .routes(routes!(system::healthz))

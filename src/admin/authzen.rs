@@ -1,6 +1,7 @@
 //! AgentGate as an OpenID AuthZEN PDP: other gateways ask the same Rego policy the proxy
 //! enforces. `decision` is a boolean, so escalate answers `false` with
-//! `context.agentgate.effect = "escalate"` (the caller must get a human's approval first).
+//! `context.agentgate.effect = "escalate"` and makes the denial requestable (see
+//! [`super::access_request`]): a person's approval turns the identical evaluation `true`.
 
 use serde_json::{Map, Value, json};
 
@@ -14,30 +15,36 @@ pub const MAX_EVALUATIONS: usize = 1000;
 #[error("{0}")]
 pub struct BadRequest(pub String);
 
-/// The discovery document; `base` is the URL the caller reached us at.
+/// What runs on each decision before it is answered (access requests and approvals).
+pub type Settle<'a> = &'a dyn Fn(&Value, &mut Value);
+
+/// The discovery document; `base` is the URL the caller reached us at. No search APIs
+/// are advertised: AgentGate has none.
 pub fn configuration(base: &str) -> Value {
     json!({
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
         "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+        "access_request_endpoint": format!("{base}/access/v1/requests"),
+        "capabilities": [super::access_request::CAPABILITY],
     })
 }
 
 /// `POST /access/v1/evaluation`.
-pub fn evaluation(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
+pub fn evaluation(policy: &Policy, body: &[u8], settle: Settle<'_>) -> Result<Value, BadRequest> {
     let request = parse(body)?;
     let input = tuple(&request, &Map::new())?;
-    Ok(decide(policy, &input))
+    Ok(decide(policy, &input, settle))
 }
 
 /// `POST /access/v1/evaluations`: top-level subject/action/resource/context are defaults for
 /// each item; `options.evaluations_semantic` picks execute_all, deny_on_first_deny or
 /// permit_on_first_permit. Without items it is a single evaluation.
-pub fn evaluations(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
+pub fn evaluations(policy: &Policy, body: &[u8], settle: Settle<'_>) -> Result<Value, BadRequest> {
     let request = parse(body)?;
     let items = match request.get("evaluations") {
-        None | Some(Value::Null) => return evaluation(policy, body),
-        Some(Value::Array(items)) if items.is_empty() => return evaluation(policy, body),
+        None | Some(Value::Null) => return evaluation(policy, body, settle),
+        Some(Value::Array(items)) if items.is_empty() => return evaluation(policy, body, settle),
         Some(Value::Array(items)) => items,
         Some(_) => return Err(BadRequest("evaluations must be an array".into())),
     };
@@ -69,7 +76,7 @@ pub fn evaluations(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
     for (i, item) in items.iter().enumerate() {
         let result = match item {
             Value::Object(item) => match tuple(&request, item) {
-                Ok(input) => decide(policy, &input),
+                Ok(input) => decide(policy, &input, settle),
                 Err(e) => item_error(&format!("evaluations[{i}]: {e}")),
             },
             _ => item_error(&format!("evaluations[{i}] must be an object")),
@@ -83,21 +90,16 @@ pub fn evaluations(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
     Ok(json!({ "evaluations": out }))
 }
 
-/// The top-level defaults of a batch, each checked when present.
+/// The top-level defaults of a batch: each must be an object when present. What an object
+/// lacks is the error of the items that inherit it (an item may override every default,
+/// as the Todo interop payloads do with `"resource": {}`).
 fn check_defaults(request: &Map<String, Value>) -> Result<(), BadRequest> {
-    for (key, a, b) in [
-        ("subject", "type", "id"),
-        ("action", "name", "name"),
-        ("resource", "type", "id"),
-    ] {
-        if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
-            entity(Some(v), key, a, b)?;
+    for key in ["subject", "action", "resource", "context"] {
+        if request.get(key).is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(BadRequest(format!("{key} must be an object")));
         }
     }
-    match request.get("context") {
-        None | Some(Value::Null | Value::Object(_)) => Ok(()),
-        Some(_) => Err(BadRequest("context must be an object".into())),
-    }
+    Ok(())
 }
 
 /// One batch item that could not be evaluated: denied, with why.
@@ -153,10 +155,10 @@ fn entity(v: Option<&Value>, what: &str, a: &str, b: &str) -> Result<Value, BadR
     Ok(Value::Object(o.clone()))
 }
 
-fn decide(policy: &Policy, input: &Value) -> Value {
+fn decide(policy: &Policy, input: &Value, settle: Settle<'_>) -> Value {
     let d = policy.evaluate(input);
     let reason = d.reason_line();
-    json!({
+    let mut result = json!({
         "decision": d.effect == Effect::Allow,
         "context": {
             "reason_admin": {"en": reason},
@@ -167,5 +169,7 @@ fn decide(policy: &Policy, input: &Value) -> Value {
                 "policy_hash": &*d.policy_hash,
             },
         },
-    })
+    });
+    settle(input, &mut result);
+    result
 }

@@ -76,11 +76,16 @@ pub async fn evaluations(
 }
 
 async fn pdp(
-    admin: &Admin,
+    admin: &Arc<Admin>,
     scope: &Scope,
     req: Request,
-    handler: fn(&crate::policy::Policy, &[u8]) -> Result<serde_json::Value, authzen::BadRequest>,
+    handler: fn(
+        &crate::policy::Policy,
+        &[u8],
+        authzen::Settle<'_>,
+    ) -> Result<serde_json::Value, authzen::BadRequest>,
 ) -> Reply {
+    let base = pdp_base(admin, &req);
     let body = match read_json_body(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -93,7 +98,19 @@ async fn pdp(
             "no policy for this tenant",
         );
     };
-    match blocking("evaluation_failed", move || handler(&policy, &body)).await {
+    let consents = admin.consents.for_tenant(scope.tenant()).clone();
+    let tenant = scope.tenant().map(str::to_owned);
+    let admin = admin.clone();
+    let evaluated = blocking("evaluation_failed", move || {
+        let settle = |input: &serde_json::Value, result: &mut serde_json::Value| {
+            admin
+                .access_requests
+                .settle(&consents, tenant.as_deref(), &base, input, result)
+        };
+        handler(&policy, &body, &settle)
+    })
+    .await;
+    match evaluated {
         Ok(Ok(v)) => json_value(StatusCode::OK, &v),
         Ok(Err(e)) => bad_request(&e.to_string()),
         Err(resp) => resp,

@@ -16,9 +16,8 @@ pub(crate) async fn read_json_body(req: Request) -> Result<bytes::Bytes, Reply> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
+            let media = v.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/json")
         });
     if !is_json {
         return Err(bad_request(

@@ -48,6 +48,8 @@ pub struct Admin {
     /// The proxy listener's connection slots (for the open-connections gauge).
     pub slots: Arc<Semaphore>,
     pub max_connections: usize,
+    /// AuthZEN access requests: requestable denials and idempotency keys.
+    pub access_requests: super::access_request::AccessRequests,
     /// The fleet's audit stream (`scope=fleet`), in fleet mode.
     pub fleet: Option<Arc<crate::fleet::view::View>>,
 }

@@ -117,6 +117,7 @@ impl Consents {
         if let Some(w) = window.filter(|w| *w > self.config.max_window) {
             return Err(AnswerError::WindowTooLong(w));
         }
+        let window = window.or_else(|| self.default_window(id));
         let until = window.map(|w| now() + w.as_secs() as i64);
         self.answer(
             id,
@@ -217,7 +218,8 @@ impl Consents {
         );
     }
 
-    fn close(&self, id: &str, status: Status, how: &str, reason: Option<&str>) {
+    /// Closes a pending consent without a person's answer; false when it was not pending.
+    pub(super) fn close(&self, id: &str, status: Status, how: &str, reason: Option<&str>) -> bool {
         let closed = self.with_store(|s| {
             let a = Answer {
                 status,
@@ -240,10 +242,12 @@ impl Consents {
                 };
                 self.announce(event, hook, &c);
                 self.settle(id, status);
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(e) => {
-                tracing::error!(consent = id, error = %e, "consent could not be closed")
+                tracing::error!(consent = id, error = %e, "consent could not be closed");
+                false
             }
         }
     }

@@ -35,6 +35,25 @@ pub struct Ask<'a> {
     pub why: String,
 }
 
+/// A consent to open: who asks, for what, and what binds an answer to it.
+pub struct NewConsent {
+    /// The agent's SPIFFE ID (an access request's subject id).
+    pub agent: String,
+    pub owner: Option<String>,
+    pub tenant: Option<String>,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The AuthZEN tuple, as shown to the approver.
+    pub tuple: serde_json::Value,
+    /// Binds an answer to one exact request.
+    pub digest: String,
+    /// What an approval window covers.
+    pub tuple_key: String,
+    /// For the approver (the CIBA binding message).
+    pub message: Option<String>,
+}
+
 /// A consent that lets this request through.
 #[derive(Debug, Clone)]
 pub struct Granted {
@@ -68,7 +87,22 @@ impl Consents {
                     "this request needs a person's approval, and the fleet's bus is unreachable: a consent opened now could be seen and answered only here; retry when the bus is back".into(),
                 ));
             }
-            None => self.create(&ask, tuple_key, now)?,
+            None => {
+                let t = ask.tuple;
+                let new = NewConsent {
+                    agent: ask.caller.spiffe_id.clone(),
+                    owner: ask.caller.owner.clone(),
+                    tenant: ask.caller.tenant.clone(),
+                    action: t.action.to_string(),
+                    resource_type: t.resource_type.to_string(),
+                    resource_id: t.resource_id.clone(),
+                    tuple: t.json.clone(),
+                    digest: ask.digest.clone(),
+                    tuple_key,
+                    message: ask.message.map(str::to_owned),
+                };
+                self.create(new, now)?
+            }
         };
         match self.config.mode {
             Mode::Async => Err(Refused::Pending {
@@ -142,15 +176,11 @@ impl Consents {
         }
     }
 
-    fn create(
-        self: &Arc<Self>,
-        ask: &Ask<'_>,
-        tuple_key: String,
-        now: i64,
-    ) -> Result<Consent, Refused> {
+    /// Opens a consent within the bounds: per agent per minute, pending in all and per agent.
+    pub(super) fn create(self: &Arc<Self>, new: NewConsent, now: i64) -> Result<Consent, Refused> {
         // Asked-for per minute is bounded too: an agent that disconnects and retries must
         // not page its owner without end.
-        let recent = self.with_store(|s| s.created_since(&ask.caller.spiffe_id, now - 60))?;
+        let recent = self.with_store(|s| s.created_since(&new.agent, now - 60))?;
         if recent >= ASKED_PER_MINUTE * self.config.max_pending_per_agent {
             return Err(Refused::AskedTooOften {
                 recent,
@@ -159,7 +189,7 @@ impl Consents {
                 retry_after: 60,
             });
         }
-        let (total, mine) = self.with_store(|s| s.pending_counts(&ask.caller.spiffe_id))?;
+        let (total, mine) = self.with_store(|s| s.pending_counts(&new.agent))?;
         if total >= self.config.max_pending || mine >= self.config.max_pending_per_agent {
             return Err(Refused::TooManyPending {
                 total,
@@ -175,18 +205,17 @@ impl Consents {
                 break c;
             }
         };
-        let t = ask.tuple;
         let consent = Consent {
-            id: format!("cns_{}", crate::digest::hex(&rand::random::<[u8; 8]>())),
-            agent: ask.caller.spiffe_id.clone(),
-            owner: ask.caller.owner.clone(),
-            tenant: ask.caller.tenant.clone(),
-            action: t.action.to_string(),
-            resource_type: t.resource_type.to_string(),
-            resource_id: t.resource_id.clone(),
-            tuple: t.json.clone(),
-            digest: ask.digest.clone(),
-            tuple_key,
+            id: format!("cns_{}", crate::digest::hex(&rand::random::<[u8; 16]>())),
+            agent: new.agent,
+            owner: new.owner,
+            tenant: new.tenant,
+            action: new.action,
+            resource_type: new.resource_type,
+            resource_id: new.resource_id,
+            tuple: new.tuple,
+            digest: new.digest,
+            tuple_key: new.tuple_key,
             binding_code: code,
             backend: match self.config.backend {
                 Backend::Local => "local".into(),
@@ -208,7 +237,7 @@ impl Consents {
         self.announce("consent_requested", "consent.requested", &consent);
         if let Some(ciba) = &self.ciba {
             let mut c = consent.clone();
-            c.reason = ask.message.map(str::to_owned);
+            c.reason = new.message;
             ciba.clone().ask(self.clone(), c);
         }
         Ok(consent)

@@ -15,6 +15,7 @@ use crate::support::clients::{
     clean_command, curl, from_client, from_curl, node_fetch, output, python,
 };
 use crate::support::pattern::sha256_hex;
+use crate::support::admin::{AdminResp, curl as admin};
 use crate::support::proxy::{Proxy, cli, toml_str};
 use crate::support::raw::{self, RawResponse};
 use crate::support::{TestEnv, assert_denied, audit_decisions};
@@ -137,63 +138,6 @@ where
         "{what}: not reached within 15 s; last {last:?}"
     );
     last
-}
-
-/// An admin-port answer.
-#[derive(Debug)]
-struct AdminResp {
-    status: u16,
-    headers: String,
-    body: Value,
-}
-
-/// One request to the admin port with curl (no proxy): `token` as the bearer, `body` sent
-/// with `content_type`.
-async fn admin(
-    proxy: &Proxy,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    content_type: Option<&str>,
-    body: Option<&str>,
-) -> AdminResp {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (head, out) = (tmp.path().join("head"), tmp.path().join("body"));
-    let mut cmd = clean_command("curl");
-    cmd.args(["-sS", "--noproxy", "*", "--max-time", "30", "-X", method])
-        .arg("-D")
-        .arg(&head)
-        .arg("-o")
-        .arg(&out)
-        .args(["-w", "%{http_code}"]);
-    if let Some(t) = token {
-        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    if let Some(ct) = content_type {
-        cmd.arg("-H").arg(format!("Content-Type: {ct}"));
-    }
-    if let Some(b) = body {
-        let file = tmp.path().join("req");
-        std::fs::write(&file, b).expect("write request body");
-        cmd.arg("--data-binary").arg(format!("@{}", file.display()));
-    }
-    cmd.arg(format!("http://{}{path}", proxy.admin_addr));
-    let o = output(cmd, "curl (admin)").await;
-    assert!(
-        o.status.success(),
-        "curl {method} {path} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
-    AdminResp {
-        status: String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .expect("status"),
-        headers: std::fs::read_to_string(&head).unwrap_or_default(),
-        body: serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("admin {method} {path}: body is not JSON ({e}): {text:?}")),
-    }
 }
 
 /// `agentgate ARGS` with `AGENTGATE_HOME=home`.

@@ -1,5 +1,6 @@
 //! The test cases, grouped by what they exercise.
 
+mod access_request;
 mod admin_api;
 mod audit;
 mod audit_faults;

@@ -197,3 +197,88 @@ impl Sse {
         }
     }
 }
+
+/// An admin-port answer read with curl: status, raw head and JSON body.
+#[derive(Debug)]
+pub struct AdminResp {
+    pub status: u16,
+    pub headers: String,
+    pub body: Value,
+}
+
+impl AdminResp {
+    /// The value of response header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// One request to the admin port with curl (no proxy): `token` as the bearer, `body` sent
+/// with `content_type`.
+pub async fn curl(
+    proxy: &super::proxy::Proxy,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<&str>,
+) -> AdminResp {
+    curl_with(proxy, method, path, token, content_type, body, &[]).await
+}
+
+/// [`curl`] with extra request headers.
+pub async fn curl_with(
+    proxy: &super::proxy::Proxy,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> AdminResp {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (head, out) = (tmp.path().join("head"), tmp.path().join("body"));
+    let mut cmd = super::clients::clean_command("curl");
+    cmd.args(["-sS", "--noproxy", "*", "--max-time", "30", "-X", method])
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&out)
+        .args(["-w", "%{http_code}"]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    if let Some(ct) = content_type {
+        cmd.arg("-H").arg(format!("Content-Type: {ct}"));
+    }
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    if let Some(b) = body {
+        let file = tmp.path().join("req");
+        std::fs::write(&file, b).expect("write request body");
+        cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+    }
+    cmd.arg(format!("http://{}{path}", proxy.admin_addr));
+    let o = super::clients::output(cmd, "curl (admin)").await;
+    assert!(
+        o.status.success(),
+        "curl {method} {path} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    AdminResp {
+        status: String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .expect("status"),
+        headers: std::fs::read_to_string(&head).unwrap_or_default(),
+        body: serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("admin {method} {path}: body is not JSON ({e}): {text:?}")),
+    }
+}
