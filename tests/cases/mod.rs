@@ -3,6 +3,7 @@
 mod admin_api;
 mod audit;
 mod audit_faults;
+mod authzen;
 mod bad_input;
 mod basic;
 mod ciba;
