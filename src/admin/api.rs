@@ -105,6 +105,18 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/dashboard.css", get(dashboard::style))
         .fallback(not_found)
         .with_state(admin)
+        .layer(middleware::from_fn(echo_request_id))
+}
+
+/// Echoes the caller's `X-Request-ID` on every answer (AuthZEN requires it of the PDP;
+/// it helps any caller correlate).
+async fn echo_request_id(req: Request, next: Next) -> Reply {
+    let id = req.headers().get("x-request-id").cloned();
+    let mut resp = next.run(req).await;
+    if let Some(id) = id {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    resp
 }
 
 async fn not_found() -> Reply {

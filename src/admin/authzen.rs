@@ -61,20 +61,19 @@ pub fn evaluations(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
             )));
         }
     };
-    // Check every item before deciding any, so a bad item cannot leave half an answer.
-    let inputs = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let Value::Object(item) = item else {
-                return Err(BadRequest(format!("evaluations[{i}] must be an object")));
-            };
-            tuple(&request, item).map_err(|e| BadRequest(format!("evaluations[{i}]: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::with_capacity(inputs.len());
-    for input in &inputs {
-        let result = decide(policy, input);
+    // A top-level default that is present must be well-formed: that is the whole payload's
+    // error. An item's own error is that item's answer: `false` with the reason in its
+    // context, the others still evaluated (AuthZEN §errors; certification c-3-4-1).
+    check_defaults(&request)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let result = match item {
+            Value::Object(item) => match tuple(&request, item) {
+                Ok(input) => decide(policy, &input),
+                Err(e) => item_error(&format!("evaluations[{i}]: {e}")),
+            },
+            _ => item_error(&format!("evaluations[{i}] must be an object")),
+        };
         let decision = result["decision"].as_bool().unwrap_or(false);
         out.push(result);
         if stop_on == Some(decision) {
@@ -82,6 +81,31 @@ pub fn evaluations(policy: &Policy, body: &[u8]) -> Result<Value, BadRequest> {
         }
     }
     Ok(json!({ "evaluations": out }))
+}
+
+/// The top-level defaults of a batch, each checked when present.
+fn check_defaults(request: &Map<String, Value>) -> Result<(), BadRequest> {
+    for (key, a, b) in [
+        ("subject", "type", "id"),
+        ("action", "name", "name"),
+        ("resource", "type", "id"),
+    ] {
+        if let Some(v) = request.get(key).filter(|v| !v.is_null()) {
+            entity(Some(v), key, a, b)?;
+        }
+    }
+    match request.get("context") {
+        None | Some(Value::Null | Value::Object(_)) => Ok(()),
+        Some(_) => Err(BadRequest("context must be an object".into())),
+    }
+}
+
+/// One batch item that could not be evaluated: denied, with why.
+fn item_error(message: &str) -> Value {
+    json!({
+        "decision": false,
+        "context": {"error": {"status": 400, "message": message}},
+    })
 }
 
 fn parse(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {

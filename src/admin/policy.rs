@@ -18,14 +18,36 @@ use super::state::Admin;
 /// AuthZEN PDP metadata.
 #[utoipa::path(get, path = "/.well-known/authzen-configuration", tag = "authzen", security(()),
     responses((status = 200, body = Object)))]
-pub async fn authzen_configuration(req: Request) -> Reply {
+pub async fn authzen_configuration(State(admin): State<Arc<Admin>>, req: Request) -> Reply {
+    let body = authzen::configuration(&pdp_base(&admin, &req));
+    json_value(StatusCode::OK, &body)
+}
+
+/// The PDP's base URL as the caller reached it: `admin.public_url` when set, else the
+/// listener's scheme (https with `admin.tls`) and the caller's `Host` (a well-formed
+/// authority only; otherwise the listener's own address).
+pub(super) fn pdp_base(admin: &Admin, req: &Request) -> String {
+    let config = &admin.config.admin;
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    let body = authzen::configuration(&format!("http://{host}"));
-    json_value(StatusCode::OK, &body)
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .filter(|a| a.as_str().bytes().all(|b| b != b'@'));
+    match host {
+        Some(host) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        }
+        None => admin.base_url.clone(),
+    }
 }
 
 /// AuthZEN access evaluation on the policy of the token's scope (a tenant's, or the

@@ -1333,6 +1333,20 @@ async fn authzen_pdp_answers_with_the_policy_in_force() {
     other["resource"] = json!({"type": "host", "id": "evil.example"});
     let over = post("/access/v1/evaluations", batch(None, vec![other])).await;
     assert_eq!(decisions(&over), [false], "{over:?}");
+    // A malformed item is that item's `false`, with why; the others are still evaluated.
+    let bad_item = json!({"action": {"name": "x"}, "resource": "acme/web"});
+    let mixed = post(
+        "/access/v1/evaluations",
+        batch(None, vec![rd.clone(), bad_item, rd.clone()]),
+    )
+    .await;
+    assert_eq!(decisions(&mixed), [true, false, true], "{mixed:?}");
+    assert!(
+        mixed.body["evaluations"][1]["context"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("evaluations[1]: resource")),
+        "{mixed:?}"
+    );
 
     // Malformed requests: 400 with a reason.
     let mut no_subject_id = evaluation("github.issues.list-for-repo", "read");
