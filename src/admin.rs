@@ -7,12 +7,12 @@
 // add an allocation to every refusal.
 #![allow(clippy::result_large_err)]
 
+pub mod access_request;
+pub mod access_routes;
 pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod access_request;
-pub mod access_routes;
 pub mod authzen;
 pub mod client;
 pub mod consent;

@@ -85,8 +85,17 @@ struct Binding {
 #[derive(Default)]
 pub struct AccessRequests {
     bindings: Mutex<HashMap<String, Binding>>,
-    /// (tenant, Idempotency-Key) → (body digest, task id, remembered until).
-    keys: Mutex<HashMap<(Option<String>, String), (String, String, i64)>>,
+    keys: Mutex<HashMap<KeyOf, Keyed>>,
+}
+
+/// An idempotency key: the caller's tenant and its `Idempotency-Key`.
+type KeyOf = (Option<String>, String);
+
+/// What a key was used for: the body's digest, the task, and until when it is kept.
+struct Keyed {
+    body: String,
+    task: String,
+    until: i64,
 }
 
 /// A refused submission: status, problem type (or a plain error code) and why.
@@ -164,10 +173,7 @@ impl AccessRequests {
                         }
                     },
                     // A store failure finds no approval: the answer stays `false`.
-                    None => consents
-                        .access_approval(bound.agent(), &key)
-                        .ok()
-                        .flatten(),
+                    None => consents.access_approval(bound.agent(), &key).ok().flatten(),
                 };
                 match found {
                     Some(c) => approved(result, &c),
@@ -334,8 +340,8 @@ impl AccessRequests {
         let key = idempotency_key.map(|k| (tenant.map(str::to_owned), k.to_owned()));
         if let Some(k) = &key {
             let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((digest, task, _)) = keys.get(k).filter(|e| e.2 > now) {
-                if *digest != body_digest {
+            if let Some(Keyed { body, task, .. }) = keys.get(k).filter(|e| e.until > now) {
+                if *body != body_digest {
                     return Err(Problem::new(
                         409,
                         "duplicate_request",
@@ -373,28 +379,38 @@ impl AccessRequests {
                 .map(str::to_owned),
             tenant: tenant.map(str::to_owned),
             action: bound.action["name"].as_str().unwrap_or_default().to_owned(),
-            resource_type: bound.resource["type"].as_str().unwrap_or_default().to_owned(),
+            resource_type: bound.resource["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             resource_id: bound.resource["id"].as_str().unwrap_or_default().to_owned(),
             tuple,
             digest: bound.key(),
             tuple_key: bound.key(),
             message: None,
         };
-        let consent = consents
-            .request_access(new)
-            .map_err(|e| match e {
-                Refused::AskedTooOften { .. } | Refused::TooManyPending { .. } => {
-                    Problem::new(429, "too_many", e.to_string())
-                }
-                _ => Problem::new(503, "consent_unavailable", e.to_string()),
-            })?;
+        let consent = consents.request_access(new).map_err(|e| match e {
+            Refused::AskedTooOften { .. } | Refused::TooManyPending { .. } => {
+                Problem::new(429, "too_many", e.to_string())
+            }
+            _ => Problem::new(503, "consent_unavailable", e.to_string()),
+        })?;
         if let Some(k) = key {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             if keys.len() >= MAX_KEYS {
-                keys.retain(|_, e| e.2 > now);
+                keys.retain(|_, e| e.until > now);
             }
             if keys.len() < MAX_KEYS {
-                keys.insert(k, (body_digest, consent.id.clone(), now + KEY_RETENTION));
+                let task = consent.id.clone();
+                let until = now + KEY_RETENTION;
+                keys.insert(
+                    k,
+                    Keyed {
+                        body: body_digest,
+                        task,
+                        until,
+                    },
+                );
             }
         }
         Ok(Submitted {

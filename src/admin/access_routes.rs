@@ -116,7 +116,11 @@ pub async fn cancel(
     let consents = admin.consents.for_tenant(scope.tenant()).clone();
     let id2 = id.clone();
     let done = blocking("access_request_failed", move || {
-        let c = consents.get(&id2).ok().flatten().filter(is_access_request)?;
+        let c = consents
+            .get(&id2)
+            .ok()
+            .flatten()
+            .filter(is_access_request)?;
         let withdrawn = c.status == Status::Pending && consents.withdraw(&id2, None);
         Some((withdrawn, consents.get(&id2).ok().flatten().unwrap_or(c)))
     })

@@ -95,7 +95,10 @@ pub fn evaluations(policy: &Policy, body: &[u8], settle: Settle<'_>) -> Result<V
 /// as the Todo interop payloads do with `"resource": {}`).
 fn check_defaults(request: &Map<String, Value>) -> Result<(), BadRequest> {
     for key in ["subject", "action", "resource", "context"] {
-        if request.get(key).is_some_and(|v| !v.is_object() && !v.is_null()) {
+        if request
+            .get(key)
+            .is_some_and(|v| !v.is_object() && !v.is_null())
+        {
             return Err(BadRequest(format!("{key} must be an object")));
         }
     }

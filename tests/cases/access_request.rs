@@ -90,8 +90,8 @@ fn problem_type(r: &AdminResp) -> String {
 }
 
 /// Escalate → access request → approve → true for the window → false again; deny is not
-/// requestable; bindings, idempotency keys, presented approvals and cancellation are
-/// checked the profile's way.
+/// requestable; bindings, idempotency keys, presented approvals, cancellation and PANIC
+/// are checked the profile's way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escalation_is_requestable_and_its_approval_opens_a_window() {
     let env = TestEnv::new().await;
@@ -130,7 +130,10 @@ async fn an_escalation_is_requestable_and_its_approval_opens_a_window() {
         .evaluate(&evaluation("github.repos.delete", "delete", "acme/web"))
         .await;
     assert_eq!(delete["decision"], false, "{delete}");
-    assert!(delete["context"].get("access_request").is_none(), "{delete}");
+    assert!(
+        delete["context"].get("access_request").is_none(),
+        "{delete}"
+    );
 
     // An escalation is.
     let eval = evaluation("github.issues.create", "write", "acme/web");
@@ -166,9 +169,17 @@ async fn an_escalation_is_requestable_and_its_approval_opens_a_window() {
     bundle["items"] = json!([{"resource": eval["resource"], "action": eval["action"]}]);
     for (what, body, kind) in [
         ("another resource", &other_repo, "invalid_denial_binding"),
-        ("a changed context member", &changed_context, "invalid_denial_binding"),
+        (
+            "a changed context member",
+            &changed_context,
+            "invalid_denial_binding",
+        ),
         ("an unknown evaluation", &unknown, "invalid_denial_binding"),
-        ("another expires_at", &wrong_expiry, "invalid_denial_binding"),
+        (
+            "another expires_at",
+            &wrong_expiry,
+            "invalid_denial_binding",
+        ),
         ("a bundle", &bundle, "not_requestable"),
     ] {
         let r = pdp.post("/access/v1/requests", body, &[]).await;
@@ -294,11 +305,40 @@ async fn an_escalation_is_requestable_and_its_approval_opens_a_window() {
         .post("/access/v1/requests", &submission(&eval, &fresh), &[])
         .await;
     let id3 = r.body["task"]["id"].as_str().unwrap().to_owned();
-    let out = agentgate(&proxy.home, &["consent", "deny", &id3], &[("USER", "alice")]).await;
+    let out = agentgate(
+        &proxy.home,
+        &["consent", "deny", &id3],
+        &[("USER", "alice")],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     let t = pdp.get(&format!("/access/v1/requests/{id3}")).await;
     assert_eq!(t.body["task"]["status"], "denied", "{t:?}");
     assert!(t.body.get("result").is_none(), "{t:?}");
+    assert_eq!(pdp.evaluate(&eval).await["decision"], false);
+
+    // PANIC ends an approval still in force, like a proxy consent's window.
+    let fresh = pdp.evaluate(&eval).await;
+    let r = pdp
+        .post("/access/v1/requests", &submission(&eval, &fresh), &[])
+        .await;
+    let id4 = r.body["task"]["id"].as_str().unwrap().to_owned();
+    let out = agentgate(
+        &proxy.home,
+        &["consent", "approve", &id4, "--for", "10m"],
+        &[("USER", "alice")],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(pdp.evaluate(&eval).await["decision"], true);
+    let r = pdp
+        .post(
+            "/api/v1/panic",
+            &json!({"all": true, "reason": "drill"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(pdp.evaluate(&eval).await["decision"], false);
 
     // Every transition is in the audit log like a held request's consent.

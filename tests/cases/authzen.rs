@@ -152,6 +152,8 @@ fn assert_advertises(resp: &RawResponse, base: &str) {
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
             "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+            "access_request_endpoint": format!("{base}/access/v1/requests"),
+            "capabilities": ["urn:openid:authzen:capability:access-request"],
         }),
         "discovery should name {base}"
     );

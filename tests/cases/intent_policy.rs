@@ -11,11 +11,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::support::clients::{
-    clean_command, curl, from_client, from_curl, node_fetch, output, python,
-};
-use crate::support::pattern::sha256_hex;
 use crate::support::admin::{AdminResp, curl as admin};
+use crate::support::clients::{curl, from_client, from_curl, node_fetch, python};
+use crate::support::pattern::sha256_hex;
 use crate::support::proxy::{Proxy, cli, toml_str};
 use crate::support::raw::{self, RawResponse};
 use crate::support::{TestEnv, assert_denied, audit_decisions};
