@@ -255,6 +255,11 @@ impl AccessRequests {
                 "bundled access requests (items) are not supported: submit one access request per denial",
             ));
         }
+        if request.get("callback").is_some_and(|c| !c.is_null()) {
+            return Err(bad(
+                "callback is not supported: poll the task's status_endpoint, or subscribe a [[webhooks]] endpoint to the consent.* events (their consent_id is the task id)".into(),
+            ));
+        }
         let denial = request
             .get("denial")
             .and_then(Value::as_object)

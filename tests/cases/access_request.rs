@@ -187,6 +187,17 @@ async fn an_escalation_is_requestable_and_its_approval_opens_a_window() {
         assert_eq!(problem_type(&r), kind, "{what}: {r:?}");
     }
 
+    let mut callback = good.clone();
+    callback["callback"] = json!({"endpoint": "https://pep.example/cb"});
+    let r = pdp.post("/access/v1/requests", &callback, &[]).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .is_some_and(|m| m.contains("webhooks")),
+        "{r:?}"
+    );
+
     // The request: a task, pending, and a consent like a held request's.
     let key = [("Idempotency-Key", "k-1"), ("X-Request-ID", "rq-42")];
     let r = pdp.post("/access/v1/requests", &good, &key).await;
