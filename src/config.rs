@@ -73,6 +73,8 @@ pub struct Config {
     pub log: LogConfig,
     pub identity: IdentityConfig,
     pub intent: IntentConfig,
+    /// Remote MCP servers whose traffic is judged by its messages.
+    pub mcp: McpConfig,
     pub policy: crate::policy::PolicyConfig,
     pub audit: crate::audit::AuditConfig,
     pub vault: crate::vault::VaultConfig,
@@ -92,6 +94,13 @@ pub struct IntentConfig {
     /// Where protocol upgrades (WebSocket) are allowed; anywhere else an `Upgrade` is
     /// refused, since after `101` the bytes are no longer requests the gates can judge.
     pub upgrades: Vec<crate::intent::UpgradeRoute>,
+}
+
+/// `[mcp]`: the remote MCP servers agents reach (`[[mcp.servers]]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    pub servers: Vec<crate::intent::mcp::McpServer>,
 }
 
 impl Default for IntentConfig {
@@ -212,6 +221,18 @@ impl Config {
         }
         if self.ca.leaf_cache_size == 0 {
             return bad("ca.leaf_cache_size", "must be at least 1");
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.mcp.servers {
+            if let Err(why) = s.validate() {
+                return bad("mcp.servers", &why);
+            }
+            if !names.insert(s.name.as_str()) {
+                return bad(
+                    "mcp.servers",
+                    &format!("two servers are named {:?}; names must differ", s.name),
+                );
+            }
         }
         for u in &self.intent.upgrades {
             if !u.path.starts_with('/') || u.path.contains('?') {

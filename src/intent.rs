@@ -14,6 +14,7 @@ mod context;
 mod error;
 pub mod extract;
 mod headers;
+pub mod mcp;
 mod path;
 mod refine;
 mod request;
@@ -48,6 +49,8 @@ pub struct Intent {
     pub max_body: usize,
     /// Where a protocol upgrade (WebSocket) is documented, so allowed (`intent.upgrades`).
     upgrades: Vec<UpgradeRoute>,
+    /// The remote MCP servers (`[[mcp.servers]]`).
+    mcp: mcp::Servers,
 }
 
 impl Intent {
@@ -62,7 +65,14 @@ impl Intent {
             catalog,
             max_body,
             upgrades: Vec::new(),
+            mcp: mcp::Servers::default(),
         }
+    }
+
+    /// Judges requests to these MCP servers by their messages (`[[mcp.servers]]`).
+    pub fn with_mcp(mut self, servers: &[mcp::McpServer]) -> Intent {
+        self.mcp = mcp::Servers::new(servers);
+        self
     }
 
     /// Allows protocol upgrades at these places (`intent.upgrades`).
@@ -80,15 +90,19 @@ impl Intent {
     pub fn route<'c, 'a>(&'c self, target: Target<'a>) -> Result<Routed<'c, 'a>, IntentError> {
         headers::check(target.headers)?;
         let path = path::normalize(target.path)?;
-        let found = match self.catalog.host(target.host) {
-            None => Found::UnknownHost,
-            Some(host) => match host.find(target.method, &path) {
-                Some(m) => Found::Operation(
-                    refine::refine(m, &path, target.query)
-                        .map_err(|e| IntentError::Ambiguous(e.to_string()))?,
-                ),
-                None => Found::UnknownPath(&host.service),
-            },
+        let found = if let Some(m) = mcp::find(&self.mcp, &target, &path) {
+            Found::Mcp(m)
+        } else {
+            match self.catalog.host(target.host) {
+                None => Found::UnknownHost,
+                Some(host) => match host.find(target.method, &path) {
+                    Some(m) => Found::Operation(
+                        refine::refine(m, &path, target.query)
+                            .map_err(|e| IntentError::Ambiguous(e.to_string()))?,
+                    ),
+                    None => Found::UnknownPath(&host.service),
+                },
+            }
         };
         let routed = Routed {
             target,

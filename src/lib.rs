@@ -187,7 +187,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let pod_source = sidecar::prepare(&config, state, &identity, workload_endpoint.as_deref())?;
     let intent = Arc::new(
         intent::Intent::embedded(config.intent.max_body)?
-            .with_upgrades(config.intent.upgrades.clone()),
+            .with_upgrades(config.intent.upgrades.clone())
+            .with_mcp(&config.mcp.servers),
     );
     // Gate 3: the instance's policy, and each tenant's.
     let policies = Arc::new(policy::Policies::load(

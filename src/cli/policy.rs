@@ -49,7 +49,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> 
 }
 
 fn test(root: &Path, recursive: bool, config: &Config, output: Output) -> Result<bool> {
-    let intent = Intent::embedded(config.intent.max_body)?;
+    let intent = Intent::embedded(config.intent.max_body)?.with_mcp(&config.mcp.servers);
     let dirs = if recursive {
         runner::policy_dirs(root)
     } else {
@@ -113,7 +113,7 @@ pub(crate) struct ExplainArgs {
 
 /// Prints the tuple and the decision the proxy would make for a request; sends nothing.
 pub(crate) fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> Result<()> {
-    let intent = Intent::embedded(config.intent.max_body)?;
+    let intent = Intent::embedded(config.intent.max_body)?.with_mcp(&config.mcp.servers);
     let mut headers = HeaderMap::new();
     for h in &args.headers {
         let (k, v) = h

@@ -69,3 +69,42 @@ fn query_json(query: &str) -> Value {
     }
     Value::Object(out)
 }
+
+/// Parts of key names that mark a secret in structured arguments (`github_token`,
+/// `client_secret`, `Authorization`).
+const SECRET_PARTS: [&str; 9] = [
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "api_key",
+    "apikey",
+    "credential",
+    "private_key",
+];
+
+/// `args` with the values of secret-looking keys replaced by `"[redacted]"`, at any depth.
+pub(super) fn redact_secrets(args: &Map<String, Value>) -> Map<String, Value> {
+    args.iter()
+        .map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let secret = SECRET_KEYS.contains(&lower.as_str())
+                || SECRET_PARTS.iter().any(|p| lower.contains(p));
+            let v = match v {
+                _ if secret => "[redacted]".into(),
+                Value::Object(o) => Value::Object(redact_secrets(o)),
+                Value::Array(list) => Value::Array(
+                    list.iter()
+                        .map(|item| match item {
+                            Value::Object(o) => Value::Object(redact_secrets(o)),
+                            other => other.clone(),
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}

@@ -32,6 +32,8 @@ pub(super) enum Found<'c> {
     Operation(Match<'c>),
     UnknownPath(&'c Arc<Service>),
     UnknownHost,
+    /// MCP: judged by its JSON-RPC message.
+    Mcp(super::mcp::McpTarget),
 }
 
 impl Routed<'_, '_> {
@@ -40,12 +42,15 @@ impl Routed<'_, '_> {
         match &self.found {
             Found::Operation(m) => m.route.body,
             Found::UnknownPath(service) => service.unknown_body,
-            Found::UnknownHost => None,
+            Found::UnknownHost | Found::Mcp(_) => None,
         }
     }
 
     /// Whether the body must be read before deciding.
     pub fn needs_body(&self) -> bool {
+        if let Found::Mcp(_) = self.found {
+            return self.target.method == Method::POST;
+        }
         self.body_kind().is_some()
             && self.target.method != Method::GET
             && self.target.method != Method::HEAD
@@ -62,6 +67,7 @@ impl Routed<'_, '_> {
         let mut resource_props = Map::new();
         let (mut action, mut class, service, mut resource_type, mut resource_id) = match &self.found
         {
+            Found::Mcp(m) => return self.mcp_tuple(m, subject, body, context),
             Found::UnknownHost => (
                 format!("http.{}", t.method.as_str().to_ascii_lowercase()).into(),
                 Class::Unknown,
@@ -115,7 +121,7 @@ impl Routed<'_, '_> {
                     context.insert("body".into(), Value::Object(reading.selected));
                 }
             }
-            Found::UnknownHost => {}
+            Found::UnknownHost | Found::Mcp(_) => {}
         }
         Ok(Tuple::new(Parts {
             subject,
@@ -126,6 +132,34 @@ impl Routed<'_, '_> {
             resource_type,
             resource_id,
             resource_props,
+            context,
+        }))
+    }
+
+    /// The tuple of an MCP request, from its message.
+    fn mcp_tuple(
+        &self,
+        m: &super::mcp::McpTarget,
+        subject: Subject<'_>,
+        body: Option<BodyPrefix<'_>>,
+        mut context: Map<String, Value>,
+    ) -> Result<Tuple, IntentError> {
+        let t = &self.target;
+        let prefix = body.unwrap_or(BodyPrefix {
+            bytes: &[],
+            truncated: false,
+        });
+        let meaning = super::mcp::read(m, t, prefix)?;
+        context.extend(meaning.context);
+        Ok(Tuple::new(Parts {
+            subject,
+            method: t.method,
+            service: Some("mcp"),
+            action: meaning.action,
+            class: meaning.class,
+            resource_type: meaning.resource_type,
+            resource_id: meaning.resource_id,
+            resource_props: meaning.resource_props,
             context,
         }))
     }

@@ -44,7 +44,24 @@ pub static VENDOR: Vendor = Vendor {
     meaning_headers: &MEANING_HEADERS,
     bodies: &[],
     names: Some(names),
+    mcp_arguments: Some(mcp_arguments),
 };
+
+/// A GitHub MCP tool's `owner` and `repo` name the repository its REST path would.
+fn mcp_arguments(
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<super::vendor::McpReading, String> {
+    let mut reading = super::vendor::McpReading::default();
+    let text = |k: &str| args.get(k).and_then(serde_json::Value::as_str);
+    if let (Some(owner), Some(repo)) = (text("owner"), text("repo")) {
+        let (mut owner, mut repo) = (owner.to_owned(), repo.to_owned());
+        names("owner", &mut owner)?;
+        names("repo", &mut repo)?;
+        let props = crate::intent::mcp::props(&[("owner", &owner), ("repo", &repo)]);
+        reading.resource = Some(("github.repo", format!("{owner}/{repo}"), props));
+    }
+    Ok(reading)
+}
 
 /// Which version of the REST API (and so of each operation's semantics) GitHub applies.
 static MEANING_HEADERS: [HeaderName; 1] = [HeaderName::from_static("x-github-api-version")];

@@ -3,7 +3,7 @@
 //! (`"body": "gmail.upload"`), for `context.body.email`.
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::vendor::Vendor;
 use crate::intent::body::{BodyInput, BodyReader, BodyReading};
@@ -24,7 +24,47 @@ pub static VENDOR: Vendor = Vendor {
     meaning_headers: &[],
     bodies: &[MESSAGE, UPLOAD],
     names: None,
+    mcp_arguments: Some(mcp_arguments),
 };
+
+/// A Gmail MCP tool's recipients (`to`, `cc`, `bcc`: an address, a comma-separated list or a
+/// list) become `context.body.email` as the REST path records them, so the same rules on
+/// recipients and their domains apply.
+fn mcp_arguments(args: &Map<String, Value>) -> Result<super::vendor::McpReading, String> {
+    let mut reading = super::vendor::McpReading::default();
+    let field = |key: &str| -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        match args.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => out.extend(s.split(',').map(str::to_owned)),
+            Some(Value::Array(list)) => {
+                for a in list {
+                    out.push(
+                        a.as_str()
+                            .ok_or_else(|| format!("Gmail {key} must list addresses as strings"))?
+                            .to_owned(),
+                    );
+                }
+            }
+            Some(_) => return Err(format!("Gmail {key} must be an address or a list")),
+        }
+        Ok(out
+            .into_iter()
+            .map(|a| a.trim().to_ascii_lowercase())
+            .filter(|a| !a.is_empty())
+            .collect())
+    };
+    let email = Email {
+        to: field("to")?,
+        cc: field("cc")?,
+        bcc: field("bcc")?,
+        attachments: None,
+    };
+    if !(email.to.is_empty() && email.cc.is_empty() && email.bcc.is_empty()) {
+        reading.body.insert("email".into(), email.to_json());
+    }
+    Ok(reading)
+}
 
 /// Gmail JSON carrying a base64url RFC 5322 message in `raw`.
 const MESSAGE: BodyReader = BodyReader {

@@ -25,7 +25,44 @@ pub static VENDOR: Vendor = Vendor {
     meaning_headers: &[],
     bodies: &[ARGUMENTS],
     names: None,
+    mcp_arguments: Some(mcp_arguments),
 };
+
+/// A Slack MCP tool's channel (`channel`, `channel_id` or `channel_ids`) is the resource its
+/// Web API method would name.
+fn mcp_arguments(
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<super::vendor::McpReading, String> {
+    let mut reading = super::vendor::McpReading::default();
+    let mut channels: Vec<String> = Vec::new();
+    for key in ["channel", "channel_id", "channel_ids", "channels"] {
+        match args.get(key) {
+            Some(Value::String(s)) => channels.extend(s.split(',').map(|c| c.trim().to_owned())),
+            Some(Value::Array(list)) => {
+                for c in list {
+                    let c = c
+                        .as_str()
+                        .ok_or_else(|| format!("Slack {key} must list channel ids as strings"))?;
+                    channels.push(c.trim().to_owned());
+                }
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => return Err(format!("Slack {key} must be a string or a list")),
+        }
+    }
+    channels.retain(|c| !c.is_empty());
+    channels.sort();
+    channels.dedup();
+    if channels.len() > SLACK_MAX_CHANNELS {
+        return Err(format!(
+            "more than {SLACK_MAX_CHANNELS} Slack channels in one call"
+        ));
+    }
+    if !channels.is_empty() {
+        reading.resource = Some(("slack.channel", channels.join(","), Default::default()));
+    }
+    Ok(reading)
+}
 
 /// Slack Web API arguments (query, form or JSON): `channel`, and no `token`.
 const ARGUMENTS: BodyReader = BodyReader {

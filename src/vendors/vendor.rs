@@ -6,6 +6,7 @@ use std::fmt;
 use http::HeaderName;
 
 use crate::intent::body::BodyReader;
+pub use crate::intent::mcp::McpReading;
 
 /// Everything AgentGate knows about one vendor.
 pub struct Vendor {
@@ -25,7 +26,15 @@ pub struct Vendor {
     /// Checks a path parameter's value and rewrites it the way the vendor names things;
     /// the error is the refusal reason. `None`: values are taken as they come.
     pub names: Option<NameRule>,
+    /// Reads an MCP tool call's arguments the way its REST API names things (the resource,
+    /// mail recipients); the error is the refusal reason. `None`: tools keep their own
+    /// resource (`mcp.tool`).
+    pub mcp_arguments: Option<McpArguments>,
 }
+
+/// See [`Vendor::mcp_arguments`].
+pub type McpArguments =
+    fn(args: &serde_json::Map<String, serde_json::Value>) -> Result<McpReading, String>;
 
 /// Checks a path parameter's value (`param` names it) and rewrites it in place; the error
 /// is the refusal reason.
