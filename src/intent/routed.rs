@@ -46,6 +46,12 @@ impl Routed<'_, '_> {
         }
     }
 
+    /// Whether a body would go unjudged: an inspected operation (or MCP) sent as GET or
+    /// HEAD is judged without one, so it must not carry one.
+    pub fn judged_without_body(&self) -> bool {
+        (self.body_kind().is_some() || matches!(self.found, Found::Mcp(_))) && !self.needs_body()
+    }
+
     /// Whether the body must be read before deciding.
     pub fn needs_body(&self) -> bool {
         if let Found::Mcp(_) = self.found {
