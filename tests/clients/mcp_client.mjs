@@ -2,7 +2,8 @@
 // sending its HTTP through a proxy the way an agent would: undici's ProxyAgent (the proxy URL
 // carries the agent's token, sent as Proxy-Authorization on CONNECT) trusting --ca for the
 // tunnelled TLS, handed to the transport as its `fetch`.
-// Usage: node mcp_client.mjs URL [--proxy PROXY_URL] --ca CA.pem [--header NAME:VALUE ...] COMMAND
+// Usage: node mcp_client.mjs URL [--proxy PROXY_URL] --ca CA.pem [--header NAME:VALUE ...]
+//        [--timeout-ms MS] COMMAND
 //   COMMAND: list | call TOOL JSON_ARGS | read URI | prompt NAME [JSON_ARGS] | script FILE
 //   Without --proxy the client connects directly (still trusting only --ca).
 //   A script is a JSON list of steps run in one session:

@@ -6,7 +6,7 @@ the `mcp` 2.x SDK uses) with `proxy=` the proxy URL (which carries the agent's t
 Proxy-Authorization on CONNECT) and `verify=` the proxy's CA, handed to the transport.
 
 Usage: mcp_client.py URL [--proxy PROXY_URL] --ca CA.pem [--header NAME:VALUE ...]
-       [--mode auto|legacy|2026-07-28] COMMAND
+       [--mode auto|legacy|2026-07-28] [--timeout-ms MS] COMMAND
   COMMAND: list | call TOOL JSON_ARGS | read URI | prompt NAME [JSON_ARGS] | script FILE
   Same CLI, script steps and output shape as mcp_client.mjs (no `terminate`: leaving the
   SDK's Client sends the DELETE). --mode is the SDK's: `auto` (its default) first probes
@@ -135,7 +135,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         verify=verify,
         headers=headers,
         trust_env=False,
-        timeout=httpx2.Timeout(a.timeout, read=a.timeout),
+        timeout=httpx2.Timeout(a.timeout_ms / 1000),
         event_hooks={"request": [on_request], "response": [on_response]},
     )
     async with http_client:
@@ -144,7 +144,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             transport,
             mode=a.mode,
             cache=None,
-            read_timeout_seconds=a.timeout,
+            read_timeout_seconds=a.timeout_ms / 1000,
             message_handler=message_handler,
         )
         try:
@@ -184,7 +184,7 @@ def main() -> int:
     p.add_argument("--ca", required=True, help="CA bundle for the server (or the proxy's MITM) certificates")
     p.add_argument("--header", action="append", default=[], help="NAME:VALUE, repeatable")
     p.add_argument("--mode", default="auto", help="the SDK's connect mode: auto, legacy, or a modern version")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds")
+    p.add_argument("--timeout-ms", type=int, default=60000, help="per request")
     a = p.parse_intermixed_args()
     out = anyio.run(run, a)
     json.dump(out, sys.stdout)
