@@ -11,6 +11,7 @@ pub mod clients;
 pub mod git_server;
 pub mod held;
 pub mod judged;
+pub mod mcp;
 pub mod nats;
 pub mod oidc;
 pub mod otlp;
