@@ -9,7 +9,8 @@
 #             unknown operations, unknown hosts, MCP servers not configured, GitHub writes outside settings.github_orgs,
 #             bulk e-mail (> settings.max_recipients recipients), GraphQL documents too large
 #             or too long to inspect
-#   escalate  every other write: a person approves it first
+#   escalate  every other write: a person approves it first; an MCP tool whose definition
+#             changed since it was pinned (rule tool_definition_changed)
 #   allow     catalog reads
 #   deny      anything else (fail closed)
 # Deny beats escalate beats allow: `deny` and `escalate` collect their rules' reasons, and
@@ -208,8 +209,13 @@ github_owner := input.resource.properties.org if input.resource.type == "github.
 # escalate
 
 escalate := (
-	# rule write-escalates: every write, the action's or a GraphQL field's
+	# rule tool_definition_changed: an MCP tool the server redefined since it was pinned
 	{msg |
+		input.context.tool.changed == true
+		msg := sprintf("%s: the MCP server changed this tool's definition (%s) since AgentGate pinned it; a person must look before it is used, and `agentgate mcp accept %s %s` pins the new one (rule tool_definition_changed)", [input.action.name, concat(", ", input.context.tool.diff.fields), input.context.mcp.server, input.context.mcp.tool])
+	}
+	# rule write-escalates: every write, the action's or a GraphQL field's
+	| {msg |
 		input.action.properties.class == "write"
 		msg := sprintf("%s changes data: writes need a person's approval under the default policy (rule write-escalates)", [input.action.name])
 	}

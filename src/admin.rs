@@ -19,6 +19,7 @@ pub mod consent;
 pub mod dashboard;
 pub mod events;
 pub mod fleet_audit;
+pub mod mcp;
 pub mod policy;
 pub mod reply;
 pub mod request;

@@ -64,7 +64,7 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
+        let (frame, outcome) = match self.get_mut() {
             ProxyBody::Audited(body, outcome) => {
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 match &frame {
@@ -76,7 +76,7 @@ impl Body for ProxyBody {
                     Some(Err(_)) => outcome.aborted = true,
                     None => {}
                 }
-                Poll::Ready(frame)
+                (frame, outcome)
             }
             ProxyBody::Scanned(body, outcome, redact) => {
                 let tally = Tally {
@@ -84,10 +84,18 @@ impl Body for ProxyBody {
                     redacted: &mut outcome.redacted,
                     aborted: &mut outcome.aborted,
                 };
-                redact.poll_frame(body, tally, cx)
+                (ready!(redact.poll_frame(body, tally, cx)), outcome)
             }
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
+            }
+        };
+        if let (Some(tap), Some(Ok(f))) = (outcome.tap.as_mut(), &frame) {
+            if let Some(data) = f.data_ref() {
+                tap.feed(data);
+            }
         }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -128,10 +136,24 @@ pub struct Outcome {
     pub redacted: u64,
     /// Why the response could not be scanned for echoes (a compressed body).
     pub unscanned: Option<String>,
+    /// Reads the response as it streams (MCP tool listings, for pinning).
+    pub tap: Option<Box<dyn Tap>>,
+}
+
+/// Something that reads a response's bytes as they go to the agent, and is told at the end
+/// whether the body arrived whole. It never holds the stream up.
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// Bytes on their way to the agent.
+    fn feed(&mut self, data: &[u8]);
+    /// The body ended (`whole`: not cut off or aborted).
+    fn done(self: Box<Self>, whole: bool);
 }
 
 impl Drop for Outcome {
     fn drop(&mut self) {
+        if let Some(tap) = self.tap.take() {
+            tap.done(!self.aborted);
+        }
         let duration = self.started.elapsed();
         self.metrics.forwarded(duration);
         self.audit.submit(

@@ -7,6 +7,7 @@ pub(crate) mod dashboard;
 pub(crate) mod env;
 pub(crate) mod iptables;
 pub(crate) mod k8s;
+pub(crate) mod mcp;
 pub(crate) mod panic;
 pub(crate) mod policy;
 pub(crate) mod vault;

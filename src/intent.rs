@@ -75,6 +75,17 @@ impl Intent {
         self
     }
 
+    /// Pins MCP tool definitions here and judges calls by them.
+    pub fn with_mcp_pins(mut self, pins: std::sync::Arc<mcp::pins::Pins>) -> Intent {
+        self.mcp = std::mem::take(&mut self.mcp).with_pins(pins);
+        self
+    }
+
+    /// The MCP tool pins, when kept.
+    pub fn mcp_pins(&self) -> Option<&std::sync::Arc<mcp::pins::Pins>> {
+        self.mcp.pins()
+    }
+
     /// Allows protocol upgrades at these places (`intent.upgrades`).
     pub fn with_upgrades(mut self, upgrades: Vec<UpgradeRoute>) -> Intent {
         self.upgrades = upgrades;

@@ -102,6 +102,8 @@ pub enum StartError {
     Bind(#[from] listen::BindError),
     #[error(transparent)]
     Otel(#[from] otel::OtelError),
+    #[error("MCP tool pins: {0}")]
+    McpPins(String),
 }
 
 /// A running instance.
@@ -188,7 +190,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let intent = Arc::new(
         intent::Intent::embedded(config.intent.max_body)?
             .with_upgrades(config.intent.upgrades.clone())
-            .with_mcp(&config.mcp.servers),
+            .with_mcp(&config.mcp.servers)
+            .with_mcp_pins(Arc::new(
+                intent::mcp::pins::Pins::load(state).map_err(StartError::McpPins)?,
+            )),
     );
     // Gate 3: the instance's policy, and each tenant's.
     let policies = Arc::new(policy::Policies::load(

@@ -119,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::consent::ConsentCommand,
     },
+    /// MCP tools AgentGate pinned (tools), and re-pinning one a server changed (accept).
+    Mcp {
+        #[command(subcommand)]
+        command: cli::mcp::McpCommand,
+    },
     /// Store, list and remove the credentials AgentGate injects (secrets never on argv).
     Vault {
         #[command(flatten)]
@@ -272,6 +277,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Consent { command } => {
             cli::consent::run(&StateDir::open_or_create(&cli.home)?, command)
         }
+        Command::Mcp { command } => cli::mcp::run(&StateDir::open_or_create(&cli.home)?, command),
         Command::Vault { config, command } => {
             let config = load_config(&cli.home, &config)?;
             cli::vault::run(&StateDir::open_or_create(&cli.home)?, &config, command)

@@ -184,8 +184,26 @@ impl Pipeline {
             request_id,
             started,
             sent: Arc::new(SentBody::default()),
+            tap: self.listing_tap(trail, &caller),
         };
         self.forward(out, whole_body).await
+    }
+
+    /// A tap on the answer to an MCP `tools/list`, which pins the tools it lists.
+    fn listing_tap(&self, trail: &Trail, caller: &Caller) -> Option<Box<dyn crate::body::Tap>> {
+        let mcp = &trail.tuple.as_ref()?.json["context"]["mcp"];
+        let unknown = mcp["server"] == crate::intent::mcp::UNKNOWN_SERVER;
+        if mcp["method"] != "tools/list" || mcp.get("batch").is_some() || unknown {
+            return None;
+        }
+        let pins = self.c.intent.mcp_pins()?.clone();
+        let server = mcp["server"].as_str()?.to_owned();
+        Some(Box::new(crate::intent::mcp::listing::Listing::new(
+            pins,
+            self.c.audit.clone(),
+            caller.tenant.clone(),
+            server,
+        )))
     }
 
     /// Gates 2 to 5, each one's output the next one's input; what each learns is also kept

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use super::reply::{Reply, error, json_bytes, unauthorized};
 use super::request::bearer;
 use super::state::Admin;
-use super::{access_routes, agents, audit, consent, dashboard, events, policy, system, token};
+use super::{access_routes, agents, audit, consent, dashboard, events, mcp, policy, system, token};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -79,6 +79,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .routes(routes!(system::metrics))
         .routes(routes!(policy::evaluation))
         .routes(routes!(policy::evaluations))
+        .routes(routes!(mcp::tools))
+        .routes(routes!(mcp::accept))
         .routes(routes!(access_routes::submit))
         .routes(routes!(access_routes::status))
         .routes(routes!(access_routes::cancel))

@@ -121,7 +121,8 @@ pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
     Ok(())
 }
 
-fn request(
+/// One admin API call on the running proxy; a refusal is the error, with its reason.
+pub(crate) fn request(
     state: &StateDir,
     method: Method,
     path: &str,

@@ -6,7 +6,9 @@
 //! server's vendor names things (`github.repo acme/web`), so one policy covers the REST
 //! and the MCP path; the arguments go into `context.mcp` with secrets redacted.
 
+pub mod listing;
 pub(crate) mod message;
+pub mod pins;
 
 use std::sync::Arc;
 
@@ -90,9 +92,9 @@ impl McpServer {
     }
 }
 
-/// The configured servers, ready for matching.
+/// The configured servers, ready for matching, and the tool pins.
 #[derive(Debug, Default)]
-pub struct Servers(Vec<Compiled>);
+pub struct Servers(Vec<Compiled>, Option<Arc<pins::Pins>>);
 
 #[derive(Debug)]
 struct Compiled {
@@ -119,7 +121,19 @@ impl Servers {
                     })
                 })
                 .collect(),
+            None,
         )
+    }
+
+    /// The tool pins, when kept.
+    pub fn pins(&self) -> Option<&Arc<pins::Pins>> {
+        self.1.as_ref()
+    }
+
+    /// Pins tools and judges calls by their pins.
+    pub fn with_pins(mut self, pins: Arc<pins::Pins>) -> Servers {
+        self.1 = Some(pins);
+        self
     }
 }
 
@@ -128,6 +142,7 @@ impl Servers {
 pub(super) struct McpTarget {
     server: Arc<str>,
     vendor: Option<&'static vendors::Vendor>,
+    pins: Option<Arc<pins::Pins>>,
 }
 
 /// Whether the request is MCP: to a configured server, or declaring itself.
@@ -144,6 +159,7 @@ pub(super) fn find(servers: &Servers, t: &Target<'_>, path: &str) -> Option<McpT
         return Some(McpTarget {
             server: s.name.clone(),
             vendor: s.vendor,
+            pins: servers.1.clone(),
         });
     }
     let declared = t.headers.contains_key("mcp-method")
@@ -152,6 +168,7 @@ pub(super) fn find(servers: &Servers, t: &Target<'_>, path: &str) -> Option<McpT
     declared.then(|| McpTarget {
         server: UNKNOWN_SERVER.into(),
         vendor: None,
+        pins: None,
     })
 }
 
@@ -166,6 +183,8 @@ pub(super) struct Meaning {
     pub context: Map<String, Value>,
     /// `context.body`, as the vendor's REST path records it.
     body: Map<String, Value>,
+    /// `context.tool`: what the pins say of the called tool.
+    tool: Option<Value>,
 }
 
 /// Reads an MCP request: its message (POST) or what a GET or DELETE does to the session.
@@ -173,6 +192,7 @@ pub(super) fn read(
     m: &McpTarget,
     t: &Target<'_>,
     body: BodyPrefix<'_>,
+    tenant: Option<&str>,
 ) -> Result<Meaning, IntentError> {
     let mut ctx = Map::new();
     ctx.insert("server".into(), (*m.server).into());
@@ -192,6 +212,7 @@ pub(super) fn read(
         resource_props: Map::new(),
         context: mcp_context(ctx),
         body: Map::new(),
+        tool: None,
     };
     match *t.method {
         // The server's stream (and the older HTTP+SSE transport's event stream).
@@ -228,7 +249,7 @@ pub(super) fn read(
     // A batch is judged by its most dangerous message; all are listed.
     let judged = messages
         .iter()
-        .map(|msg| one(m, msg))
+        .map(|msg| one(m, msg, tenant))
         .collect::<Result<Vec<Meaning>, IntentError>>()?;
     let batch: Vec<Value> = judged.iter().map(|j| (*j.action).into()).collect();
     // The first of the most dangerous (a batch is never empty: `read` refuses that).
@@ -253,6 +274,9 @@ pub(super) fn read(
         let body = std::mem::take(&mut meaning.body);
         meaning.context.insert("body".into(), Value::Object(body));
     }
+    if let Some(tool) = meaning.tool.take() {
+        meaning.context.insert("tool".into(), tool);
+    }
     Ok(meaning)
 }
 
@@ -264,9 +288,10 @@ fn mcp_context(ctx: Map<String, Value>) -> Map<String, Value> {
 }
 
 /// One message's action, class and resource.
-fn one(m: &McpTarget, msg: &Message) -> Result<Meaning, IntentError> {
+fn one(m: &McpTarget, msg: &Message, tenant: Option<&str>) -> Result<Meaning, IntentError> {
     let server = &*m.server;
     let mut ctx = Map::new();
+    let mut tool_ctx = None;
     ctx.insert("method".into(), msg.method.as_str().into());
     let dotted = msg.method.replace('/', ".");
     let (action, class, resource_type, resource_id) = match msg.method.as_str() {
@@ -277,9 +302,19 @@ fn one(m: &McpTarget, msg: &Message) -> Result<Meaning, IntentError> {
                 "arguments".into(),
                 Value::Object(context::redact_secrets(&msg.arguments)),
             );
+            // What the pins say of the tool: its pinned annotations decide its class, and a
+            // change since pinning is for the policy to see.
+            let pinned = m.pins.as_ref().map(|p| p.context(tenant, server, tool));
+            let class = pinned
+                .as_ref()
+                .and_then(|p| annotated_class(&p["annotations"]))
+                .unwrap_or_else(|| tool_class(tool));
+            if let Some(p) = pinned {
+                tool_ctx = Some(p);
+            }
             (
                 format!("mcp.{server}.tools.call.{tool}"),
-                tool_class(tool),
+                class,
                 "mcp.tool".to_owned(),
                 format!("{server}/{tool}"),
             )
@@ -323,6 +358,7 @@ fn one(m: &McpTarget, msg: &Message) -> Result<Meaning, IntentError> {
         resource_props: Map::new(),
         context: ctx,
         body: Map::new(),
+        tool: tool_ctx,
     };
     // The vendor names the resource its REST API would: one policy for both paths.
     if msg.method == "tools/call" {
@@ -339,10 +375,23 @@ fn one(m: &McpTarget, msg: &Message) -> Result<Meaning, IntentError> {
     Ok(meaning)
 }
 
+/// A tool's class from its (pinned) annotations: `readOnlyHint` reads, `destructiveHint`
+/// deletes; `None` when they say neither.
+fn annotated_class(annotations: &Value) -> Option<Class> {
+    if annotations["readOnlyHint"] == true {
+        Some(Class::Read)
+    } else if annotations["destructiveHint"] == true {
+        Some(Class::Delete)
+    } else {
+        None
+    }
+}
+
 /// Methods that only read or set up the session; anything else is unknown.
 fn method_class(method: &str) -> Class {
-    const READS: [&str; 10] = [
+    const READS: [&str; 11] = [
         "initialize",
+        "server/discover",
         "ping",
         "tools/list",
         "resources/list",

@@ -155,7 +155,7 @@ impl Routed<'_, '_> {
             bytes: &[],
             truncated: false,
         });
-        let meaning = super::mcp::read(m, t, prefix)?;
+        let meaning = super::mcp::read(m, t, prefix, subject.tenant)?;
         context.extend(meaning.context);
         Ok(Tuple::new(Parts {
             subject,

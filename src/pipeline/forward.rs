@@ -43,6 +43,8 @@ pub(super) struct Outbound<'a> {
     pub(super) started: Instant,
     /// Filled while the body streams: its digest, for the outcome record.
     pub(super) sent: Arc<SentBody>,
+    /// Reads the answer as it streams (an MCP tool listing, for pinning).
+    pub(super) tap: Option<Box<dyn crate::body::Tap>>,
 }
 
 impl Pipeline {
@@ -98,6 +100,7 @@ impl Pipeline {
             aborted: false,
             redacted: 0,
             unscanned: None,
+            tap: out.tap,
         };
         // Response hygiene: the agent never sees the credential, even if the upstream
         // echoes it (token introspection, debug endpoints).

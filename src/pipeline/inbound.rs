@@ -117,8 +117,7 @@ impl Pipeline {
         let routed = match routed {
             // An inspected operation sent as GET or HEAD is judged without its body: a body
             // would be one the vendor might read and intent did not.
-            Ok(r) if r.judged_without_body() && !inbound.body.is_end_stream() =>
-            {
+            Ok(r) if r.judged_without_body() && !inbound.body.is_end_stream() => {
                 Err(IntentError::Ambiguous(format!(
                     "{} requests to this operation are judged without a body, and this one has one; send it without",
                     parts.method

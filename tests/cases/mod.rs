@@ -25,6 +25,7 @@ mod intent_policy;
 mod k8s_inject;
 mod lifecycle;
 mod load;
+mod mcp;
 mod mcp_peers;
 mod metrics;
 mod oidc_provider;

@@ -169,10 +169,17 @@ async fn workload_api_stream_waits_for_first_bundles_and_ends_on_stop() {
     let end = tokio::time::timeout(STREAM_TIMEOUT, stream.next())
         .await
         .expect("stream did not end after the server stopped");
+    // UNAVAILABLE when the server's cancel reaches the client first; on a loaded machine
+    // the process may be gone before that frame is flushed, and the client sees the
+    // connection break instead (an h2 error, "Unknown"). Either is an error, not a hang
+    // and not a clean end.
     match end {
         Some(Err(WorkloadApiError::Transport(TransportError::Status(s))))
-            if s.code() == GrpcStatusCode::Unavailable => {}
-        other => panic!("expected UNAVAILABLE after the server stopped, got {other:?}"),
+            if s.code() == GrpcStatusCode::Unavailable
+                || (s.code() == GrpcStatusCode::Unknown && s.message().contains("h2")) => {}
+        other => panic!(
+            "expected UNAVAILABLE (or the connection broken) after the server stopped, got {other:?}"
+        ),
     }
 }
 

@@ -1,0 +1,156 @@
+//! Reads a `tools/list` answer as it streams to the agent (JSON, or a Server-Sent Events
+//! stream of JSON-RPC messages), bounded, and hands its tools to the pins once it ended
+//! whole. A listing larger than the bound is not pinned (and logged), never held up.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::pins::Pins;
+use crate::audit::Audit;
+use crate::audit::record;
+
+/// Bytes of a listing read at most.
+const MAX_LISTING: usize = 4 << 20;
+
+/// The tap on one `tools/list` answer.
+#[derive(Debug)]
+pub struct Listing {
+    pub pins: Arc<Pins>,
+    pub audit: Arc<Audit>,
+    pub tenant: Option<String>,
+    pub server: String,
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl Listing {
+    /// A tap for a listing of `server`'s tools asked by `tenant`'s agent.
+    pub fn new(
+        pins: Arc<Pins>,
+        audit: Arc<Audit>,
+        tenant: Option<String>,
+        server: String,
+    ) -> Listing {
+        Listing {
+            pins,
+            audit,
+            tenant,
+            server,
+            buf: Vec::new(),
+            over: false,
+        }
+    }
+}
+
+impl crate::body::Tap for Listing {
+    fn feed(&mut self, data: &[u8]) {
+        if self.over {
+            return;
+        }
+        if self.buf.len() + data.len() > MAX_LISTING {
+            self.over = true;
+            self.buf = Vec::new();
+            tracing::warn!(server = %self.server, "an MCP tool listing larger than 4 MiB was not pinned");
+            return;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    fn done(self: Box<Self>, whole: bool) {
+        if self.over || !whole {
+            return;
+        }
+        let tools = tools_of(&self.buf);
+        if tools.is_empty() {
+            return;
+        }
+        let seen = self
+            .pins
+            .observe(self.tenant.as_deref(), &self.server, &tools);
+        for (event, names) in [
+            ("mcp_tools_pinned", &seen.pinned),
+            ("mcp_tool_changed", &seen.changed),
+        ] {
+            if names.is_empty() {
+                continue;
+            }
+            if event == "mcp_tool_changed" {
+                tracing::warn!(server = %self.server, tools = ?names, "an MCP server changed pinned tools; calls to them now need `agentgate mcp accept`");
+            }
+            self.audit.submit(
+                record::Admin {
+                    event: event.into(),
+                    tenant: self.tenant.clone(),
+                    detail: record::Detail::Other(serde_json::json!({
+                        "server": self.server,
+                        "tools": names,
+                    })),
+                }
+                .into(),
+            );
+        }
+    }
+}
+
+/// The tools of every JSON-RPC result in `body` (one JSON message, or an SSE stream).
+fn tools_of(body: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim_start();
+    let messages: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        match serde_json::from_str::<Value>(trimmed) {
+            Ok(Value::Array(list)) => list,
+            Ok(v) => vec![v],
+            Err(_) => Vec::new(),
+        }
+    } else {
+        sse_data(&text)
+            .iter()
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    };
+    messages
+        .iter()
+        .filter_map(|m| m.get("result")?.get("tools")?.as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// The `data` of each event of a Server-Sent Events stream (multi-line data joined).
+fn sse_data(text: &str) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut data: Option<String> = None;
+    for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+        if line.is_empty() {
+            events.extend(data.take());
+        } else if let Some(rest) = line.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(rest);
+                }
+                None => data = Some(rest.to_owned()),
+            }
+        }
+    }
+    events.extend(data);
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_come_from_json_and_from_sse() {
+        let json = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#;
+        assert_eq!(tools_of(json).len(), 2);
+        let sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\r\ndata: \"result\":{\"tools\":[{\"name\":\"c\"}]}}\r\n\r\n";
+        let tools = tools_of(sse);
+        assert_eq!(tools.len(), 1);
+        assert_eq!(tools[0]["name"], "c");
+        assert!(tools_of(b"not json").is_empty());
+    }
+}
