@@ -1,6 +1,6 @@
 //! Reads a `tools/list` answer as it streams to the agent (JSON, or a Server-Sent Events
 //! stream of JSON-RPC messages), bounded, and hands its tools to the pins once it ended
-//! whole. A listing larger than the bound is not pinned (and logged), never held up.
+//! whole. A listing larger than 1 MiB is not pinned (and logged); none is ever held up.
 
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ use super::pins::Pins;
 use crate::audit::Audit;
 use crate::audit::record;
 
-/// Bytes of a listing read at most.
-const MAX_LISTING: usize = 4 << 20;
+/// Bytes of a listing read at most (per answer in flight).
+const MAX_LISTING: usize = 1 << 20;
 
 /// The tap on one `tools/list` answer.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl crate::body::Tap for Listing {
         if self.buf.len() + data.len() > MAX_LISTING {
             self.over = true;
             self.buf = Vec::new();
-            tracing::warn!(server = %self.server, "an MCP tool listing larger than 4 MiB was not pinned");
+            tracing::warn!(server = %self.server, "an MCP tool listing larger than 1 MiB was not pinned");
             return;
         }
         self.buf.extend_from_slice(data);
