@@ -1,6 +1,8 @@
 //! Gates 2 and 3 on typical requests: catalog match alone, intent (route + tuple), the default
 //! policy's evaluation, and both together. Baseline in the same run: building the request's
-//! header map and JSON subject, which every request pays anyway.
+//! header map and JSON subject, which every request pays anyway. An MCP `tools/call`
+//! (`mcp_create_issue`, a pinned tool on a configured server) is measured beside the REST
+//! call that does the same with a body of the same size (`github_issue_create_same_size`).
 //!
 //! `cargo bench --bench intent_policy`
 
@@ -11,6 +13,8 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 
+use agentgate::intent::mcp::McpServer;
+use agentgate::intent::mcp::pins::Pins;
 use agentgate::intent::{BodyPrefix, Intent, Subject, Target};
 use agentgate::policy::{Policy, PolicyConfig, default_sources};
 
@@ -24,8 +28,30 @@ struct Case {
     content_type: Option<&'static str>,
 }
 
+/// The MCP call and a REST body of the same length (the REST body is padded).
+const MCP_CALL: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{"owner":"acme","repo":"web","title":"bug","body":"it broke"}}}"#;
+const REST_SAME_SIZE: &[u8] = br#"{"title":"bug","body":"it broke ......................................................................................................................."}"#;
+
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "mcp_create_issue",
+            method: Method::POST,
+            host: "api.githubcopilot.com",
+            path: "/mcp",
+            query: None,
+            body: MCP_CALL,
+            content_type: Some("application/json"),
+        },
+        Case {
+            name: "github_issue_create_same_size",
+            method: Method::POST,
+            host: "api.github.com",
+            path: "/repos/acme/web/issues",
+            query: None,
+            body: REST_SAME_SIZE,
+            content_type: Some("application/json"),
+        },
         Case {
             name: "github_issue_list",
             method: Method::GET,
@@ -76,7 +102,24 @@ fn subject() -> Subject<'static> {
 }
 
 fn bench(c: &mut Criterion) {
-    let intent = Intent::embedded(1 << 20).expect("catalog");
+    assert_eq!(MCP_CALL.len(), REST_SAME_SIZE.len(), "same-size bodies");
+    let pins = std::sync::Arc::new(Pins::in_memory());
+    pins.observe(
+        None,
+        "github",
+        &[
+            serde_json::json!({"name": "create_issue", "description": "Open an issue.",
+                             "inputSchema": {"type": "object"}, "annotations": {}}),
+        ],
+    );
+    let intent = Intent::embedded(1 << 20)
+        .expect("catalog")
+        .with_mcp(&[McpServer {
+            name: "github".into(),
+            url: "https://api.githubcopilot.com/mcp".into(),
+            vendor: None,
+        }])
+        .with_mcp_pins(pins);
     let policy =
         Policy::from_sources(&default_sources(), &PolicyConfig::default()).expect("policy");
     let mut group = c.benchmark_group("intent_policy");
@@ -100,10 +143,11 @@ fn bench(c: &mut Criterion) {
             query: case.query,
             headers: &headers,
         };
-        let host = intent.catalog().host(case.host).expect("host");
-        group.bench_function(format!("match/{}", case.name), |b| {
-            b.iter(|| black_box(host.find(black_box(&case.method), black_box(case.path))))
-        });
+        if let Some(host) = intent.catalog().host(case.host) {
+            group.bench_function(format!("match/{}", case.name), |b| {
+                b.iter(|| black_box(host.find(black_box(&case.method), black_box(case.path))))
+            });
+        }
         let body = Some(BodyPrefix {
             bytes: case.body,
             truncated: false,

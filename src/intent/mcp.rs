@@ -13,7 +13,7 @@ pub mod pins;
 use std::sync::Arc;
 
 use http::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::body::BodyPrefix;
 use super::class::Class;
@@ -430,23 +430,6 @@ pub fn tool_class(tool: &str) -> Class {
     } else {
         Class::Write
     }
-}
-
-/// What a vendor reads from an MCP tool call's arguments.
-#[derive(Debug, Default)]
-pub struct McpReading {
-    /// The resource its REST API would name: type, id, properties.
-    pub resource: Option<(&'static str, String, Map<String, Value>)>,
-    /// Added as `context.body` (mail: the recipients, as the REST path records them).
-    pub body: Map<String, Value>,
-}
-
-/// A shorthand for the tests and vendors: the JSON of a resource's properties.
-pub fn props(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(v)))
-        .collect()
 }
 
 #[cfg(test)]

@@ -57,7 +57,9 @@ fn mcp_arguments(
         let (mut owner, mut repo) = (owner.to_owned(), repo.to_owned());
         names("owner", &mut owner)?;
         names("repo", &mut repo)?;
-        let props = crate::intent::mcp::props(&[("owner", &owner), ("repo", &repo)]);
+        let mut props = serde_json::Map::new();
+        props.insert("owner".into(), owner.clone().into());
+        props.insert("repo".into(), repo.clone().into());
         reading.resource = Some(("github.repo", format!("{owner}/{repo}"), props));
     }
     Ok(reading)

@@ -6,7 +6,6 @@ use std::fmt;
 use http::HeaderName;
 
 use crate::intent::body::BodyReader;
-pub use crate::intent::mcp::McpReading;
 
 /// Everything AgentGate knows about one vendor.
 pub struct Vendor {
@@ -70,4 +69,17 @@ pub enum Form {
         /// The user name sent with the token as password.
         user: &'static str,
     },
+}
+
+/// What a vendor reads from an MCP tool call's arguments.
+#[derive(Debug, Default)]
+pub struct McpReading {
+    /// The resource its REST API would name: type, id, properties.
+    pub resource: Option<(
+        &'static str,
+        String,
+        serde_json::Map<String, serde_json::Value>,
+    )>,
+    /// Added as `context.body` (mail: the recipients, as the REST path records them).
+    pub body: serde_json::Map<String, serde_json::Value>,
 }
