@@ -112,7 +112,8 @@ async fn mcp_decisions(proxy: &Proxy, n: usize) -> Vec<Value> {
 
 async fn judged_tool_by_tool(client: McpClient) {
     let env = TestEnv::new().await;
-    let server = McpServer::start(&env, Answers::Sse).await;
+    // The server takes nothing but the credential AgentGate injects.
+    let server = McpServer::start_with(&env, Answers::Sse, Some(CANARY)).await;
     let proxy = start(&env, &server).await;
     let who = client.name();
     let steps = json!([
@@ -360,4 +361,62 @@ async fn bad_mcp_messages_are_refused() {
         String::from_utf8_lossy(&r.body).contains("mcp-unknown-server"),
         "{r:?}"
     );
+}
+
+/// The MCP authorization spec's challenge reaches the agent unchanged when AgentGate has no
+/// credential for the server (the agent's client can see what the server wants), and the
+/// credential AgentGate holds answers it once stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_auth_challenge_passes_back_unchanged_without_a_credential() {
+    let env = TestEnv::new().await;
+    let server = McpServer::start_with(&env, Answers::Json, Some(CANARY)).await;
+    let cfg = env.with_default_policy().set(
+        "mcp",
+        "servers",
+        r#"[{ name = "github", url = "https://api.githubcopilot.com/mcp" }]"#,
+    );
+    let proxy = env.start(server.route(cfg));
+    let initialize = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+    let args = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+        "--data-binary",
+        initialize,
+        "https://api.githubcopilot.com/mcp",
+    ];
+    let r = curl(&proxy, &args).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            r#"Bearer resource_metadata="https://api.githubcopilot.com/.well-known/oauth-protected-resource", error="invalid_token""#
+        ),
+        "{r:?}"
+    );
+    let secret = env.dir.path().join("mcp-secret");
+    std::fs::write(&secret, CANARY).unwrap();
+    let stored = agentgate(
+        &proxy.home,
+        &[
+            "vault",
+            "set",
+            "copilot",
+            "--kind",
+            "static",
+            "--origin",
+            "https://api.githubcopilot.com",
+            "--secret-file",
+            &secret.display().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    ok(&stored, "vault set copilot");
+    let r = curl(&proxy, &args).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!String::from_utf8_lossy(&r.body).contains(CANARY));
 }

@@ -1,7 +1,9 @@
 // A remote MCP server (Streamable HTTP, stateful sessions) built with the official
 // TypeScript SDK (@modelcontextprotocol/sdk), served over HTTPS, for the AgentGate MCP tests.
 // Usage: node mcp_server.mjs --cert CERT.pem --key KEY.pem --log FILE [--port 0|N] [--path /mcp]
-//        [--json]
+//        [--json] [--bearer TOKEN]
+// --bearer: every request must carry `Authorization: Bearer TOKEN`; others get 401 with the
+// MCP authorization spec's WWW-Authenticate challenge (resource_metadata).
 // --json answers POSTs with application/json (the SDK's enableJsonResponse) instead of a
 // text/event-stream; progress and log notifications tied to a request are then dropped by the
 // SDK, since a JSON answer can only carry the result.
@@ -35,6 +37,7 @@ const { values: opt } = parseArgs({
     path: { type: 'string', default: '/mcp' },
     log: { type: 'string' },
     json: { type: 'boolean', default: false },
+    bearer: { type: 'string' },
   },
 });
 for (const required of ['cert', 'key', 'log']) {
@@ -294,6 +297,13 @@ async function handle(req, res) {
 
   const url = new URL(req.url, 'https://localhost');
   if (url.pathname !== opt.path) return jsonRpcError(res, 404, -32000, `Not found: ${url.pathname}`);
+  if (opt.bearer !== undefined && req.headers.authorization !== `Bearer ${opt.bearer}`) {
+    res.setHeader(
+      'WWW-Authenticate',
+      'Bearer resource_metadata="https://api.githubcopilot.com/.well-known/oauth-protected-resource", error="invalid_token"',
+    );
+    return jsonRpcError(res, 401, -32001, 'Unauthorized');
+  }
   if (bodyError) return jsonRpcError(res, 400, -32700, `Parse error: ${bodyError}`);
 
   const sid = req.headers['mcp-session-id'];

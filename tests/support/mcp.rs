@@ -62,6 +62,12 @@ impl McpServer {
     /// Starts a server for [`MCP_HOST`] (and 127.0.0.1, for direct clients) with a leaf from
     /// `env`'s upstream CA, and waits until it listens.
     pub async fn start(env: &TestEnv, answers: Answers) -> McpServer {
+        Self::start_with(env, answers, None).await
+    }
+
+    /// [`Self::start`], answering 401 with a `WWW-Authenticate` challenge to every request
+    /// without `Authorization: Bearer <bearer>`.
+    pub async fn start_with(env: &TestEnv, answers: Answers, bearer: Option<&str>) -> McpServer {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         assert!(
             clients_dir()
@@ -96,6 +102,9 @@ impl McpServer {
             .stderr(Stdio::piped());
         if answers == Answers::Json {
             cmd.arg("--json");
+        }
+        if let Some(b) = bearer {
+            cmd.arg("--bearer").arg(b);
         }
         let mut child = cmd
             .spawn()
