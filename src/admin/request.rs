@@ -19,12 +19,24 @@ pub(crate) async fn read_json_body(req: Request) -> Result<bytes::Bytes, Reply> 
             let media = v.split(';').next().unwrap_or_default().trim();
             media.eq_ignore_ascii_case("application/json")
         });
+    let mut body = req.into_body();
     if !is_json {
+        // Read (bounded) what the client sends, so its kept-alive connection stays usable
+        // for its next request instead of being closed under it.
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > MAX_ADMIN_BODY {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
         return Err(bad_request(
             "send the body as Content-Type: application/json",
         ));
     }
-    let mut body = req.into_body();
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {

@@ -6,10 +6,11 @@
 #
 # At a glance:
 #   deny      destructive operations (the rules below), every `delete`-class operation,
-#             unknown operations, unknown hosts, GitHub writes outside settings.github_orgs,
+#             unknown operations, unknown hosts, MCP servers not configured, GitHub writes outside settings.github_orgs,
 #             bulk e-mail (> settings.max_recipients recipients), GraphQL documents too large
 #             or too long to inspect
-#   escalate  every other write: a person approves it first
+#   escalate  every other write: a person approves it first; an MCP tool whose definition
+#             changed since it was pinned (rule tool_definition_changed)
 #   allow     catalog reads
 #   deny      anything else (fail closed)
 # Deny beats escalate beats allow: `deny` and `escalate` collect their rules' reasons, and
@@ -50,6 +51,10 @@
 #   github.git.fetch | github.git.push         git over HTTPS on github.com (read | write)
 #   gmail.<discovery method id minus "gmail.">  e.g. gmail.users.messages.send
 #   slack.<Web API method>                     e.g. slack.admin.users.remove
+#   mcp.<server>.tools.call.<tool>             an MCP tool call, e.g. mcp.github.tools.call.create_issue
+#                                              (class: read for get_/list_/search_… tools, delete
+#                                              for delete_/remove_…, else write)
+#   mcp.<server>.<method, "/" -> ".">          other MCP methods, e.g. mcp.github.tools.list (read)
 #
 # Cost: this runs for every request. In regorus a rule evaluated or a function called costs
 # as much as a dozen lookups, and a table written in Rego is rebuilt on every evaluation;
@@ -92,6 +97,11 @@ deny := (
 		f.class != "read"
 		name := sprintf("github.graphql.%s.%s", [f.operation, f.field])
 		some msg in operation_denials(name, f.class, object.get(data.destructive.names, name, []))
+	}
+	# rule mcp-unknown-server: MCP traffic to a server no [[mcp.servers]] entry names
+	| {msg |
+		input.context.mcp.server == "unknown"
+		msg := sprintf("%s goes to an MCP server AgentGate is not configured for: list it under [[mcp.servers]]; unknown MCP servers are denied by the default policy (rule mcp-unknown-server)", [input.action.name])
 	}
 	# rule unknown-host
 	| {msg |
@@ -199,8 +209,13 @@ github_owner := input.resource.properties.org if input.resource.type == "github.
 # escalate
 
 escalate := (
-	# rule write-escalates: every write, the action's or a GraphQL field's
+	# rule tool_definition_changed: an MCP tool the server redefined since it was pinned
 	{msg |
+		input.context.tool.changed == true
+		msg := sprintf("%s: the MCP server changed this tool's definition (%s) since AgentGate pinned it; a person must look before it is used, and `agentgate mcp accept %s %s` pins the new one (rule tool_definition_changed)", [input.action.name, concat(", ", input.context.tool.diff.fields), input.context.mcp.server, input.context.mcp.tool])
+	}
+	# rule write-escalates: every write, the action's or a GraphQL field's
+	| {msg |
 		input.action.properties.class == "write"
 		msg := sprintf("%s changes data: writes need a person's approval under the default policy (rule write-escalates)", [input.action.name])
 	}
