@@ -66,6 +66,8 @@ pub struct Member {
     pub state: StateDir,
     /// The vault's refresh leases, pointed at each session's buckets.
     pub leases: Arc<RefreshLeases>,
+    /// The MCP tool pins, shared through `<fleet>-mcp-pins`.
+    pub pins: Option<Arc<crate::intent::mcp::pins::Pins>>,
 }
 
 /// Joins the fleet and keeps this instance in step with it until `shutdown`.
@@ -192,7 +194,7 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
     let consents_kv = bucket(&js, &format!("{name}-consents"), None, replicas).await?;
     let mut consents = Mirror::open("consents", consents_kv, sealer.clone(), consents).await?;
     // Each tenant's own consent store: a bucket of its own, followed by its own task.
-    let mut tenant_sync = Vec::new();
+    let mut tenant_sync: Vec<Following> = Vec::new();
     for (tenant, store) in member.consents.all() {
         let Some(tenant) = tenant else { continue };
         let home = crate::tenants::state_dir(&member.state, tenant)
@@ -203,7 +205,14 @@ async fn session(member: &Member, last_good: &AtomicI64) -> Result<(), FleetErro
         let kv = bucket(&js, &tenant_bucket(name, tenant), None, replicas).await?;
         let name = format!("consents of tenant {tenant}");
         let mirror = Mirror::open(&name, kv, sealer.clone(), replica).await?;
-        tenant_sync.push(follow_consents(mirror, store.clone()));
+        tenant_sync.push(Box::pin(follow_consents(mirror, store.clone())));
+    }
+    // The MCP tool pins: a rug pull seen by one instance is held on every instance.
+    if let Some(pins) = &member.pins {
+        let kv = bucket(&js, &format!("{name}-mcp-pins"), None, replicas).await?;
+        let replica = crate::intent::mcp::pins::PinsReplica(pins.clone());
+        let mirror = Mirror::open("mcp pins", kv, sealer.clone(), replica).await?;
+        tenant_sync.push(Box::pin(follow(mirror)));
     }
     let has_tenants = !tenant_sync.is_empty();
     let tenant_sync = futures_util::future::try_join_all(tenant_sync);
@@ -284,6 +293,24 @@ async fn follow_consents(
                 for id in mirror.on_entry(entry).await?.answered {
                     consents.answered_elsewhere(&id);
                 }
+            }
+            _ = export.tick(), if mirror.current => mirror.publish().await?,
+        }
+    }
+}
+
+/// A store followed beside the main loop until the bus fails.
+type Following =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), FleetError>> + Send>>;
+
+/// Keeps a store that needs nothing done on an update (the MCP pins) in step with its
+/// bucket until the bus fails.
+async fn follow<R: crate::replica::Replica>(mut mirror: Mirror<R>) -> Result<(), FleetError> {
+    let mut export = tokio::time::interval(EXPORT_EVERY);
+    loop {
+        tokio::select! {
+            entry = mirror.watch.next() => {
+                mirror.on_entry(entry).await?;
             }
             _ = export.tick(), if mirror.current => mirror.publish().await?,
         }

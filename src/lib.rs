@@ -333,6 +333,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         audit: audit.clone(),
         state: state.clone(),
         leases,
+        pins: intent.mcp_pins().cloned(),
     });
     // Each tenant's admin token (created 0600 when missing): scope "tenant" t.
     let tenant_tokens = tenants::admin_tokens(state, &config.tenants)?;

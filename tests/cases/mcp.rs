@@ -420,3 +420,93 @@ async fn a_servers_auth_challenge_passes_back_unchanged_without_a_credential() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!String::from_utf8_lossy(&r.body).contains(CANARY));
 }
+
+/// In a fleet, pins are shared: a tool pinned through one instance is the pin on another,
+/// and a rug pull seen through the other makes the next call through the first escalate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_are_shared_by_the_fleet() {
+    use super::fleet::{instance_with, readyz, until};
+    let env = TestEnv::new().await;
+    let nats = crate::support::nats::Nats::start(env.dir.path());
+    let server = McpServer::start(&env, Answers::Json).await;
+    let cfg = || {
+        let cfg = env
+            .with_default_policy()
+            .set("policy", "eval_timeout", &toml_str("5s"))
+            .set("consent", "timeout", &toml_str("30s"))
+            .set(
+                "mcp",
+                "servers",
+                r#"[{ name = "github", url = "https://api.githubcopilot.com/mcp" }]"#,
+            );
+        server.route(cfg)
+    };
+    let (a, b) = (
+        instance_with(&env, &nats, "a", cfg()),
+        instance_with(&env, &nats, "b", cfg()),
+    );
+    for p in [&a, &b] {
+        until("ready", 20, 200, || readyz(p)).await;
+    }
+    let pins_of = |p: &Proxy| {
+        let home = p.home.clone();
+        async move {
+            let out = agentgate(&home, &["mcp", "tools", "-o", "json"], &[]).await;
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()["servers"][0]["tools"]
+                ["list_issues"]
+                .clone()
+        }
+    };
+    let list = json!([{"op": "list"}]);
+    step_ok(
+        &run_script(McpClient::Node, &server.url(), Via::Proxy(&a), &list, &[]).await,
+        0,
+    );
+    until("B holds the pin taken through A", 10, 1, || async {
+        u16::from(pins_of(&b).await["changed"] == false)
+    })
+    .await;
+
+    // The server redefines list_issues (a write, approved through A); B sees it in its
+    // next listing.
+    let pull = json!([call("rug_pull", json!({}))]);
+    let pulled = approving(
+        &a,
+        "list_issues",
+        run_script(McpClient::Node, &server.url(), Via::Proxy(&a), &pull, &[]),
+    )
+    .await;
+    step_ok(&pulled, 0);
+    step_ok(
+        &run_script(McpClient::Node, &server.url(), Via::Proxy(&b), &list, &[]).await,
+        0,
+    );
+    until("A holds the change seen through B", 10, 1, || async {
+        u16::from(pins_of(&a).await["changed"] == true)
+    })
+    .await;
+    // Held through A (and denied by the approver): the tool changed.
+    let out = approving(
+        &a,
+        "list_issues",
+        run_script(
+            McpClient::Node,
+            &server.url(),
+            Via::Proxy(&a),
+            &json!([call(
+                "list_issues",
+                json!({"owner": "octo", "repo": "hello"})
+            )]),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(out["steps"][0]["ok"], false, "{out}");
+    let decisions = mcp_decisions(&a, 1).await;
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["reasons"].to_string().contains("tool_definition_changed")),
+        "{decisions:#?}"
+    );
+}

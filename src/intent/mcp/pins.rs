@@ -36,6 +36,10 @@ pub struct Pin {
     pub pinned: Definition,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Definition>,
+    /// Unix microseconds of its last change here or in the fleet: the newer one wins when
+    /// two instances' pins meet.
+    #[serde(default)]
+    pub updated: i64,
 }
 
 /// The key of a server's pins: tenant (`""` for the instance) and server name.
@@ -46,6 +50,8 @@ type Key = (String, String);
 pub struct Pins {
     path: Option<PathBuf>,
     map: RwLock<BTreeMap<Key, BTreeMap<String, Pin>>>,
+    /// Moves on every change made here (what the fleet mirror publishes).
+    version: std::sync::atomic::AtomicI64,
 }
 
 /// What a listing changed.
@@ -73,6 +79,7 @@ impl Pins {
         Pins {
             path: None,
             map: RwLock::default(),
+            version: Default::default(),
         }
     }
 
@@ -98,6 +105,7 @@ impl Pins {
         Ok(Pins {
             path: Some(path),
             map: RwLock::new(map),
+            version: Default::default(),
         })
     }
 
@@ -105,6 +113,7 @@ impl Pins {
     /// pending, a tool back to its pinned form loses its pending change.
     pub fn observe(&self, tenant: Option<&str>, server: &str, tools: &[Value]) -> Observed {
         let now = crate::clock::now();
+        let micros = crate::clock::now_micros();
         let mut seen = Observed::default();
         {
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -131,18 +140,21 @@ impl Pins {
                             Pin {
                                 pinned: def,
                                 pending: None,
+                                updated: micros,
                             },
                         );
                         seen.pinned.push(name.to_owned());
                     }
                     Some(pin) if pin.pinned.hash == def.hash => {
                         if pin.pending.take().is_some() {
+                            pin.updated = micros;
                             seen.changed.push(name.to_owned());
                         }
                     }
                     Some(pin) => {
                         if pin.pending.as_ref().is_none_or(|p| p.hash != def.hash) {
                             pin.pending = Some(def);
+                            pin.updated = micros;
                             seen.changed.push(name.to_owned());
                         }
                     }
@@ -185,6 +197,7 @@ impl Pins {
                 Some(pin) => match pin.pending.take() {
                     Some(p) => {
                         pin.pinned = p;
+                        pin.updated = crate::clock::now_micros();
                         true
                     }
                     None => false,
@@ -234,6 +247,12 @@ impl Pins {
     /// Writes the pin file (0600, replaced atomically); a failure is logged, the pins in
     /// memory still count.
     fn save(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.write_file();
+    }
+
+    fn write_file(&self) {
         let Some(path) = &self.path else { return };
         let file = {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -265,6 +284,111 @@ impl Pins {
         if let Err(e) = write() {
             tracing::error!(path = %path.display(), error = %e, "MCP pins could not be saved");
         }
+    }
+}
+
+/// The fleet mirror's key for a tenant's pins of a server: `i.<server>` for the instance,
+/// `t.<hex of tenant>.<server>` for a tenant (names are `[a-z0-9_-]`, tenants may hold more).
+fn fleet_key((tenant, server): &Key) -> String {
+    if tenant.is_empty() {
+        format!("i.{server}")
+    } else {
+        format!("t.{}.{server}", crate::digest::hex(tenant.as_bytes()))
+    }
+}
+
+fn parse_fleet_key(key: &str) -> Option<Key> {
+    let mut parts = key.splitn(3, '.');
+    match (parts.next()?, parts.next()?, parts.next()) {
+        ("i", server, None) => Some((String::new(), server.to_owned())),
+        ("t", hex, Some(server)) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((String::from_utf8(bytes).ok()?, server.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// The pins as one side of the fleet's `<fleet>-mcp-pins` bucket: each tenant's pins of
+/// a server are one entry, and two instances' pins of a tool meet tool by tool, the newer
+/// change winning (a pin, a pending change, an acceptance).
+#[derive(Debug)]
+pub struct PinsReplica(pub std::sync::Arc<Pins>);
+
+impl crate::replica::Replica for PinsReplica {
+    fn version(&self) -> Result<i64, crate::replica::FleetEntryError> {
+        Ok(self.0.version.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn entries(
+        &self,
+        _now: i64,
+    ) -> Result<BTreeMap<String, Vec<u8>>, crate::replica::FleetEntryError> {
+        let map = self.0.map.read().unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .iter()
+            .map(|(k, tools)| (fleet_key(k), serde_json::to_vec(tools).unwrap_or_default()))
+            .collect())
+    }
+
+    fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        _now: i64,
+    ) -> Result<crate::replica::Applied, crate::replica::FleetEntryError> {
+        let bad = |reason: String| crate::replica::FleetEntryError::Bad {
+            key: key.to_owned(),
+            reason,
+        };
+        let Some(k) = parse_fleet_key(key) else {
+            return Err(bad("not a pins key".into()));
+        };
+        // Pins are never deleted through the fleet.
+        let Some(value) = value else {
+            return Ok(Default::default());
+        };
+        let theirs: BTreeMap<String, Pin> =
+            serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+        let (mut changed, mut ahead) = (false, false);
+        {
+            let mut map = self.0.map.write().unwrap_or_else(|p| p.into_inner());
+            if !map.contains_key(&k) && map.len() >= MAX_SERVERS {
+                return Ok(Default::default());
+            }
+            let ours = map.entry(k).or_default();
+            for (name, pin) in theirs.iter().take(MAX_TOOLS) {
+                match ours.get(name) {
+                    Some(mine) if mine.updated >= pin.updated => ahead |= mine != pin,
+                    None if ours.len() >= MAX_TOOLS => {}
+                    _ => {
+                        ours.insert(name.clone(), pin.clone());
+                        changed = true;
+                    }
+                }
+            }
+            ahead |= ours.keys().any(|name| !theirs.contains_key(name));
+        }
+        if changed {
+            self.0.write_file();
+        }
+        if ahead {
+            // What the bucket holds is behind what is held here: publish it again.
+            self.0
+                .version
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(crate::replica::Applied {
+            changed,
+            ..Default::default()
+        })
+    }
+
+    fn deletes(&self, _key: &str) -> bool {
+        false
     }
 }
 
