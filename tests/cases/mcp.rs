@@ -38,6 +38,12 @@ async fn start(env: &TestEnv, server: &McpServer) -> Proxy {
     // A second name for the same server, which no [[mcp.servers]] entry names.
     let cfg = cfg.resolve("mcp.elsewhere.example:443", server.addr);
     let proxy = env.start(server.route(cfg));
+    store_credential(env, &proxy).await;
+    proxy
+}
+
+/// `vault set copilot` with [`CANARY`] for the MCP server's origin.
+async fn store_credential(env: &TestEnv, proxy: &Proxy) {
     let secret = env.dir.path().join("mcp-secret");
     std::fs::write(&secret, CANARY).unwrap();
     let out = agentgate(
@@ -57,7 +63,6 @@ async fn start(env: &TestEnv, server: &McpServer) -> Proxy {
     )
     .await;
     ok(&out, "vault set copilot");
-    proxy
 }
 
 /// Answers held consents while `until` runs: approves every pending one, except calls of
@@ -397,25 +402,7 @@ async fn a_servers_auth_challenge_passes_back_unchanged_without_a_credential() {
         ),
         "{r:?}"
     );
-    let secret = env.dir.path().join("mcp-secret");
-    std::fs::write(&secret, CANARY).unwrap();
-    let stored = agentgate(
-        &proxy.home,
-        &[
-            "vault",
-            "set",
-            "copilot",
-            "--kind",
-            "static",
-            "--origin",
-            "https://api.githubcopilot.com",
-            "--secret-file",
-            &secret.display().to_string(),
-        ],
-        &[],
-    )
-    .await;
-    ok(&stored, "vault set copilot");
+    store_credential(&env, &proxy).await;
     let r = curl(&proxy, &args).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!String::from_utf8_lossy(&r.body).contains(CANARY));
