@@ -132,6 +132,24 @@ impl Denial {
         body.to_string()
     }
 
+    /// The body for a refused MCP request: a JSON-RPC error answering `id`, with the
+    /// usual JSON body as its `data`.
+    pub fn jsonrpc_body(&self, request_id: &str, id: &serde_json::Value) -> String {
+        let data: serde_json::Value =
+            serde_json::from_str(&self.body(request_id)).unwrap_or_default();
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                // JSON-RPC's range for errors a server defines.
+                "code": -32000,
+                "message": format!("refused by AgentGate ({}): {}", self.error, self.reason),
+                "data": data,
+            },
+        })
+        .to_string()
+    }
+
     /// The HTTP response for this denial (any body type that can hold its JSON text).
     pub fn into_response<B: From<String>>(self, request_id: &str) -> Response<B> {
         let mut resp = Response::new(B::from(self.body(request_id)));

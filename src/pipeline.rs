@@ -91,7 +91,13 @@ impl Pipeline {
                     Some(&denial),
                 );
                 self.record_refusal(record).await;
-                (denial.clone().into_response(&request_id), Some(denial))
+                let mut resp = denial.clone().into_response(&request_id);
+                // An MCP client reads a refusal of its request best as a JSON-RPC error.
+                let rpc_id = trail.tuple.as_ref().and_then(|t| t.mcp_request_id.as_ref());
+                if let Some(id) = rpc_id {
+                    *resp.body_mut() = ProxyBody::from(denial.jsonrpc_body(&request_id, id));
+                }
+                (resp, Some(denial))
             }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {

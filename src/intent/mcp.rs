@@ -185,6 +185,8 @@ pub(super) struct Meaning {
     body: Map<String, Value>,
     /// `context.tool`: what the pins say of the called tool.
     tool: Option<Value>,
+    /// The JSON-RPC id of a single request (not a batch, not a notification).
+    pub rpc_id: Option<Value>,
 }
 
 /// Reads an MCP request: its message (POST) or what a GET or DELETE does to the session.
@@ -213,6 +215,7 @@ pub(super) fn read(
         context: mcp_context(ctx),
         body: Map::new(),
         tool: None,
+        rpc_id: None,
     };
     match *t.method {
         // The server's stream (and the older HTTP+SSE transport's event stream).
@@ -265,6 +268,7 @@ pub(super) fn read(
         .ok_or_else(|| IntentError::Body(invalid("an empty JSON-RPC batch")))?;
     if batch.len() > 1 {
         ctx.insert("batch".into(), batch.into());
+        meaning.rpc_id = None;
     }
     for (k, v) in std::mem::take(&mut meaning.context) {
         ctx.entry(k).or_insert(v);
@@ -359,6 +363,7 @@ fn one(m: &McpTarget, msg: &Message, tenant: Option<&str>) -> Result<Meaning, In
         context: ctx,
         body: Map::new(),
         tool: tool_ctx,
+        rpc_id: msg.id.clone(),
     };
     // The vendor names the resource its REST API would: one policy for both paths.
     if msg.method == "tools/call" {

@@ -157,7 +157,7 @@ impl Routed<'_, '_> {
         });
         let meaning = super::mcp::read(m, t, prefix, subject.tenant)?;
         context.extend(meaning.context);
-        Ok(Tuple::new(Parts {
+        let mut tuple = Tuple::new(Parts {
             subject,
             method: t.method,
             service: Some("mcp"),
@@ -167,7 +167,9 @@ impl Routed<'_, '_> {
             resource_id: meaning.resource_id,
             resource_props: meaning.resource_props,
             context,
-        }))
+        });
+        tuple.mcp_request_id = meaning.rpc_id;
+        Ok(tuple)
     }
 
     /// The operation's resource id from its template, with each path parameter named as

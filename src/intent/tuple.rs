@@ -21,6 +21,8 @@ pub struct Tuple {
     pub resource_id: String,
     /// `{subject, action, resource, context}` as JSON: the policy input.
     pub json: Value,
+    /// For a single MCP request: its JSON-RPC id, so a refusal can answer it in kind.
+    pub mcp_request_id: Option<Value>,
 }
 
 /// What a tuple is made of, before its JSON.
@@ -75,6 +77,7 @@ impl Tuple {
             resource_type: p.resource_type,
             resource_id: p.resource_id,
             json,
+            mcp_request_id: None,
         }
     }
 }

@@ -148,6 +148,13 @@ async fn judged_tool_by_tool(client: McpClient) {
         "{who}: delete_repository: {out}"
     );
     assert!(server.calls_of("delete_repository").is_empty(), "{who}");
+    // The refusal answers the call as a JSON-RPC error the client shows, with why.
+    let refusal = out["steps"][2]["error"].to_string();
+    assert!(
+        refusal.contains("refused by AgentGate (policy_denied)")
+            && refusal.contains("delete-class"),
+        "{who}: the client did not see why: {refusal}"
+    );
     // Writes: held, approved, completed; the server saw the injected credential.
     step_ok(&out, 3);
     let created = server.calls_of("create_issue");

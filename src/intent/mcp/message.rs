@@ -25,6 +25,8 @@ pub(crate) struct Message {
     pub arguments: Map<String, Value>,
     /// Whether it expects an answer (has an `id`).
     pub request: bool,
+    /// Its JSON-RPC `id`, for a request (a refusal answers it as a JSON-RPC error).
+    pub id: Option<Value>,
 }
 
 /// Reads an MCP POST body: one message, or a batch of at most [`MAX_BATCH`].
@@ -71,6 +73,7 @@ fn message(v: &Value) -> Result<Message, BodyError> {
             name: None,
             arguments: Map::new(),
             request: false,
+            id: None,
         });
     };
     let Some(method) = method.as_str().filter(|m| valid_method(m)) else {
@@ -114,6 +117,10 @@ fn message(v: &Value) -> Result<Message, BodyError> {
         name,
         arguments,
         request,
+        id: o
+            .get("id")
+            .filter(|id| id.is_string() || id.is_number())
+            .cloned(),
     })
 }
 
