@@ -195,11 +195,17 @@ impl Pipeline {
         self.forward(out, whole_body).await
     }
 
-    /// A tap on the answer to an MCP `tools/list`, which pins the tools it lists.
+    /// A tap on the answer to an MCP `tools/list` (or on a server's stream), which pins the
+    /// tools it lists.
     fn listing_tap(&self, trail: &Trail, caller: &Caller) -> Option<Box<dyn crate::body::Tap>> {
-        let mcp = &trail.tuple.as_ref()?.json["context"]["mcp"];
+        let tuple = trail.tuple.as_ref()?;
+        let mcp = &tuple.json["context"]["mcp"];
         let unknown = mcp["server"] == crate::intent::mcp::UNKNOWN_SERVER;
-        if mcp["method"] != "tools/list" || mcp.get("batch").is_some() || unknown {
+        // A listing's answer, or a server's stream (where the older HTTP+SSE transport
+        // answers every message).
+        let listing = mcp["method"] == "tools/list" && mcp.get("batch").is_none();
+        let stream = mcp.get("method").is_none() && tuple.action.ends_with(".stream");
+        if unknown || !(listing || stream) {
             return None;
         }
         let pins = self.c.intent.mcp_pins()?.clone();

@@ -504,3 +504,59 @@ async fn pins_are_shared_by_the_fleet() {
         "{decisions:#?}"
     );
 }
+
+/// The older HTTP+SSE transport (the TypeScript SDK's SSE client and server): the stream is
+/// a read, each POSTed message is judged like a Streamable HTTP one, and the tool listing,
+/// which arrives on the stream, is pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_sse_transport_is_judged_and_pinned() {
+    let env = TestEnv::new().await;
+    let server = McpServer::start(&env, Answers::Legacy).await;
+    // Its messages go to /messages beside the stream: the server's URL covers the host.
+    let cfg = env
+        .with_default_policy()
+        .set("policy", "eval_timeout", &toml_str("5s"))
+        .set("consent", "mode", &toml_str("async"))
+        .set(
+            "mcp",
+            "servers",
+            r#"[{ name = "github", url = "https://api.githubcopilot.com" }]"#,
+        );
+    let proxy = env.start(server.route(cfg));
+    let steps = json!([
+        {"op": "list"},
+        call("list_issues", json!({"owner": "octo", "repo": "hello"})),
+        call("delete_repository", json!({"owner": "octo", "repo": "hello"})),
+    ]);
+    let out = run_script(
+        McpClient::Node,
+        &server.url(),
+        Via::Proxy(&proxy),
+        &steps,
+        &["--legacy"],
+    )
+    .await;
+    step_ok(&out, 0);
+    step_ok(&out, 1);
+    assert_eq!(out["steps"][2]["ok"], false, "{out}");
+    assert!(server.calls_of("delete_repository").is_empty());
+    let decisions = mcp_decisions(&proxy, 3).await;
+    let actions: Vec<&str> = decisions
+        .iter()
+        .filter_map(|d| d["action"]["name"].as_str())
+        .collect();
+    assert!(actions.contains(&"mcp.github.stream"), "{actions:?}");
+    assert!(
+        actions.contains(&"mcp.github.tools.call.delete_repository"),
+        "{actions:?}"
+    );
+    let pins = ok(
+        &agentgate(&proxy.home, &["mcp", "tools", "-o", "json"], &[]).await,
+        "mcp tools",
+    );
+    let pins: Value = serde_json::from_str(&pins).unwrap();
+    assert_eq!(
+        pins["servers"][0]["tools"]["list_issues"]["changed"], false,
+        "{pins}"
+    );
+}

@@ -22,6 +22,7 @@ import {
   StreamableHTTPClientTransport,
   StreamableHTTPError,
 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
 import { McpError } from '@modelcontextprotocol/sdk/types.js';
 import { Agent, fetch as undiciFetch, ProxyAgent } from 'undici';
 
@@ -32,6 +33,8 @@ const { values: opt, positionals } = parseArgs({
     ca: { type: 'string' },
     header: { type: 'string', multiple: true, default: [] },
     'timeout-ms': { type: 'string', default: '60000' },
+    // The older HTTP+SSE transport: GET URL opens the stream, POSTs go where it says.
+    legacy: { type: 'boolean', default: false },
   },
 });
 const [url, command, ...rest] = positionals;
@@ -94,7 +97,13 @@ const extraHeaders = Object.fromEntries(
     return [h.slice(0, i).trim(), h.slice(i + 1).trim()];
   }),
 );
-const transport = new StreamableHTTPClientTransport(new URL(url), {
+const transport = opt.legacy
+  ? new SSEClientTransport(new URL(url), {
+      fetch: proxiedFetch,
+      eventSourceInit: { fetch: proxiedFetch },
+      requestInit: { headers: extraHeaders },
+    })
+  : new StreamableHTTPClientTransport(new URL(url), {
   fetch: proxiedFetch,
   requestInit: { headers: extraHeaders },
   // One failed GET stream must not keep the process alive retrying.

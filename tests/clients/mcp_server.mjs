@@ -25,6 +25,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import https from 'node:https';
 import { parseArgs } from 'node:util';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { SSEServerTransport } from '@modelcontextprotocol/sdk/server/sse.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import * as z from 'zod';
@@ -38,6 +39,8 @@ const { values: opt } = parseArgs({
     log: { type: 'string' },
     json: { type: 'boolean', default: false },
     bearer: { type: 'string' },
+    // The older HTTP+SSE transport: GET --path opens the stream, POST /messages?sessionId=.
+    legacy: { type: 'boolean', default: false },
   },
 });
 for (const required of ['cert', 'key', 'log']) {
@@ -296,6 +299,7 @@ async function handle(req, res) {
   );
 
   const url = new URL(req.url, 'https://localhost');
+  if (opt.legacy) return legacyTransport(req, res, url, body);
   if (url.pathname !== opt.path) return jsonRpcError(res, 404, -32000, `Not found: ${url.pathname}`);
   if (opt.bearer !== undefined && req.headers.authorization !== `Bearer ${opt.bearer}`) {
     res.setHeader(
@@ -327,6 +331,25 @@ async function handle(req, res) {
     await server.connect(transport);
   }
   await session.transport.handleRequest(req, res, body);
+}
+
+/// The older HTTP+SSE transport: answers to POSTed messages come on the GET stream.
+const legacySessions = new Map();
+async function legacyTransport(req, res, url, body) {
+  if (req.method === 'GET' && url.pathname === opt.path) {
+    const { server } = newServer();
+    const transport = new SSEServerTransport('/messages', res);
+    legacySessions.set(transport.sessionId, transport);
+    res.on('close', () => legacySessions.delete(transport.sessionId));
+    await server.connect(transport);
+    return;
+  }
+  if (req.method === 'POST' && url.pathname === '/messages') {
+    const transport = legacySessions.get(url.searchParams.get('sessionId'));
+    if (transport === undefined) return jsonRpcError(res, 404, -32001, 'Session not found');
+    return transport.handlePostMessage(req, res, body);
+  }
+  return jsonRpcError(res, 404, -32000, `Not found: ${url.pathname}`);
 }
 
 const httpsServer = https.createServer(

@@ -43,6 +43,9 @@ pub enum Answers {
     /// `application/json` (`enableJsonResponse`): only the result; a call's notifications are
     /// dropped by the SDK.
     Json,
+    /// The older HTTP+SSE transport: `GET /mcp` is the stream, messages are `POST`ed to
+    /// `/messages?sessionId=…` and answered on the stream (clients need `--legacy`).
+    Legacy,
 }
 
 /// A running `mcp_server.mjs`; killed on drop (closing its stdin stops it too), printing its
@@ -102,6 +105,9 @@ impl McpServer {
             .stderr(Stdio::piped());
         if answers == Answers::Json {
             cmd.arg("--json");
+        }
+        if answers == Answers::Legacy {
+            cmd.arg("--legacy");
         }
         if let Some(b) = bearer {
             cmd.arg("--bearer").arg(b);

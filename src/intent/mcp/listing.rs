@@ -13,7 +13,8 @@ use crate::audit::record;
 /// Bytes of a listing read at most (per answer in flight).
 const MAX_LISTING: usize = 1 << 20;
 
-/// The tap on one `tools/list` answer.
+/// The tap on one `tools/list` answer, or on a server's stream (the older HTTP+SSE
+/// transport answers there).
 #[derive(Debug)]
 pub struct Listing {
     pub pins: Arc<Pins>,
@@ -21,6 +22,8 @@ pub struct Listing {
     pub tenant: Option<String>,
     pub server: String,
     buf: Vec<u8>,
+    /// `None` until the first byte says: JSON (read whole) or SSE (read event by event).
+    sse: Option<bool>,
     over: bool,
 }
 
@@ -38,30 +41,13 @@ impl Listing {
             tenant,
             server,
             buf: Vec::new(),
+            sse: None,
             over: false,
         }
     }
-}
 
-impl crate::body::Tap for Listing {
-    fn feed(&mut self, data: &[u8]) {
-        if self.over {
-            return;
-        }
-        if self.buf.len() + data.len() > MAX_LISTING {
-            self.over = true;
-            self.buf = Vec::new();
-            tracing::warn!(server = %self.server, "an MCP tool listing larger than 1 MiB was not pinned");
-            return;
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    fn done(self: Box<Self>, whole: bool) {
-        if self.over || !whole {
-            return;
-        }
-        let tools = tools_of(&self.buf);
+    /// Pins the tools of one JSON text (an answer, or one event's data).
+    fn take(&self, tools: Vec<Value>) {
         if tools.is_empty() {
             return;
         }
@@ -90,6 +76,60 @@ impl crate::body::Tap for Listing {
                 .into(),
             );
         }
+    }
+
+    /// Takes every complete event out of the buffer.
+    fn events(&mut self) {
+        while let Some((end, skip)) = event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
+            self.take(tools_of(&event));
+        }
+    }
+}
+
+/// Where the first event of `buf` ends, and the length of the blank line that ends it.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl crate::body::Tap for Listing {
+    fn feed(&mut self, data: &[u8]) {
+        if self.over {
+            return;
+        }
+        if self.buf.len() + data.len() > MAX_LISTING {
+            self.over = true;
+            self.buf = Vec::new();
+            tracing::warn!(server = %self.server, "an MCP answer or event larger than 1 MiB was not read for pins");
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        if self.sse.is_none() {
+            self.sse = self
+                .buf
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .map(|b| *b != b'{' && *b != b'[');
+        }
+        if self.sse == Some(true) {
+            self.events();
+        }
+    }
+
+    fn done(self: Box<Self>, whole: bool) {
+        if self.over || !whole {
+            return;
+        }
+        // JSON: the whole answer; SSE: an event the stream ended without a blank line after.
+        self.take(tools_of(&self.buf));
     }
 }
 
@@ -152,5 +192,30 @@ mod tests {
         assert_eq!(tools.len(), 1);
         assert_eq!(tools[0]["name"], "c");
         assert!(tools_of(b"not json").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::body::Tap;
+
+    /// A stream's listing is pinned when its event is complete, split however it arrives,
+    /// without waiting for the stream to end.
+    #[test]
+    fn a_streamed_listing_is_pinned_event_by_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::state::StateDir::open_or_create(dir.path().join("home")).unwrap();
+        let audit =
+            Arc::new(Audit::open(&Default::default(), &state, "test", Default::default()).unwrap());
+        let pins = Arc::new(Pins::in_memory());
+        let mut tap = Listing::new(pins.clone(), audit, None, "github".into());
+        let event = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"list_issues\"}]}}\r\n\r\n";
+        let (a, b) = event.split_at(30);
+        tap.feed(b"event: endpoint\ndata: /messages?sessionId=1\n\n");
+        tap.feed(a);
+        assert_eq!(pins.context(None, "github", "list_issues")["listed"], false);
+        tap.feed(b);
+        assert_eq!(pins.context(None, "github", "list_issues")["listed"], true);
     }
 }
