@@ -37,6 +37,9 @@ pub const DEFAULT_FILES: &[(&str, &str)] = files![
     "templates/langgraph/settings.json",
     "templates/langgraph/policy_test.yaml",
     "templates/langgraph/README.md",
+    "templates/mcp-github/policy.rego",
+    "templates/mcp-github/policy_test.yaml",
+    "templates/mcp-github/README.md",
 ];
 
 /// The default policy as in-memory sources (top-level files only, like a directory read).
