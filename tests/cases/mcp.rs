@@ -352,6 +352,38 @@ async fn bad_mcp_messages_are_refused() {
         "a refused message reached the server"
     );
 
+    // `explain` reads the same message the same way, with the configured servers.
+    let body = env.dir.path().join("call.json");
+    std::fs::write(&body, call).unwrap();
+    let config = env.dir.path().join("agentgate.toml").display().to_string();
+    let explained = ok(
+        &agentgate(
+            &proxy.home,
+            &[
+                "explain",
+                "-c",
+                &config,
+                "POST",
+                "https://api.githubcopilot.com/mcp",
+                "--body",
+                &body.display().to_string(),
+                "-H",
+                "content-type:application/json",
+                "-o",
+                "json",
+            ],
+            &[],
+        )
+        .await,
+        "explain",
+    );
+    let explained: Value = serde_json::from_str(&explained).unwrap();
+    assert_eq!(
+        explained["tuple"]["action"]["name"], "mcp.github.tools.call.delete_repository",
+        "{explained}"
+    );
+    assert_eq!(explained["decision"]["effect"], "deny", "{explained}");
+
     // Declared MCP to a host no [[mcp.servers]] names.
     let r = curl(
         &proxy,
