@@ -131,6 +131,7 @@ async fn judged_tool_by_tool(client: McpClient) {
         call("rug_pull", json!({})),
         {"op": "list"},
         call("list_issues", json!({"owner": "octo", "repo": "hello"})),
+        call("get_auth_debug", json!({})),
     ]);
     let out = approving(
         &proxy,
@@ -197,8 +198,15 @@ async fn judged_tool_by_tool(client: McpClient) {
     assert_eq!(out["steps"][8]["ok"], false, "{who}: {out}");
     assert_eq!(server.calls_of("list_issues").len(), 1, "{who}");
 
+    // A tool that echoes the injected credential over SSE: masked on the way back.
+    let echoed = call_text(step_ok(&out, 9));
+    assert!(
+        echoed.starts_with("authorization: Bearer ") && !echoed.contains(CANARY),
+        "{who}: the echoed credential was not masked: {echoed}"
+    );
+
     // Every call is in the audit with its tool; the refusals say why.
-    let decisions = mcp_decisions(&proxy, 9).await;
+    let decisions = mcp_decisions(&proxy, 10).await;
     let of = |tool: &str| -> Vec<&Value> {
         decisions
             .iter()
