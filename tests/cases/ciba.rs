@@ -751,8 +751,13 @@ async fn ciba_timeout_refuses_and_stops_polling() {
     assert_eq!(upstream_posts(&env), 0, "{:?}", env.upstream.requests());
 
     let done = polling_stopped(&op, &req["auth_req_id"]).await;
+    // Every poll was told to wait; the last may instead land just past the provider's own
+    // expiry (the same 3 s) on a loaded machine, and hear `expired_token`.
+    let said = answers(&done);
+    let (last, before) = said.split_last().expect("polled at least once");
     assert!(
-        answers(&done).iter().all(|x| x == "authorization_pending"),
+        before.iter().all(|x| x == "authorization_pending")
+            && (last == "authorization_pending" || last == "expired_token"),
         "{done:#}"
     );
     assert_eq!(
