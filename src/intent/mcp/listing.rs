@@ -24,6 +24,9 @@ pub struct Listing {
     buf: Vec<u8>,
     /// `None` until the first byte says: JSON (read whole) or SSE (read event by event).
     sse: Option<bool>,
+    /// How far `buf` was searched for an event's end: each byte is looked at once, however
+    /// small the pieces a server sends.
+    scanned: usize,
     over: bool,
 }
 
@@ -42,6 +45,7 @@ impl Listing {
             server,
             buf: Vec::new(),
             sse: None,
+            scanned: 0,
             over: false,
         }
     }
@@ -80,10 +84,23 @@ impl Listing {
 
     /// Takes every complete event out of the buffer.
     fn events(&mut self) {
-        while let Some((end, skip)) = event_end(&self.buf) {
+        // A blank line may straddle the last search's end: look back 3 bytes.
+        let from = self.scanned.saturating_sub(3);
+        let Some((end, skip)) = event_end(&self.buf[from..]) else {
+            self.scanned = self.buf.len();
+            return;
+        };
+        let mut end = from + end;
+        let mut skip = skip;
+        loop {
             let event: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
             self.take(tools_of(&event));
+            match event_end(&self.buf) {
+                Some((e, s)) => (end, skip) = (e, s),
+                None => break,
+            }
         }
+        self.scanned = self.buf.len();
     }
 }
 
