@@ -17,7 +17,7 @@ pub mod sources;
 mod tenants;
 
 pub use config::{ENTRYPOINT, Mode, PolicyConfig};
-pub use decision::{Decision, Effect};
+pub use decision::{Budget, Decision, Effect, MAX_BUDGET_LIMIT, MAX_BUDGET_WINDOW};
 pub use embedded::{DEFAULT_FILES, default_sources, seed};
 pub use engine::{Policy, Reload, Status, resolve_dir};
 pub use error::PolicyError;
