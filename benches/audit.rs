@@ -61,6 +61,8 @@ fn decision(audit: &Audit, n: u64) -> Record {
         sent: None,
         tuple: None,
         policy: None,
+        shadow: None,
+        budgets: Vec::new(),
         consent: None,
         credential: None,
         reference: false,

@@ -113,11 +113,13 @@ impl Default for IntentConfig {
 }
 
 impl Config {
-    /// Each configured tenant's name and policy directory (for [`crate::policy::Policies`]).
-    pub fn tenant_policy_dirs(&self) -> impl Iterator<Item = (&str, Option<&Path>)> {
-        self.tenants
-            .iter()
-            .map(|(name, t)| (name.as_str(), t.policy_dir.as_deref()))
+    /// Each configured tenant's name, policy directory and shadow policy directory (for
+    /// [`crate::policy::Policies`]).
+    pub fn tenant_policy_dirs(&self) -> impl Iterator<Item = (&str, Option<&Path>, Option<&Path>)> {
+        self.tenants.iter().map(|(name, t)| {
+            let (dir, shadow) = (t.policy_dir.as_deref(), t.shadow_policy_dir.as_deref());
+            (name.as_str(), dir, shadow)
+        })
     }
 
     /// Loads defaults, then `file` (if any), then `AGENTGATE_*` variables from `env`.

@@ -292,6 +292,9 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     metrics.track_cache(metrics::Cache::Identity, identity.cache_stats());
     metrics.track_cache(metrics::Cache::Vault, vault.cache_stats());
     metrics.track_webhooks(webhooks.stats.clone());
+    if policies.shadowed() {
+        metrics.track_shadow(policies.shadow_stats().clone());
+    }
     let pipeline = Arc::new(Pipeline::new(pipeline::Components {
         instance: instance_id,
         limits: config.limits.clone(),
@@ -435,11 +438,14 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let tenant_policies: serde_json::Map<String, serde_json::Value> = policies
         .tenants()
         .map(|(t, p)| {
-            let detail = serde_json::json!({"policy_dir": p.dir(), "policy_hash": &*p.hash()});
+            let mut detail = serde_json::json!({"policy_dir": p.dir(), "policy_hash": &*p.hash()});
+            if let Some(s) = p.shadow() {
+                detail["shadow"] = serde_json::json!({"dir": s.dir(), "hash": &*s.hash()});
+            }
             (t.to_owned(), detail)
         })
         .collect();
-    let loaded = serde_json::json!({
+    let mut loaded = serde_json::json!({
         "proxy": proxy_addr.to_string(),
         "admin": admin_addr.to_string(),
         "durability": config.audit.durability,
@@ -451,6 +457,9 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         "tenants": tenant_policies,
         "catalog_operations": intent.catalog().operations(),
     });
+    if let Some(s) = policy.shadow() {
+        loaded["policy_shadow"] = serde_json::json!({"dir": s.dir(), "hash": &*s.hash()});
+    }
     audit.admin_event("config_loaded", loaded).await?;
     instance::write(
         state,

@@ -232,6 +232,7 @@ pub struct Metrics {
     caches: [OnceLock<Arc<CacheStats>>; CACHES.len()],
     webhooks: OnceLock<Arc<crate::webhooks::Stats>>,
     otel: OnceLock<Arc<crate::otel::stats::Stats>>,
+    shadow: OnceLock<Arc<crate::policy::ShadowStats>>,
 }
 
 impl Default for Metrics {
@@ -254,6 +255,7 @@ impl Default for Metrics {
             caches: Default::default(),
             webhooks: OnceLock::new(),
             otel: OnceLock::new(),
+            shadow: OnceLock::new(),
         }
     }
 }
@@ -320,6 +322,11 @@ impl Metrics {
     /// Shows the OTLP exporter's counters (`[otel]`).
     pub fn track_otel(&self, stats: Arc<crate::otel::stats::Stats>) {
         let _ = self.otel.set(stats);
+    }
+
+    /// Shows how shadow policies compared with the active ones (`policy.shadow`).
+    pub fn track_shadow(&self, stats: Arc<crate::policy::ShadowStats>) {
+        let _ = self.shadow.set(stats);
     }
 
     /// Requests decided so far with this outcome (for tests and logs).

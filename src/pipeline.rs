@@ -230,7 +230,7 @@ impl Pipeline {
     ) -> Result<Injection, Denial> {
         let tuple = self.derive(target, parts, inbound, caller).await?;
         trail.tuple = Some(tuple.clone());
-        let (policies, decided) = (&self.c.policies, &mut trail.decision);
+        let (policies, decided) = (&self.c.policies, &mut trail.policy);
         let verdict = (self.judge_cpu(inbound, || {
             gates::policy::evaluate(policies, caller, &tuple, decided)
         }))

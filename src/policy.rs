@@ -13,6 +13,7 @@ mod embedded;
 pub mod engine;
 pub mod error;
 pub mod runner;
+pub mod shadow;
 pub mod sources;
 mod tenants;
 
@@ -21,6 +22,7 @@ pub use decision::{Budget, Decision, Effect, MAX_BUDGET_LIMIT, MAX_BUDGET_WINDOW
 pub use embedded::{DEFAULT_FILES, default_sources, seed};
 pub use engine::{Policy, Reload, Status, resolve_dir};
 pub use error::PolicyError;
+pub use shadow::ShadowStats;
 pub use sources::{Loaded, Sources};
 pub use tenants::{Policies, resolve_tenant_dir};
 

@@ -24,6 +24,9 @@ pub struct TenantConfig {
     /// default policy on first start (never overwritten).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_dir: Option<PathBuf>,
+    /// A candidate policy evaluated beside the tenant's own, never affecting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_policy_dir: Option<PathBuf>,
     /// The tenant's own `[consent]` section; absent means the instance's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consent: Option<ConsentConfig>,

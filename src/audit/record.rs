@@ -17,8 +17,8 @@ pub use admin::{
     PolicyReloadFailed, PolicyReloaded, ResourceRef,
 };
 pub use request::{
-    ConsentNote, CredentialNote, Decision, Ended, Outcome, PolicyNote, Sent, Sha256, Tuple,
-    Upgrade, Verdict,
+    BudgetNote, ConsentNote, CredentialNote, Decision, Ended, Outcome, PolicyNote, Sent, Sha256,
+    ShadowNote, Tuple, Upgrade, Verdict,
 };
 
 /// One audit record, by `kind`. The writer adds `seq`, `ts` and `instance` when it commits.

@@ -20,18 +20,35 @@ pub struct Verdict {
     pub escalate: bool,
 }
 
+/// What policy said about one request, kept for its record whatever happens next.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// The active policy's decision.
+    pub active: Option<Arc<Decision>>,
+    /// The shadow policy's decision, when it has one and its effect differs.
+    pub shadow: Option<Arc<Decision>>,
+}
+
 /// Decides on `tuple` for `caller`. The decision is also left in `decided`, for the record,
-/// whether it lets the request on or refuses it. An agent of a tenant that is not configured
-/// (while others are) is refused even in observe mode: an unknown tenant never passes.
-/// Never fails inside: an error in the policy is a denial with its reason.
+/// whether it lets the request on or refuses it, with a shadow policy's when it differs.
+/// An agent of a tenant that is not configured (while others are) is refused even in
+/// observe mode: an unknown tenant never passes. Never fails inside: an error in the policy
+/// is a denial with its reason.
 pub fn evaluate(
     policies: &Policies,
     caller: &Caller,
     tuple: &Tuple,
-    decided: &mut Option<Arc<Decision>>,
+    decided: &mut Decided,
 ) -> Result<Verdict, Denial> {
     let (decision, mode) = match policies.for_tenant(caller.tenant.as_deref()) {
-        Some(policy) => (policy.decide(&tuple.json), policy.mode),
+        Some(policy) => {
+            let decision = policy.decide(&tuple.json);
+            if let Some(shadow) = policy.shadow() {
+                let theirs = shadow.decide(&tuple.json);
+                decided.shadow = policies.shadow_stats().compare(&decision, theirs);
+            }
+            (decision, policy.mode)
+        }
         None => {
             let reason = format!(
                 "tenant {} is not configured in [tenants]",
@@ -43,7 +60,7 @@ pub fn evaluate(
             )
         }
     };
-    let decision = decided.insert(decision).clone();
+    let decision = decided.active.insert(decision).clone();
     let escalate = escalates(&decision, mode)?;
     Ok(Verdict { decision, escalate })
 }

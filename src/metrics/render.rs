@@ -173,6 +173,22 @@ impl Metrics {
             let _ = writeln!(o, "agentgate_webhooks_total{{result=\"{result}\"}} {n}");
         }
 
+        if let Some(shadow) = self.shadow.get() {
+            head(
+                o,
+                "agentgate_policy_shadow_total",
+                "counter",
+                "Requests the shadow policy also decided, by the active policy's effect and the shadow's (equal: they agreed).",
+            );
+            for (active, theirs, n) in shadow.snapshot() {
+                let (a, t) = (active.as_str(), theirs.as_str());
+                let _ = writeln!(
+                    o,
+                    "agentgate_policy_shadow_total{{active=\"{a}\",shadow=\"{t}\"}} {n}"
+                );
+            }
+        }
+
         if let Some(otel) = self.otel.get() {
             head(
                 o,

@@ -26,7 +26,7 @@ impl Pipeline {
     ) -> Record {
         let caller = trail.caller.as_deref();
         let mut reasons: Vec<String> = Vec::new();
-        let policy = trail.decision.as_ref().map(|d| {
+        let policy = trail.policy.active.as_ref().map(|d| {
             reasons.extend(d.reasons.iter().cloned());
             record::PolicyNote {
                 policy_effect: d.effect.as_str().into(),
@@ -98,6 +98,12 @@ impl Pipeline {
                 context: t.json["context"].clone(),
             }),
             policy,
+            shadow: trail.policy.shadow.as_ref().map(|d| record::ShadowNote {
+                effect: d.effect.as_str().into(),
+                policy_hash: d.policy_hash.to_string(),
+                reasons: d.reasons.clone(),
+            }),
+            budgets: Vec::new(),
             consent,
             credential,
             reference: issued.is_some_and(|i| i.reference),
@@ -168,7 +174,7 @@ pub(super) fn log_request(
         path,
         action = trail.tuple.as_ref().map(|t| &*t.action),
         resource = trail.tuple.as_ref().map(|t| t.resource_id.as_str()),
-        policy = trail.decision.as_ref().map(|d| d.effect.as_str()),
+        policy = trail.policy.active.as_ref().map(|d| d.effect.as_str()),
         credential = trail.injection.as_ref().and_then(|i| i.issued()).map(|i| i.grant.credential.fingerprint.as_str()),
         status = status.as_u16(),
         denied_by = denied.map(|d| d.gate.as_str()),

@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use super::sent::Sent;
 use crate::consent::Granted;
+use crate::gates::policy::Decided;
 use crate::gates::token::Injection;
 use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::policy::Decision;
 
 /// The record's view of one request.
 #[derive(Default)]
 pub(super) struct Trail {
     pub(super) caller: Option<Arc<Caller>>,
     pub(super) tuple: Option<Arc<Tuple>>,
-    pub(super) decision: Option<Arc<Decision>>,
+    /// What the policy (and its shadow) said.
+    pub(super) policy: Decided,
     /// The approval that let an escalated request through.
     pub(super) consent: Option<Granted>,
     pub(super) injection: Option<Injection>,

@@ -34,6 +34,9 @@ pub struct PolicyConfig {
     /// Policy directory; empty means `<state dir>/policies`, seeded with the default policy
     /// on first run.
     pub dir: PathBuf,
+    /// A candidate policy directory evaluated beside the active one on every request,
+    /// never affecting it; empty means none.
+    pub shadow: PathBuf,
     /// `enforce`, or `observe`: decide and audit, but let every request through.
     pub mode: Mode,
     /// Longest one evaluation may run before the request is denied.
@@ -48,6 +51,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::new(),
+            shadow: PathBuf::new(),
             mode: Mode::Enforce,
             eval_timeout: Duration::from_millis(100),
             reload_interval: Duration::from_secs(1),

@@ -52,6 +52,9 @@ pub struct Status {
     pub mode: &'static str,
     /// Why the newest files were not loaded (the previous policy stays in force).
     pub last_error: Option<String>,
+    /// The shadow policy evaluated beside this one, when `policy.shadow` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<Status>>,
 }
 
 /// The policy gate's state: the policy in force and how to reload it.
@@ -63,6 +66,10 @@ pub struct Policy {
     last_error: ArcSwap<Option<String>>,
     /// The tenant this policy decides for (`None`: the instance's).
     tenant: Option<String>,
+    /// The candidate evaluated beside this policy on every request (`policy.shadow`).
+    shadow: Option<Arc<Policy>>,
+    /// This is a shadow: it never decides, only records what it would have.
+    is_shadow: bool,
 }
 
 type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
@@ -94,6 +101,8 @@ impl Policy {
             fingerprint: std::sync::Mutex::new(fingerprint),
             last_error: ArcSwap::from_pointee(None),
             tenant: None,
+            shadow: None,
+            is_shadow: false,
         })
     }
 
@@ -108,6 +117,8 @@ impl Policy {
             fingerprint: std::sync::Mutex::new(Vec::new()),
             last_error: ArcSwap::from_pointee(None),
             tenant: None,
+            shadow: None,
+            is_shadow: false,
         })
     }
 
@@ -115,6 +126,24 @@ impl Policy {
     pub fn with_tenant(mut self, tenant: &str) -> Policy {
         self.tenant = Some(tenant.to_owned());
         self
+    }
+
+    /// Evaluates `shadow` beside this policy on every request.
+    pub fn with_shadow(mut self, mut shadow: Policy) -> Policy {
+        shadow.is_shadow = true;
+        shadow.tenant = self.tenant.clone();
+        self.shadow = Some(Arc::new(shadow));
+        self
+    }
+
+    /// The candidate policy evaluated beside this one, if any.
+    pub fn shadow(&self) -> Option<&Arc<Policy>> {
+        self.shadow.as_ref()
+    }
+
+    /// Whether this is a shadow policy (evaluated, never enforced).
+    pub fn is_shadow(&self) -> bool {
+        self.is_shadow
     }
 
     /// The tenant this policy decides for; `None` for the instance's.
@@ -139,8 +168,13 @@ impl Policy {
             dir: self.dir.display().to_string(),
             hash: current.hash.to_string(),
             files: current.files.clone(),
-            mode: self.mode.as_str(),
+            mode: if self.is_shadow {
+                "shadow"
+            } else {
+                self.mode.as_str()
+            },
             last_error: (**self.last_error.load()).clone(),
+            shadow: self.shadow.as_ref().map(|s| Box::new(s.status())),
         }
     }
 
@@ -258,19 +292,26 @@ impl Policy {
         let (event, detail) = match outcome {
             Reload::Unchanged => return,
             Reload::Loaded { hash } => {
-                tracing::info!(dir = %self.dir.display(), %hash, tenant = self.tenant(), "policy reloaded");
+                tracing::info!(dir = %self.dir.display(), %hash, tenant = self.tenant(), shadow = self.is_shadow, "policy reloaded");
                 let hash = hash.to_string();
-                let detail = record::PolicyReloaded { dir, hash, tenant };
+                let shadow = self.is_shadow;
+                let detail = record::PolicyReloaded {
+                    dir,
+                    hash,
+                    tenant,
+                    shadow,
+                };
                 ("policy_reloaded", record::Detail::PolicyReloaded(detail))
             }
             Reload::Failed(error) => {
-                tracing::error!(dir = %self.dir.display(), %error, tenant = self.tenant(), "policy not reloaded; the previous policy stays in force");
+                tracing::error!(dir = %self.dir.display(), %error, tenant = self.tenant(), shadow = self.is_shadow, "policy not reloaded; the previous policy stays in force");
                 let (error, in_force) = (error.clone(), self.hash().to_string());
                 let detail = record::PolicyReloadFailed {
                     dir,
                     error,
                     in_force,
                     tenant,
+                    shadow: self.is_shadow,
                 };
                 (
                     "policy_reload_failed",

@@ -10,6 +10,7 @@ use super::config::{Mode, PolicyConfig};
 use super::embedded::seed;
 use super::engine::Policy;
 use super::error::PolicyError;
+use super::shadow::ShadowStats;
 use crate::state::StateDir;
 
 /// The instance's policy and every configured tenant's.
@@ -17,29 +18,41 @@ use crate::state::StateDir;
 pub struct Policies {
     instance: Arc<Policy>,
     tenants: BTreeMap<String, Arc<Policy>>,
+    /// How the shadows compared with the policies they shadow (every tenant's together).
+    shadow_stats: Arc<ShadowStats>,
 }
 
 impl Policies {
     /// Loads the instance policy (`policy.dir`, or `<state>/policies`) and one per
     /// `[tenants.<t>]` (`policy_dir`, or `<state>/tenants/<t>/policies`); default
     /// directories are seeded with the embedded policy on first start.
-    /// `tenants`: each configured tenant's name and `policy_dir`.
+    /// `tenants`: each configured tenant's name, `policy_dir` and `shadow_policy_dir`.
+    /// A shadow directory must exist and hold a policy that compiles.
     pub fn load<'t>(
         config: &PolicyConfig,
-        tenants: impl IntoIterator<Item = (&'t str, Option<&'t Path>)>,
+        tenants: impl IntoIterator<Item = (&'t str, Option<&'t Path>, Option<&'t Path>)>,
         state: &StateDir,
     ) -> Result<Policies, PolicyError> {
         let dir = super::engine::resolve_dir(config, state.root())?;
-        let instance = Arc::new(Policy::load(&dir, config)?);
+        let shadow = (!config.shadow.as_os_str().is_empty()).then_some(config.shadow.as_path());
+        let instance = Arc::new(with_shadow(
+            Policy::load(&dir, config)?,
+            shadow,
+            "policy.shadow",
+            config,
+        )?);
         let mut tenants_map = BTreeMap::new();
-        for (name, policy_dir) in tenants {
+        for (name, policy_dir, shadow) in tenants {
             let dir = resolve_tenant_dir(name, policy_dir, state)?;
             let policy = Policy::load(&dir, config)?.with_tenant(name);
+            let key = format!("tenants.{name}.shadow_policy_dir");
+            let policy = with_shadow(policy, shadow, &key, config)?;
             tenants_map.insert(name.to_owned(), Arc::new(policy));
         }
         Ok(Policies {
             instance,
             tenants: tenants_map,
+            shadow_stats: Arc::default(),
         })
     }
 
@@ -73,6 +86,16 @@ impl Policies {
         std::iter::once(&self.instance).chain(self.tenants.values())
     }
 
+    /// The shadow comparisons' counters (for `/metrics`).
+    pub fn shadow_stats(&self) -> &Arc<ShadowStats> {
+        &self.shadow_stats
+    }
+
+    /// Whether any policy has a shadow.
+    pub fn shadowed(&self) -> bool {
+        self.all().any(|p| p.shadow().is_some())
+    }
+
     /// Starts one reload watch per policy (each audited with its tenant, and counted).
     pub fn watch(
         &self,
@@ -82,12 +105,37 @@ impl Policies {
         shutdown: &tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.all()
+            .flat_map(|p| std::iter::once(p).chain(p.shadow()))
             .map(|p| {
                 let (audit, metrics) = (audit.clone(), metrics.clone());
                 tokio::spawn(p.clone().watch(audit, metrics, every, shutdown.clone()))
             })
             .collect()
     }
+}
+
+/// `policy` with the shadow policy in `dir` (named by the setting `key` in errors).
+fn with_shadow(
+    policy: Policy,
+    dir: Option<&Path>,
+    key: &str,
+    config: &PolicyConfig,
+) -> Result<Policy, PolicyError> {
+    let Some(dir) = dir else { return Ok(policy) };
+    if !dir.is_dir() {
+        return Err(PolicyError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{key} is not a directory; point it at the candidate policy's directory or leave it out"
+                ),
+            ),
+        });
+    }
+    let shadow = Policy::load(dir, config)?;
+    tracing::info!(dir = %dir.display(), hash = %shadow.hash(), tenant = policy.tenant(), "shadow policy loaded: evaluated beside the active one, never enforced");
+    Ok(policy.with_shadow(shadow))
 }
 
 /// A tenant's policy directory: `configured`, or `<state>/tenants/<t>/policies` seeded with

@@ -490,6 +490,12 @@ function addDecision(seq, r) {
     el('span', { className: `badge ${effect === 'allow' ? 'allow' : 'deny'}` }, effect),
     escalated ? el('span', { className: 'badge escalate', title: 'the policy escalated to a person' }, 'escalate') : null,
     r.mode === 'observe' ? el('span', { className: 'badge muted' }, 'observe') : null,
+    // The shadow policy would have decided otherwise.
+    r.shadow ? el('span', {
+      className: 'badge shadow',
+      title: `shadow policy ${r.shadow.policy_hash ?? ''}: ${(r.shadow.reasons ?? []).join('; ')}`,
+    }, `shadow: ${r.shadow.effect}`) : null,
+    (r.budgets ?? []).some((b) => b.exceeded) ? el('span', { className: 'badge escalate', title: 'over its budget' }, 'budget') : null,
   );
   const latency = el('td', { className: 'num latency' });
   const row = el('tr', {
@@ -500,6 +506,7 @@ function addDecision(seq, r) {
       seq: String(seq),
       effect,
       policyEffect: r.policy_effect ?? '',
+      shadow: r.shadow?.effect ?? '',
       action,
       agent,
       requestId: r.request_id ?? '',
@@ -588,6 +595,7 @@ function applyFilter(row) {
   let visible = true;
   if (q && !row.dataset.search.includes(q)) visible = false;
   if (effect === 'escalate' && row.dataset.policyEffect !== 'escalate') visible = false;
+  if (effect === 'shadow' && !row.dataset.shadow) visible = false;
   if ((effect === 'allow' || effect === 'deny') && row.dataset.effect !== effect) visible = false;
   if (agent && row.dataset.agent !== agent) visible = false;
   row.hidden = !visible;

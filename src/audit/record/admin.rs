@@ -166,6 +166,9 @@ pub struct CredentialIssued {
 pub struct PolicyReloaded {
     pub dir: String,
     pub hash: String,
+    /// A shadow policy's directory (evaluated beside the active one, never enforced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// The tenant it decides for (null: the instance's).
     pub tenant: Option<String>,
 }
@@ -177,6 +180,9 @@ pub struct PolicyReloadFailed {
     pub error: String,
     /// Hash of the policy still in force.
     pub in_force: String,
+    /// A shadow policy's directory (evaluated beside the active one, never enforced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// The tenant it decides for (null: the instance's).
     pub tenant: Option<String>,
 }

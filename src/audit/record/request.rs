@@ -34,6 +34,12 @@ pub struct Decision {
     /// What the policy said, once it has decided.
     #[serde(flatten)]
     pub policy: Option<PolicyNote>,
+    /// The shadow policy's decision, stored only when its effect differs.
+    #[serde(default)]
+    pub shadow: Option<ShadowNote>,
+    /// The budgets the policy attached, with their use once this request was counted.
+    #[serde(default)]
+    pub budgets: Vec<BudgetNote>,
     /// What the consent gate did, when policy escalated.
     #[serde(default)]
     pub consent: Option<ConsentNote>,
@@ -72,6 +78,28 @@ pub struct PolicyNote {
     /// Stored only when the policy named any.
     #[serde(default)]
     pub scopes: Vec<String>,
+}
+
+/// What a shadow policy would have decided, where it differs from the active one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowNote {
+    /// `allow`, `escalate` or `deny`.
+    pub effect: Cow<'static, str>,
+    pub policy_hash: String,
+    pub reasons: Vec<String>,
+}
+
+/// One budget of a decision: its key, limit and window, and its use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetNote {
+    /// The limit was already reached: the budget's `over` effect applied.
+    pub exceeded: bool,
+    pub key: Vec<String>,
+    pub limit: u64,
+    /// Requests counted in the window, this one included when it was counted.
+    pub used: u64,
+    /// As the policy wrote it, e.g. `1h`.
+    pub window: String,
 }
 
 /// Allowed, or refused (by which gate, with which status and error code).

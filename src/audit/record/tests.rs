@@ -34,6 +34,10 @@ const GOLDEN: &[(&str, &str)] = &[
         r#"{"agent":null,"effect":"deny","error":"headers_too_large","gate":"ingress","host":"","instance":"0a1b2c3d","jti":null,"kind":"decision","method":null,"path":"","reasons":["message head is too large"],"request_id":"0a1b2c3d-23","seq":42,"status":431,"tenant":null,"ts":1795654648428610}"#,
     ),
     (
+        "decision budget and shadow",
+        r#"{"agent":"spiffe://example.org/agent/ci","budgets":[{"exceeded":true,"key":["external-mail","spiffe://example.org/agent/ci"],"limit":20,"used":20,"window":"1h"}],"effect":"deny","error":"budget_exceeded","gate":"policy","host":"gmail.googleapis.com","instance":"0a1b2c3d","jti":null,"kind":"decision","method":"POST","mode":"enforce","path":"/send","policy_effect":"allow","policy_hash":"ab12cd","reasons":["budget external-mail used up"],"request_id":"0a1b2c3d-24","seq":42,"shadow":{"effect":"deny","policy_hash":"ef34","reasons":["candidate says no"]},"status":403,"tenant":null,"ts":1795654648428610}"#,
+    ),
+    (
         "decision streamed",
         r#"{"agent":"spiffe://example.org/agent/ci","credential":{"expires":null,"fingerprint":"hmac-sha256:00","grant_expires":1795657000,"id":"gh-static","kind":"static"},"effect":"allow","gate":null,"host":"uploads.github.com","instance":"0a1b2c3d","jti":null,"kind":"decision","method":"POST","mode":"enforce","path":"/upload","policy_effect":"allow","policy_hash":"ab12cd","reasons":["uploads allowed"],"request_id":"0a1b2c3d-24","sent":{"body_bytes":null,"body_sha256":null,"headers":{},"headers_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","method":"POST","target_sha256":"9a5ea6ccd4dc13823617991b0dda4e3070a1cfd6b7d773ea8809175c1ee118b3"},"seq":42,"tenant":null,"ts":1795654648428610}"#,
     ),
@@ -87,7 +91,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     (
         "policy reload failed",
-        r#"{"detail":{"dir":"/etc/agentgate/policies","error":"policy.cedar:3: unexpected token","in_force":"ab12cd","tenant":"acme"},"event":"policy_reload_failed","instance":"0a1b2c3d","kind":"admin","seq":42,"tenant":"acme","ts":1795654648428610}"#,
+        r#"{"detail":{"dir":"/etc/agentgate/policies","error":"policy.cedar:3: unexpected token","in_force":"ab12cd","shadow":true,"tenant":"acme"},"event":"policy_reload_failed","instance":"0a1b2c3d","kind":"admin","seq":42,"tenant":"acme","ts":1795654648428610}"#,
     ),
     (
         "consent approved",

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::admin::{Admin, Detail};
 use super::request::{
-    ConsentNote, CredentialNote, Decision, Ended, Outcome, Sent, Sha256, Upgrade, Verdict,
+    BudgetNote, ConsentNote, CredentialNote, Decision, Ended, Outcome, Sent, Sha256, ShadowNote,
+    Upgrade, Verdict,
 };
 
 /// What the writer adds to every record.
@@ -33,6 +34,8 @@ struct DecisionWire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<&'a Value>,
     agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[BudgetNote]>::is_empty")]
+    budgets: &'a [BudgetNote],
     #[serde(skip_serializing_if = "Option::is_none")]
     consent: Option<ConsentWire<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +69,8 @@ struct DecisionWire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     sent: Option<&'a Sent>,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<&'a ShadowNote>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
     tenant: Option<&'a str>,
@@ -121,6 +126,7 @@ pub(super) fn decision(d: &Decision, e: Envelope<'_>) -> Result<String, serde_js
     serde_json::to_string(&DecisionWire {
         action: tuple.map(|t| &t.action),
         agent: d.agent.as_deref(),
+        budgets: &d.budgets,
         consent: d.consent.as_ref().map(ConsentWire::from),
         context: tuple.map(|t| &t.context),
         credential: d.credential.as_ref(),
@@ -143,6 +149,7 @@ pub(super) fn decision(d: &Decision, e: Envelope<'_>) -> Result<String, serde_js
         scopes: policy.map_or(&[], |p| &p.scopes),
         sent: d.sent.as_ref(),
         seq: e.seq,
+        shadow: d.shadow.as_ref(),
         status,
         tenant: d.tenant.as_deref(),
         ts: e.ts,

@@ -58,6 +58,8 @@ fn decision(request_id: &str, method: Option<&str>, host: &str, path: &str) -> D
         sent: None,
         tuple: None,
         policy: None,
+        shadow: None,
+        budgets: Vec::new(),
         consent: None,
         credential: None,
         reference: false,
@@ -157,6 +159,28 @@ fn decision_policy_denied() -> Record {
         verdict: deny("policy", 403, "policy_denied"),
         reasons: vec![s("nobody reads /user"), s("second reason")],
         ..decision("0a1b2c3d-22", Some("GET"), "api.github.com", "/user")
+    })
+}
+
+/// Over its budget, with a shadow policy that would have denied.
+fn decision_budget_shadow() -> Record {
+    Record::from(Decision {
+        policy: Some(policy("allow", "ab12cd", "enforce", &[])),
+        shadow: Some(ShadowNote {
+            effect: "deny".into(),
+            policy_hash: s("ef34"),
+            reasons: vec![s("candidate says no")],
+        }),
+        budgets: vec![BudgetNote {
+            exceeded: true,
+            key: vec![s("external-mail"), s(AGENT)],
+            limit: 20,
+            used: 20,
+            window: s("1h"),
+        }],
+        verdict: deny("policy", 403, "budget_exceeded"),
+        reasons: vec![s("budget external-mail used up")],
+        ..decision("0a1b2c3d-24", Some("POST"), "gmail.googleapis.com", "/send")
     })
 }
 
@@ -289,6 +313,7 @@ fn policy_reload(tenant: Option<&str>, failed: bool) -> Record {
             dir,
             error: s("policy.cedar:3: unexpected token"),
             in_force: s("ab12cd"),
+            shadow: true,
             tenant: tenant_,
         };
         admin(
@@ -300,6 +325,7 @@ fn policy_reload(tenant: Option<&str>, failed: bool) -> Record {
         let detail = PolicyReloaded {
             dir,
             hash: s("cd34"),
+            shadow: false,
             tenant: tenant_,
         };
         admin("policy_reloaded", tenant, Detail::PolicyReloaded(detail))
@@ -375,6 +401,7 @@ pub(super) fn cases() -> Vec<(&'static str, Record)> {
         ),
         ("decision policy denied", decision_policy_denied()),
         ("decision parse refusal", decision_parse_refusal()),
+        ("decision budget and shadow", decision_budget_shadow()),
         ("decision streamed", decision_streamed()),
         ("outcome full", outcome_full()),
         ("outcome cut short", outcome_cut_short()),
