@@ -232,7 +232,7 @@ pub struct Metrics {
     caches: [OnceLock<Arc<CacheStats>>; CACHES.len()],
     webhooks: OnceLock<Arc<crate::webhooks::Stats>>,
     otel: OnceLock<Arc<crate::otel::stats::Stats>>,
-    shadow: OnceLock<Arc<crate::policy::ShadowStats>>,
+    shadow: OnceLock<Arc<ShadowStats>>,
 }
 
 impl Default for Metrics {
@@ -325,13 +325,43 @@ impl Metrics {
     }
 
     /// Shows how shadow policies compared with the active ones (`policy.shadow`).
-    pub fn track_shadow(&self, stats: Arc<crate::policy::ShadowStats>) {
+    pub fn track_shadow(&self, stats: Arc<ShadowStats>) {
         let _ = self.shadow.set(stats);
     }
 
     /// Requests decided so far with this outcome (for tests and logs).
     pub fn requests(&self, denied: Option<Gate>) -> u64 {
         self.requests[request_slot(denied)].load(Relaxed)
+    }
+}
+
+/// Policy effects, in the order [`ShadowStats`] indexes them.
+pub const EFFECTS: [&str; 3] = ["allow", "escalate", "deny"];
+
+/// Comparisons of the active policy with its shadow: `counts[active][shadow]`, indexed by
+/// [`EFFECTS`].
+#[derive(Debug, Default)]
+pub struct ShadowStats {
+    counts: [[AtomicU64; 3]; 3],
+}
+
+impl ShadowStats {
+    /// Counts one comparison (indices into [`EFFECTS`]; out of range is ignored).
+    pub fn count(&self, active: usize, shadow: usize) {
+        if let Some(c) = self.counts.get(active).and_then(|row| row.get(shadow)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Every (active, shadow, count), agreements included.
+    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::with_capacity(9);
+        for (a, row) in EFFECTS.iter().zip(&self.counts) {
+            for (s, n) in EFFECTS.iter().zip(row) {
+                out.push((*a, *s, n.load(Relaxed)));
+            }
+        }
+        out
     }
 }
 

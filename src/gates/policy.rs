@@ -9,7 +9,7 @@ use http::StatusCode;
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::policy::{Decision, Effect, Mode, Policies};
+use crate::policy::{Decision, Effect, Mode, Policies, shadow};
 
 /// What policy lets happen next.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub fn evaluate(
             let decision = policy.decide(&tuple.json);
             if let Some(shadow) = policy.shadow() {
                 let theirs = shadow.decide(&tuple.json);
-                decided.shadow = policies.shadow_stats().compare(&decision, theirs);
+                decided.shadow = shadow::compare(policies.shadow_stats(), &decision, theirs);
             }
             (decision, policy.mode)
         }

@@ -180,8 +180,7 @@ impl Metrics {
                 "counter",
                 "Requests the shadow policy also decided, by the active policy's effect and the shadow's (equal: they agreed).",
             );
-            for (active, theirs, n) in shadow.snapshot() {
-                let (a, t) = (active.as_str(), theirs.as_str());
+            for (a, t, n) in shadow.snapshot() {
                 let _ = writeln!(
                     o,
                     "agentgate_policy_shadow_total{{active=\"{a}\",shadow=\"{t}\"}} {n}"
