@@ -10,6 +10,7 @@ pub(crate) mod k8s;
 pub(crate) mod mcp;
 pub(crate) mod panic;
 pub(crate) mod policy;
+pub(crate) mod replay;
 pub(crate) mod vault;
 
 use clap::ValueEnum;

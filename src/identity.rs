@@ -460,6 +460,15 @@ fn token_hash(token: &str) -> [u8; 32] {
 }
 
 /// Reads tenant and agent name from a SPIFFE ID path.
+/// A SPIFFE ID's trust domain, tenant and agent name, as a caller's are derived (`None`
+/// when it is not a SPIFFE ID).
+pub fn subject_parts(spiffe_id: &str) -> Option<(String, Option<String>, String)> {
+    let rest = spiffe_id.strip_prefix("spiffe://")?;
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (tenant, name) = split_path(path);
+    Some((domain.to_owned(), tenant, name))
+}
+
 fn split_path(path: &str) -> (Option<String>, String) {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {

@@ -12,6 +12,7 @@ pub mod decision;
 mod embedded;
 pub mod engine;
 pub mod error;
+pub mod replay;
 pub mod runner;
 pub mod shadow;
 pub mod sources;

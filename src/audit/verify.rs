@@ -48,6 +48,18 @@ pub fn verify(
     checkpoint_file: Option<&Path>,
     public_hex: Option<&str>,
 ) -> Result<Report, VerifyError> {
+    verify_visiting(db, checkpoint_file, public_hex, |_, _| {})
+}
+
+/// Verifies like [`verify`], handing each record to `visit` (its `seq` and canonical
+/// bytes) once it is linked into the chain. A reader that needs a verified log must still
+/// check the report: records after a problem are never visited, but those before it were.
+pub fn verify_visiting(
+    db: &Path,
+    checkpoint_file: Option<&Path>,
+    public_hex: Option<&str>,
+    mut visit: impl FnMut(u64, &[u8]),
+) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let err = |e: rusqlite::Error| VerifyError::Db {
         path: db.to_owned(),
@@ -238,6 +250,7 @@ pub fn verify(
                     break 'rows;
                 }
             }
+            visit(seq, record);
             prev = hash;
             expected_seq += 1;
         }

@@ -29,6 +29,23 @@ pub(crate) enum PolicyCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Decide the audit log's recorded requests again with a candidate policy and show what
+    /// would change (the log's chain must verify). Sends nothing.
+    Replay {
+        /// The candidate policy directory.
+        dir: PathBuf,
+        /// Only records this recent, e.g. 7d, 12h, 30m.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this agent's records (name or SPIFFE ID).
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// Runs `agentgate policy …`; returns false when a test failed.
@@ -44,6 +61,23 @@ pub(crate) fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> 
                 None => policy::resolve_dir(&config.policy, state.root())?,
             };
             test(&dir, recursive, config, output)
+        }
+        PolicyCommand::Replay {
+            dir,
+            since,
+            tenant,
+            agent,
+            output,
+        } => {
+            let args = super::replay::ReplayArgs {
+                dir: &dir,
+                since: since.as_deref(),
+                tenant,
+                agent,
+                output,
+            };
+            super::replay::run(state, config, args)?;
+            Ok(true)
         }
     }
 }

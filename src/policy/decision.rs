@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::config::ENTRYPOINT;
 
 /// What policy says about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     Allow,
