@@ -6,6 +6,8 @@
 //! real audit writer from tuples the real intent gate builds: 24 kinds of request by 12
 //! agents, 100 requests a second, so inputs repeat within a second as agents' do.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
 use std::collections::HashMap;
 use std::time::Instant;
 
