@@ -2,6 +2,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod audit;
+pub(crate) mod budgets;
 pub(crate) mod consent;
 pub(crate) mod dashboard;
 pub(crate) mod env;

@@ -87,6 +87,8 @@ pub enum StartError {
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
+    Budgets(#[from] policy::budget::BudgetError),
+    #[error(transparent)]
     Vault(#[from] vault::VaultError),
     #[error(transparent)]
     Consent(#[from] consent::ConsentError),
@@ -202,6 +204,10 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         state,
     )?);
     let policy = policies.instance().clone();
+    // Gate 3's budgets: uses counted per key, kept in the state directory.
+    let budgets: Arc<dyn policy::budget::Budgets> = Arc::new(
+        policy::budget::LocalBudgets::in_state(state, clock::now_micros() / 1000)?,
+    );
     let policy_dir = policy.dir().to_owned();
     let instance_id = format!("{:08x}", rand::random::<u32>());
     // `/metrics`: one set of counters for the instance, handed to everything that counts;
@@ -301,6 +307,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         identity: identity.clone(),
         intent: intent.clone(),
         policies: policies.clone(),
+        budgets: budgets.clone(),
         consents: tenant_consents.clone(),
         vault: vault.clone(),
         audit: audit.clone(),

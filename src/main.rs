@@ -131,6 +131,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::vault::VaultCommand,
     },
+    /// Show each action budget's use against its limit (counted by the proxy).
+    Budgets {
+        /// Only budgets whose key names this agent (name or SPIFFE ID).
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Revoke an agent (or every agent) and every credential it obtained, at once.
     Panic {
         /// The agent: a registered name or a SPIFFE ID.
@@ -281,6 +289,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Vault { config, command } => {
             let config = load_config(&cli.home, &config)?;
             cli::vault::run(&StateDir::open_or_create(&cli.home)?, &config, command)
+        }
+        Command::Budgets { agent, output } => {
+            cli::budgets::run(&StateDir::open_or_create(&cli.home)?, agent, output)
         }
         Command::Panic {
             agent,

@@ -6,6 +6,7 @@
 //! bound. Anything but a well-formed decision denies: undefined, malformed, timed out,
 //! erroring. A reload that fails keeps the last good policy and says why.
 
+pub mod budget;
 mod cache;
 pub mod config;
 pub mod decision;

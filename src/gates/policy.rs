@@ -9,7 +9,8 @@ use http::StatusCode;
 use crate::error::{Denial, Gate};
 use crate::identity::Caller;
 use crate::intent::Tuple;
-use crate::policy::{Decision, Effect, Mode, Policies, shadow};
+use crate::policy::budget::{Budgets, Take, window_text};
+use crate::policy::{Budget, Decision, Effect, Mode, Policies, shadow};
 
 /// What policy lets happen next.
 #[derive(Debug, Clone)]
@@ -63,6 +64,133 @@ pub fn evaluate(
     let decision = decided.active.insert(decision).clone();
     let escalate = escalates(&decision, mode)?;
     Ok(Verdict { decision, escalate })
+}
+
+/// What a request's budgets came to: one note per budget for the record, and the uses to
+/// give back if the request is refused after all.
+#[derive(Debug, Default)]
+pub struct Charged {
+    pub notes: Vec<BudgetUse>,
+    /// Keys and times of the uses taken.
+    pub taken: Vec<(Vec<String>, i64)>,
+    /// Why a budget changed the decision, for the record's reasons.
+    pub reason: Option<String>,
+}
+
+/// One budget of a decision and its use.
+#[derive(Debug, Clone)]
+pub struct BudgetUse {
+    pub budget: Budget,
+    pub used: u64,
+    pub exceeded: bool,
+}
+
+impl Charged {
+    /// Gives back every use taken (the request did not go out).
+    pub fn give_back(&mut self, budgets: &dyn Budgets) {
+        for (key, at) in self.taken.drain(..) {
+            budgets.give_back(&key, at);
+        }
+    }
+}
+
+/// Counts the request against the budgets its decision carries. Within every budget it
+/// goes on as decided (each use counted); over one, the budget's `over` effect applies
+/// (the stronger of several) and nothing is counted. A counter that fails refuses the
+/// request. In observe mode the outcome is recorded but not enforced.
+pub fn charge(
+    budgets: &dyn Budgets,
+    caller: &Caller,
+    verdict: Verdict,
+    mode: Mode,
+    charged: &mut Charged,
+    now_ms: i64,
+) -> Result<Verdict, Denial> {
+    let decision = &verdict.decision;
+    if decision.budgets.is_empty() || decision.effect == Effect::Deny {
+        return Ok(verdict);
+    }
+    let mut over: Option<(Effect, String)> = None;
+    for b in &decision.budgets {
+        // A tenant's budgets are its own: its keys cannot reach another tenant's.
+        let scoped;
+        let b = match &caller.tenant {
+            Some(t) => {
+                let mut key = vec![format!("tenant:{t}")];
+                key.extend(b.key.iter().cloned());
+                scoped = Budget { key, ..b.clone() };
+                &scoped
+            }
+            None => b,
+        };
+        match budgets.take(b, now_ms) {
+            Ok(Take::Taken { used, at }) => {
+                charged.taken.push((b.key.clone(), at));
+                charged.notes.push(BudgetUse {
+                    budget: b.clone(),
+                    used,
+                    exceeded: false,
+                });
+            }
+            Ok(Take::Exceeded { used }) => {
+                let why = format!(
+                    "budget {} is used up: {used} of {} in the last {}; over it the policy says {}",
+                    b.key_line(),
+                    b.limit,
+                    window_text(b.window),
+                    b.over.as_str()
+                );
+                charged.notes.push(BudgetUse {
+                    budget: b.clone(),
+                    used,
+                    exceeded: true,
+                });
+                let stronger = over.as_ref().is_none_or(|(e, _)| *e == Effect::Escalate);
+                if stronger {
+                    over = Some((b.over, why));
+                }
+            }
+            Err(e) => {
+                charged.give_back(budgets);
+                return Err(Denial::new(
+                    Gate::Policy,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "budget_unavailable",
+                    format!("{e}; the request is refused rather than let past its budget"),
+                ));
+            }
+        }
+    }
+    let Some((effect, why)) = over else {
+        return Ok(verdict);
+    };
+    // Over budget: nothing of this request counts against the others either.
+    charged.give_back(budgets);
+    charged.reason = Some(why.clone());
+    if mode == Mode::Observe {
+        return Ok(verdict);
+    }
+    match effect {
+        Effect::Deny => Err(Denial::new(
+            Gate::Policy,
+            StatusCode::FORBIDDEN,
+            "budget_exceeded",
+            why,
+        )),
+        _ => {
+            let mut reasons = decision.reasons.clone();
+            reasons.push(why);
+            let escalated = Decision {
+                effect: Effect::Escalate,
+                reasons,
+                ..(**decision).clone()
+            };
+            Ok(Verdict {
+                decision: Arc::new(escalated),
+                escalate: true,
+            })
+        }
+    }
 }
 
 /// What `decision` means under `mode`: go on (`false`), ask a person first (`true`), or

@@ -32,6 +32,8 @@ pub struct Components {
     pub intent: Arc<Intent>,
     /// Gate 3: the instance's policy and each tenant's.
     pub policies: Arc<Policies>,
+    /// Gate 3's budget counter.
+    pub budgets: Arc<dyn crate::policy::budget::Budgets>,
     /// Gate 4: the instance's consents and each tenant's.
     pub consents: Arc<TenantConsents>,
     /// Gate 5.

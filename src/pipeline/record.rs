@@ -67,6 +67,7 @@ impl Pipeline {
                 kind: c.connection.kind.as_str().into(),
             }
         });
+        reasons.extend(trail.budgets.reason.iter().cloned());
         reasons.extend(trail.redirected.iter().cloned());
         let verdict = match denial {
             None => record::Verdict::Allow,
@@ -103,7 +104,15 @@ impl Pipeline {
                 policy_hash: d.policy_hash.to_string(),
                 reasons: d.reasons.clone(),
             }),
-            budgets: Vec::new(),
+            budgets: (trail.budgets.notes.iter())
+                .map(|u| record::BudgetNote {
+                    exceeded: u.exceeded,
+                    key: u.budget.key.clone(),
+                    limit: u.budget.limit,
+                    used: u.used,
+                    window: crate::policy::budget::window_text(u.budget.window),
+                })
+                .collect(),
             consent,
             credential,
             reference: issued.is_some_and(|i| i.reference),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::sent::Sent;
 use crate::consent::Granted;
-use crate::gates::policy::Decided;
+use crate::gates::policy::{Charged, Decided};
 use crate::gates::token::Injection;
 use crate::identity::Caller;
 use crate::intent::Tuple;
@@ -19,6 +19,8 @@ pub(super) struct Trail {
     pub(super) tuple: Option<Arc<Tuple>>,
     /// What the policy (and its shadow) said.
     pub(super) policy: Decided,
+    /// What the decision's budgets came to.
+    pub(super) budgets: Charged,
     /// The approval that let an escalated request through.
     pub(super) consent: Option<Granted>,
     pub(super) injection: Option<Injection>,

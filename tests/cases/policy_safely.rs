@@ -147,3 +147,158 @@ async fn a_missing_shadow_directory_is_a_start_error() {
         }
     }
 }
+
+const BUDGET_POLICY: &str = r#"package agentgate
+import rego.v1
+decision := {"effect": "allow", "reasons": ["mail within its budget"], "budget": {"key": ["external-mail", input.subject.id], "limit": 20, "window": "1h", "over": "escalate"}} if {
+    input.action.name == "gmail.users.messages.send"
+} else := {"effect": "allow", "reasons": ["posts within their budget"], "budgets": [{"key": ["slack-posts", input.subject.id], "limit": 2, "window": "3s", "over": "deny"}]} if {
+    input.action.name == "slack.chat.postMessage"
+} else := {"effect": "allow", "reasons": ["anything else"]}
+"#;
+
+fn mail_body() -> String {
+    use base64::Engine;
+    let msg = "From: bot@example.com\r\nTo: carol@partner.org\r\nSubject: numbers\r\n\r\nhi\r\n";
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(msg);
+    serde_json::json!({ "raw": raw }).to_string()
+}
+
+async fn send_mail(proxy: &crate::support::proxy::Proxy) -> u16 {
+    let body = mail_body();
+    let out = curl(
+        proxy,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-raw",
+            &body,
+            "https://gmail.googleapis.com/gmail/v1/users/me/messages/send",
+        ],
+    )
+    .await;
+    out.status
+}
+
+async fn post_slack(proxy: &crate::support::proxy::Proxy) -> u16 {
+    let out = curl(
+        proxy,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-raw",
+            r#"{"channel":"C0123ABCD","text":"build green"}"#,
+            "https://slack.com/api/chat.postMessage",
+        ],
+    )
+    .await;
+    out.status
+}
+
+/// Twenty-five concurrent external mails under a budget of 20 an hour: exactly 20 leave
+/// and 5 escalate; `agentgate budgets` shows 20 of 20; a killed and restarted proxy still
+/// counts them; a short window slides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_count_allowed_requests_in_a_sliding_window() {
+    let env = TestEnv::new().await;
+    let dir = env.dir.path().join("budget-policy");
+    write_policy(&dir, BUDGET_POLICY);
+    let cfg = env
+        .config()
+        .set("policy", "dir", &toml_str(&dir.display().to_string()))
+        .set("policy", "eval_timeout", &toml_str("5s"))
+        .set("consent", "mode", &toml_str("async"));
+    let proxy = env.start(cfg.clone());
+
+    let sends = (0..25).map(|_| send_mail(&proxy));
+    let statuses = futures_util::future::join_all(sends).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let held = statuses.iter().filter(|s| **s == 403).count();
+    assert_eq!((ok, held), (20, 5), "{statuses:?}");
+    let sent = env
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/send"))
+        .count();
+    assert_eq!(sent, 20, "{:?}", env.upstream.requests());
+
+    let records = audit_decisions(&proxy, |rs| {
+        rs.iter()
+            .filter(|r| r["action"]["name"] == "gmail.users.messages.send")
+            .count()
+            >= 25
+    })
+    .await;
+    let mail: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"]["name"] == "gmail.users.messages.send")
+        .collect();
+    let mut used: Vec<u64> = mail
+        .iter()
+        .filter(|r| r["effect"] == "allow")
+        .map(|r| r["budgets"][0]["used"].as_u64().unwrap())
+        .collect();
+    used.sort_unstable();
+    assert_eq!(
+        used,
+        (1..=20).collect::<Vec<u64>>(),
+        "each allowed mail counted once"
+    );
+    let over: Vec<&&Value> = mail.iter().filter(|r| r["effect"] == "deny").collect();
+    assert_eq!(over.len(), 5);
+    for r in over {
+        assert_eq!(r["gate"], "consent", "{r:#}");
+        assert_eq!(r["budgets"][0]["exceeded"], true, "{r:#}");
+        assert_eq!(r["budgets"][0]["used"], 20, "{r:#}");
+        assert_eq!(r["budgets"][0]["window"], "1h", "{r:#}");
+        let why = r["reasons"].to_string();
+        assert!(
+            why.contains("budget external-mail/spiffe://") && why.contains("20 of 20"),
+            "{why}"
+        );
+    }
+
+    let out = crate::support::proxy::cli(&env.home(), &["budgets", "-o", "json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(usage[0]["key"][0], "external-mail", "{usage:#}");
+    assert_eq!(
+        (usage[0]["used"].as_u64(), usage[0]["limit"].as_u64()),
+        (Some(20), Some(20))
+    );
+
+    // Killed and started again: the uses are still counted.
+    proxy.stop();
+    let proxy = env.start(cfg);
+    assert_eq!(send_mail(&proxy).await, 403);
+
+    // A 3-second window of 2 posts: the third is denied, and once the window has slid past
+    // the first two, posting works again.
+    assert_eq!(post_slack(&proxy).await, 200);
+    assert_eq!(post_slack(&proxy).await, 200);
+    assert_eq!(post_slack(&proxy).await, 403);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(post_slack(&proxy).await, 200);
+    let records = audit_decisions(&proxy, |rs| {
+        rs.iter()
+            .filter(|r| r["action"]["name"] == "slack.chat.postMessage")
+            .count()
+            >= 4
+    })
+    .await;
+    let denied = records
+        .iter()
+        .find(|r| r["action"]["name"] == "slack.chat.postMessage" && r["effect"] == "deny")
+        .unwrap();
+    assert_eq!(denied["error"], "budget_exceeded", "{denied:#}");
+    assert_eq!(denied["gate"], "policy", "{denied:#}");
+}
