@@ -148,6 +148,23 @@ fn run_case(case: &Value, policy: &Policy, intent: &Intent) -> Result<(bool, Str
     let got = decision.effect.as_str();
     let reasons = decision.reason_line();
     let mut passed = got == expect;
+    // `budget: NAME` (or `budget: none`): the decision carries that budget (or none).
+    if let Some(want) = case.get("budget").and_then(Value::as_str) {
+        let names: Vec<&str> = decision.budgets.iter().map(|b| b.name()).collect();
+        let ok = if want == "none" {
+            names.is_empty()
+        } else {
+            names.contains(&want)
+        };
+        if !ok {
+            return Ok((
+                false,
+                format!(
+                    "expected budget {want:?}, the decision carries {names:?} ({got}: {reasons})"
+                ),
+            ));
+        }
+    }
     if let Some(want) = case.get("reason").and_then(Value::as_str) {
         passed &= decision.reasons.iter().any(|r| r.contains(want));
         if passed {

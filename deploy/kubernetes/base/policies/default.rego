@@ -13,6 +13,9 @@
 #             changed since it was pinned (rule tool_definition_changed)
 #   allow     catalog reads
 #   deny      anything else (fail closed)
+#   budgets   external mail and Slack posts to public channels are counted per agent
+#             (settings.budgets); past the limit in the window they are denied
+
 # Deny beats escalate beats allow: `deny` and `escalate` collect their rules' reasons, and
 # `decision` picks the strongest effect that has at least one reason.
 #
@@ -73,9 +76,10 @@ decision := {"effect": "deny", "reasons": sort(deny)} if {
 	"effect": "escalate",
 	"reasons": sort(escalate),
 	"consent": {"binding_message": binding_message},
+	"budgets": budgets,
 } if {
 	escalate != set()
-} else := {"effect": "allow", "reasons": [reason]} if {
+} else := {"effect": "allow", "reasons": [reason], "budgets": budgets} if {
 	# rule read-allowed: catalog reads
 	input.action.properties.class == "read"
 	reason := sprintf("%s is a catalog read: reads are allowed by the default policy (rule read-allowed)", [input.action.name])
@@ -236,6 +240,32 @@ escalate := (
 		msg := sprintf("%s mails domains outside settings.internal_domains: %s (rule write-escalates)", [input.action.name, concat(", ", sort(external))])
 	}
 )
+
+# ---------------------------------------------------------------------------------------
+# Budgets: how much of an action an agent may do, not just whether. AgentGate counts the
+# requests let through per key in a sliding window (settings.budgets); once the limit is
+# reached, `over` applies. Both below are on top of the approval the write needs anyway.
+
+budgets contains b if {
+	# budget external-mail: mail with a recipient outside settings.internal_domains
+	input.action.properties.class == "write"
+	domains := input.context.body.email.domains
+	internal := {concat("", [".", lower(i)]) | some i in data.settings.internal_domains}
+	some d in domains
+	not strings.any_suffix_match(concat("", [".", lower(d)]), internal)
+	s := data.settings.budgets.external_mail
+	b := {"key": ["external-mail", input.subject.id], "limit": s.limit, "window": s.window, "over": "deny"}
+}
+
+budgets contains b if {
+	# budget slack-public-posts: posts to a channel in settings.public_channels
+	input.action.name in {"slack.chat.postMessage", "slack.chat.scheduleMessage", "slack.chat.meMessage"}
+	channel := input.context.body.channel
+	is_string(channel)
+	lower(trim_prefix(channel, "#")) in {lower(trim_prefix(p, "#")) | some p in data.settings.public_channels}
+	s := data.settings.budgets.slack_public_posts
+	b := {"key": ["slack-public-posts", input.subject.id], "limit": s.limit, "window": s.window, "over": "deny"}
+}
 
 # ---------------------------------------------------------------------------------------
 # Consent text: "<agent>: <action> <resource>", at most 64 characters of letters, digits,
