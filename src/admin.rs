@@ -21,6 +21,7 @@ pub mod events;
 pub mod fleet_audit;
 pub mod mcp;
 pub mod policy;
+pub mod replay;
 pub mod reply;
 pub mod request;
 pub mod state;

@@ -371,6 +371,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
         access_requests: Default::default(),
+        budgets: budgets.clone(),
         fleet: config
             .fleet
             .enabled()

@@ -17,7 +17,9 @@ use utoipa_axum::routes;
 use super::reply::{Reply, error, json_bytes, unauthorized};
 use super::request::bearer;
 use super::state::Admin;
-use super::{access_routes, agents, audit, consent, dashboard, events, mcp, policy, system, token};
+use super::{
+    access_routes, agents, audit, consent, dashboard, events, mcp, policy, replay, system, token,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -72,6 +74,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .routes(routes!(audit::audit_verify))
         .routes(routes!(policy::policy_status))
         .routes(routes!(policy::explain))
+        .routes(routes!(replay::replay))
+        .routes(routes!(replay::budgets))
         .routes(routes!(token::list))
         .routes(routes!(token::reload))
         .routes(routes!(token::panic))

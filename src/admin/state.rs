@@ -23,6 +23,8 @@ pub struct Admin {
     pub intent: Arc<crate::intent::Intent>,
     /// The instance's policy and each tenant's.
     pub policies: Arc<crate::policy::Policies>,
+    /// Gate 3's budget counter.
+    pub budgets: Arc<dyn crate::policy::budget::Budgets>,
     pub audit: Arc<crate::audit::Audit>,
     /// The instance's counters, rendered at `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -1,15 +1,12 @@
 //! `agentgate policy replay`: recorded traffic decided again by a candidate policy, with a
 //! progress bar on a terminal and a table of what would change.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use agentgate::audit::checkpoint::{JSONL_FILE, PUB_FILE};
 use agentgate::config::Config;
-use agentgate::identity::registry::Registry;
 use agentgate::policy::Policy;
 use agentgate::policy::replay::{self, Filter, Log, Report};
 use agentgate::state::StateDir;
@@ -34,8 +31,14 @@ pub(crate) fn run(state: &StateDir, config: &Config, args: ReplayArgs<'_>) -> Re
         tenant: args.tenant,
         agent: args.agent,
     };
-    let log = log_of(state, config)?;
-    let owners = owners(state);
+    let log = Log::in_state(state, &config.audit);
+    if !log.db.exists() {
+        anyhow::bail!(
+            "no audit log at {}: nothing has been recorded to replay yet",
+            log.db.display()
+        );
+    }
+    let owners = replay::owners(state);
     let bar = (args.output == Output::Text && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -62,39 +65,6 @@ pub(crate) fn run(state: &StateDir, config: &Config, args: ReplayArgs<'_>) -> Re
         Output::Text => print!("{}", render(&report, args.dir)),
     }
     Ok(report)
-}
-
-/// The instance's audit log, with its checkpoint file and key when present.
-pub(crate) fn log_of(state: &StateDir, config: &Config) -> Result<Log> {
-    let db = config.audit.db_path(state);
-    if !db.exists() {
-        anyhow::bail!(
-            "no audit log at {}: nothing has been recorded to replay yet",
-            db.display()
-        );
-    }
-    let checkpoints = Some(db.with_file_name(JSONL_FILE)).filter(|p| p.exists());
-    let public_key = std::fs::read_to_string(state.path(PUB_FILE))
-        .ok()
-        .map(|k| k.trim().to_owned());
-    Ok(Log {
-        db,
-        checkpoints,
-        public_key,
-    })
-}
-
-/// Registered agents' owners by SPIFFE ID (the tuple's `subject.properties.owner`).
-pub(crate) fn owners(state: &StateDir) -> HashMap<String, String> {
-    let Ok(registry) = Registry::open(state) else {
-        return HashMap::new();
-    };
-    registry
-        .agents(None, 0)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|a| Some((a.spiffe_id, a.owner?)))
-        .collect()
 }
 
 /// `--since 7d` as a Unix time in microseconds.

@@ -40,6 +40,37 @@ pub struct Log {
     pub public_key: Option<String>,
 }
 
+impl Log {
+    /// The instance's audit log (`audit.path`), with its checkpoint file and key when present.
+    pub fn in_state(state: &crate::state::StateDir, audit: &crate::audit::AuditConfig) -> Log {
+        let db = audit.db_path(state);
+        let checkpoints =
+            Some(db.with_file_name(crate::audit::checkpoint::JSONL_FILE)).filter(|p| p.exists());
+        let public_key = std::fs::read_to_string(state.path(crate::audit::checkpoint::PUB_FILE))
+            .ok()
+            .map(|k| k.trim().to_owned());
+        Log {
+            db,
+            checkpoints,
+            public_key,
+        }
+    }
+}
+
+/// Registered agents' owners by SPIFFE ID (the tuple's `subject.properties.owner`, which
+/// the record does not repeat); empty when the registry cannot be read.
+pub fn owners(state: &crate::state::StateDir) -> HashMap<String, String> {
+    let Ok(registry) = crate::identity::registry::Registry::open(state) else {
+        return HashMap::new();
+    };
+    registry
+        .agents(None, 0)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| Some((a.spiffe_id, a.owner?)))
+        .collect()
+}
+
 /// Recorded effect → candidate effect, for one action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {

@@ -39,6 +39,23 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Sources from named texts (an upload), sorted by name like a directory's; names
+    /// that are neither Rego, data nor tests are ignored.
+    pub fn from_files(files: impl IntoIterator<Item = (String, String)>) -> Sources {
+        let mut files: Vec<(String, String)> = files.into_iter().collect();
+        files.sort();
+        let mut out = Sources::default();
+        for (name, text) in files {
+            match classify(&name) {
+                FileKind::Rego => out.rego.push((name, text)),
+                FileKind::Data => out.data.push((name, text)),
+                FileKind::Test => out.tests.push((name, text)),
+                FileKind::Other => {}
+            }
+        }
+        out
+    }
+
     /// Reads a directory (not recursive; `templates/` and other folders are ignored).
     pub fn read_dir(dir: &Path) -> Result<Sources, PolicyError> {
         let io = |source| PolicyError::Io {

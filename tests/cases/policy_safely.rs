@@ -302,3 +302,178 @@ async fn budgets_count_allowed_requests_in_a_sliding_window() {
     assert_eq!(denied["error"], "budget_exceeded", "{denied:#}");
     assert_eq!(denied["gate"], "policy", "{denied:#}");
 }
+
+/// Copies the `*.rego` and `*.json` files of `from` into `to`.
+fn copy_policy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rego") || name.ends_with(".json") {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+fn replay_cli(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["policy", "replay"];
+    all.extend_from_slice(args);
+    let out = crate::support::proxy::cli(&env.home(), &all, &[]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Traffic recorded from real clients, replayed: the active policy's own files change
+/// nothing (the rebuilt inputs are the ones that were decided); a deny-all candidate turns
+/// every allow and escalate into deny, by action; the admin API agrees with the CLI; and a
+/// tampered log is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_recorded_traffic_shows_what_a_candidate_would_change() {
+    let env = TestEnv::new().await;
+    let proxy = env.start(
+        env.with_default_policy()
+            .set("policy", "eval_timeout", &toml_str("5s"))
+            .set("consent", "mode", &toml_str("async")),
+    );
+    for path in ["issues", "pulls", "issues"] {
+        let url = format!("https://api.github.com/repos/acme/web/{path}");
+        assert_eq!(curl(&proxy, &[&url]).await.status, 200);
+    }
+    let issue = env.dir.path().join("issue.json");
+    std::fs::write(&issue, r#"{"title": "flaky"}"#).unwrap();
+    let created = crate::support::clients::python(
+        "requests",
+        "https://api.github.com/repos/acme/web/issues",
+        &proxy,
+        &[
+            "--method",
+            "POST",
+            "--header",
+            "content-type:application/json",
+            "--data-file",
+            issue.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(created["status"], 403, "{created}");
+    let deleted = crate::support::clients::node_fetch(
+        "https://api.github.com/repos/acme/web",
+        &proxy,
+        &["--method", "DELETE"],
+    )
+    .await;
+    assert_eq!(deleted["status"], 403, "{deleted}");
+    audit_decisions(&proxy, |rs| rs.iter().any(|r| r["method"] == "DELETE")).await;
+
+    // The active policy, as a candidate: nothing changes.
+    let same = env.dir.path().join("same");
+    copy_policy(&env.home().join("policies"), &same);
+    let (ok, out, err) = replay_cli(&env, &[same.to_str().unwrap(), "-o", "json"]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["changed"], 0, "{r:#}");
+    assert_eq!(r["replayed"], 5, "{r:#}");
+
+    // Deny everything: each allow and escalate would change, by action.
+    let deny = env.dir.path().join("deny");
+    write_policy(&deny, DENY_ALL);
+    let (ok, out, err) = replay_cli(&env, &[deny.to_str().unwrap(), "-o", "json"]);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (r["changed"].as_u64(), r["unchanged"].as_u64()),
+        (Some(4), Some(1)),
+        "{r:#}"
+    );
+    // The two reads of the issues are one input when they fell in the same second.
+    assert!(matches!(r["distinct"].as_u64(), Some(4 | 5)), "{r:#}");
+    let moves: Vec<(String, String, String, u64)> = r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from"].as_str().unwrap().to_owned(),
+                t["to"].as_str().unwrap().to_owned(),
+                t["action"].as_str().unwrap().to_owned(),
+                t["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let has = |from: &str, action: &str, n: u64| {
+        moves
+            .iter()
+            .any(|m| m.0 == from && m.1 == "deny" && m.2 == action && m.3 == n)
+    };
+    assert!(has("allow", "github.issues.list-for-repo", 2), "{moves:?}");
+    assert!(has("allow", "github.pulls.list", 1), "{moves:?}");
+    assert!(has("escalate", "github.issues.create", 1), "{moves:?}");
+    let examples = &r["transitions"][0]["examples"];
+    assert!(examples.as_array().is_some_and(|e| !e.is_empty()), "{r:#}");
+    let (ok, text, _) = replay_cli(&env, &[deny.to_str().unwrap(), "--agent", "nobody"]);
+    assert!(
+        ok && text.contains("Replayed 0 recorded decisions"),
+        "{text}"
+    );
+    let (ok, text, _) = replay_cli(&env, &[deny.to_str().unwrap()]);
+    assert!(
+        ok && text.contains("allow → deny") && text.contains("github.issues.create"),
+        "{text}"
+    );
+
+    // The admin API, with the candidate as files: the same answer.
+    let body = serde_json::json!({"files": {"policy.rego": DENY_ALL}}).to_string();
+    let token = proxy.admin_token();
+    let api = admin::json(
+        proxy.admin_addr,
+        "POST",
+        "/api/v1/policy/replay",
+        &token,
+        Some(&body),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (api["changed"].clone(), api["replayed"].clone()),
+        (r["changed"].clone(), r["replayed"].clone())
+    );
+    let bad = serde_json::json!({"files": {"policy.rego": "package agentgate\ndecision := {"}})
+        .to_string();
+    let resp = admin::call(
+        proxy.admin_addr,
+        "POST",
+        "/api/v1/policy/replay",
+        Some(&token),
+        Some(&bad),
+    )
+    .await;
+    assert_eq!(resp.status, 422, "{}", resp.text());
+    let budgets = admin::json(
+        proxy.admin_addr,
+        "GET",
+        "/api/v1/budgets",
+        &token,
+        None,
+        200,
+    )
+    .await;
+    assert!(budgets["budgets"].is_array(), "{budgets}");
+
+    // A record changed after the fact: the chain no longer verifies, and replay refuses.
+    proxy.stop();
+    let conn = rusqlite::Connection::open(env.home().join("audit.db")).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE records SET record = replace(record, '\"effect\":\"deny\"', '\"effect\":\"allow\"') WHERE record LIKE '%\"method\":\"DELETE\"%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+    let (ok, _, err) = replay_cli(&env, &[deny.to_str().unwrap()]);
+    assert!(!ok, "a tampered log was replayed");
+    assert!(err.contains("does not verify"), "{err}");
+}
