@@ -118,6 +118,7 @@ fn bench(c: &mut Criterion) {
             reasons: Vec::new(),
             scopes: Vec::new(),
             consent: None,
+            budgets: Vec::new(),
             policy_hash: Arc::from(""),
         }),
         escalate: false,
