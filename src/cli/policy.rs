@@ -29,6 +29,13 @@ pub(crate) enum PolicyCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Draft a policy and its tests from plain-English sentences, check them (compile, run
+    /// the tests) and print them; `--write DIR` writes them. Exit 1 if a sentence cannot be
+    /// read or a check fails.
+    Draft {
+        #[command(flatten)]
+        args: super::draft::DraftArgs,
+    },
 }
 
 /// Runs `agentgate policy …`; returns false when a test failed.
@@ -45,6 +52,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> 
             };
             test(&dir, recursive, config, output)
         }
+        PolicyCommand::Draft { args } => super::draft::run(config, args),
     }
 }
 
