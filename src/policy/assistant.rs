@@ -75,7 +75,7 @@ pub enum AssistantError {
 pub enum Refusal {
     #[error("the answer holds no Rego: it needs a ```rego block with the whole policy")]
     NoRego,
-    #[error("the model's Rego does not compile: {0}")]
+    #[error("the model's Rego does not compile:\n{0}")]
     Compile(String),
     #[error("the model's Rego does not define data.agentgate.decision")]
     NoDecision,

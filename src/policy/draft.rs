@@ -109,7 +109,7 @@ fn lines(errors: &[SentenceError]) -> String {
 /// Why a drafted policy was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("the Rego does not compile: {0}")]
+    #[error("the Rego does not compile:\n{0}")]
     Compile(String),
     #[error(
         "the Rego does not define data.agentgate.decision (it needs `package agentgate` and a `decision` rule)"
@@ -329,11 +329,13 @@ pub fn check(
     // Compiled here first for the compiler's own words: the policy loader reads some of
     // them (an unsafe variable's "undefined", say) as a missing entry point.
     let mut engine = sources.engine(false).map_err(|e| match e {
-        PolicyError::Compile { reason, .. } => CheckError::Compile(reason),
+        PolicyError::Compile { reason, .. } => {
+            CheckError::Compile(reason.trim_start_matches('\n').to_owned())
+        }
         other => CheckError::Compile(other.to_string()),
     })?;
     if let Err(e) = engine.compile_with_entrypoint(&ENTRYPOINT.into()) {
-        let text = e.to_string();
+        let text = e.to_string().trim_start_matches('\n').to_owned();
         return Err(if text.contains("not a valid rule path") {
             CheckError::NoDecision
         } else {

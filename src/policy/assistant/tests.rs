@@ -113,7 +113,7 @@ fn each_failed_check_is_named() {
     assert!(matches!(e, Refusal::Compile(_)), "{e}");
     assert!(
         e.to_string()
-            .starts_with("the model's Rego does not compile: "),
+            .starts_with("the model's Rego does not compile:\n--> policy.rego:"),
         "{e}"
     );
 
