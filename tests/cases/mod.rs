@@ -32,6 +32,7 @@ mod oidc_provider;
 mod otel;
 mod panic;
 mod pod_identity;
+mod policy_draft;
 mod streaming;
 mod tenants;
 mod tenants_api;
