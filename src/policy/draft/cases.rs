@@ -285,7 +285,11 @@ fn predict(sentences: &[Parsed], tuple: &Value) -> Prediction {
     let mut escalate = BTreeSet::new();
     let mut budgets = BTreeSet::new();
     let mut allowed: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); ops.len()];
-    let fixed_deny = tuple["context"]["body"]["graphql"]["list_truncated"] == json!(true);
+    // The frame's own rules (rego.rs): an uninspectable GraphQL document, an MCP server
+    // not configured, an MCP tool redefined since it was pinned.
+    let fixed_deny = tuple["context"]["body"]["graphql"]["list_truncated"] == json!(true)
+        || tuple["context"]["mcp"]["server"] == json!("unknown");
+    let fixed_escalate = tuple["context"]["tool"]["changed"] == json!(true);
     for s in sentences {
         for r in rego::rules(s) {
             for (i, op) in ops.iter().enumerate() {
@@ -311,7 +315,7 @@ fn predict(sentences: &[Parsed], tuple: &Value) -> Prediction {
     };
     let (effect, mut by, fail_closed) = if !deny.is_empty() || fixed_deny {
         (Effect::Deny, deny, false)
-    } else if !escalate.is_empty() {
+    } else if !escalate.is_empty() || fixed_escalate {
         (Effect::Escalate, escalate, false)
     } else if tuple["action"]["name"].is_string() && names.iter().all(|n| allowed_name(n)) {
         (

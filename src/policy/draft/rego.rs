@@ -56,6 +56,19 @@ deny contains "the GraphQL document has more top-level fields than AgentGate lis
 	input.context.body.graphql.list_truncated == true
 }
 
+# Two rules of the default policy come with every draft, since no sentence can see past
+# them: traffic to an MCP server AgentGate is not configured for is not judged by its
+# tools, and a tool the server redefined since AgentGate pinned it needs a person's look.
+deny contains msg if {
+	input.context.mcp.server == "unknown"
+	msg := sprintf("%s goes to an MCP server AgentGate is not configured for (list it under [[mcp.servers]]): denied", [object.get(input, ["action", "name"], "the request")])
+}
+
+escalate contains msg if {
+	input.context.tool.changed == true
+	msg := sprintf("%s: the MCP server changed this tool's definition since AgentGate pinned it; a person must look before it is used (`agentgate mcp accept` pins the new one)", [object.get(input, ["action", "name"], "the request")])
+}
+
 # Budgets are counted by AgentGate; the policy only attaches them. `budget` holds
 # [budget, note] pairs.
 budgets := [p[0] | some p in budget]
@@ -126,7 +139,7 @@ pub(super) fn policy(sentences: &[Parsed]) -> String {
             out.push_str(&r.rego());
         }
     }
-    for set in ["allow", "escalate", "budget"] {
+    for set in ["allow", "budget"] {
         if !filled.contains(set) {
             out.push_str(&format!(
                 "\n# No sentence adds to `{set}`.\n{set} := set()\n"

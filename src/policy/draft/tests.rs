@@ -412,3 +412,38 @@ fn the_table_is_yaml_for_any_value() {
     let back = serde_json::to_value(&back).unwrap();
     assert_eq!(back["cases"][0], rows[0]);
 }
+
+#[test]
+fn mcp_servers_not_configured_and_redefined_tools_are_not_up_to_the_sentences() {
+    let draft = drafted(&["agents may read anything"]);
+    let sources = Sources {
+        rego: vec![("policy.rego".into(), draft.rego.clone())],
+        ..Sources::default()
+    };
+    let policy = Policy::from_sources(&sources, &config()).unwrap();
+    let tuple = |context: Value| {
+        json!({
+            "subject": {"type": "agent", "id": "spiffe://agentgate.local/agent/bot", "properties": {"name": "bot"}},
+            "action": {"name": "mcp.github.tools.call.list_issues", "properties": {"method": "POST", "service": "mcp", "class": "read", "known": true}},
+            "resource": {"type": "github.repo", "id": "acme/web", "properties": {"owner": "acme", "repo": "web"}},
+            "context": context,
+        })
+    };
+    let d = policy.evaluate(&tuple(
+        json!({"mcp": {"server": "github", "method": "tools/call"}}),
+    ));
+    assert_eq!(d.effect, Effect::Allow, "{:?}", d.reasons);
+    let d = policy.evaluate(&tuple(
+        json!({"mcp": {"server": "unknown", "method": "tools/call"}}),
+    ));
+    assert_eq!(d.effect, Effect::Deny, "{:?}", d.reasons);
+    assert!(
+        d.reasons[0].contains("not configured for"),
+        "{:?}",
+        d.reasons
+    );
+    let d = policy.evaluate(&tuple(
+        json!({"mcp": {"server": "github"}, "tool": {"changed": true}}),
+    ));
+    assert_eq!(d.effect, Effect::Escalate, "{:?}", d.reasons);
+}
