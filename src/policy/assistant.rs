@@ -291,7 +291,9 @@ pub fn extract(content: &str) -> (Option<String>, Option<String>) {
 /// Who drafted, for the header and the origin.
 #[derive(Debug, Clone, Copy)]
 pub struct Drafter<'a> {
+    /// `[policy.assistant] model`.
     pub model: &'a str,
+    /// `[policy.assistant] url`.
     pub url: &'a str,
 }
 

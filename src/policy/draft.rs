@@ -35,7 +35,9 @@ use ir::{Parsed, Reach, Rule};
 /// One sentence to draft from, and where it came from.
 #[derive(Debug, Clone)]
 pub struct Source {
+    /// The sentence as written.
     pub text: String,
+    /// Its argument or line number, for errors.
     pub location: Location,
 }
 
@@ -67,7 +69,9 @@ impl Source {
 /// A sentence the grammar could not read.
 #[derive(Debug, Clone)]
 pub struct SentenceError {
+    /// Its argument or line number.
     pub location: Location,
+    /// The sentence, whitespace collapsed.
     pub sentence: String,
     /// What was expected where reading stopped, or why the sentence is ambiguous.
     pub message: String,
@@ -125,7 +129,12 @@ pub enum Origin {
     /// The grammar, from sentences it understood.
     Grammar,
     /// A model behind `[policy.assistant]`.
-    Model { model: String, url: String },
+    Model {
+        /// `[policy.assistant] model`.
+        model: String,
+        /// `[policy.assistant] url`.
+        url: String,
+    },
 }
 
 /// A drafted policy and its tests, not yet checked.
@@ -135,6 +144,7 @@ pub struct Draft {
     pub rego: String,
     /// `policy_test.yaml`.
     pub tests: String,
+    /// The grammar, or a model.
     pub origin: Origin,
     /// The sentences, numbered as the reasons name them.
     pub sentences: Vec<String>,
@@ -172,7 +182,9 @@ impl Draft {
 /// What the grammar made of a set of sentences: a draft of those it read, and the others.
 #[derive(Debug)]
 pub struct Understood {
+    /// The draft of the sentences the grammar read (none if it read none).
     pub draft: Option<Draft>,
+    /// The sentences it could not read.
     pub errors: Vec<SentenceError>,
 }
 
