@@ -5,6 +5,7 @@ pub(crate) mod audit;
 pub(crate) mod budgets;
 pub(crate) mod consent;
 pub(crate) mod dashboard;
+pub(crate) mod draft;
 pub(crate) mod env;
 pub(crate) mod iptables;
 pub(crate) mod k8s;

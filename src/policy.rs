@@ -6,10 +6,12 @@
 //! bound. Anything but a well-formed decision denies: undefined, malformed, timed out,
 //! erroring. A reload that fails keeps the last good policy and says why.
 
+pub mod assistant;
 pub mod budget;
 mod cache;
 pub mod config;
 pub mod decision;
+pub mod draft;
 mod embedded;
 pub mod engine;
 pub mod error;

@@ -46,6 +46,13 @@ pub(crate) enum PolicyCommand {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Draft a policy and its tests from plain-English sentences, check them (compile, run
+    /// the tests) and print them; `--write DIR` writes them. Exit 1 if a sentence cannot be
+    /// read or a check fails.
+    Draft {
+        #[command(flatten)]
+        args: super::draft::DraftArgs,
+    },
 }
 
 /// Runs `agentgate policy …`; returns false when a test failed.
@@ -79,6 +86,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, command: PolicyCommand) -> 
             super::replay::run(state, config, args)?;
             Ok(true)
         }
+        PolicyCommand::Draft { args } => super::draft::run(state, config, args),
     }
 }
 

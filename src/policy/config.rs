@@ -45,6 +45,10 @@ pub struct PolicyConfig {
     /// How often the directory is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// `[policy.assistant]`: a model that `policy draft` asks about sentences its grammar
+    /// cannot read (unset: such a sentence is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assistant: Option<super::assistant::AssistantConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -55,6 +59,7 @@ impl Default for PolicyConfig {
             mode: Mode::Enforce,
             eval_timeout: Duration::from_millis(100),
             reload_interval: Duration::from_secs(1),
+            assistant: None,
         }
     }
 }

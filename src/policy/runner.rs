@@ -30,10 +30,19 @@ pub fn run_dir(
     intent: &Intent,
     config: &PolicyConfig,
 ) -> Result<Vec<CaseResult>, PolicyError> {
-    let sources = Sources::read_dir(dir)?;
+    run_sources(&Sources::read_dir(dir)?, intent, config)
+}
+
+/// Runs the tests of policy sources held in memory (a drafted policy before it is written),
+/// as [`run_dir`] does for a directory.
+pub fn run_sources(
+    sources: &Sources,
+    intent: &Intent,
+    config: &PolicyConfig,
+) -> Result<Vec<CaseResult>, PolicyError> {
     let mut results = Vec::new();
-    rego_tests(&sources, &mut results)?;
-    let policy = Policy::from_sources(&sources, config)?;
+    rego_tests(sources, &mut results)?;
+    let policy = Policy::from_sources(sources, config)?;
     for (file, text) in &sources.tests {
         if file.ends_with(".rego") {
             continue;

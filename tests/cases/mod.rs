@@ -32,6 +32,7 @@ mod oidc_provider;
 mod otel;
 mod panic;
 mod pod_identity;
+mod policy_draft;
 mod policy_safely;
 mod streaming;
 mod tenants;
