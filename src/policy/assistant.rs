@@ -9,10 +9,8 @@
 //! check failed and why. An accepted one is marked as the model's in a comment header; it is
 //! printed, or written with `--write`, never put in force by this module.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::config::PolicyConfig;
@@ -21,26 +19,7 @@ use super::runner::CaseResult;
 use crate::intent::Intent;
 use crate::secret::Secret;
 
-/// `[policy.assistant]` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssistantConfig {
-    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8080/v1` (https, or http on
-    /// loopback: the API key travels to it).
-    pub url: String,
-    /// The model to ask, e.g. `qwen2.5-coder-7b-instruct`.
-    pub model: String,
-    /// A file (mode 0600) holding the API key, sent as `Authorization: Bearer`; never logged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_file: Option<PathBuf>,
-    /// Longest the model may take to answer.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(60)
-}
+pub use super::config::AssistantConfig;
 
 /// The most of an answer that is read.
 const MAX_ANSWER: usize = 4 << 20;

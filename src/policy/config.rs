@@ -48,7 +48,7 @@ pub struct PolicyConfig {
     /// `[policy.assistant]`: a model that `policy draft` asks about sentences its grammar
     /// cannot read (unset: such a sentence is an error).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub assistant: Option<super::assistant::AssistantConfig>,
+    pub assistant: Option<AssistantConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -62,4 +62,25 @@ impl Default for PolicyConfig {
             assistant: None,
         }
     }
+}
+
+/// `[policy.assistant]` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantConfig {
+    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8080/v1` (https, or http on
+    /// loopback: the API key travels to it).
+    pub url: String,
+    /// The model to ask, e.g. `qwen2.5-coder-7b-instruct`.
+    pub model: String,
+    /// A file (mode 0600) holding the API key, sent as `Authorization: Bearer`; never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// Longest the model may take to answer.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::intent::Intent;
-use crate::policy::Effect;
+use crate::policy::decision::Effect;
 use crate::policy::runner;
 
 use super::DraftError;

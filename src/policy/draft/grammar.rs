@@ -21,7 +21,7 @@
 //! verdict   := needs approval | is allowed | is not allowed | is forbidden
 //! ```
 
-use crate::policy::{Effect, MAX_BUDGET_LIMIT, MAX_BUDGET_WINDOW};
+use crate::policy::decision::{Effect, MAX_BUDGET_LIMIT, MAX_BUDGET_WINDOW};
 
 use super::ir::{Action, Rule, Verb, Who, Window};
 use super::vocab;

@@ -1,7 +1,7 @@
 //! What a sentence means once parsed: who, which effect, which operations, and the
 //! conditions that pick those operations out of a request.
 
-use crate::policy::Effect;
+use crate::policy::decision::Effect;
 
 use super::vocab::Ops;
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::policy::Effect;
+use crate::policy::decision::Effect;
 
 use super::cond::{self, Cond, rego_string};
 use super::ir::{Parsed, Rule, Who};
