@@ -9,6 +9,7 @@
 pub mod assistant;
 pub mod budget;
 mod cache;
+mod clockless;
 pub mod config;
 pub mod decision;
 pub mod draft;

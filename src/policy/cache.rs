@@ -1,9 +1,11 @@
 //! Decisions remembered for inputs seen a moment ago. Agents repeat themselves (the same
 //! action on the same resource, many times a second), and a policy is a pure function of its
 //! input and its files, so a repeated input gets the decision already made instead of a new
-//! evaluation. The key is the whole input, byte for byte (its `context.time` included, in
-//! whole seconds, so an entry only ever answers within the second it was made); the cache
-//! lives and dies with one compiled policy, so a reload starts empty. A policy that calls a
+//! evaluation. The key is the whole input, byte for byte: its `context.time` included (in
+//! whole seconds, so an entry only ever answers within the second it was made), unless the
+//! policy cannot read the time (`policy/clockless.rs`), when an entry answers the same
+//! request for as long as it lives. The cache lives and dies with one compiled policy, so a
+//! reload starts empty. A policy that calls a
 //! builtin whose answer is not a function of its input (the clock, randomness, the network)
 //! gets no cache at all.
 
@@ -65,6 +67,48 @@ impl DecisionCache {
     }
 }
 
+/// The key of `input`: its JSON, without `context.time` when `clockless` (the policy
+/// cannot read it, so inputs differing only there are decided alike).
+pub(super) fn key(
+    input: &serde_json::Value,
+    clockless: bool,
+) -> Result<Vec<u8>, serde_json::Error> {
+    use serde_json::Value;
+    let Value::Object(top) = input else {
+        return serde_json::to_vec(input);
+    };
+    if !clockless || !top.get("context").is_some_and(|c| c.get("time").is_some()) {
+        return serde_json::to_vec(input);
+    }
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'{');
+    for (i, (k, v)) in top.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        match (k.as_str(), v) {
+            ("context", Value::Object(context)) => {
+                out.push(b'{');
+                let members = context.iter().filter(|(name, _)| *name != "time");
+                for (j, (name, value)) in members.enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut out, name)?;
+                    out.push(b':');
+                    serde_json::to_writer(&mut out, value)?;
+                }
+                out.push(b'}');
+            }
+            _ => serde_json::to_writer(&mut out, v)?,
+        }
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// An entry's weight against [`MAX_BYTES`]: its input's length and a fixed overhead.
 #[allow(clippy::borrowed_box)] // moka hands the key as stored
 fn weight(input: &Box<[u8]>, _: &Arc<Decision>) -> u32 {
@@ -76,5 +120,27 @@ impl std::fmt::Debug for DecisionCache {
         f.debug_struct("DecisionCache")
             .field("entries", &self.entries.entry_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::key;
+
+    #[test]
+    fn a_clockless_key_leaves_out_only_the_time() {
+        let a = json!({"action": {"name": "x"}, "context": {"host": "h", "time": "2026-12-07T10:00:00Z"}});
+        let b = json!({"action": {"name": "x"}, "context": {"host": "h", "time": "2026-12-07T10:00:01Z"}});
+        let c = json!({"action": {"name": "x"}, "context": {"host": "g", "time": "2026-12-07T10:00:01Z"}});
+        assert_ne!(key(&a, false).unwrap(), key(&b, false).unwrap());
+        assert_eq!(key(&a, true).unwrap(), key(&b, true).unwrap());
+        assert_ne!(key(&b, true).unwrap(), key(&c, true).unwrap());
+        let parsed: serde_json::Value = serde_json::from_slice(&key(&a, true).unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"action": {"name": "x"}, "context": {"host": "h"}})
+        );
     }
 }

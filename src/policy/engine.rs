@@ -156,6 +156,11 @@ impl Policy {
         &self.dir
     }
 
+    /// Whether the policy in force cannot read the request's time.
+    pub fn clockless(&self) -> bool {
+        self.current.load().clockless
+    }
+
     /// Hash of the policy in force.
     pub fn hash(&self) -> Arc<str> {
         self.current.load().hash.clone()
@@ -190,7 +195,7 @@ impl Policy {
         let Some(cache) = &current.decisions else {
             return Arc::new(self.evaluate_with(&current, input).0);
         };
-        let Ok(key) = serde_json::to_vec(input) else {
+        let Ok(key) = super::cache::key(input, current.clockless) else {
             return Arc::new(self.evaluate_with(&current, input).0);
         };
         if let Some(known) = cache.get(&key) {

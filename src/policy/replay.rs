@@ -91,7 +91,8 @@ pub struct Report {
     pub records: u64,
     /// Decisions that matched the filter and were decided again.
     pub replayed: u64,
-    /// Distinct inputs among them (each evaluated once).
+    /// Distinct inputs among them (each evaluated once; the request's time is left out when
+    /// the candidate cannot read it).
     pub distinct: u64,
     /// Decisions from before the tuple was recorded, or refused before intent ran.
     pub skipped_no_tuple: u64,
@@ -165,6 +166,8 @@ pub fn replay(
 ) -> Result<Report, ReplayError> {
     let started = Instant::now();
     let total = count_records(&log.db);
+    // A policy that cannot read the time decides a request alike whatever second it came.
+    let clockless = candidate.clockless();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (work_tx, work_rx) = mpsc::sync_channel::<(u32, Value)>(workers * 64);
     let work_rx = Mutex::new(work_rx);
@@ -234,7 +237,7 @@ pub fn replay(
                     "resource": resource,
                     "context": context,
                 });
-                let key = digest(&input);
+                let key = digest(&input, clockless);
                 let next_input = inputs.len() as u32;
                 let input_id = *inputs.entry(key).or_insert(next_input);
                 if input_id == next_input {
@@ -361,9 +364,10 @@ fn subject(agent: Option<&str>, tenant: Option<&str>, owners: &HashMap<String, S
     json!({"type": "agent", "id": id, "properties": properties})
 }
 
-/// A 128-bit digest of an input's JSON, for telling distinct inputs apart.
-fn digest(input: &Value) -> [u8; 16] {
-    let bytes = serde_json::to_vec(input).unwrap_or_default();
+/// A 128-bit digest of an input's JSON (without its time when `clockless`), for telling
+/// distinct inputs apart.
+fn digest(input: &Value, clockless: bool) -> [u8; 16] {
+    let bytes = super::cache::key(input, clockless).unwrap_or_default();
     let full = crate::digest::sha256(&bytes);
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);

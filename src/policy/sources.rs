@@ -14,6 +14,8 @@ pub struct Loaded {
     /// Decisions remembered for repeated inputs; `None` for a policy that may decide
     /// differently on the same input.
     pub(super) decisions: Option<DecisionCache>,
+    /// The policy cannot read the request's time (see `policy/clockless.rs`).
+    pub(super) clockless: bool,
     /// SHA-256 over file names and contents, hex; recorded with every decision.
     pub hash: Arc<str>,
     pub files: Vec<String>,
@@ -151,6 +153,7 @@ impl Sources {
             return Ok(Loaded {
                 compiled: None,
                 decisions: None,
+                clockless: true,
                 hash,
                 files,
                 loaded_at: SystemTime::now(),
@@ -173,6 +176,7 @@ impl Sources {
         Ok(Loaded {
             compiled: Some(compiled),
             decisions: DecisionCache::for_policy(self.rego.iter().map(|(_, text)| text.as_str())),
+            clockless: super::clockless::clockless(self.rego.iter().map(|(_, t)| t.as_str())),
             hash,
             files,
             loaded_at: SystemTime::now(),

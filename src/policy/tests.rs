@@ -262,9 +262,21 @@ fn a_repeated_input_is_answered_from_the_decisions_remembered() {
     // Any other input is evaluated on its own.
     let other = p.decide(&input("write"));
     assert_eq!(other.effect, Effect::Deny);
+    // This policy cannot read the time: a request a second later is the same request.
+    assert!(p.clockless());
     let mut later = input("read");
     later["context"]["time"] = "2026-12-06T20:00:01Z".into();
-    assert!(!Arc::ptr_eq(&first, &p.decide(&later)));
+    assert!(Arc::ptr_eq(&first, &p.decide(&later)));
+
+    // One that reads it decides each second's request anew.
+    let timed = policy(
+        "package agentgate
+decision := {\"effect\": \"allow\"} if input.context.time > \"2000\"\n",
+    );
+    assert!(!timed.clockless());
+    let first = timed.decide(&input("read"));
+    assert!(Arc::ptr_eq(&first, &timed.decide(&input("read"))));
+    assert!(!Arc::ptr_eq(&first, &timed.decide(&later)));
 }
 
 #[test]

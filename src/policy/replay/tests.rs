@@ -164,8 +164,15 @@ async fn agrees_with_deciding_each_recorded_tuple_one_by_one() {
     assert_eq!(report.replayed, inputs.len() as u64);
     assert_eq!(report.unchanged + report.changed, report.replayed);
     assert_eq!(report.skipped_no_tuple, 1);
-    // 10 (request, agent) pairs in each of 20 seconds: 400 records, 200 distinct inputs.
-    assert_eq!(report.distinct, 200);
+    // 10 (request, agent) pairs in each of 20 seconds: 400 records, 10 distinct inputs to a
+    // candidate that cannot read the time, 200 to one that can.
+    assert!(candidate.clockless());
+    assert_eq!(report.distinct, 10);
+    let timed = policy(&CANDIDATE.replace("} else := {\"effect\": \"deny\"", "    input.context.time != \"\"\n} else := {\"effect\": \"deny\""));
+    assert!(!timed.clockless());
+    let by_second = replay(&log, &timed, &Filter::default(), &owners(), &|_, _| {}).unwrap();
+    assert_eq!(by_second.distinct, 200);
+    assert_eq!(by_second.changed, report.changed);
     // Every example is a record of its transition.
     for t in &report.transitions {
         assert!(!t.examples.is_empty() && t.examples.len() <= EXAMPLES);
