@@ -10,6 +10,7 @@
 
 mod cases;
 mod cond;
+mod error;
 mod grammar;
 mod ir;
 mod rego;
@@ -29,7 +30,7 @@ use super::runner::{self, CaseResult};
 use super::sources::Sources;
 use crate::intent::Intent;
 
-pub use ir::Location;
+pub use error::{CheckError, DraftError, Location, SentenceError};
 use ir::{Parsed, Reach, Rule};
 
 /// One sentence to draft from, and where it came from.
@@ -64,63 +65,6 @@ impl Source {
             })
             .collect()
     }
-}
-
-/// A sentence the grammar could not read.
-#[derive(Debug, Clone)]
-pub struct SentenceError {
-    /// Its argument or line number.
-    pub location: Location,
-    /// The sentence, whitespace collapsed.
-    pub sentence: String,
-    /// What was expected where reading stopped, or why the sentence is ambiguous.
-    pub message: String,
-}
-
-impl std::fmt::Display for SentenceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: \"{}\": {}",
-            self.location, self.sentence, self.message
-        )
-    }
-}
-
-/// Why no draft was made.
-#[derive(Debug, thiserror::Error)]
-pub enum DraftError {
-    #[error(
-        "no sentences to draft from: give at least one, e.g. \"agents may read any repository in acme\""
-    )]
-    Empty,
-    #[error("{}", lines(.0))]
-    Unparsed(Vec<SentenceError>),
-    #[error("the service catalog cannot be loaded: {0}")]
-    Catalog(String),
-    #[error("the intent gate refused the test request for {sentence}: {reason}")]
-    Witness { sentence: String, reason: String },
-}
-
-fn lines(errors: &[SentenceError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Why a drafted policy was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error("the Rego does not compile:\n{0}")]
-    Compile(String),
-    #[error(
-        "the Rego does not define data.agentgate.decision (it needs `package agentgate` and a `decision` rule)"
-    )]
-    NoDecision,
-    #[error("there are no tests: a `cases:` table with at least one case is required")]
-    NoTests,
 }
 
 /// Who wrote a draft.

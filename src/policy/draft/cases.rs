@@ -11,8 +11,8 @@ use crate::intent::Intent;
 use crate::policy::decision::Effect;
 use crate::policy::runner;
 
-use super::DraftError;
 use super::cond;
+use super::error::DraftError;
 use super::ir::{Object, Parsed, Reach, Rule, Scope, Who};
 use super::rego;
 use super::witness::{Boundary, witness};

@@ -12,8 +12,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::ir::{Action, Reach, Scope, Who};
-use super::vocab::Ops;
+use super::ir::{Action, Ops, Reach, Scope, Who};
 
 /// One condition of a rule body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,44 +28,12 @@ use super::vocab;
 
 mod object;
 mod phrases;
+mod token;
 
 use phrases::{
     ALLOW, ASK, ASK_IMPERATIVE, DENY, DENY_IMPERATIVE, MODAL_LIST, PREPOSITIONS, VERDICTS, modal_at,
 };
-
-/// A word of a sentence: as written, and lowercased for matching.
-#[derive(Debug, Clone)]
-struct Tok {
-    word: String,
-    raw: String,
-}
-
-fn tokenize(text: &str) -> Vec<Tok> {
-    let text = text
-        .trim()
-        .trim_end_matches(['.', '!', ';'])
-        .replace('’', "'");
-    let mut out = Vec::new();
-    for piece in text.split_whitespace() {
-        let (body, comma) = match piece.strip_suffix(',') {
-            Some(b) => (b, true),
-            None => (piece, false),
-        };
-        if !body.is_empty() {
-            out.push(Tok {
-                word: body.to_lowercase(),
-                raw: body.to_owned(),
-            });
-        }
-        if comma {
-            out.push(Tok {
-                word: ",".into(),
-                raw: ",".into(),
-            });
-        }
-    }
-    out
-}
+use token::{Tok, tokenize};
 
 /// Parses one sentence.
 pub(super) fn parse(text: &str) -> Result<Rule, String> {

@@ -3,8 +3,6 @@
 
 use crate::policy::decision::Effect;
 
-use super::vocab::Ops;
-
 /// A verb of the grammar, after its forms (`opens`, `opening`, `open`) are read as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verb {
@@ -103,6 +101,20 @@ pub(super) enum Reach {
     External,
     /// Slack posts to a channel that may be public.
     Public,
+}
+
+/// How a verb on an object picks a request's operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ops {
+    /// These action names exactly: REST operations and the GraphQL mutations that do the same.
+    Names(&'static [&'static str]),
+    /// Every operation of `class` whose name starts with `prefix` and whose resource has
+    /// type `resource` (each when given).
+    Class {
+        class: &'static str,
+        prefix: Option<&'static str>,
+        resource: Option<&'static str>,
+    },
 }
 
 /// Which operations a sentence is about.
@@ -217,24 +229,6 @@ impl Rule {
             Rule::Decide { action, .. }
             | Rule::Only { action, .. }
             | Rule::Budget { action, .. } => action,
-        }
-    }
-}
-
-/// Where a sentence came from, for errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    /// The n-th sentence given on the command line (1-based).
-    Sentence(usize),
-    /// A line of a rules file (1-based).
-    Line(usize),
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sentence(n) => write!(f, "sentence {n}"),
-            Location::Line(n) => write!(f, "line {n}"),
         }
     }
 }

@@ -10,7 +10,8 @@ use super::grammar::parse;
 use super::*;
 
 mod grammar;
-use crate::policy::{Budget, Effect, Policy};
+use crate::policy::decision::{Budget, Effect};
+use crate::policy::engine::Policy;
 
 fn intent() -> &'static Intent {
     static INTENT: OnceLock<Intent> = OnceLock::new();
@@ -51,7 +52,7 @@ fn err(sentence: &str) -> String {
 }
 
 /// The decision of `draft` for a request (`request:` of a table) by `agent`.
-fn decide(draft: &Draft, request: Value, agent: &str) -> crate::policy::Decision {
+fn decide(draft: &Draft, request: Value, agent: &str) -> crate::policy::decision::Decision {
     let sources = Sources {
         rego: vec![("policy.rego".into(), draft.rego.clone())],
         ..Sources::default()

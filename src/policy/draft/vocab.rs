@@ -1,21 +1,7 @@
 //! The words of the controlled English and what they name: verb forms, object nouns, and
 //! the one table from (verb, object) to the operations of the service catalog.
 
-use super::ir::{Object, Verb};
-
-/// How a verb on an object picks a request's operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ops {
-    /// These action names exactly: REST operations and the GraphQL mutations that do the same.
-    Names(&'static [&'static str]),
-    /// Every operation of `class` whose name starts with `prefix` and whose resource has
-    /// type `resource` (each when given).
-    Class {
-        class: &'static str,
-        prefix: Option<&'static str>,
-        resource: Option<&'static str>,
-    },
-}
+use super::ir::{Object, Ops, Verb};
 
 const fn class(class: &'static str) -> Ops {
     Ops::Class {

@@ -1,8 +1,8 @@
 //! Object phrases: the noun, its determiner and adjective, its qualifiers (`in acme`,
 //! `to outside acme.com`, `to public channels`), and the check that they fit the verb.
 
-use super::super::ir::{Action, Object, Reach, Scope, Verb};
-use super::super::vocab::{self, Ops};
+use super::super::ir::{Action, Object, Ops, Reach, Scope, Verb};
+use super::super::vocab;
 use super::Parser;
 use super::phrases::DETERMINERS;
 

@@ -2,9 +2,9 @@
 //! determiners and prepositions. Longer phrases come first where one starts another
 //! ("may not" before "may").
 
-use crate::policy::Effect;
+use crate::policy::decision::Effect;
 
-use super::Tok;
+use super::token::Tok;
 
 pub(super) const ALLOW: &[&[&str]] = &[
     &["are", "allowed", "to"],

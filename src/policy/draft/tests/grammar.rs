@@ -4,7 +4,7 @@
 use super::super::grammar::parse;
 use super::super::ir::{Object, Reach, Rule, Scope, Verb, Who};
 use super::{EXAMPLES, err, strings};
-use crate::policy::Effect;
+use crate::policy::decision::Effect;
 
 #[test]
 fn the_examples_of_the_brief_parse_as_meant() {
