@@ -77,7 +77,7 @@ pub(super) fn key(
     let Value::Object(top) = input else {
         return serde_json::to_vec(input);
     };
-    if !clockless || !top.get("context").is_some_and(|c| c.get("time").is_some()) {
+    if !clockless || top.get("context").is_none_or(|c| c.get("time").is_none()) {
         return serde_json::to_vec(input);
     }
     let mut out = Vec::with_capacity(1024);
