@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+pub mod budgets;
 pub mod bus;
 pub mod entry;
 pub mod mirror;

@@ -204,10 +204,16 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         state,
     )?);
     let policy = policies.instance().clone();
-    // Gate 3's budgets: uses counted per key, kept in the state directory.
-    let budgets: Arc<dyn policy::budget::Budgets> = Arc::new(
-        policy::budget::LocalBudgets::in_state(state, clock::now_micros() / 1000)?,
-    );
+    // Gate 3's budgets: uses counted per key, by the fleet when there is one, otherwise
+    // kept in the state directory.
+    let budgets: Arc<dyn policy::budget::Budgets> = if config.fleet.enabled() {
+        Arc::new(fleet::budgets::FleetBudgets::new(config.fleet.clone()))
+    } else {
+        Arc::new(policy::budget::LocalBudgets::in_state(
+            state,
+            clock::now_micros() / 1000,
+        )?)
+    };
     let policy_dir = policy.dir().to_owned();
     let instance_id = format!("{:08x}", rand::random::<u32>());
     // `/metrics`: one set of counters for the instance, handed to everything that counts;

@@ -133,6 +133,8 @@ enum Command {
     },
     /// Show each action budget's use against its limit (counted by the proxy).
     Budgets {
+        #[command(flatten)]
+        config: ConfigArgs,
         /// Only budgets whose key names this agent (name or SPIFFE ID).
         #[arg(long)]
         agent: Option<String>,
@@ -290,8 +292,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             let config = load_config(&cli.home, &config)?;
             cli::vault::run(&StateDir::open_or_create(&cli.home)?, &config, command)
         }
-        Command::Budgets { agent, output } => {
-            cli::budgets::run(&StateDir::open_or_create(&cli.home)?, agent, output)
+        Command::Budgets {
+            config,
+            agent,
+            output,
+        } => {
+            let config = load_config(&cli.home, &config)?;
+            cli::budgets::run(
+                &StateDir::open_or_create(&cli.home)?,
+                &config,
+                agent,
+                output,
+            )
         }
         Command::Panic {
             agent,

@@ -157,7 +157,7 @@ impl Pipeline {
         let injection = match admitted.await {
             Ok(injection) => injection,
             Err(denial) => {
-                self.release_unsent(trail, &caller);
+                self.release_unsent(trail, &caller).await;
                 if inbound.more() {
                     self.drain(&mut inbound).await;
                 }
@@ -174,7 +174,7 @@ impl Pipeline {
         let (method, host, path) = (&parts.method, target.authority.host(), parts.uri.path());
         let record = self.decision(request_id, trail, Some(method), host, path, None);
         if let Err(e) = self.c.audit.commit(record).await {
-            self.release_unsent(trail, &caller);
+            self.release_unsent(trail, &caller).await;
             return Err(audit_unavailable(e));
         }
         trail.decided = Some(started.elapsed());
@@ -238,8 +238,9 @@ impl Pipeline {
         let mode = self.c.policies.mode();
         let now_ms = crate::clock::now_micros() / 1000;
         let budgets = &*self.c.budgets;
+        let charged = &mut trail.budgets;
         let verdict =
-            gates::policy::charge(budgets, caller, verdict, mode, &mut trail.budgets, now_ms)?;
+            gates::policy::charge(budgets, caller, verdict, mode, charged, now_ms).await?;
         let consent =
             (self.obtain_consent(target, parts, inbound, caller, &tuple, &verdict, trail)).await?;
         let origin = target.tls_origin();
@@ -259,8 +260,8 @@ impl Pipeline {
 
     /// Gives back what a refused request took but never used: its budget uses and a
     /// one-time approval (refused after consent: no credential, audit down).
-    fn release_unsent(&self, trail: &mut Trail, caller: &Caller) {
-        trail.budgets.give_back(&*self.c.budgets);
+    async fn release_unsent(&self, trail: &mut Trail, caller: &Caller) {
+        trail.budgets.give_back(&*self.c.budgets).await;
         self.release_consent(trail, caller);
     }
 

@@ -159,7 +159,7 @@ pub async fn budgets(
     Query(q): Query<BudgetsQuery>,
 ) -> Reply {
     let now_ms = crate::clock::now_micros() / 1000;
-    let mut usage = admin.budgets.usage(now_ms, q.agent.as_deref());
+    let mut usage = admin.budgets.usage(now_ms, q.agent.as_deref()).await;
     if let Some(t) = scope.tenant() {
         let own = format!("tenant:{t}");
         usage.retain(|u| u.key.first() == Some(&own));

@@ -1,24 +1,36 @@
 //! `agentgate budgets`: each action budget's use against its limit, as the proxy counts it
-//! (read from the state directory, so it works whether or not the proxy runs).
+//! (read from the state directory, or from the fleet's bucket in fleet mode, so it works
+//! whether or not the proxy runs).
 
 use anyhow::Result;
 
+use agentgate::config::Config;
+use agentgate::fleet::budgets::FleetBudgets;
 use agentgate::identity::registry::Registry;
-use agentgate::policy::budget::{Budgets, LocalBudgets, Usage};
+use agentgate::policy::budget::{LocalBudgets, Usage};
 use agentgate::state::StateDir;
 
 use super::Output;
 
 /// Prints the budgets in use, optionally only those naming `agent`.
-pub(crate) fn run(state: &StateDir, agent: Option<String>, output: Output) -> Result<()> {
+pub(crate) fn run(
+    state: &StateDir,
+    config: &Config,
+    agent: Option<String>,
+    output: Output,
+) -> Result<()> {
     let now_ms = agentgate::clock::now_micros() / 1000;
-    let counter = LocalBudgets::in_state(state, now_ms)?;
     // A registered name stands for its SPIFFE ID, which is what keys hold.
     let part = agent.map(|a| match Registry::open(state).and_then(|r| r.agent(&a)) {
         Ok(found) => found.spiffe_id,
         Err(_) => a,
     });
-    let usage = counter.usage(now_ms, part.as_deref());
+    let usage = if config.fleet.enabled() {
+        let fleet = FleetBudgets::new(config.fleet.clone());
+        super::block_on(fleet.usage_or_error(now_ms, part.as_deref()))??
+    } else {
+        LocalBudgets::in_state(state, now_ms)?.usage_now(now_ms, part.as_deref())
+    };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&usage)?),
         Output::Text => print!("{}", render(&usage, now_ms)),

@@ -87,9 +87,9 @@ pub struct BudgetUse {
 
 impl Charged {
     /// Gives back every use taken (the request did not go out).
-    pub fn give_back(&mut self, budgets: &dyn Budgets) {
+    pub async fn give_back(&mut self, budgets: &dyn Budgets) {
         for (key, at) in self.taken.drain(..) {
-            budgets.give_back(&key, at);
+            budgets.give_back(&key, at).await;
         }
     }
 }
@@ -98,7 +98,7 @@ impl Charged {
 /// goes on as decided (each use counted); over one, the budget's `over` effect applies
 /// (the stronger of several) and nothing is counted. A counter that fails refuses the
 /// request. In observe mode the outcome is recorded but not enforced.
-pub fn charge(
+pub async fn charge(
     budgets: &dyn Budgets,
     caller: &Caller,
     verdict: Verdict,
@@ -123,7 +123,7 @@ pub fn charge(
             }
             None => b,
         };
-        match budgets.take(b, now_ms) {
+        match budgets.take(b, now_ms).await {
             Ok(Take::Taken { used, at }) => {
                 charged.taken.push((b.key.clone(), at));
                 charged.notes.push(BudgetUse {
@@ -151,7 +151,7 @@ pub fn charge(
                 }
             }
             Err(e) => {
-                charged.give_back(budgets);
+                charged.give_back(budgets).await;
                 return Err(Denial::new(
                     Gate::Policy,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -165,7 +165,7 @@ pub fn charge(
         return Ok(verdict);
     };
     // Over budget: nothing of this request counts against the others either.
-    charged.give_back(budgets);
+    charged.give_back(budgets).await;
     charged.reason = Some(why.clone());
     if mode == Mode::Observe {
         return Ok(verdict);

@@ -53,15 +53,23 @@ pub enum BudgetError {
     Db(String, String),
 }
 
-/// A budget counter: local today, shared by a fleet behind the same calls.
+/// A budget counter: one instance's ([`LocalBudgets`]) or a fleet's (`fleet::budgets`),
+/// behind the same calls.
 pub trait Budgets: Send + Sync {
     /// Counts one use of `budget` at `now_ms` unless its limit is already reached.
-    fn take(&self, budget: &Budget, now_ms: i64) -> Result<Take, BudgetError>;
+    fn take<'a>(
+        &'a self,
+        budget: &'a Budget,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Take, BudgetError>>;
     /// Gives back a use taken at `at` (the request was refused after all).
-    fn give_back(&self, key: &[String], at: i64);
+    fn give_back<'a>(&'a self, key: &'a [String], at: i64) -> BoxFuture<'a, ()>;
     /// Every key's use at `now_ms`, optionally only keys naming `part`.
-    fn usage(&self, now_ms: i64, part: Option<&str>) -> Vec<Usage>;
+    fn usage<'a>(&'a self, now_ms: i64, part: Option<&'a str>) -> BoxFuture<'a, Vec<Usage>>;
 }
+
+/// What a counter's calls return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// One key's window: the times of the uses still in it, oldest first.
 struct Window {
@@ -167,7 +175,27 @@ impl LocalBudgets {
 }
 
 impl Budgets for LocalBudgets {
-    fn take(&self, budget: &Budget, now_ms: i64) -> Result<Take, BudgetError> {
+    fn take<'a>(
+        &'a self,
+        budget: &'a Budget,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Take, BudgetError>> {
+        Box::pin(std::future::ready(self.take_now(budget, now_ms)))
+    }
+
+    fn give_back<'a>(&'a self, key: &'a [String], at: i64) -> BoxFuture<'a, ()> {
+        self.give_back_now(key, at);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn usage<'a>(&'a self, now_ms: i64, part: Option<&'a str>) -> BoxFuture<'a, Vec<Usage>> {
+        Box::pin(std::future::ready(self.usage_now(now_ms, part)))
+    }
+}
+
+impl LocalBudgets {
+    /// [`Budgets::take`], on this thread (a few microseconds: one SQLite insert).
+    pub fn take_now(&self, budget: &Budget, now_ms: i64) -> Result<Take, BudgetError> {
         let key = joined(&budget.key);
         let window_ms = i64::try_from(budget.window.as_millis()).unwrap_or(i64::MAX);
         let mut inner = self
@@ -214,7 +242,8 @@ impl Budgets for LocalBudgets {
         Ok(Take::Taken { used: used + 1, at })
     }
 
-    fn give_back(&self, key: &[String], at: i64) {
+    /// [`Budgets::give_back`], on this thread.
+    pub fn give_back_now(&self, key: &[String], at: i64) {
         let joined = joined(key);
         let Ok(mut inner) = self.inner.lock() else {
             return;
@@ -231,7 +260,8 @@ impl Budgets for LocalBudgets {
         );
     }
 
-    fn usage(&self, now_ms: i64, part: Option<&str>) -> Vec<Usage> {
+    /// [`Budgets::usage`], on this thread.
+    pub fn usage_now(&self, now_ms: i64, part: Option<&str>) -> Vec<Usage> {
         let Ok(mut inner) = self.inner.lock() else {
             return Vec::new();
         };
@@ -278,21 +308,21 @@ mod tests {
         let t0 = 1_000_000;
         for i in 1..=3 {
             assert!(
-                matches!(counter.take(&b, t0 + i), Ok(Take::Taken { used, .. }) if used == i as u64)
+                matches!(counter.take_now(&b, t0 + i), Ok(Take::Taken { used, .. }) if used == i as u64)
             );
         }
         assert_eq!(
-            counter.take(&b, t0 + 10).unwrap(),
+            counter.take_now(&b, t0 + 10).unwrap(),
             Take::Exceeded { used: 3 }
         );
         drop(counter);
         // Restarted: the same three uses are still in the window.
         let counter = LocalBudgets::open(&path, t0 + 20).unwrap();
         assert_eq!(
-            counter.take(&b, t0 + 20).unwrap(),
+            counter.take_now(&b, t0 + 20).unwrap(),
             Take::Exceeded { used: 3 }
         );
-        let usage = counter.usage(t0 + 20, Some("external-mail"));
+        let usage = counter.usage_now(t0 + 20, Some("external-mail"));
         assert_eq!(usage.len(), 1);
         assert_eq!(
             (usage[0].used, usage[0].limit, usage[0].window_secs),
@@ -301,11 +331,11 @@ mod tests {
         assert_eq!(usage[0].frees_at_ms, Some(t0 + 1 + 60_000));
         // The first use leaves the window one minute after it was taken.
         assert!(matches!(
-            counter.take(&b, t0 + 1 + 60_000),
+            counter.take_now(&b, t0 + 1 + 60_000),
             Ok(Take::Taken { used: 3, .. })
         ));
         assert_eq!(
-            counter.take(&b, t0 + 2 + 59_999).unwrap(),
+            counter.take_now(&b, t0 + 2 + 59_999).unwrap(),
             Take::Exceeded { used: 3 }
         );
     }
@@ -320,7 +350,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         (0..10)
-                            .map(|_| counter.take(&b, 5_000).unwrap())
+                            .map(|_| counter.take_now(&b, 5_000).unwrap())
                             .collect::<Vec<_>>()
                     })
                 })
@@ -342,13 +372,13 @@ mod tests {
             20,
             "exactly the limit was counted out of 80 tries"
         );
-        counter.give_back(&b.key, ok[0]);
+        counter.give_back_now(&b.key, ok[0]);
         assert!(matches!(
-            counter.take(&b, 5_001),
+            counter.take_now(&b, 5_001),
             Ok(Take::Taken { used: 20, .. })
         ));
         assert!(matches!(
-            counter.take(&b, 5_002),
+            counter.take_now(&b, 5_002),
             Ok(Take::Exceeded { used: 20 })
         ));
     }

@@ -477,3 +477,62 @@ async fn replay_of_recorded_traffic_shows_what_a_candidate_would_change() {
     assert!(!ok, "a tampered log was replayed");
     assert!(err.contains("does not verify"), "{err}");
 }
+
+/// In a fleet, one budget is counted by every instance: posts sent at once through two
+/// instances, three each, against a limit of 4 for the agent: exactly 4 leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_counts_one_budget_across_instances() {
+    use super::fleet::{instance_with, readyz, until};
+    let env = TestEnv::new().await;
+    let nats = crate::support::nats::Nats::start(env.dir.path());
+    let dir = env.dir.path().join("fleet-policy");
+    write_policy(
+        &dir,
+        &BUDGET_POLICY.replace(
+            r#""key": ["slack-posts", input.subject.id], "limit": 2, "window": "3s""#,
+            r#""key": ["slack-posts", input.subject.id], "limit": 4, "window": "1h""#,
+        ),
+    );
+    let cfg = env
+        .config()
+        .set("policy", "dir", &toml_str(&dir.display().to_string()))
+        .set("policy", "eval_timeout", &toml_str("5s"));
+    let a = instance_with(&env, &nats, "a", cfg.clone());
+    let b = instance_with(&env, &nats, "b", cfg);
+    for p in [&a, &b] {
+        until("the instance is ready", 20, 200, || readyz(p)).await;
+    }
+    let posts = [&a, &b, &a, &b, &a, &b].map(post_slack);
+    let statuses = futures_util::future::join_all(posts).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 4, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        2,
+        "{statuses:?}"
+    );
+    let posted = env
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.contains("chat.postMessage"))
+        .count();
+    assert_eq!(posted, 4);
+
+    // The CLI of either instance reads the fleet's count.
+    let home = env.dir.path().join("b");
+    let config = home.join("agentgate.toml");
+    let out = crate::support::proxy::cli(
+        &home,
+        &["budgets", "-c", config.to_str().unwrap(), "-o", "json"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(usage[0]["key"][0], "slack-posts", "{usage:#}");
+    assert_eq!(usage[0]["used"], 4, "{usage:#}");
+}

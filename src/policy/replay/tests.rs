@@ -168,7 +168,10 @@ async fn agrees_with_deciding_each_recorded_tuple_one_by_one() {
     // candidate that cannot read the time, 200 to one that can.
     assert!(candidate.clockless());
     assert_eq!(report.distinct, 10);
-    let timed = policy(&CANDIDATE.replace("} else := {\"effect\": \"deny\"", "    input.context.time != \"\"\n} else := {\"effect\": \"deny\""));
+    let timed = policy(&CANDIDATE.replace(
+        "} else := {\"effect\": \"deny\"",
+        "    input.context.time != \"\"\n} else := {\"effect\": \"deny\"",
+    ));
     assert!(!timed.clockless());
     let by_second = replay(&log, &timed, &Filter::default(), &owners(), &|_, _| {}).unwrap();
     assert_eq!(by_second.distinct, 200);
