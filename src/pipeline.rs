@@ -177,6 +177,7 @@ impl Pipeline {
             self.release_unsent(trail, &caller).await;
             return Err(audit_unavailable(e));
         }
+        trail.budgets.spend();
         trail.decided = Some(started.elapsed());
 
         // 3. Egress.
@@ -237,7 +238,7 @@ impl Pipeline {
         .await?;
         let mode = self.c.policies.mode();
         let now_ms = crate::clock::now_micros() / 1000;
-        let budgets = &*self.c.budgets;
+        let budgets = &self.c.budgets;
         let charged = &mut trail.budgets;
         let verdict =
             gates::policy::charge(budgets, caller, verdict, mode, charged, now_ms).await?;

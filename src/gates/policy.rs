@@ -67,14 +67,44 @@ pub fn evaluate(
 }
 
 /// What a request's budgets came to: one note per budget for the record, and the uses to
-/// give back if the request is refused after all.
-#[derive(Debug, Default)]
+/// give back if the request is refused after all. Uses still held when it is dropped (the
+/// client went away while the request waited) are given back then.
+#[derive(Default)]
 pub struct Charged {
     pub notes: Vec<BudgetUse>,
-    /// Keys and times of the uses taken.
+    /// Keys and times of the uses taken and not yet spent.
     pub taken: Vec<(Vec<String>, i64)>,
     /// Why a budget changed the decision, for the record's reasons.
     pub reason: Option<String>,
+    /// The counter the uses came from.
+    counter: Option<Arc<dyn Budgets>>,
+}
+
+impl std::fmt::Debug for Charged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charged")
+            .field("notes", &self.notes)
+            .field("taken", &self.taken)
+            .finish()
+    }
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let (Some(counter), Ok(rt)) = (self.counter.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let taken = std::mem::take(&mut self.taken);
+        rt.spawn(async move {
+            for (key, at) in taken {
+                counter.give_back(&key, at).await;
+            }
+        });
+    }
 }
 
 /// One budget of a decision and its use.
@@ -86,6 +116,11 @@ pub struct BudgetUse {
 }
 
 impl Charged {
+    /// The uses are spent: the request's decision is recorded and it goes out.
+    pub fn spend(&mut self) {
+        self.taken.clear();
+    }
+
     /// Gives back every use taken (the request did not go out).
     pub async fn give_back(&mut self, budgets: &dyn Budgets) {
         for (key, at) in self.taken.drain(..) {
@@ -99,7 +134,7 @@ impl Charged {
 /// (the stronger of several) and nothing is counted. A counter that fails refuses the
 /// request. In observe mode the outcome is recorded but not enforced.
 pub async fn charge(
-    budgets: &dyn Budgets,
+    budgets: &Arc<dyn Budgets>,
     caller: &Caller,
     verdict: Verdict,
     mode: Mode,
@@ -125,6 +160,7 @@ pub async fn charge(
         };
         match budgets.take(b, now_ms).await {
             Ok(Take::Taken { used, at }) => {
+                charged.counter = Some(budgets.clone());
                 charged.taken.push((b.key.clone(), at));
                 charged.notes.push(BudgetUse {
                     budget: b.clone(),
@@ -151,7 +187,7 @@ pub async fn charge(
                 }
             }
             Err(e) => {
-                charged.give_back(budgets).await;
+                charged.give_back(&**budgets).await;
                 return Err(Denial::new(
                     Gate::Policy,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -165,7 +201,7 @@ pub async fn charge(
         return Ok(verdict);
     };
     // Over budget: nothing of this request counts against the others either.
-    charged.give_back(budgets).await;
+    charged.give_back(&**budgets).await;
     charged.reason = Some(why.clone());
     if mode == Mode::Observe {
         return Ok(verdict);
@@ -211,6 +247,52 @@ fn escalates(decision: &Decision, mode: Mode) -> Result<bool, Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn uses_held_by_a_dropped_request_are_given_back() {
+        use crate::policy::budget::{LocalBudgets, Take};
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalBudgets::open(&dir.path().join("b.db"), 0).unwrap());
+        let counter: Arc<dyn Budgets> = local.clone();
+        let b = Budget {
+            key: vec!["k".into()],
+            limit: 1,
+            window: std::time::Duration::from_secs(60),
+            over: Effect::Deny,
+        };
+        let Ok(Take::Taken { at, .. }) = local.take_now(&b, 1_000) else {
+            panic!("not taken")
+        };
+        let mut spent = Charged::default();
+        spent.counter = Some(counter.clone());
+        spent.taken.push((b.key.clone(), at));
+        spent.spend();
+        drop(spent);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            local.usage_now(1_001, None)[0].used,
+            1,
+            "a spent use stays counted"
+        );
+        let Ok(Take::Exceeded { .. }) = local.take_now(&b, 1_002) else {
+            panic!("over the limit of 1")
+        };
+        local.give_back_now(&b.key, at);
+        let Ok(Take::Taken { at, .. }) = local.take_now(&b, 1_003) else {
+            panic!("not taken")
+        };
+        let mut held = Charged::default();
+        held.counter = Some(counter);
+        held.taken.push((b.key.clone(), at));
+        drop(held);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            local.usage_now(1_004, None).is_empty(),
+            "the held use was given back"
+        );
+    }
 
     #[test]
     fn observe_mode_never_stops_a_request() {

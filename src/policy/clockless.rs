@@ -172,7 +172,9 @@ mod tests {
         assert!(!ok("d := object.get(input, [\"context\", k], 1)"));
         assert!(!ok("d := object.get(input, p, 1)"));
         assert!(!ok("d := time.now_ns()"));
-        assert!(!ok("d := object.get(input, [\"context\", \"t\\u0069me\"], 1)"));
+        assert!(!ok(
+            "d := object.get(input, [\"context\", \"t\\u0069me\"], 1)"
+        ));
     }
 
     #[test]

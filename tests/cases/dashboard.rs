@@ -456,6 +456,25 @@ async fn dashboard_signs_in_shows_decisions_answers_consents_and_panics() {
         shown.as_array().is_some_and(|a| a.len() >= 2),
         "all rows again: {shown}"
     );
+    // A candidate that denies everything, replayed from the policy panel: the read and the
+    // write would both change.
+    let replay = browser
+        .step(
+            "replay",
+            json!({"rego": "package agentgate\ndecision := {\"effect\": \"deny\", \"reasons\": [\"no\"]}\n"}),
+        )
+        .await;
+    assert!(
+        replay["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("would change")),
+        "{replay:#}"
+    );
+    let rows = replay["rows"].to_string();
+    assert!(
+        rows.contains("allow → deny") && rows.contains(READ_ACTION),
+        "{replay:#}"
+    );
     let answered = admin(&proxy, "GET", &format!("/api/v1/consents/{id}"), None, true).await;
     assert_eq!(answered.status, 200, "{}", answered.text());
     assert_eq!(answered.json()["status"], "approved", "{}", answered.text());

@@ -209,6 +209,20 @@ const commands = {
     return page.locator('#decisions tr:not([hidden])').evaluateAll((rows) => rows.map((r) => r.dataset.action));
   },
 
+  /** Replays recorded traffic against `rego` in the policy panel; returns the summary line
+   *  and the transitions shown. */
+  async replay({ rego }) {
+    await page.locator('details.replay summary').click();
+    await page.fill('#replay-rego', rego);
+    await page.click('#replay-form button[type=submit]');
+    const summary = page.locator('#replay-result > p:not(.status)');
+    await summary.waitFor();
+    const rows = await page.locator('#replay-result tbody tr').evaluateAll((trs) =>
+      trs.map((tr) => [...tr.children].slice(0, 3).map((td) => td.textContent)));
+    await shot('5-replay.png');
+    return { summary: await summary.textContent(), rows };
+  },
+
   async screenshot({ name }) {
     await shot(name);
     return {};

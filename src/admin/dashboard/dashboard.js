@@ -446,6 +446,7 @@ function onRecord(event) {
     case 'decision':
       addDecision(seq, record);
       if (record.policy_effect === 'escalate') requestRefresh('consents');
+      if (record.budgets) requestRefresh('policy');
       break;
     case 'outcome':
       addOutcome(record);
@@ -864,7 +865,62 @@ async function refreshPolicy() {
       el('dt', {}, 'Files'), el('dd', { className: 'mono wrap' }, files.length ? files.map(String).join(', ') : '—'),
     ),
     p.last_error ? el('p', { className: 'message', dataset: { kind: 'error' } }, `Last reload failed: ${text(p.last_error)}`) : null,
+    p.shadow ? el('dl', { className: 'kv' },
+      el('dt', {}, 'Shadow'), el('dd', { className: 'mono', title: text(p.shadow.hash) }, `${text(p.shadow.hash).slice(0, 12)} ${text(p.shadow.dir)}`),
+    ) : null,
+    p.shadow?.last_error ? el('p', { className: 'message', dataset: { kind: 'error' } }, `Shadow reload failed: ${text(p.shadow.last_error)}`) : null,
+    await budgetsTable(),
   ].filter(Boolean));
+}
+
+/** Each action budget's use against its limit, or nothing when none is in use. */
+async function budgetsTable() {
+  let b;
+  try {
+    b = await api('GET', '/api/v1/budgets');
+  } catch {
+    return null;
+  }
+  const rows = Array.isArray(b?.budgets) ? b.budgets : [];
+  if (!rows.length) return null;
+  return el('table', { className: 'budgets' },
+    el('caption', {}, 'Budgets'),
+    el('thead', {}, el('tr', {}, el('th', {}, 'Key'), el('th', {}, 'Used'), el('th', {}, 'Window'))),
+    el('tbody', {}, ...rows.map((u) => el('tr', { className: u.used >= u.limit ? 'effect-deny' : '' },
+      el('td', { className: 'mono wrap' }, (u.key ?? []).map(String).join('/')),
+      el('td', { className: 'num' }, `${u.used} / ${u.limit}`),
+      el('td', { className: 'num' }, `${Math.round((u.window_secs ?? 0) / 60)} min`),
+    ))),
+  );
+}
+
+/** Replays recorded traffic against the candidate in the replay form. */
+async function replayCandidate(event) {
+  event.preventDefault();
+  const out = $('replay-result');
+  const rego = $('replay-rego').value;
+  const since = $('replay-since').value.trim();
+  out.replaceChildren(el('p', { className: 'status' }, 'replaying…'));
+  let r;
+  try {
+    r = await api('POST', '/api/v1/policy/replay', { files: { 'candidate.rego': rego }, ...(since ? { since } : {}) });
+  } catch (err) {
+    out.replaceChildren(el('p', { className: 'message', dataset: { kind: 'error' } }, describe(err)));
+    return;
+  }
+  const moves = Array.isArray(r.transitions) ? r.transitions : [];
+  out.replaceChildren(
+    el('p', {}, `${r.replayed} decisions replayed (${r.distinct} distinct): ${r.changed} would change, ${r.unchanged} would not.`),
+    moves.length ? el('table', {},
+      el('thead', {}, el('tr', {}, el('th', {}, 'Change'), el('th', {}, 'Action'), el('th', {}, 'Count'), el('th', {}, 'Examples'))),
+      el('tbody', {}, ...moves.map((t) => el('tr', {},
+        el('td', {}, `${t.from} → ${t.to}`),
+        el('td', { className: 'mono wrap' }, text(t.action)),
+        el('td', { className: 'num' }, String(t.count)),
+        el('td', {}, ...(t.examples ?? []).map((seq) => el('button', { type: 'button', className: 'quiet small', onclick: () => openRecord(seq) }, `#${seq}`))),
+      ))),
+    ) : null,
+  );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -988,6 +1044,7 @@ function showPanicReport(r) {
 // Wiring (no inline handlers: the CSP forbids them)
 
 function bindStatic() {
+  $('replay-form').addEventListener('submit', replayCandidate);
   $('signin-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const token = $('token-input').value.trim();
