@@ -38,13 +38,13 @@ impl Stored {
     }
 
     fn usage(&self) -> Usage {
-        Usage {
-            key: self.key.clone(),
-            used: self.uses.len() as u64,
-            limit: self.limit,
-            window_secs: (self.window_ms / 1000) as u64,
-            frees_at_ms: self.uses.first().map(|t| t + self.window_ms),
-        }
+        Usage::of(
+            &self.key,
+            self.uses.len(),
+            self.limit,
+            self.window_ms,
+            self.uses.first(),
+        )
     }
 }
 

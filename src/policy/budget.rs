@@ -42,6 +42,25 @@ pub struct Usage {
     pub frees_at_ms: Option<i64>,
 }
 
+impl Usage {
+    /// The use of `key`: `used` uses in a window of `window_ms`, the oldest at `oldest`.
+    pub fn of(
+        key: &[String],
+        used: usize,
+        limit: u64,
+        window_ms: i64,
+        oldest: Option<&i64>,
+    ) -> Usage {
+        Usage {
+            key: key.to_vec(),
+            used: used as u64,
+            limit,
+            window_secs: (window_ms / 1000) as u64,
+            frees_at_ms: oldest.map(|t| t + window_ms),
+        }
+    }
+}
+
 /// Why a budget could not be counted (the request is refused: fail closed).
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
@@ -90,13 +109,13 @@ impl Window {
     }
 
     fn usage(&self) -> Usage {
-        Usage {
-            key: self.key.clone(),
-            used: self.uses.len() as u64,
-            limit: self.limit,
-            window_secs: (self.window_ms / 1000) as u64,
-            frees_at_ms: self.uses.front().map(|t| t + self.window_ms),
-        }
+        Usage::of(
+            &self.key,
+            self.uses.len(),
+            self.limit,
+            self.window_ms,
+            self.uses.front(),
+        )
     }
 }
 
