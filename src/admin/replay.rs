@@ -19,8 +19,10 @@ use super::state::Admin;
 use crate::policy::replay::{self, Filter, Log};
 use crate::policy::{Policy, Sources};
 
-/// One replay at a time: each reads the whole log and uses every core.
+/// One replay at a time: each reads the whole log.
 static REPLAYING: AtomicBool = AtomicBool::new(false);
+/// Longest a replay over the API may run.
+const REPLAY_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `POST /api/v1/policy/replay`: the candidate as files, or (instance token only) a
 /// directory on the proxy's machine.
@@ -127,7 +129,12 @@ pub async fn replay(
     let state = admin.state.clone();
     let done = blocking("replay_failed", move || {
         let owners = replay::owners(&state);
-        replay::replay(&log, &candidate, &filter, &owners, &|_, _| {})
+        // One core, two minutes: the proxy keeps serving while it runs.
+        let limits = replay::Limits {
+            workers: 1,
+            within: Some(REPLAY_WITHIN),
+        };
+        replay::replay_within(&log, &candidate, &filter, &owners, &|_, _| {}, &limits)
     })
     .await;
     REPLAYING.store(false, Ordering::Release);

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -117,6 +118,10 @@ pub enum ReplayError {
         "the audit log does not verify (record {seq}: {why}); replay reads only a verified log — run `agentgate audit verify` for details"
     )]
     Tampered { seq: u64, why: String },
+    #[error(
+        "the replay did not finish within {within:?}; replay long logs or slow candidates on the command line (`agentgate policy replay`), or narrow it with since/agent"
+    )]
+    TooLong { within: std::time::Duration },
 }
 
 /// The fields of a decision record replay reads.
@@ -164,11 +169,46 @@ pub fn replay(
     owners: &HashMap<String, String>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, ReplayError> {
+    let all = Limits {
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        within: None,
+    };
+    replay_within(log, candidate, filter, owners, progress, &all)
+}
+
+/// How much of the machine a replay may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Threads evaluating the candidate (beside the one reading the log).
+    pub workers: usize,
+    /// Longest the replay may run before it stops with [`ReplayError::TooLong`].
+    pub within: Option<std::time::Duration>,
+}
+
+/// [`replay`] within `limits`: inside the proxy, a replay must not take every core, nor
+/// run for hours on a candidate that is slow to evaluate.
+pub fn replay_within(
+    log: &Log,
+    candidate: &Policy,
+    filter: &Filter,
+    owners: &HashMap<String, String>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    limits: &Limits,
+) -> Result<Report, ReplayError> {
     let started = Instant::now();
     let total = count_records(&log.db);
     // A policy that cannot read the time decides a request alike whatever second it came.
     let clockless = candidate.clockless();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = limits.workers.max(1);
+    let deadline = limits.within.map(|d| started + d);
+    let stopped = AtomicBool::new(false);
+    let past = || {
+        let late = deadline.is_some_and(|d| Instant::now() >= d);
+        if late {
+            stopped.store(true, Ordering::Relaxed);
+        }
+        late || stopped.load(Ordering::Relaxed)
+    };
     let (work_tx, work_rx) = mpsc::sync_channel::<(u32, Value)>(workers * 64);
     let work_rx = Mutex::new(work_rx);
     let answers: Mutex<Vec<Option<Answer>>> = Mutex::new(Vec::new());
@@ -185,6 +225,9 @@ pub fn replay(
                 loop {
                     let next = work_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((id, input))) = next else { return };
+                    if past() {
+                        continue; // drained, not evaluated: the replay is over
+                    }
                     let d = candidate.evaluate(&input);
                     let answer = Answer {
                         effect: d.effect,
@@ -205,6 +248,9 @@ pub fn replay(
             log.checkpoints.as_deref(),
             log.public_key.as_deref(),
             |seq, bytes| {
+                if past() {
+                    return;
+                }
                 if seq % 8192 == 0 {
                     progress(seq, total);
                 }
@@ -256,6 +302,9 @@ pub fn replay(
         report
     })?;
     progress(total, total);
+    if let (true, Some(within)) = (stopped.load(Ordering::Relaxed), limits.within) {
+        return Err(ReplayError::TooLong { within });
+    }
     if let Some(p) = report.problem {
         return Err(ReplayError::Tampered {
             seq: p.seq,

@@ -254,3 +254,37 @@ async fn a_tampered_log_is_refused() {
     .to_string();
     assert!(err.contains("does not verify"), "{err}");
 }
+
+#[tokio::test]
+async fn a_replay_past_its_time_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_state, log) = write_log(dir.path(), &inputs(50)).await;
+    let limits = Limits {
+        workers: 1,
+        within: Some(std::time::Duration::ZERO),
+    };
+    let err = replay_within(
+        &log,
+        &policy(CANDIDATE),
+        &Filter::default(),
+        &owners(),
+        &|_, _| {},
+        &limits,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ReplayError::TooLong { .. }), "{err}");
+    let ample = Limits {
+        workers: 1,
+        within: Some(std::time::Duration::from_secs(600)),
+    };
+    let r = replay_within(
+        &log,
+        &policy(CANDIDATE),
+        &Filter::default(),
+        &owners(),
+        &|_, _| {},
+        &ample,
+    )
+    .unwrap();
+    assert_eq!(r.replayed, 50);
+}
