@@ -164,39 +164,28 @@ fn mail_body() -> String {
     serde_json::json!({ "raw": raw }).to_string()
 }
 
+/// The status of a JSON `POST` of `body` to `url` through `proxy` (curl).
+async fn post_json(proxy: &crate::support::proxy::Proxy, url: &str, body: &str) -> u16 {
+    let args = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-raw",
+        body,
+        url,
+    ];
+    curl(proxy, &args).await.status
+}
+
 async fn send_mail(proxy: &crate::support::proxy::Proxy) -> u16 {
-    let body = mail_body();
-    let out = curl(
-        proxy,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-raw",
-            &body,
-            "https://gmail.googleapis.com/gmail/v1/users/me/messages/send",
-        ],
-    )
-    .await;
-    out.status
+    let url = "https://gmail.googleapis.com/gmail/v1/users/me/messages/send";
+    post_json(proxy, url, &mail_body()).await
 }
 
 async fn post_slack(proxy: &crate::support::proxy::Proxy) -> u16 {
-    let out = curl(
-        proxy,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-raw",
-            r#"{"channel":"C0123ABCD","text":"build green"}"#,
-            "https://slack.com/api/chat.postMessage",
-        ],
-    )
-    .await;
-    out.status
+    let body = r#"{"channel":"C0123ABCD","text":"build green"}"#;
+    post_json(proxy, "https://slack.com/api/chat.postMessage", body).await
 }
 
 /// Twenty-five concurrent external mails under a budget of 20 an hour: exactly 20 leave
