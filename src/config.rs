@@ -280,6 +280,18 @@ impl Config {
                 "commit_timeout and checkpoint_interval must be greater than zero",
             );
         }
+        if self.audit.segment_max_bytes.as_u64() < 4096 || self.audit.segment_max_age.is_zero() {
+            return bad(
+                "audit",
+                "segment_max_bytes must be at least 4KiB and segment_max_age greater than zero",
+            );
+        }
+        if self.audit.retention.enabled() && self.audit.archive().is_none() {
+            return bad(
+                "audit.retention",
+                "sealed segments are removed only once archived: set audit.archive_dir too",
+            );
+        }
         if self.intent.max_body == 0 || self.intent.max_body > 64 << 20 {
             return bad("intent.max_body", "must be between 1 byte and 64 MiB");
         }

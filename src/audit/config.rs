@@ -1,10 +1,12 @@
 //! `[audit]`: where the log lives, how hard a commit tries to survive, how the writer batches
-//! and when it signs checkpoints.
+//! and when it signs checkpoints, when segments are sealed, where they are archived, how
+//! long they stay, and when the disk is low.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use bytesize::ByteSize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::state::StateDir;
 
@@ -38,9 +40,101 @@ pub struct AuditConfig {
     /// …or this much time with new records, and at shutdown.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Seal the active segment once its records take this many bytes…
+    pub segment_max_bytes: ByteSize,
+    /// …or once its first record is this old.
+    #[serde(with = "humantime_serde")]
+    pub segment_max_age: Duration,
+    /// Where sealed segments are copied (in Kubernetes, a volume); empty: not archived.
+    pub archive_dir: PathBuf,
+    /// How long sealed segments stay in the state dir once archived.
+    pub retention: Retention,
+    /// Free space on the log's disk below which the watchdog warns: "10%" or "512MiB".
+    pub disk_free_warning: FreeSpace,
+}
+
+/// `[audit.retention]`: a sealed segment leaves the state dir once it is archived (and, in
+/// a fleet, shipped) and either limit is passed; neither set keeps every segment.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Segments whose last record is older than this go.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// The oldest segments go while all sealed segments together take more than this.
+    pub max_bytes: Option<ByteSize>,
+}
+
+impl Retention {
+    /// Whether any limit is set.
+    pub fn enabled(&self) -> bool {
+        self.max_age.is_some() || self.max_bytes.is_some()
+    }
+}
+
+/// A free-space threshold: a share of the file system or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeSpace {
+    /// Percent of the file system's size (0–100).
+    Percent(u8),
+    Bytes(ByteSize),
+}
+
+impl FreeSpace {
+    /// The threshold in bytes on a file system of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            FreeSpace::Percent(p) => total / 100 * u64::from(p),
+            FreeSpace::Bytes(b) => b.as_u64(),
+        }
+    }
+}
+
+impl std::fmt::Display for FreeSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreeSpace::Percent(p) => write!(f, "{p}%"),
+            FreeSpace::Bytes(b) => write!(f, "{}", b.display().iec()),
+        }
+    }
+}
+
+impl std::str::FromStr for FreeSpace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(FreeSpace::Percent(p)),
+                _ => Err(format!("{s:?}: a percentage must be 0% to 100%")),
+            },
+            None => s
+                .parse::<ByteSize>()
+                .map(FreeSpace::Bytes)
+                .map_err(|e| format!("{s:?}: want \"10%\" or a size like \"512MiB\" ({e})")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeSpace {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for FreeSpace {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
 }
 
 impl AuditConfig {
+    /// The archive directory, when one is set.
+    pub fn archive(&self) -> Option<&std::path::Path> {
+        Some(self.archive_dir.as_path()).filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// The database file: `path`, or `audit.db` in the state dir.
     pub fn db_path(&self, state: &StateDir) -> PathBuf {
         if self.path.as_os_str().is_empty() {
@@ -61,6 +155,11 @@ impl Default for AuditConfig {
             commit_timeout: Duration::from_secs(2),
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
+            segment_max_bytes: ByteSize::mib(64),
+            segment_max_age: Duration::from_secs(24 * 3600),
+            archive_dir: PathBuf::new(),
+            retention: Retention::default(),
+            disk_free_warning: FreeSpace::Percent(10),
         }
     }
 }
