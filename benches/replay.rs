@@ -136,6 +136,7 @@ fn main() {
         db: config.db_path(&state),
         checkpoints: None,
         public_key: None,
+        archive: None,
     };
     let owners: HashMap<String, String> = HashMap::new();
 

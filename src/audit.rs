@@ -15,7 +15,10 @@ pub mod config;
 pub mod error;
 pub mod outbox;
 pub mod record;
+pub mod seal;
+pub mod segment;
 pub mod store;
+pub mod view;
 pub mod verify;
 mod writer;
 
@@ -60,6 +63,10 @@ pub struct Audit {
     metrics: Arc<Metrics>,
     stop_checkpointer: Arc<AtomicBool>,
     checkpointer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The sealer thread (segments, archive, retention) and what it must wait for.
+    sealer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    holds: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    archive: Option<PathBuf>,
     db: PathBuf,
     log_id: String,
     events: tokio::sync::broadcast::Sender<Arc<Committed>>,
@@ -106,6 +113,14 @@ impl Audit {
             path: db.clone(),
             reason: e.to_string(),
         })?;
+        let open_err = |e: rusqlite::Error| AuditError::Open {
+            path: db.clone(),
+            reason: e.to_string(),
+        };
+        let (base, _) = segment::base(&conn, &log_id).map_err(open_err)?;
+        let (segment_bytes, first_ts) = seal::active_stats(&conn, base).map_err(open_err)?;
+        let sealing = Arc::new(AtomicU64::new(seal::pending(&conn).map_err(open_err)?));
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
@@ -128,6 +143,15 @@ impl Audit {
             committed: committed.clone(),
             since_tail: 0,
             closed: false,
+            segment: writer::SegmentState {
+                max_bytes: config.segment_max_bytes.as_u64(),
+                max_age: config.segment_max_age,
+                bytes: segment_bytes,
+                first_ts,
+                sealing: sealing.clone(),
+                wake,
+                retry_at: None,
+            },
         };
         let writer = Arc::new(std::sync::Mutex::new(writer));
         let shared = writer.clone();
@@ -146,6 +170,21 @@ impl Audit {
                 .spawn(move || store::wal_checkpointer(path, stop))
                 .ok()
         };
+        let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sealer = seal::Sealer {
+            db: db.clone(),
+            log_id: log_id.clone(),
+            archive: config.archive().map(PathBuf::from),
+            retention: config.retention.clone(),
+            sealing,
+            wake: woken,
+            stop: stop_checkpointer.clone(),
+            holds: holds.clone(),
+        };
+        let sealer = std::thread::Builder::new()
+            .name("audit-sealer".into())
+            .spawn(move || seal::run(sealer))
+            .ok();
         {
             // Wake-ups for time-based checkpoints and for flushing unawaited records.
             let tx = tx.clone();
@@ -173,6 +212,9 @@ impl Audit {
             metrics,
             stop_checkpointer,
             checkpointer: std::sync::Mutex::new(checkpointer),
+            sealer: std::sync::Mutex::new(sealer),
+            holds,
+            archive: config.archive().map(PathBuf::from),
             db,
             log_id,
             events,
@@ -187,6 +229,19 @@ impl Audit {
     /// The database file.
     pub fn db_path(&self) -> &std::path::Path {
         &self.db
+    }
+
+    /// The archive directory (`audit.archive_dir`), when set.
+    pub fn archive(&self) -> Option<&std::path::Path> {
+        self.archive.as_deref()
+    }
+
+    /// Keeps sealed segments in the state dir until the shipper whose progress file
+    /// (`<log id> <seq>`) is `progress` has shipped them.
+    pub fn hold_until_shipped(&self, progress: PathBuf) {
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.push(progress);
+        }
     }
 
     /// The log id.
@@ -273,8 +328,10 @@ impl Audit {
         // The WAL thread first, so the writer's final TRUNCATE checkpoint has no reader
         // holding the WAL open.
         self.stop_checkpointer.store(true, Ordering::Relaxed);
-        if let Some(t) = self.checkpointer.lock().ok().and_then(|mut t| t.take()) {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        for thread in [&self.checkpointer, &self.sealer] {
+            if let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
         }
         let (reply, done) = oneshot::channel();
         if self.tx.send(writer::Job::Close(reply)).await.is_ok() {

@@ -52,6 +52,7 @@ pub async fn audit_page(
     }
     let tenant = scope.tenant().map(str::to_owned);
     let db = admin.audit.db_path().to_owned();
+    let archive = admin.audit.archive().map(ToOwned::to_owned);
     let (page, from, next) = match before {
         Some(b) => (events::Page::Before(b, limit), b, "next_before"),
         None => {
@@ -60,7 +61,7 @@ pub async fn audit_page(
         }
     };
     let read = move || -> Result<serde_json::Value, rusqlite::Error> {
-        let rows = events::rows(&db, tenant.as_deref(), page)?;
+        let rows = events::rows(&db, archive.as_deref(), tenant.as_deref(), page)?;
         let last = rows.last().map_or(from, |r| r.0 as i64);
         let records: Vec<_> = rows
             .into_iter()
@@ -101,16 +102,31 @@ pub async fn audit_record(
         Err(r) => return r,
     }
     let db = admin.audit.db_path().to_owned();
+    let archive = admin.audit.archive().map(ToOwned::to_owned);
     let read = move || -> Result<Option<(String, String, Option<String>)>, rusqlite::Error> {
-        use rusqlite::OptionalExtension;
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.query_row(
-            "SELECT r.record, r.hash, p.hash FROM records r LEFT JOIN records p ON p.seq = r.seq - 1 WHERE r.seq = ?1",
-            [seq],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
+        if seq < 1 {
+            return Ok(None);
+        }
+        // The record and the one before it, which may sit in the segment before.
+        let view = crate::audit::view::View::open(&db, archive.as_deref())?;
+        let rows = view.page_after(seq as u64 - 1, 1, |part, _| {
+            let mut stmt = part.conn.prepare_cached(
+                "SELECT r.record, r.hash, p.hash FROM records r LEFT JOIN records p ON p.seq = r.seq - 1 WHERE r.seq = ?1 AND r.seq > ?2",
+            )?;
+            let rows = stmt.query_map([seq, part.lower as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+            })?;
+            rows.collect()
+        })?;
+        let Some((record, hash, prev)) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let prev = match prev {
+            Some(prev) => Some(prev),
+            // The first record of a segment: the previous hash is its base.
+            None => prev_hash(&view, seq as u64)?,
+        };
+        Ok(Some((record, hash, prev)))
     };
     match blocking("audit_read_failed", read).await {
         Ok(Ok(Some((record, hash, prev)))) => {
@@ -137,6 +153,21 @@ pub async fn audit_record(
     }
 }
 
+/// The hash of record `seq - 1`, wherever it is (None for the first record).
+fn prev_hash(view: &crate::audit::view::View, seq: u64) -> rusqlite::Result<Option<String>> {
+    if seq < 2 {
+        return Ok(None);
+    }
+    let hashes = view.page_after(seq - 2, 1, |part, _| {
+        let mut stmt = part
+            .conn
+            .prepare_cached("SELECT hash FROM records WHERE seq = ?1 AND seq > ?2")?;
+        let rows = stmt.query_map([(seq - 1) as i64, part.lower as i64], |r| r.get(0))?;
+        rows.collect()
+    })?;
+    Ok(hashes.into_iter().next())
+}
+
 /// Verify the whole chain and the signed checkpoints (instance admin).
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
     responses((status = 200, description = "the verification report with `intact`", body = Object),
@@ -152,9 +183,14 @@ pub async fn audit_verify(
     let jsonl = db.with_file_name(crate::audit::checkpoint::JSONL_FILE);
     let key = std::fs::read_to_string(admin.state.path(crate::audit::checkpoint::PUB_FILE))
         .unwrap_or_default();
+    let archive = admin.audit.archive().map(ToOwned::to_owned);
     let run = move || {
-        let jsonl_path = Some(jsonl.as_path()).filter(|p| p.exists());
-        let report = crate::audit::verify::verify(&db, jsonl_path, Some(key.trim()));
+        let sources = crate::audit::verify::Sources {
+            archive: archive.as_deref(),
+            checkpoint_file: Some(jsonl.as_path()).filter(|p| p.exists()),
+            public_hex: Some(key.trim()),
+        };
+        let report = crate::audit::verify::verify_visiting(&db, &sources, |_, _| {});
         (report, last_checkpoint(&db))
     };
     match blocking("verify_failed", run).await {
@@ -165,7 +201,9 @@ pub async fn audit_verify(
             body["verified_to"] = report
                 .problem
                 .as_ref()
-                .map_or(report.records, |p| p.seq.saturating_sub(1))
+                .map_or(report.from_seq + report.records - 1, |p| {
+                    p.seq.saturating_sub(1)
+                })
                 .into();
             body["last_checkpoint"] = last.unwrap_or_default();
             json_value(StatusCode::OK, &body)

@@ -263,36 +263,44 @@ pub(super) enum Page {
 }
 
 /// Committed rows `(seq, record, hash)` visible to `tenant` (None: all), in the page's
-/// order. Shared by the stream's replay and `GET /api/v1/audit`.
+/// order, across the log's segments (archived ones under `archive`). Shared by the stream's
+/// replay and `GET /api/v1/audit`.
 pub(super) fn rows(
     db: &std::path::Path,
+    archive: Option<&std::path::Path>,
     tenant: Option<&str>,
     page: Page,
 ) -> rusqlite::Result<Vec<(u64, String, String)>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let view = crate::audit::view::View::open(db, archive)?;
     let filter = "(?3 IS NULL OR json_extract(record, '$.tenant') = ?3)";
-    let (sql, from, limit) = match page {
-        Page::After(seq, limit) => (
-            format!(
-                "SELECT seq, record, hash FROM records WHERE seq > ?1 AND {filter} ORDER BY seq LIMIT ?2"
-            ),
-            seq,
-            limit,
-        ),
-        Page::Before(seq, limit) => (
-            format!(
-                "SELECT seq, record, hash FROM records WHERE seq < ?1 AND {filter} ORDER BY seq DESC LIMIT ?2"
-            ),
-            seq,
-            limit,
-        ),
+    let read = |part: &crate::audit::view::Part<'_>, sql: &str, from: u64, left: usize| {
+        let mut stmt = part.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(
+            rusqlite::params![from as i64, left as i64, tenant, part.lower as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+        )?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
     };
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params![from, limit, tenant], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-    })?;
-    rows.collect()
+    match page {
+        Page::After(seq, limit) => {
+            let sql = format!(
+                "SELECT seq, record, hash FROM records WHERE seq > ?1 AND seq > ?4 AND {filter} ORDER BY seq LIMIT ?2"
+            );
+            let after = seq.max(0) as u64;
+            view.page_after(after, limit.max(0) as usize, |part, left| {
+                read(part, &sql, after, left)
+            })
+        }
+        Page::Before(seq, limit) => {
+            let sql = format!(
+                "SELECT seq, record, hash FROM records WHERE seq < ?1 AND seq > ?4 AND {filter} ORDER BY seq DESC LIMIT ?2"
+            );
+            let before = seq.max(0) as u64;
+            view.page_before(before, limit.max(0) as usize, |part, left| {
+                read(part, &sql, before, left)
+            })
+        }
+    }
 }
 
 /// Rows for the stream, oldest first; a read failure ends the stream (logged).
@@ -302,8 +310,9 @@ async fn read(
     page: Page,
 ) -> Option<Vec<(u64, String, String)>> {
     let db = admin.audit.db_path().to_owned();
+    let archive = admin.audit.archive().map(ToOwned::to_owned);
     let read = move || {
-        let mut rows = rows(&db, tenant.as_deref(), page)?;
+        let mut rows = rows(&db, archive.as_deref(), tenant.as_deref(), page)?;
         rows.sort_by_key(|r| r.0);
         Ok::<_, rusqlite::Error>(rows)
     };

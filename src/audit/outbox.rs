@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::params;
 
 use super::Audit;
 use crate::state::{StateDir, StateError, write_public};
@@ -50,6 +50,11 @@ impl Outbox {
         self.audit.db_path().to_owned()
     }
 
+    /// The archive directory of the log, when it has one.
+    pub fn archive(&self) -> Option<PathBuf> {
+        self.audit.archive().map(ToOwned::to_owned)
+    }
+
     /// The log's id.
     pub fn log_id(&self) -> &str {
         self.audit.log_id()
@@ -60,7 +65,9 @@ impl Outbox {
     pub async fn next(&mut self, limit: usize) -> rusqlite::Result<Vec<Row>> {
         loop {
             let (db, after) = (self.audit.db_path().to_owned(), self.shipped);
-            let rows = tokio::task::spawn_blocking(move || read_after(&db, after, limit))
+            let archive = self.audit.archive().map(ToOwned::to_owned);
+            let rows =
+                tokio::task::spawn_blocking(move || read_after(&db, archive.as_deref(), after, limit))
                 .await
                 .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
             if !rows.is_empty() {
@@ -103,19 +110,27 @@ fn read_progress(path: &Path, log_id: &str) -> u64 {
     }
 }
 
-fn read_after(db: &Path, after: u64, limit: usize) -> rusqlite::Result<Vec<Row>> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = conn.prepare(
-        "SELECT seq, hash, record, json_extract(record, '$.tenant') FROM records
-         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-        Ok(Row {
-            seq: r.get::<_, i64>(0)? as u64,
-            hash: r.get(1)?,
-            record: r.get(2)?,
-            tenant: r.get(3)?,
-        })
-    })?;
-    rows.collect()
+fn read_after(
+    db: &Path,
+    archive: Option<&Path>,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Row>> {
+    // Across segments: a shipper that fell behind a seal reads the sealed file.
+    let view = super::view::View::open(db, archive)?;
+    view.page_after(after, limit, |part, left| {
+        let mut stmt = part.conn.prepare_cached(
+            "SELECT seq, hash, record, json_extract(record, '$.tenant') FROM records
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![part.lower.max(after) as i64, left as i64], |r| {
+            Ok(Row {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: r.get(1)?,
+                record: r.get(2)?,
+                tenant: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    })
 }

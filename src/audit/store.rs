@@ -14,7 +14,7 @@ use super::config::Durability;
 use super::error::AuditError;
 use crate::sqlite;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
@@ -66,7 +66,7 @@ pub fn open(path: &Path, durability: Durability) -> Result<(Connection, String),
     Ok((conn, log_id))
 }
 
-/// The last record: its seq and hash (genesis when empty).
+/// The last record: its seq and hash (the base when empty: genesis for a new log).
 pub fn head(conn: &Connection, log_id: &str) -> Result<(u64, Hash), rusqlite::Error> {
     let last: Option<(i64, String)> = conn
         .query_row(
@@ -77,7 +77,8 @@ pub fn head(conn: &Connection, log_id: &str) -> Result<(u64, Hash), rusqlite::Er
         .optional()?;
     Ok(match last {
         Some((seq, hash)) => (seq as u64, chain::parse_hash(&hash).unwrap_or([0; 32])),
-        None => (0, chain::genesis(log_id)),
+        // Empty: every record went to sealed segments; the chain goes on from the last.
+        None => super::segment::base(conn, log_id)?,
     })
 }
 

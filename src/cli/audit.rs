@@ -1,15 +1,17 @@
 //! `agentgate audit verify | tail | export`: read the log without the proxy's help (a
 //! read-only SQLite connection works while the proxy writes).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::params;
 
 use agentgate::audit::checkpoint::{JSONL_FILE, PUB_FILE};
-use agentgate::audit::verify::verify;
+use agentgate::audit::verify::{Sources, verify_visiting};
+use agentgate::audit::view::View;
 use agentgate::config::Config;
 use agentgate::state::StateDir;
 
@@ -30,8 +32,12 @@ pub(crate) enum AuditCommand {
         /// in the state dir). Keep a copy somewhere the log's host cannot change.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// Verify the archived segments too (default: audit.archive_dir when set); the
+        /// chain must then be whole from the first record.
+        #[arg(long)]
+        archive: Option<PathBuf>,
         /// Verify every instance's log as the fleet's audit stream holds it ([fleet]).
-        #[arg(long, conflicts_with_all = ["db", "checkpoint", "pubkey"])]
+        #[arg(long, conflicts_with_all = ["db", "checkpoint", "pubkey", "archive"])]
         fleet: bool,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
@@ -40,6 +46,9 @@ pub(crate) enum AuditCommand {
     Tail {
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Read archived segments from here too (default: audit.archive_dir).
+        #[arg(long)]
+        archive: Option<PathBuf>,
         /// How many records to start with.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: u32,
@@ -53,6 +62,9 @@ pub(crate) enum AuditCommand {
     Export {
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Read archived segments from here too (default: audit.archive_dir).
+        #[arg(long)]
+        archive: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Only records after this seq.
@@ -71,15 +83,24 @@ fn db_path(state: &StateDir, config: &Config, db: Option<PathBuf>) -> PathBuf {
     db.unwrap_or_else(|| config.audit.db_path(state))
 }
 
-fn open(db: &Path) -> Result<Connection> {
+/// The archive to read: `--archive`, else `audit.archive_dir`; a named one must exist.
+fn archive_path(config: &Config, archive: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    match archive {
+        Some(dir) if !dir.is_dir() => bail!("archive directory {} does not exist", dir.display()),
+        Some(dir) => Ok(Some(dir)),
+        None => Ok(config.audit.archive().map(PathBuf::from)),
+    }
+}
+
+/// A view of the whole log (every segment) at `db`.
+fn open(db: &Path, archive: Option<&Path>) -> Result<View> {
     if !db.exists() {
         bail!(
             "no audit log at {} (start the proxy once, or pass --db)",
             db.display()
         );
     }
-    Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("opening {}", db.display()))
+    View::open(db, archive).with_context(|| format!("opening {}", db.display()))
 }
 
 /// Runs an `audit` subcommand; `Ok(false)` means verification found a problem.
@@ -94,10 +115,12 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
             db,
             checkpoint,
             pubkey,
+            archive,
             output,
             ..
         } => {
             let db = db_path(state, config, db);
+            let archive = archive_path(config, archive)?;
             // The default file may not exist yet (no checkpoint written); a named one must.
             let checkpoint = match checkpoint {
                 Some(path) if !path.exists() => {
@@ -113,21 +136,39 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                     pubkey_path.display()
                 )
             })?;
-            let report = verify(&db, checkpoint.as_deref(), Some(key.trim()))?;
+            let sources = Sources {
+                archive: archive.as_deref(),
+                checkpoint_file: checkpoint.as_deref(),
+                public_hex: Some(key.trim()),
+            };
+            let report = verify_visiting(&db, &sources, |_, _| {})?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => {
                     println!(
-                        "{}: {} records, {} checkpoints checked in {} ms ({} records/s)",
+                        "{}: {} records in {} sealed segments and the active one, {} checkpoints checked in {} ms ({} records/s)",
                         db.display(),
                         report.records,
+                        report.segments,
                         report.checkpoints,
                         report.elapsed_ms,
                         report.records_per_sec
                     );
+                    if report.from_seq > 1 {
+                        println!(
+                            "from seq {}: earlier segments are archived (pass --archive DIR to verify them)",
+                            report.from_seq
+                        );
+                    }
                     match &report.problem {
                         None => println!("intact"),
-                        Some(p) => println!("NOT INTACT at seq {}: {}", p.seq, p.why),
+                        Some(p) => match &p.segment {
+                            Some(segment) => println!(
+                                "NOT INTACT at seq {} in segment {segment}: {}",
+                                p.seq, p.why
+                            ),
+                            None => println!("NOT INTACT at seq {}: {}", p.seq, p.why),
+                        },
                     }
                 }
             }
@@ -135,36 +176,52 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
         }
         AuditCommand::Tail {
             db,
+            archive,
             lines,
             follow,
             output,
         } => {
-            let conn = open(&db_path(state, config, db))?;
-            let last: i64 =
-                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
-                    r.get(0)
-                })?;
-            let mut after = (last - i64::from(lines)).max(0);
+            let (db, archive) = (db_path(state, config, db), archive_path(config, archive)?);
+            let last = open(&db, archive.as_deref())?.last_seq()?;
+            let mut after = last.saturating_sub(u64::from(lines));
             loop {
-                after = print_after(&conn, after, output)?;
+                // A fresh view each time: a seal moves records between files.
+                after = print_after(&open(&db, archive.as_deref())?, after, output)?;
                 if !follow {
                     return Ok(true);
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        AuditCommand::Export { db, format, since } => {
+        AuditCommand::Export {
+            db,
+            archive,
+            format,
+            since,
+        } => {
             let ExportFormat::Jsonl = format;
-            let conn = open(&db_path(state, config, db))?;
-            let mut stmt =
-                conn.prepare("SELECT record, hash FROM records WHERE seq > ?1 ORDER BY seq")?;
-            let mut rows = stmt.query(params![since as i64])?;
+            let (db, archive) = (db_path(state, config, db), archive_path(config, archive)?);
+            let view = open(&db, archive.as_deref())?;
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            while let Some(row) = rows.next()? {
-                let record: String = row.get(0)?;
-                let hash: String = row.get(1)?;
-                writeln!(out, "{{\"hash\":\"{hash}\",\"record\":{record}}}")?;
+            let mut failed = None;
+            view.ascending(since, |part| {
+                let mut stmt = part.conn.prepare(
+                    "SELECT record, hash FROM records WHERE seq > ?1 ORDER BY seq",
+                )?;
+                let mut rows = stmt.query(params![part.lower as i64])?;
+                while let Some(row) = rows.next()? {
+                    let record: String = row.get(0)?;
+                    let hash: String = row.get(1)?;
+                    if let Err(e) = writeln!(out, "{{\"hash\":\"{hash}\",\"record\":{record}}}") {
+                        failed = Some(e);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
             out.flush()?;
             Ok(true)
@@ -205,15 +262,19 @@ fn verify_fleet(config: &Config, output: Output) -> Result<bool> {
     Ok(intact)
 }
 
-fn print_after(conn: &Connection, after: i64, output: Output) -> Result<i64> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, record FROM records WHERE seq > ?1 ORDER BY seq LIMIT 10000",
-    )?;
-    let mut rows = stmt.query(params![after])?;
+fn print_after(view: &View, after: u64, output: Output) -> Result<u64> {
+    let rows = view.page_after(after, 10_000, |part, left| {
+        let mut stmt = part.conn.prepare_cached(
+            "SELECT seq, record FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![part.lower as i64, left as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
+        rows.collect()
+    })?;
     let mut last = after;
-    while let Some(row) = rows.next()? {
-        last = row.get(0)?;
-        let text: String = row.get(1)?;
+    for (seq, text) in rows {
+        last = seq;
         match output {
             Output::Json => println!("{text}"),
             Output::Text => {

@@ -74,6 +74,8 @@ pub async fn ship(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    // A sealed segment stays in the state dir until the stream has every record of it.
+    audit.hold_until_shipped(state.path(PROGRESS_FILE));
     let mut outbox = Outbox::open(audit, &state, PROGRESS_FILE);
     loop {
         let ended = tokio::select! {
@@ -141,7 +143,9 @@ async fn ship_session(
         // The log's signed checkpoints up to what is shipped: a tail cut off in the stream
         // then shows as records a checkpoint vouches for but the stream lacks.
         let (db, after) = (outbox.db_path(), checkpoints_shipped);
-        let signed = tokio::task::spawn_blocking(move || checkpoints_between(&db, after, last))
+        let archive = outbox.archive();
+        let signed =
+            tokio::task::spawn_blocking(move || checkpoints_between(&db, archive.as_deref(), after, last))
             .await
             .map_err(bus)?
             .map_err(|e| bus(format!("reading the log's checkpoints: {e}")))?;
@@ -171,21 +175,34 @@ async fn ship_session(
     }
 }
 
-/// The log's signed checkpoints with `after < size <= upto`, by size (their JSON text).
+/// The log's signed checkpoints with `after < size <= upto`, by size (their JSON text),
+/// across its segments.
 fn checkpoints_between(
     db: &std::path::Path,
+    archive: Option<&std::path::Path>,
     after: u64,
     upto: u64,
 ) -> rusqlite::Result<Vec<(u64, String)>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = conn.prepare(
-        "SELECT size, signed FROM checkpoints WHERE size > ?1 AND size <= ?2 ORDER BY size",
-    )?;
-    let rows = stmt.query_map(rusqlite::params![after as i64, upto as i64], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+    let view = crate::audit::view::View::open(db, archive)?;
+    let mut out: Vec<(u64, String)> = Vec::new();
+    view.ascending(after, |part| {
+        let mut stmt = part.conn.prepare_cached(
+            "SELECT size, signed FROM checkpoints WHERE size > ?1 AND size <= ?2 ORDER BY size",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![part.lower.max(after) as i64, upto as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?;
+        for row in rows {
+            let (size, signed) = row?;
+            // A seal's checkpoint is in both the sealed file and the next one.
+            if out.last().is_none_or(|(last, _)| *last < size) {
+                out.push((size, signed));
+            }
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
     })?;
-    rows.collect()
+    Ok(out)
 }
 
 /// A tenant name as one subject token (`.` would split it).

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::decision::Effect;
 use super::engine::Policy;
-use crate::audit::verify::{VerifyError, verify_visiting};
+use crate::audit::verify::{Sources, VerifyError, verify_visiting};
 
 /// Example records kept per transition.
 const EXAMPLES: usize = 3;
@@ -39,6 +39,8 @@ pub struct Log {
     pub checkpoints: Option<PathBuf>,
     /// The checkpoint signing key (hex), to check their signatures.
     pub public_key: Option<String>,
+    /// Where sealed segments are archived (`audit.archive_dir`), when set.
+    pub archive: Option<PathBuf>,
 }
 
 impl Log {
@@ -54,6 +56,7 @@ impl Log {
             db,
             checkpoints,
             public_key,
+            archive: audit.archive().map(PathBuf::from),
         }
     }
 }
@@ -196,7 +199,7 @@ pub fn replay_within(
     limits: &Limits,
 ) -> Result<Report, ReplayError> {
     let started = Instant::now();
-    let total = count_records(&log.db);
+    let total = count_records(&log.db, log.archive.as_deref());
     // A policy that cannot read the time decides a request alike whatever second it came.
     let clockless = candidate.clockless();
     let workers = limits.workers.max(1);
@@ -243,10 +246,14 @@ pub fn replay_within(
                 }
             });
         }
+        let sources = Sources {
+            archive: log.archive.as_deref(),
+            checkpoint_file: log.checkpoints.as_deref(),
+            public_hex: log.public_key.as_deref(),
+        };
         let report = verify_visiting(
             &log.db,
-            log.checkpoints.as_deref(),
-            log.public_key.as_deref(),
+            &sources,
             |seq, bytes| {
                 if past() {
                     return;
@@ -424,15 +431,10 @@ fn digest(input: &Value, clockless: bool) -> [u8; 16] {
 }
 
 /// How many records the log holds, for progress (0 when it cannot say).
-fn count_records(db: &Path) -> u64 {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-    rusqlite::Connection::open_with_flags(db, flags)
-        .and_then(|c| {
-            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .map_or(0, |n| n.max(0) as u64)
+fn count_records(db: &Path, archive: Option<&Path>) -> u64 {
+    crate::audit::view::View::open(db, archive)
+        .and_then(|v| v.last_seq())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ async fn write_log(dir: &std::path::Path, inputs: &[Value]) -> (StateDir, Log) {
     let log = Log {
         checkpoints: None,
         public_key: None,
+        archive: None,
         db,
     };
     (state, log)

@@ -1,0 +1,165 @@
+//! Reading the log across its segments: one consistent view of the active file and the
+//! sealed ones (local, and archived when an archive is given), so a reader pages by `seq`
+//! without knowing where a record lives.
+//!
+//! The active file is read inside one read transaction, and its base is read before the
+//! directories are listed. The sealer installs a sealed file before it moves the base past
+//! it and deletes rows only after that, so a view either sees the rows in the active file
+//! or the sealed file that holds them — never neither — and the `floor` (the highest `seq`
+//! any listed sealed file holds) keeps it from reading a row twice.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::segment::{self, Sealed};
+
+/// A consistent view of the whole log.
+pub struct View {
+    active: Connection,
+    /// Rows of the active file at or below this are in sealed files.
+    floor: u64,
+    sealed: Vec<Sealed>,
+}
+
+/// One file of the view and the rows it contributes: `seq > lower`.
+pub struct Part<'a> {
+    pub conn: &'a Connection,
+    pub lower: u64,
+}
+
+impl View {
+    /// Opens the view of the log at `db` (and its archived segments under `archive`).
+    pub fn open(db: &Path, archive: Option<&Path>) -> rusqlite::Result<View> {
+        let active = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        // The snapshot starts at the first read and holds for every later one.
+        active.execute_batch("BEGIN")?;
+        let log_id: String =
+            active.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| {
+                r.get(0)
+            })?;
+        let (base, _) = segment::base(&active, &log_id)?;
+        let sealed = segment::all(db, archive, &log_id)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let floor = sealed.iter().map(|s| s.last).max().unwrap_or(0).max(base);
+        Ok(View {
+            active,
+            floor,
+            sealed,
+        })
+    }
+
+    /// The sealed segments in view, oldest first.
+    pub fn sealed(&self) -> &[Sealed] {
+        &self.sealed
+    }
+
+    /// The active file (inside the view's snapshot).
+    pub fn active(&self) -> &Connection {
+        &self.active
+    }
+
+    /// The highest `seq` in view (0 when empty).
+    pub fn last_seq(&self) -> rusqlite::Result<u64> {
+        let last: i64 = self.active.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM records",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((last as u64).max(self.floor))
+    }
+
+    /// Calls `read` on every file that may hold rows with `seq > after`, oldest first,
+    /// until it breaks.
+    pub fn ascending(
+        &self,
+        after: u64,
+        mut read: impl FnMut(Part<'_>) -> rusqlite::Result<ControlFlow<()>>,
+    ) -> rusqlite::Result<()> {
+        for s in self.sealed.iter().filter(|s| s.last > after) {
+            let conn = s.open()?;
+            let part = Part {
+                conn: &conn,
+                lower: after.max(s.first - 1),
+            };
+            if read(part)?.is_break() {
+                return Ok(());
+            }
+        }
+        let part = Part {
+            conn: &self.active,
+            lower: after.max(self.floor),
+        };
+        read(part).map(drop)
+    }
+
+    /// Calls `read` on every file that may hold rows with `seq < before`, newest first,
+    /// until it breaks.
+    pub fn descending(
+        &self,
+        before: u64,
+        mut read: impl FnMut(Part<'_>) -> rusqlite::Result<ControlFlow<()>>,
+    ) -> rusqlite::Result<()> {
+        if before > self.floor + 1 {
+            let part = Part {
+                conn: &self.active,
+                lower: self.floor,
+            };
+            if read(part)?.is_break() {
+                return Ok(());
+            }
+        }
+        for s in self.sealed.iter().rev().filter(|s| s.first < before) {
+            let conn = s.open()?;
+            let part = Part {
+                conn: &conn,
+                lower: s.first - 1,
+            };
+            if read(part)?.is_break() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` items after `after`, oldest first: `page(part, limit left)` reads one
+    /// file's rows `seq > part.lower` in order.
+    pub fn page_after<T>(
+        &self,
+        after: u64,
+        limit: usize,
+        mut page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
+    ) -> rusqlite::Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.ascending(after, |part| {
+            out.extend(page(&part, limit - out.len())?);
+            Ok(if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Up to `limit` items before `before`, newest first: `page(part, limit left)` reads
+    /// one file's rows `part.lower < seq < before` newest first.
+    pub fn page_before<T>(
+        &self,
+        before: u64,
+        limit: usize,
+        mut page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
+    ) -> rusqlite::Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.descending(before, |part| {
+            out.extend(page(&part, limit - out.len())?);
+            Ok(if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+}
