@@ -18,8 +18,8 @@ pub mod record;
 pub mod seal;
 pub mod segment;
 pub mod store;
-pub mod view;
 pub mod verify;
+pub mod view;
 mod writer;
 
 use std::path::PathBuf;
@@ -66,6 +66,8 @@ pub struct Audit {
     /// The sealer thread (segments, archive, retention) and what it must wait for.
     sealer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     holds: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    /// Wakes the sealer (at close, so it sees the stop at once).
+    wake_sealer: std::sync::mpsc::SyncSender<()>,
     archive: Option<PathBuf>,
     db: PathBuf,
     log_id: String,
@@ -149,7 +151,7 @@ impl Audit {
                 bytes: segment_bytes,
                 first_ts,
                 sealing: sealing.clone(),
-                wake,
+                wake: wake.clone(),
                 retry_at: None,
             },
         };
@@ -214,6 +216,7 @@ impl Audit {
             checkpointer: std::sync::Mutex::new(checkpointer),
             sealer: std::sync::Mutex::new(sealer),
             holds,
+            wake_sealer: wake,
             archive: config.archive().map(PathBuf::from),
             db,
             log_id,
@@ -328,6 +331,7 @@ impl Audit {
         // The WAL thread first, so the writer's final TRUNCATE checkpoint has no reader
         // holding the WAL open.
         self.stop_checkpointer.store(true, Ordering::Relaxed);
+        let _ = self.wake_sealer.try_send(());
         for thread in [&self.checkpointer, &self.sealer] {
             if let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -66,10 +66,11 @@ impl Outbox {
         loop {
             let (db, after) = (self.audit.db_path().to_owned(), self.shipped);
             let archive = self.audit.archive().map(ToOwned::to_owned);
-            let rows =
-                tokio::task::spawn_blocking(move || read_after(&db, archive.as_deref(), after, limit))
-                .await
-                .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            let rows = tokio::task::spawn_blocking(move || {
+                read_after(&db, archive.as_deref(), after, limit)
+            })
+            .await
+            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
             if !rows.is_empty() {
                 return Ok(rows);
             }

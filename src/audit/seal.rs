@@ -133,13 +133,17 @@ impl Sealer {
                     copy_out(partial, &self.db, &self.log_id, (base, &base_hash), upto)
                         .map_err(std::io::Error::other)
                 })
-                .map_err(io(format!("writing sealed segment {}", dir.join(&name).display())))?;
+                .map_err(io(format!(
+                    "writing sealed segment {}",
+                    dir.join(&name).display()
+                )))?;
                 tracing::info!(segment = %name, records = upto - base, "audit segment sealed");
             }
-            let last_hash: String =
-                conn.query_row("SELECT hash FROM records WHERE seq = ?1", [upto as i64], |r| {
-                    r.get(0)
-                })?;
+            let last_hash: String = conn.query_row(
+                "SELECT hash FROM records WHERE seq = ?1",
+                [upto as i64],
+                |r| r.get(0),
+            )?;
             let tx = conn.unchecked_transaction()?;
             segment::set_meta(&tx, segment::BASE_SEQ, &upto.to_string())?;
             segment::set_meta(&tx, segment::BASE_HASH, &last_hash)?;
@@ -177,7 +181,8 @@ impl Sealer {
     /// Copies every local sealed file the archive lacks.
     fn archive_all(&self, archive: &Path) -> Result<(), SealError> {
         let dir = segment::archive_dir(archive, &self.log_id);
-        let local = segment::list(&segment::local_dir(&self.db)).map_err(io("listing sealed segments"))?;
+        let local =
+            segment::list(&segment::local_dir(&self.db)).map_err(io("listing sealed segments"))?;
         for s in local {
             if archived(&s, &dir) {
                 continue;
@@ -190,7 +195,11 @@ impl Sealer {
                 }
                 Ok(())
             })
-            .map_err(io(format!("archiving {} to {}", s.path.display(), target.display())))?;
+            .map_err(io(format!(
+                "archiving {} to {}",
+                s.path.display(),
+                target.display()
+            )))?;
             tracing::info!(segment = %s.name(), to = %dir.display(), "audit segment archived");
         }
         Ok(())
@@ -200,7 +209,8 @@ impl Sealer {
     /// shipped.
     fn retain(&self, archive: &Path) -> Result<(), SealError> {
         let dir = segment::archive_dir(archive, &self.log_id);
-        let local = segment::list(&segment::local_dir(&self.db)).map_err(io("listing sealed segments"))?;
+        let local =
+            segment::list(&segment::local_dir(&self.db)).map_err(io("listing sealed segments"))?;
         let len = |s: &Sealed| std::fs::metadata(&s.path).map_or(0, |m| m.len());
         let mut total: u64 = local.iter().map(len).sum();
         let shipped = self.shipped();
@@ -209,7 +219,10 @@ impl Sealer {
             let old = self.retention.max_age.is_some_and(|age| {
                 sealed_at(s).is_some_and(|t| now.saturating_sub(t) >= age.as_micros() as i64)
             });
-            let over = self.retention.max_bytes.is_some_and(|max| total > max.as_u64());
+            let over = self
+                .retention
+                .max_bytes
+                .is_some_and(|max| total > max.as_u64());
             if !old && !over {
                 break;
             }
@@ -254,7 +267,10 @@ fn is_sealed(s: &Sealed) -> bool {
 /// Whether the archive holds a copy of `s` of the same size (copies are checked byte for
 /// byte when made).
 fn archived(s: &Sealed, dir: &Path) -> bool {
-    match (std::fs::metadata(&s.path), std::fs::metadata(dir.join(s.name()))) {
+    match (
+        std::fs::metadata(&s.path),
+        std::fs::metadata(dir.join(s.name())),
+    ) {
         (Ok(a), Ok(b)) => a.len() == b.len(),
         _ => false,
     }
@@ -305,7 +321,8 @@ fn copy_out(
     out.execute_batch(super::store::SCHEMA)?;
     out.execute(
         "ATTACH DATABASE ?1 AS src",
-        [db.to_str().ok_or_else(|| wrong("the log's path is not UTF-8".into()))?],
+        [db.to_str()
+            .ok_or_else(|| wrong("the log's path is not UTF-8".into()))?],
     )?;
     let tx = out.unchecked_transaction()?;
     let copied = tx.execute(
@@ -342,3 +359,6 @@ fn copy_out(
     out.execute("DETACH DATABASE src", [])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

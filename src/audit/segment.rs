@@ -141,7 +141,11 @@ pub fn base(conn: &Connection, log_id: &str) -> rusqlite::Result<(u64, Hash)> {
 
 /// Writes `data` durably as `path`: a `.partial` copy synced, renamed, and the directory
 /// synced, so a crash leaves either no file or the whole one.
-pub fn install(dir: &Path, name: &str, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<PathBuf> {
+pub fn install(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     let partial = dir.join(format!("{name}.partial"));

@@ -62,11 +62,11 @@ impl View {
 
     /// The highest `seq` in view (0 when empty).
     pub fn last_seq(&self) -> rusqlite::Result<u64> {
-        let last: i64 = self.active.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM records",
-            [],
-            |r| r.get(0),
-        )?;
+        let last: i64 =
+            self.active
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM records", [], |r| {
+                    r.get(0)
+                })?;
         Ok((last as u64).max(self.floor))
     }
 

@@ -206,9 +206,9 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut failed = None;
             view.ascending(since, |part| {
-                let mut stmt = part.conn.prepare(
-                    "SELECT record, hash FROM records WHERE seq > ?1 ORDER BY seq",
-                )?;
+                let mut stmt = part
+                    .conn
+                    .prepare("SELECT record, hash FROM records WHERE seq > ?1 ORDER BY seq")?;
                 let mut rows = stmt.query(params![part.lower as i64])?;
                 while let Some(row) = rows.next()? {
                     let record: String = row.get(0)?;

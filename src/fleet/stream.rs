@@ -144,11 +144,12 @@ async fn ship_session(
         // then shows as records a checkpoint vouches for but the stream lacks.
         let (db, after) = (outbox.db_path(), checkpoints_shipped);
         let archive = outbox.archive();
-        let signed =
-            tokio::task::spawn_blocking(move || checkpoints_between(&db, archive.as_deref(), after, last))
-            .await
-            .map_err(bus)?
-            .map_err(|e| bus(format!("reading the log's checkpoints: {e}")))?;
+        let signed = tokio::task::spawn_blocking(move || {
+            checkpoints_between(&db, archive.as_deref(), after, last)
+        })
+        .await
+        .map_err(bus)?
+        .map_err(|e| bus(format!("reading the log's checkpoints: {e}")))?;
         for (size, signed) in signed {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(

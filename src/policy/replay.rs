@@ -251,60 +251,55 @@ pub fn replay_within(
             checkpoint_file: log.checkpoints.as_deref(),
             public_hex: log.public_key.as_deref(),
         };
-        let report = verify_visiting(
-            &log.db,
-            &sources,
-            |seq, bytes| {
-                if past() {
-                    return;
-                }
-                if seq % 8192 == 0 {
-                    progress(seq, total);
-                }
-                let Ok(r) = serde_json::from_slice::<Recorded>(bytes) else {
-                    return;
-                };
-                if r.kind != "decision" || !selected(&r, filter) {
-                    return;
-                }
-                let (Some(action), Some(resource), Some(context)) =
-                    (r.action, r.resource, r.context)
-                else {
-                    no_tuple += 1;
-                    return;
-                };
-                let Some(recorded) = r.policy_effect else {
-                    undecided += 1;
-                    return;
-                };
-                let name = action["name"].as_str().unwrap_or("?").to_owned();
-                let next_action = action_ids.len() as u32;
-                let action_id = *action_ids.entry(name.clone()).or_insert_with(|| {
-                    actions.push(name);
-                    next_action
-                });
-                let subject = subject(r.agent.as_deref(), r.tenant.as_deref(), owners);
-                let input = json!({
-                    "subject": subject,
-                    "action": action,
-                    "resource": resource,
-                    "context": context,
-                });
-                let key = digest(&input, clockless);
-                let next_input = inputs.len() as u32;
-                let input_id = *inputs.entry(key).or_insert(next_input);
-                if input_id == next_input {
-                    // A closed channel means every worker is gone: nothing left to do.
-                    let _ = work_tx.send((input_id, input));
-                }
-                entries.push(Entry {
-                    seq,
-                    action: action_id,
-                    recorded,
-                    input: input_id,
-                });
-            },
-        );
+        let report = verify_visiting(&log.db, &sources, |seq, bytes| {
+            if past() {
+                return;
+            }
+            if seq % 8192 == 0 {
+                progress(seq, total);
+            }
+            let Ok(r) = serde_json::from_slice::<Recorded>(bytes) else {
+                return;
+            };
+            if r.kind != "decision" || !selected(&r, filter) {
+                return;
+            }
+            let (Some(action), Some(resource), Some(context)) = (r.action, r.resource, r.context)
+            else {
+                no_tuple += 1;
+                return;
+            };
+            let Some(recorded) = r.policy_effect else {
+                undecided += 1;
+                return;
+            };
+            let name = action["name"].as_str().unwrap_or("?").to_owned();
+            let next_action = action_ids.len() as u32;
+            let action_id = *action_ids.entry(name.clone()).or_insert_with(|| {
+                actions.push(name);
+                next_action
+            });
+            let subject = subject(r.agent.as_deref(), r.tenant.as_deref(), owners);
+            let input = json!({
+                "subject": subject,
+                "action": action,
+                "resource": resource,
+                "context": context,
+            });
+            let key = digest(&input, clockless);
+            let next_input = inputs.len() as u32;
+            let input_id = *inputs.entry(key).or_insert(next_input);
+            if input_id == next_input {
+                // A closed channel means every worker is gone: nothing left to do.
+                let _ = work_tx.send((input_id, input));
+            }
+            entries.push(Entry {
+                seq,
+                action: action_id,
+                recorded,
+                input: input_id,
+            });
+        });
         drop(work_tx);
         report
     })?;
