@@ -33,7 +33,7 @@ const PUBKEY: &str = "audit.pub";
 // CLI, files, SQLite
 
 /// `agentgate ARGS` with `AGENTGATE_HOME=home`, off the async workers.
-async fn agentgate(home: &Path, args: &[&str]) -> Output {
+pub(super) async fn agentgate(home: &Path, args: &[&str]) -> Output {
     let home = home.to_owned();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -44,7 +44,7 @@ async fn agentgate(home: &Path, args: &[&str]) -> Output {
     .expect("cli task")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(super) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -696,10 +696,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one load client saw before the proxy died.
 #[derive(Default, Debug)]
-struct Load {
-    ok: usize,
+pub(super) struct Load {
+    pub(super) ok: usize,
     /// Answers other than 200 (CONNECT or GET): none are expected.
-    unexpected: Vec<String>,
+    pub(super) unexpected: Vec<String>,
 }
 
 /// CONNECT + TLS + HTTP/1.1 handshake without panicking: the proxy may die at any step.
@@ -737,7 +737,12 @@ async fn open_h1(proxy: SocketAddr, ca: &Path) -> Result<raw::H1, Option<String>
 }
 
 /// GETs `/echo/PREFIX-n` on one tunnel until the proxy goes away (or the bounds are hit).
-async fn load_client(proxy: SocketAddr, ca: PathBuf, prefix: String, deadline: Instant) -> Load {
+pub(super) async fn load_client(
+    proxy: SocketAddr,
+    ca: PathBuf,
+    prefix: String,
+    deadline: Instant,
+) -> Load {
     let mut load = Load::default();
     let mut sender = match tokio::time::timeout(STEP_TIMEOUT, open_h1(proxy, &ca)).await {
         Ok(Ok(s)) => s,

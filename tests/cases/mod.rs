@@ -4,6 +4,7 @@ mod access_request;
 mod admin_api;
 mod audit;
 mod audit_faults;
+mod audit_segments;
 mod authzen;
 mod bad_input;
 mod basic;

@@ -111,6 +111,8 @@ fn own_request(r: &Received) -> bool {
 pub struct Recorder {
     upstreams: Mutex<Vec<ReceivedLog>>,
     dbs: Mutex<Vec<PathBuf>>,
+    /// A log's `audit.archive_dir`, where its older segments may be.
+    archives: Mutex<HashMap<PathBuf, PathBuf>>,
     skip: Mutex<Option<String>>,
     /// (method, target) the test sends straight to an upstream on purpose.
     direct: Mutex<Vec<(String, String)>>,
@@ -146,7 +148,13 @@ pub fn register_upstream(log: ReceivedLog) {
 /// its audit log is `audit.path` from the config, else `<home>/audit.db`.
 pub fn register_proxy(home: &Path, config: &Path) -> Option<Arc<Recorder>> {
     let r = current()?;
-    let db = audit_path(config).unwrap_or_else(|| home.join("audit.db"));
+    let db = audit_key(config, "path").unwrap_or_else(|| home.join("audit.db"));
+    if let Some(archive) = audit_key(config, "archive_dir") {
+        r.archives
+            .lock()
+            .expect("recorder")
+            .insert(db.clone(), archive);
+    }
     let mut dbs = r.dbs.lock().expect("recorder");
     if !dbs.contains(&db) {
         dbs.push(db);
@@ -155,27 +163,29 @@ pub fn register_proxy(home: &Path, config: &Path) -> Option<Arc<Recorder>> {
     Some(r)
 }
 
-fn audit_path(config: &Path) -> Option<PathBuf> {
+/// A non-empty path key of the config's `[audit]`.
+fn audit_key(config: &Path, key: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(config).ok()?;
     let doc: toml::Table = text.parse().ok()?;
-    let path = doc.get("audit")?.get("path")?.as_str()?;
+    let path = doc.get("audit")?.get(key)?.as_str()?;
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// Every record in an audit log, in order.
-fn read_log(db: &Path) -> Result<Vec<Value>, String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("open {}: {e}", db.display()))?;
-    let mut stmt = conn
-        .prepare("SELECT record FROM records ORDER BY seq")
-        .map_err(|e| format!("query {}: {e}", db.display()))?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
+/// Every record in an audit log, in order, across its segments.
+fn read_log(db: &Path, archive: Option<&Path>) -> Result<Vec<Value>, String> {
+    let view = agentgate::audit::view::View::open(db, archive)
+        .map_err(|e| format!("open {}: {e}", db.display()))?;
+    let texts = view
+        .page_after(0, usize::MAX, |part, _| {
+            let mut stmt = part
+                .conn
+                .prepare("SELECT record FROM records WHERE seq > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map([part.lower as i64], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        })
         .map_err(|e| format!("read {}: {e}", db.display()))?;
     let mut out = Vec::new();
-    for row in rows {
-        let text = row.map_err(|e| format!("row of {}: {e}", db.display()))?;
+    for text in texts {
         out.push(
             serde_json::from_str(&text)
                 .map_err(|e| format!("record of {} is not JSON: {e}", db.display()))?,
@@ -193,14 +203,14 @@ struct Logs {
 }
 
 impl Logs {
-    fn read(dbs: &[PathBuf]) -> Logs {
+    fn read(dbs: &[PathBuf], archives: &HashMap<PathBuf, PathBuf>) -> Logs {
         let mut logs = Logs {
             decisions: Vec::new(),
             outcomes: HashMap::new(),
             errors: Vec::new(),
         };
         for db in dbs {
-            match read_log(db) {
+            match read_log(db, archives.get(db).map(PathBuf::as_path)) {
                 Ok(records) => {
                     for r in records {
                         match r["kind"].as_str() {
@@ -425,7 +435,8 @@ impl Recorder {
     pub fn check(&self) -> Result<usize, String> {
         let received = self.received();
         let dbs = self.dbs();
-        let logs = Logs::read(&dbs);
+        let archives = self.archives.lock().expect("recorder").clone();
+        let logs = Logs::read(&dbs, &archives);
         let mut failures = Vec::new();
         let mut forwarded: Vec<(&Received, String)> = Vec::new();
         for r in &received {
