@@ -100,6 +100,15 @@ pub(crate) fn run(sealer: Sealer) {
 
 impl Sealer {
     fn round(&self) -> Result<(), SealError> {
+        // One sealer at a time per log: a CLI that opened the log beside the proxy runs
+        // one too, and two must not write the same file.
+        let dir = segment::local_dir(&self.db);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let lock = std::fs::File::create(dir.join(".lock"))
+            .map_err(io(format!("creating {}", dir.join(".lock").display())))?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Ok(());
+        }
         let conn = Connection::open(&self.db)?;
         conn.busy_timeout(Duration::from_secs(2))?;
         let upto = pending(&conn)?;

@@ -343,3 +343,26 @@ async fn an_edited_record_in_a_sealed_segment_is_named() {
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_a_shipper_to_ship_a_segment() {
+    let log = Log::new(true);
+    let audit = log.open();
+    let progress = log.state.path("shipped");
+    std::fs::write(&progress, format!("{} 0\n", audit.log_id())).unwrap();
+    audit.hold_until_shipped(progress.clone());
+    log.write(&audit, 40).await;
+    // Archived, past the limit, but not shipped: every segment stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let local = log.local();
+    assert!(local.len() >= 2 && local[0].first == 1, "{local:?}");
+    // Shipped up to the end of the first: only that one goes.
+    std::fs::write(&progress, format!("{} {}\n", audit.log_id(), local[0].last)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.local().first() == local.first() {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(log.local().first(), local.get(1));
+    audit.close().await;
+}
