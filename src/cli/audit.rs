@@ -162,7 +162,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                     }
                     match &report.problem {
                         None => println!("intact"),
-                        Some(p) => match &p.segment {
+                        Some(p) => match p.segment.as_deref().filter(|s| *s != "active") {
                             Some(segment) => println!(
                                 "NOT INTACT at seq {} in segment {segment}: {}",
                                 p.seq, p.why

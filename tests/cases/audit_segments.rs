@@ -295,6 +295,21 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
     assert_eq!(text(&out.stdout).lines().count(), 30);
     drop(proxy);
     let records = check_log(&env, &archive, "at the end").await;
+    // An independent verifier (Python, stdlib) walks the same segments, archive included.
+    let python = std::env::var("AGENTGATE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = crate::support::clients::clean_command(&python);
+    cmd.arg(crate::support::clients::clients_dir().join("verify_audit.py"))
+        .arg(env.home().join("audit.db"))
+        .arg("--archive")
+        .arg(&archive)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = crate::support::clients::output(cmd, "verify_audit.py").await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("ok {}", records.len()),
+        "{}",
+        text(&out.stderr)
+    );
     let archived = archived_segments(&archive);
     assert!(archived.len() >= 6, "{archived:?}");
     eprintln!(
