@@ -117,7 +117,10 @@ async fn seal_cost(root: &Path) -> Result<()> {
     println!("| writers | segments | records | seals | p50 µs | p99 µs | max µs |");
     println!("|---|---|---|---|---|---|---|");
     for writers in [1usize, 16] {
-        for (label, max) in [("never sealed", 1u64 << 40), ("sealed every ~512 KiB", 512 << 10)] {
+        for (label, max) in [
+            ("never sealed", 1u64 << 40),
+            ("sealed every ~512 KiB", 512 << 10),
+        ] {
             let config = AuditConfig {
                 durability: Durability::Fsync,
                 segment_max_bytes: bytesize::ByteSize::b(max),
@@ -190,10 +193,18 @@ async fn verify_history(root: &Path, records: u64) -> Result<()> {
     let report = verify_visiting(&db, &sources, |_, bytes| text_bytes += bytes.len() as u64)?;
     let took = t.elapsed();
     if let Some(p) = &report.problem {
-        bail!("verify found a problem in a sound log: seq {}: {}", p.seq, p.why);
+        bail!(
+            "verify found a problem in a sound log: seq {}: {}",
+            p.seq,
+            p.why
+        );
     }
     if report.records != lat.len() as u64 || report.from_seq != 1 {
-        bail!("verify counted {} records from {}", report.records, report.from_seq);
+        bail!(
+            "verify counted {} records from {}",
+            report.records,
+            report.from_seq
+        );
     }
     println!(
         "- verify --archive: {} records in {} segments and the active one, {} checkpoints, in {:.2} s: **{:.0} records/s**",

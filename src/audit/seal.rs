@@ -82,19 +82,25 @@ pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<u64> {
 /// The thread: a round on every wake-up and every second until stopped.
 pub(crate) fn run(sealer: Sealer) {
     let mut last_error = String::new();
+    let mut pause = Duration::from_secs(1);
     while !sealer.stop.load(Ordering::Relaxed) {
         match sealer.round() {
-            Ok(()) => last_error.clear(),
+            Ok(()) => {
+                last_error.clear();
+                pause = Duration::from_secs(1);
+            }
             Err(e) => {
-                // Said once, not every second.
+                // Said once, not every round; a failing copy (a full disk) is not redone
+                // every second either.
                 let text = e.to_string();
                 if text != last_error {
                     tracing::error!(error = %text, "audit segment housekeeping failed; retrying");
                     last_error = text;
                 }
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
-        let _ = sealer.wake.recv_timeout(Duration::from_secs(1));
+        let _ = sealer.wake.recv_timeout(pause);
     }
 }
 
@@ -111,6 +117,10 @@ impl Sealer {
         }
         let conn = Connection::open(&self.db)?;
         conn.busy_timeout(Duration::from_secs(2))?;
+        // What this connection writes (the base move, the trim) is already durable in a
+        // sealed file: its commits need not wait for the disk. The writer's next commit
+        // syncs the WAL, and these frames with it; one lost to a crash is simply redone.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let upto = pending(&conn)?;
         if upto > 0 {
             self.seal(&conn, upto)?;

@@ -40,9 +40,29 @@ impl View {
                 r.get(0)
             })?;
         let (base, _) = segment::base(&active, &log_id)?;
-        let sealed = segment::all(db, archive, &log_id)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let floor = sealed.iter().map(|s| s.last).max().unwrap_or(0).max(base);
+        let listing = |dir: &Path| {
+            segment::list(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        };
+        let mut sealed = listing(&segment::local_dir(db))?;
+        let floor = sealed.last().map_or(0, |s| s.last).max(base);
+        if let Some(archive) = archive {
+            // Archived files count only where they continue the chain down from the state
+            // dir's oldest: a stray file in a shared volume cannot hide newer records.
+            let mut below = sealed.first().map_or(base, |s| s.first - 1);
+            let mut older = Vec::new();
+            for s in listing(&segment::archive_dir(archive, &log_id))?
+                .into_iter()
+                .rev()
+            {
+                if s.last == below {
+                    below = s.first - 1;
+                    older.push(s);
+                }
+            }
+            older.reverse();
+            older.append(&mut sealed);
+            sealed = older;
+        }
         Ok(View {
             active,
             floor,

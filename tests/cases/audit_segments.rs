@@ -354,7 +354,7 @@ async fn retention_removes_only_archived_segments() {
     // The volume comes back.
     std::fs::remove_file(&blocked).expect("rm");
     std::fs::create_dir_all(&archive).expect("mkdir");
-    let caught_up = Instant::now() + Duration::from_secs(10);
+    let caught_up = Instant::now() + Duration::from_secs(20);
     loop {
         let local = local_segments(&env);
         let archived = archived_segments(&archive);

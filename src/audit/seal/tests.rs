@@ -366,3 +366,29 @@ async fn retention_waits_for_a_shipper_to_ship_a_segment() {
     assert_eq!(log.local().first(), local.get(1));
     audit.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_archived_file_cannot_hide_records_from_readers() {
+    let (log, archived) = archived_log().await;
+    let dir = archived[0].path.parent().unwrap().to_owned();
+    // A file claiming a range far past the log's end, and one overlapping the middle.
+    std::fs::copy(
+        &archived[0].path,
+        dir.join(segment::file_name(1, 1_000_000)),
+    )
+    .unwrap();
+    std::fs::copy(
+        &archived[1].path,
+        dir.join(segment::file_name(2, archived[2].last)),
+    )
+    .unwrap();
+    let view = View::open(&log.db(), Some(&log.archive)).unwrap();
+    let last = view.last_seq().unwrap();
+    assert_eq!(last, 80);
+    assert_eq!(seqs(&view, 0, 1000), (1..=80).collect::<Vec<_>>());
+    drop(view);
+    assert!(
+        log.verify(true).problem.is_some(),
+        "verify must name the stray files"
+    );
+}
