@@ -22,7 +22,7 @@ use crate::identity::issuer::{self, IssuerError, Registration};
 use crate::identity::registry::{Agent, Registry, RegistryError};
 
 /// Decision records read at start to seed last activity.
-const SEED_RECORDS: i64 = 20_000;
+const SEED_RECORDS: usize = 20_000;
 
 /// Keeps [`LastSeen`](super::state::LastSeen) current from the audit log: seeded from the newest records, then
 /// fed by committed decisions until shutdown.
@@ -30,15 +30,19 @@ pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     let mut live = admin.audit.subscribe();
     let db = admin.audit.db_path().to_owned();
     let seed = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<(String, i64)>> {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = conn.prepare(
-            "SELECT json_extract(record, '$.agent') AS a, max(json_extract(record, '$.ts'))
-             FROM (SELECT record FROM records ORDER BY seq DESC LIMIT ?1)
-             WHERE json_extract(record, '$.kind') = 'decision' AND a IS NOT NULL GROUP BY a",
-        )?;
-        let rows = stmt.query_map([SEED_RECORDS], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
+        // The newest records, across a segment boundary if a seal just happened.
+        let view = crate::audit::view::View::open(&db, None)?;
+        view.page_before(u64::MAX, SEED_RECORDS, |part, left| {
+            let mut stmt = part.conn.prepare(
+                "SELECT json_extract(record, '$.agent') AS a, json_extract(record, '$.ts')
+                 FROM (SELECT record FROM records WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2)
+                 WHERE json_extract(record, '$.kind') = 'decision' AND a IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([part.lower as i64, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect()
+        })
     })
     .await;
     match seed {
