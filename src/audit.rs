@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod outbox;
 pub mod record;

@@ -83,6 +83,8 @@ pub enum StartError {
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
     #[error(transparent)]
+    Disk(#[from] audit::disk::DiskError),
+    #[error(transparent)]
     Catalog(#[from] intent::CatalogError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
@@ -327,6 +329,8 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
     let (shutdown, shutdown_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(config.proxy.max_connections));
     let health = Arc::new(Health::default());
+    // Warns (metrics, `/readyz`, log) well before a full disk refuses every request.
+    let disk = audit::disk::DiskWatch::start(&config.audit, state, shutdown_rx.clone())?;
     let instance = pipeline.instance().to_owned();
     let panic = Arc::new(panic::Panic {
         identity: identity.clone(),
@@ -362,6 +366,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         intent: intent.clone(),
         policies: policies.clone(),
         audit: audit.clone(),
+        disk,
         metrics: metrics.clone(),
         vault: vault.clone(),
         consents: tenant_consents.clone(),

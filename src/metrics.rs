@@ -207,6 +207,19 @@ pub struct Gauges {
     pub agents_active: u64,
     /// The highest committed audit `seq`.
     pub audit_seq: u64,
+    /// The audit disk watchdog's latest readings, one per watched file system.
+    pub audit_disk: Vec<DiskGauge>,
+}
+
+/// One file system the audit disk watchdog reads.
+#[derive(Debug, Clone)]
+pub struct DiskGauge {
+    /// The `dir` label: `log` (the audit database's) or `archive` (`audit.archive_dir`).
+    pub dir: &'static str,
+    /// `(free, total)` bytes; `None` when they could not be read.
+    pub space: Option<(u64, u64)>,
+    /// Free space is below `audit.disk_free_warning`, or unknown.
+    pub low: bool,
 }
 
 /// The process's counters; one per instance, shared as `Arc<Metrics>`.

@@ -26,6 +26,8 @@ pub struct Admin {
     /// Gate 3's budget counter.
     pub budgets: Arc<dyn crate::policy::budget::Budgets>,
     pub audit: Arc<crate::audit::Audit>,
+    /// The audit disk watchdog: `/readyz` warnings and the disk gauges.
+    pub disk: crate::audit::disk::DiskWatch,
     /// The instance's counters, rendered at `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where `audit.pub` lives.

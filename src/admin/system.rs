@@ -24,24 +24,33 @@ pub async fn healthz() -> Reply {
     )
 }
 
-/// Readiness: the proxy accepts and identity has what it needs.
+/// Readiness: the proxy accepts and identity has what it needs. A low audit disk is a
+/// warning, not a reason to stop serving: still 200, with `warnings`.
 #[utoipa::path(get, path = "/readyz", tag = "system", security(()),
     responses((status = 200, body = Object), (status = 503, body = Object)))]
 pub async fn readyz(State(admin): State<Arc<Admin>>) -> Reply {
-    match (admin.health.is_ready(), admin.identity.not_ready()) {
-        (true, None) => json_bytes(
-            StatusCode::OK,
-            bytes::Bytes::from_static(br#"{"status":"ready"}"#),
-        ),
-        (true, Some(reason)) => json_value(
+    let warnings = admin.disk.warnings();
+    let (status, mut body) = match (admin.health.is_ready(), admin.identity.not_ready()) {
+        (true, None) if warnings.is_empty() => {
+            return json_bytes(
+                StatusCode::OK,
+                bytes::Bytes::from_static(br#"{"status":"ready"}"#),
+            );
+        }
+        (true, None) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
+        (true, Some(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not ready", "reason": reason}),
+            serde_json::json!({"status": "not ready", "reason": reason}),
         ),
-        (false, _) => json_bytes(
+        (false, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            bytes::Bytes::from_static(br#"{"status":"not ready"}"#),
+            serde_json::json!({"status": "not ready"}),
         ),
+    };
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::json!(warnings);
     }
+    json_value(status, &body)
 }
 
 /// The built-in issuer's SPIFFE JWT bundle (JWKS).
@@ -88,6 +97,16 @@ pub async fn metrics(State(admin): State<Arc<Admin>>, Extension(scope): Extensio
             .saturating_sub(admin.slots.available_permits()) as u64,
         agents_active: agents as u64,
         audit_seq: admin.audit.committed(),
+        audit_disk: admin
+            .disk
+            .readings()
+            .iter()
+            .map(|r| crate::metrics::DiskGauge {
+                dir: r.label,
+                space: r.space.ok().map(|s| (s.free, s.total)),
+                low: r.low(),
+            })
+            .collect(),
     };
     let text = admin.metrics.render(&gauges);
     let mut resp = Reply::new(axum::body::Body::from(text));

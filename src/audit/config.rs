@@ -84,7 +84,10 @@ impl FreeSpace {
     /// The threshold in bytes on a file system of `total` bytes.
     pub fn bytes_of(self, total: u64) -> u64 {
         match self {
-            FreeSpace::Percent(p) => total / 100 * u64::from(p),
+            // In u128: `total / 100 * p` would drop up to 99 bytes, `total * p` overflow.
+            FreeSpace::Percent(p) => {
+                u64::try_from(u128::from(total) * u128::from(p) / 100).unwrap_or(total)
+            }
             FreeSpace::Bytes(b) => b.as_u64(),
         }
     }

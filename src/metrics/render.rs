@@ -111,6 +111,7 @@ impl Metrics {
             "The highest committed audit record seq.",
             gauges.audit_seq,
         );
+        audit_disk(o, &gauges.audit_disk);
 
         head(
             o,
@@ -244,6 +245,57 @@ impl Metrics {
             gauges.agents_active,
         );
         out
+    }
+}
+
+/// The audit disk watchdog's gauges, one series per watched file system.
+fn audit_disk(o: &mut String, disks: &[DiskGauge]) {
+    if disks.is_empty() {
+        return;
+    }
+    head(
+        o,
+        "agentgate_audit_disk_free_bytes",
+        "gauge",
+        "Bytes the proxy may still write on the file system of the audit log (dir=log) or its archive (dir=archive).",
+    );
+    for d in disks {
+        if let Some((free, _)) = d.space {
+            let _ = writeln!(
+                o,
+                "agentgate_audit_disk_free_bytes{{dir=\"{}\"}} {free}",
+                d.dir
+            );
+        }
+    }
+    head(
+        o,
+        "agentgate_audit_disk_total_bytes",
+        "gauge",
+        "Size of the file system of the audit log (dir=log) or its archive (dir=archive).",
+    );
+    for d in disks {
+        if let Some((_, total)) = d.space {
+            let _ = writeln!(
+                o,
+                "agentgate_audit_disk_total_bytes{{dir=\"{}\"}} {total}",
+                d.dir
+            );
+        }
+    }
+    head(
+        o,
+        "agentgate_audit_disk_low",
+        "gauge",
+        "1 while free space is below audit.disk_free_warning (or cannot be read), else 0.",
+    );
+    for d in disks {
+        let _ = writeln!(
+            o,
+            "agentgate_audit_disk_low{{dir=\"{}\"}} {}",
+            d.dir,
+            u8::from(d.low)
+        );
     }
 }
 

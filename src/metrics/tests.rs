@@ -124,6 +124,18 @@ fn every_family_has_help_and_type_before_its_samples() {
         open_connections: 5,
         agents_active: 7,
         audit_seq: 42,
+        audit_disk: vec![
+            DiskGauge {
+                dir: "log",
+                space: Some((1_000, 4_000)),
+                low: true,
+            },
+            DiskGauge {
+                dir: "archive",
+                space: None,
+                low: true,
+            },
+        ],
     });
     let mut typed: HashMap<String, String> = HashMap::new();
     let mut helped = std::collections::HashSet::new();
@@ -165,6 +177,12 @@ fn every_family_has_help_and_type_before_its_samples() {
     assert_eq!(s["agentgate_open_connections"], 5.0);
     assert_eq!(s["agentgate_agents_active"], 7.0);
     assert_eq!(s["agentgate_audit_seq"], 42.0);
+    assert_eq!(s[r#"agentgate_audit_disk_free_bytes{dir="log"}"#], 1000.0);
+    assert_eq!(s[r#"agentgate_audit_disk_total_bytes{dir="log"}"#], 4000.0);
+    assert_eq!(s[r#"agentgate_audit_disk_low{dir="log"}"#], 1.0);
+    // An unreadable file system: no sizes, but low.
+    assert!(!s.contains_key(r#"agentgate_audit_disk_free_bytes{dir="archive"}"#));
+    assert_eq!(s[r#"agentgate_audit_disk_low{dir="archive"}"#], 1.0);
     assert_eq!(s["agentgate_request_duration_seconds_count"], 1.0);
     assert_eq!(
         s[r#"agentgate_request_duration_seconds_bucket{le="0.0025"}"#],

@@ -3,6 +3,7 @@
 mod access_request;
 mod admin_api;
 mod audit;
+mod audit_disk;
 mod audit_faults;
 mod audit_segments;
 mod authzen;
