@@ -183,6 +183,7 @@ impl Audit {
             wake: woken,
             stop: stop_checkpointer.clone(),
             holds: holds.clone(),
+            metrics: metrics.clone(),
         };
         let sealer = std::thread::Builder::new()
             .name("audit-sealer".into())

@@ -222,6 +222,18 @@ pub struct DiskGauge {
     pub low: bool,
 }
 
+/// What happened to an audit segment (`agentgate_audit_segments_total{event}`).
+#[derive(Debug, Clone, Copy)]
+pub enum SegmentEvent {
+    Sealed,
+    Archived,
+    Removed,
+    Failed,
+}
+
+/// Label values of [`SegmentEvent`], in order.
+pub(crate) const SEGMENT_EVENTS: [&str; 4] = ["sealed", "archived", "removed", "failed"];
+
 /// The process's counters; one per instance, shared as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -238,6 +250,8 @@ pub struct Metrics {
     audit_commit: Histogram,
     audit_failed: AtomicU64,
     audit_dropped: AtomicU64,
+    /// Segments: sealed, archived, removed by retention, failed housekeeping rounds.
+    segments: [AtomicU64; SEGMENT_EVENTS.len()],
     consents: [AtomicU64; CONSENTS.len()],
     panics: AtomicU64,
     /// Policy reloads: loaded, failed.
@@ -262,6 +276,7 @@ impl Default for Metrics {
             audit_commit: Histogram::default(),
             audit_failed: zero(),
             audit_dropped: zero(),
+            segments: std::array::from_fn(|_| zero()),
             consents: std::array::from_fn(|_| zero()),
             panics: zero(),
             policy_reloads: std::array::from_fn(|_| zero()),
@@ -305,6 +320,11 @@ impl Metrics {
     /// An unawaited audit record (an outcome) was dropped on a full queue; returns the total.
     pub fn audit_dropped(&self) -> u64 {
         self.audit_dropped.fetch_add(1, Relaxed) + 1
+    }
+
+    /// A segment event: `sealed`, `archived`, `removed` or `failed` (a housekeeping round).
+    pub fn audit_segment(&self, event: SegmentEvent) {
+        self.segments[event as usize].fetch_add(1, Relaxed);
     }
 
     /// A consent was requested (`Pending`) or reached a final status.

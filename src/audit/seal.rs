@@ -16,6 +16,7 @@ use super::checkpoint::Signed;
 use super::config::Retention;
 use super::segment::{self, Sealed};
 use crate::clock::now_micros;
+use crate::metrics::{Metrics, SegmentEvent};
 
 /// Rows deleted from the active file per transaction: the writer waits at most this long
 /// for its lock.
@@ -34,6 +35,7 @@ pub(crate) struct Sealer {
     /// Progress files (`<log id> <seq>`) of shippers a segment must wait for before it
     /// leaves the state dir.
     pub(crate) holds: Arc<Mutex<Vec<PathBuf>>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Why a step failed.
@@ -90,6 +92,7 @@ pub(crate) fn run(sealer: Sealer) {
                 pause = Duration::from_secs(1);
             }
             Err(e) => {
+                sealer.metrics.audit_segment(SegmentEvent::Failed);
                 // Said once, not every round; a failing copy (a full disk) is not redone
                 // every second either.
                 let text = e.to_string();
@@ -157,6 +160,7 @@ impl Sealer {
                     dir.join(&name).display()
                 )))?;
                 tracing::info!(segment = %name, records = upto - base, "audit segment sealed");
+                self.metrics.audit_segment(SegmentEvent::Sealed);
             }
             let last_hash: String = conn.query_row(
                 "SELECT hash FROM records WHERE seq = ?1",
@@ -220,6 +224,7 @@ impl Sealer {
                 target.display()
             )))?;
             tracing::info!(segment = %s.name(), to = %dir.display(), "audit segment archived");
+            self.metrics.audit_segment(SegmentEvent::Archived);
         }
         Ok(())
     }
@@ -253,6 +258,7 @@ impl Sealer {
             std::fs::remove_file(&s.path).map_err(io(format!("removing {}", s.path.display())))?;
             total = total.saturating_sub(size);
             tracing::info!(segment = %s.name(), "audit segment removed from the state dir (archived)");
+            self.metrics.audit_segment(SegmentEvent::Removed);
         }
         Ok(())
     }

@@ -105,6 +105,19 @@ impl Metrics {
             "Outcome records dropped because the audit queue was full.",
             self.audit_dropped.load(Relaxed),
         );
+        head(
+            o,
+            "agentgate_audit_segments_total",
+            "counter",
+            "Audit segments by event: sealed, archived, removed from the state dir by retention, failed (a housekeeping round that failed; it is retried).",
+        );
+        for (event, n) in super::SEGMENT_EVENTS.iter().zip(&self.segments) {
+            let _ = writeln!(
+                o,
+                "agentgate_audit_segments_total{{event=\"{event}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         gauge(
             o,
             "agentgate_audit_seq",

@@ -289,6 +289,19 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
     let one = page(format!("/api/v1/audit/{first_of_second}")).await;
     let prev = page(format!("/api/v1/audit/{}", first_of_second - 1)).await;
     assert_eq!(one["prev_hash"], prev["hash"], "{one}");
+    // The seals and archive copies since this start are counted.
+    let metrics =
+        crate::support::admin::call(proxy.admin_addr, "GET", "/metrics", Some(&token), None)
+            .await
+            .text();
+    for event in ["sealed", "archived"] {
+        let line = format!("agentgate_audit_segments_total{{event=\"{event}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics"));
+        assert!(n > 0, "{line}{n}");
+    }
     // `audit tail` reads across the boundary too.
     let out = agentgate(&env.home(), &["audit", "tail", "-n", "30", "-o", "json"]).await;
     assert!(out.status.success(), "tail: {}", text(&out.stderr));
