@@ -123,6 +123,9 @@ impl Audit {
         let (base, _) = segment::base(&conn, &log_id).map_err(open_err)?;
         let (segment_bytes, first_ts) = seal::active_stats(&conn, base).map_err(open_err)?;
         let sealing = Arc::new(AtomicU64::new(seal::pending(&conn).map_err(open_err)?));
+        let installed = Arc::new(AtomicU64::new(0));
+        // Rows a seal copied out and a crash left behind are deleted in the first steps.
+        let trimming = seal::copied_rows_left(&conn, base).map_err(open_err)?;
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
@@ -151,9 +154,11 @@ impl Audit {
                 max_age: config.segment_max_age,
                 bytes: segment_bytes,
                 first_ts,
-                sealing: sealing.clone(),
+                sealing,
+                installed: installed.clone(),
                 wake: wake.clone(),
                 retry_at: None,
+                trimming,
             },
         };
         let writer = Arc::new(std::sync::Mutex::new(writer));
@@ -179,7 +184,7 @@ impl Audit {
             log_id: log_id.clone(),
             archive: config.archive().map(PathBuf::from),
             retention: config.retention.clone(),
-            sealing,
+            installed,
             wake: woken,
             stop: stop_checkpointer.clone(),
             holds: holds.clone(),

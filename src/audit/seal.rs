@@ -1,9 +1,10 @@
-//! The sealer thread: everything about segments that must stay off the request path. The
-//! writer marks the active segment `sealing` (one signed checkpoint, one commit); this
-//! thread then copies that range out into a sealed file, moves the active file's base past
-//! it, deletes the copied rows in small transactions, archives sealed files and applies
-//! retention. Each step is safe to repeat, so a crash anywhere leaves work that the next
-//! start finishes, and readers never see a record twice or miss one (see `view`).
+//! The sealer thread: the slow parts of segments, off the request path. The writer marks
+//! the active segment `sealing` (one signed checkpoint, one commit); this thread copies that
+//! range into a sealed file (read-only on the active file) and tells the writer, which
+//! moves the base and deletes the copied rows in small steps between its commits (see
+//! `writer::active`); then it archives sealed files and applies retention. Each step is
+//! safe to repeat, so a crash anywhere leaves work that the next start finishes, and
+//! readers never see a record twice or miss one (see `view`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,18 +19,14 @@ use super::segment::{self, Sealed};
 use crate::clock::now_micros;
 use crate::metrics::{Metrics, SegmentEvent};
 
-/// Rows deleted from the active file per transaction: the writer waits at most this long
-/// for its lock.
-const TRIM_CHUNK: i64 = 2000;
-
 /// What the sealer needs.
 pub(crate) struct Sealer {
     pub(crate) db: PathBuf,
     pub(crate) log_id: String,
     pub(crate) archive: Option<PathBuf>,
     pub(crate) retention: Retention,
-    /// The `seq` being sealed (0: none), shared with the writer.
-    pub(crate) sealing: Arc<AtomicU64>,
+    /// Set once the sealed file up to this `seq` is installed, for the writer.
+    pub(crate) installed: Arc<AtomicU64>,
     pub(crate) wake: std::sync::mpsc::Receiver<()>,
     pub(crate) stop: Arc<AtomicBool>,
     /// Progress files (`<log id> <seq>`) of shippers a segment must wait for before it
@@ -72,6 +69,12 @@ pub(crate) fn active_stats(conn: &Connection, base: u64) -> rusqlite::Result<(u6
         .and_then(|v| v["ts"].as_i64())
         .unwrap_or(0);
     Ok((bytes as u64, ts))
+}
+
+/// Whether rows at or below `base` (copies of a sealed file's) are still in the active file.
+pub(crate) fn copied_rows_left(conn: &Connection, base: u64) -> rusqlite::Result<bool> {
+    let min: Option<i64> = conn.query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))?;
+    Ok(base > 0 && min.is_some_and(|m| m as u64 <= base))
 }
 
 /// The `seq` a seal left pending in the active file (0: none).
@@ -118,17 +121,13 @@ impl Sealer {
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Ok(());
         }
-        let conn = Connection::open(&self.db)?;
-        conn.busy_timeout(Duration::from_secs(2))?;
-        // What this connection writes (the base move, the trim) is already durable in a
-        // sealed file: its commits need not wait for the disk. The writer's next commit
-        // syncs the WAL, and these frames with it; one lost to a crash is simply redone.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Read only: what changes the active file is the writer's (see `writer::active`).
+        let conn =
+            Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let upto = pending(&conn)?;
         if upto > 0 {
             self.seal(&conn, upto)?;
         }
-        self.trim(&conn)?;
         drop(conn);
         if let Some(archive) = &self.archive {
             self.archive_all(archive)?;
@@ -139,7 +138,8 @@ impl Sealer {
         Ok(())
     }
 
-    /// Copies `base+1..=upto` into a sealed file, then moves the active file's base to it.
+    /// Copies `base+1..=upto` into a sealed file and tells the writer, which moves the
+    /// active file's base past it and deletes the copied rows.
     fn seal(&self, conn: &Connection, upto: u64) -> Result<(), SealError> {
         let (base, base_hash) = segment::base(conn, &self.log_id)?;
         if upto > base {
@@ -162,42 +162,8 @@ impl Sealer {
                 tracing::info!(segment = %name, records = upto - base, "audit segment sealed");
                 self.metrics.audit_segment(SegmentEvent::Sealed);
             }
-            let last_hash: String = conn.query_row(
-                "SELECT hash FROM records WHERE seq = ?1",
-                [upto as i64],
-                |r| r.get(0),
-            )?;
-            let tx = conn.unchecked_transaction()?;
-            segment::set_meta(&tx, segment::BASE_SEQ, &upto.to_string())?;
-            segment::set_meta(&tx, segment::BASE_HASH, &last_hash)?;
-            tx.execute("DELETE FROM meta WHERE key = ?1", [segment::SEALING])?;
-            tx.commit()?;
-        } else {
-            conn.execute("DELETE FROM meta WHERE key = ?1", [segment::SEALING])?;
         }
-        self.sealing.store(0, Ordering::Release);
-        Ok(())
-    }
-
-    /// Deletes the rows (and checkpoints) a sealed file holds now, a chunk at a time. The
-    /// checkpoint at the base stays: it vouches for where this file's chain starts.
-    fn trim(&self, conn: &Connection) -> Result<(), SealError> {
-        let (base, _) = segment::base(conn, &self.log_id)?;
-        if base == 0 {
-            return Ok(());
-        }
-        while !self.stop.load(Ordering::Relaxed) {
-            let n = conn.execute(
-                "DELETE FROM records WHERE seq <= ?1 AND seq <= (SELECT MIN(seq) FROM records) + ?2",
-                params![base as i64, TRIM_CHUNK - 1],
-            )?;
-            if n == 0 {
-                break;
-            }
-            // Room for the writer between chunks.
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        conn.execute("DELETE FROM checkpoints WHERE size < ?1", [base as i64])?;
+        self.installed.store(upto, Ordering::Release);
         Ok(())
     }
 

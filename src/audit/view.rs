@@ -149,17 +149,10 @@ impl View {
         &self,
         after: u64,
         limit: usize,
-        mut page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
+        page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
     ) -> rusqlite::Result<Vec<T>> {
         let mut out = Vec::new();
-        self.ascending(after, |part| {
-            out.extend(page(&part, limit - out.len())?);
-            Ok(if out.len() >= limit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
-        })?;
+        self.ascending(after, filler(&mut out, limit, page))?;
         Ok(out)
     }
 
@@ -169,17 +162,26 @@ impl View {
         &self,
         before: u64,
         limit: usize,
-        mut page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
+        page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>>,
     ) -> rusqlite::Result<Vec<T>> {
         let mut out = Vec::new();
-        self.descending(before, |part| {
-            out.extend(page(&part, limit - out.len())?);
-            Ok(if out.len() >= limit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            })
-        })?;
+        self.descending(before, filler(&mut out, limit, page))?;
         Ok(out)
+    }
+}
+
+/// Collects what `page` reads from each part into `out` until it holds `limit`.
+fn filler<'o, T>(
+    out: &'o mut Vec<T>,
+    limit: usize,
+    mut page: impl FnMut(&Part<'_>, usize) -> rusqlite::Result<Vec<T>> + 'o,
+) -> impl FnMut(Part<'_>) -> rusqlite::Result<ControlFlow<()>> + 'o {
+    move |part| {
+        out.extend(page(&part, limit - out.len())?);
+        Ok(if out.len() >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
     }
 }

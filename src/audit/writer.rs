@@ -22,14 +22,14 @@ use super::checkpoint::{Checkpoint, Signed, Signer};
 use super::error::AuditError;
 use super::record::Record;
 use super::segment;
+
+mod active;
 use super::store::{self, Committed};
 use crate::clock::now_micros;
+pub(crate) use active::SegmentState;
 
 /// After this many records the writer checkpoints the WAL tail itself (see `housekeeping`).
 const WAL_TAIL_EVERY: u64 = 4096;
-
-/// How long after a failed seal the writer tries again.
-const SEAL_RETRY: Duration = Duration::from_secs(10);
 
 /// Longest an unawaited record (an outcome) waits for a commit to join: the tick's period.
 pub(crate) const UNAWAITED_DELAY: Duration = Duration::from_millis(10);
@@ -81,35 +81,6 @@ pub(crate) struct Writer {
     pub(crate) closed: bool,
     /// When the active segment is sealed, and what it holds so far.
     pub(crate) segment: SegmentState,
-}
-
-/// The active segment as the writer sees it: when to seal it, and the sealer to hand it to.
-#[derive(Debug)]
-pub(crate) struct SegmentState {
-    pub(crate) max_bytes: u64,
-    pub(crate) max_age: Duration,
-    /// Bytes of the records appended since the last seal (text and hash).
-    pub(crate) bytes: u64,
-    /// `ts` of the first of them (0: none yet).
-    pub(crate) first_ts: i64,
-    /// The sealer's work: the last `seq` of a segment being sealed, 0 when none.
-    pub(crate) sealing: Arc<AtomicU64>,
-    /// Wakes the sealer.
-    pub(crate) wake: std::sync::mpsc::SyncSender<()>,
-    /// After a failed seal, not before this.
-    pub(crate) retry_at: Option<Instant>,
-}
-
-impl SegmentState {
-    /// Whether the active segment is full or old enough, and no seal is under way.
-    fn due(&self, now_us: i64) -> bool {
-        let old = self.first_ts > 0
-            && now_us.saturating_sub(self.first_ts) >= self.max_age.as_micros() as i64;
-        self.bytes > 0
-            && (self.bytes >= self.max_bytes || old)
-            && self.sealing.load(Ordering::Acquire) == 0
-            && self.retry_at.is_none_or(|t| Instant::now() >= t)
-    }
 }
 
 impl std::fmt::Debug for Writer {
@@ -249,19 +220,8 @@ impl Writer {
                 tracing::debug!(error = %e, "WAL tail checkpoint skipped");
             }
         }
-        if !closing && self.segment.due(now_micros()) {
-            match self.checkpoint(true) {
-                Ok(_) => {
-                    self.segment.bytes = 0;
-                    self.segment.first_ts = 0;
-                    self.segment.sealing.store(self.seq, Ordering::Release);
-                    let _ = self.segment.wake.try_send(());
-                }
-                Err(e) => {
-                    self.segment.retry_at = Some(Instant::now() + SEAL_RETRY);
-                    tracing::error!(error = %e, "sealing the audit segment failed; retrying in 10 s");
-                }
-            }
+        if !closing {
+            self.segment_housekeeping();
         }
         if self.checkpoint_due() || (closing && self.seq > self.last_checkpoint.0) {
             if let Err(e) = self.checkpoint(false) {
@@ -392,7 +352,7 @@ impl Writer {
     /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
     /// With `seal`, the same transaction marks the active segment for sealing up to here:
     /// the sealer thread copies it out, so the seal costs a request one commit at most.
-    fn checkpoint(&mut self, seal: bool) -> Result<Signed, AuditError> {
+    pub(super) fn checkpoint(&mut self, seal: bool) -> Result<Signed, AuditError> {
         let size = self.seq;
         let signed = self.signer.sign(Checkpoint {
             log_id: self.log_id.clone(),

@@ -85,10 +85,11 @@ async fn export(env: &TestEnv, archive: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Load from several clients until `until` says stop; every answer must be 200.
-async fn load(proxy: &Proxy, tag: &str, for_at_most: Duration) -> usize {
-    let deadline = Instant::now() + for_at_most;
-    let clients: Vec<_> = (0..LOAD_CLIENTS)
+/// Load clients on their own tunnels until `deadline` (or the proxy goes away).
+type Clients = Vec<tokio::task::JoinHandle<super::audit::Load>>;
+
+fn start_load(proxy: &Proxy, tag: &str, deadline: Instant) -> Clients {
+    (0..LOAD_CLIENTS)
         .map(|c| {
             tokio::spawn(load_client(
                 proxy.proxy_addr,
@@ -97,7 +98,11 @@ async fn load(proxy: &Proxy, tag: &str, for_at_most: Duration) -> usize {
                 deadline,
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// Waits for the clients; every answer they got must have been a 200.
+async fn finish_load(clients: Clients, tag: &str) -> usize {
     let mut ok = 0;
     for c in clients {
         let load = tokio::time::timeout(Duration::from_secs(60), c)
@@ -112,6 +117,12 @@ async fn load(proxy: &Proxy, tag: &str, for_at_most: Duration) -> usize {
         ok += load.ok;
     }
     ok
+}
+
+/// Load for at most `for_at_most`; every answer must be 200.
+async fn load(proxy: &Proxy, tag: &str, for_at_most: Duration) -> usize {
+    let clients = start_load(proxy, tag, Instant::now() + for_at_most);
+    finish_load(clients, tag).await
 }
 
 /// Every request the upstream received has its committed `allow` decision somewhere in
@@ -183,17 +194,8 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
     for round in 0..3 {
         let proxy = env.start(cfg.clone());
         let before = env.upstream.requests().len();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let clients: Vec<_> = (0..LOAD_CLIENTS)
-            .map(|c| {
-                tokio::spawn(load_client(
-                    proxy.proxy_addr,
-                    proxy.ca_path.clone(),
-                    format!("kill{round}-{c}"),
-                    deadline,
-                ))
-            })
-            .collect();
+        let tag = format!("kill{round}");
+        let clients = start_load(&proxy, &tag, Instant::now() + Duration::from_secs(20));
         let flowing = Instant::now() + Duration::from_secs(20);
         while env.upstream.requests().len() < before + 40 {
             assert!(Instant::now() < flowing, "round {round}: no requests flow");
@@ -201,17 +203,7 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
         }
         tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 200)).await;
         proxy.stop();
-        for c in clients {
-            let load = tokio::time::timeout(Duration::from_secs(30), c)
-                .await
-                .expect("load client did not stop after the kill")
-                .expect("load client task");
-            assert!(
-                load.unexpected.is_empty(),
-                "round {round}: {:?}",
-                load.unexpected
-            );
-        }
+        finish_load(clients, &tag).await;
         // What the kill interrupted, for the log of this test.
         let conn = rusqlite::Connection::open_with_flags(
             env.home().join("audit.db"),
