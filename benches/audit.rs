@@ -379,8 +379,11 @@ fn raw_fsync(dir: &Path, how: Raw) -> Result<Vec<u32>> {
 fn open(root: &Path, name: &str, durability: Durability) -> Result<(Arc<Audit>, StateDir)> {
     let state = StateDir::open_or_create(root.join(name))
         .with_context(|| format!("creating state dir {name}"))?;
+    // One file: the phases measure the writer and `verify` on a single segment
+    // (`benches/segments.rs` measures sealing and verifying across segments).
     let config = AuditConfig {
         durability,
+        segment_max_bytes: bytesize::ByteSize::gib(1024),
         ..AuditConfig::default()
     };
     let audit = Audit::open(&config, &state, INSTANCE, Default::default())
