@@ -221,7 +221,15 @@ impl Writer {
             }
         }
         if !closing {
-            self.segment_housekeeping();
+            // One step of segment work: sign a seal when due, else move the base or trim.
+            if self.segment.due(now_micros()) {
+                match self.checkpoint(true) {
+                    Ok(_) => self.segment.sealed(self.seq),
+                    Err(e) => self.segment.seal_failed(&e),
+                }
+            } else {
+                self.segment.step(&self.conn, &self.log_id);
+            }
         }
         if self.checkpoint_due() || (closing && self.seq > self.last_checkpoint.0) {
             if let Err(e) = self.checkpoint(false) {
@@ -352,7 +360,7 @@ impl Writer {
     /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
     /// With `seal`, the same transaction marks the active segment for sealing up to here:
     /// the sealer thread copies it out, so the seal costs a request one commit at most.
-    pub(super) fn checkpoint(&mut self, seal: bool) -> Result<Signed, AuditError> {
+    fn checkpoint(&mut self, seal: bool) -> Result<Signed, AuditError> {
         let size = self.seq;
         let signed = self.signer.sign(Checkpoint {
             log_id: self.log_id.clone(),

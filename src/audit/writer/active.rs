@@ -1,7 +1,7 @@
 //! The writer's side of segments: when the active segment is due for sealing, and, once
 //! the sealer has installed the sealed file, moving the active file's base past it and
-//! deleting the copied rows. Both write to the active file, so both run here, between
-//! group commits on the writer's own connection: a request waits behind one small step at
+//! deleting the copied rows. Both write to the active file, so both run on the writer's
+//! thread, between group commits on its own connection: a request waits behind one small step at
 //! most, never behind another connection's lock (SQLite's busy handler would sleep in
 //! steps of up to 100 ms).
 
@@ -9,11 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
-use super::Writer;
 use crate::audit::segment;
-use crate::clock::now_micros;
 
 /// How long after a failed seal the writer tries again.
 const SEAL_RETRY: Duration = Duration::from_secs(10);
@@ -44,7 +42,7 @@ pub(crate) struct SegmentState {
 
 impl SegmentState {
     /// Whether the active segment is full or old enough, and no seal is under way.
-    fn due(&self, now_us: i64) -> bool {
+    pub(crate) fn due(&self, now_us: i64) -> bool {
         let old = self.first_ts > 0
             && now_us.saturating_sub(self.first_ts) >= self.max_age.as_micros() as i64;
         self.bytes > 0
@@ -54,47 +52,46 @@ impl SegmentState {
     }
 }
 
-impl Writer {
-    /// One step of segment work after a commit: seal when due, move the base once the
-    /// sealer installed a file, or delete a chunk of copied rows.
-    pub(super) fn segment_housekeeping(&mut self) {
-        if self.segment.due(now_micros()) {
-            match self.checkpoint(true) {
-                Ok(_) => {
-                    self.segment.bytes = 0;
-                    self.segment.first_ts = 0;
-                    self.segment.sealing.store(self.seq, Ordering::Release);
-                    let _ = self.segment.wake.try_send(());
-                }
-                Err(e) => {
-                    self.segment.retry_at = Some(Instant::now() + SEAL_RETRY);
-                    tracing::error!(error = %e, "sealing the audit segment failed; retrying in 10 s");
-                }
-            }
-            return;
-        }
-        let installed = self.segment.installed.swap(0, Ordering::AcqRel);
+impl SegmentState {
+    /// The writer signed the seal's checkpoint at `seq`: the sealer takes it from here.
+    pub(crate) fn sealed(&mut self, seq: u64) {
+        self.bytes = 0;
+        self.first_ts = 0;
+        self.sealing.store(seq, Ordering::Release);
+        let _ = self.wake.try_send(());
+    }
+
+    /// Signing the seal failed: try again later.
+    pub(crate) fn seal_failed(&mut self, error: &dyn std::fmt::Display) {
+        self.retry_at = Some(Instant::now() + SEAL_RETRY);
+        tracing::error!(error = %error, "sealing the audit segment failed; retrying in 10 s");
+    }
+
+    /// One step after a commit when no seal is due: move the base once the sealer
+    /// installed a file, or delete a chunk of copied rows.
+    pub(crate) fn step(&mut self, conn: &Connection, log_id: &str) {
+        let installed = self.installed.swap(0, Ordering::AcqRel);
         if installed > 0 {
-            if let Err(e) = self.move_base(installed) {
+            if let Err(e) = self.move_base(conn, log_id, installed) {
                 // Tried again at the next step.
-                self.segment.installed.store(installed, Ordering::Release);
+                self.installed.store(installed, Ordering::Release);
                 tracing::warn!(error = %e, "moving the audit log's base past a sealed segment failed");
             }
             return;
         }
-        if self.segment.trimming {
-            match self.trim_chunk() {
-                Ok(done) => self.segment.trimming = !done,
+        if self.trimming {
+            match trim_chunk(conn, log_id) {
+                Ok(done) => self.trimming = !done,
                 Err(e) => tracing::debug!(error = %e, "deleting sealed rows skipped"),
             }
         }
     }
 
-    /// The sealed file holding everything up to `upto` is installed: this file's records
-    /// now start after it, and no seal is under way.
-    fn move_base(&mut self, upto: u64) -> rusqlite::Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        let (base, _) = segment::base(&tx, &self.log_id)?;
+    /// The sealed file holding everything up to `upto` is installed: the active file's
+    /// records now start after it, and no seal is under way.
+    fn move_base(&mut self, conn: &Connection, log_id: &str, upto: u64) -> rusqlite::Result<()> {
+        let tx = conn.unchecked_transaction()?;
+        let (base, _) = segment::base(&tx, log_id)?;
         if upto > base {
             let hash: String = tx.query_row(
                 "SELECT hash FROM records WHERE seq = ?1",
@@ -108,20 +105,19 @@ impl Writer {
         }
         tx.execute("DELETE FROM meta WHERE key = ?1", [segment::SEALING])?;
         tx.commit()?;
-        self.segment.sealing.store(0, Ordering::Release);
-        self.segment.trimming = true;
+        self.sealing.store(0, Ordering::Release);
+        self.trimming = true;
         Ok(())
     }
+}
 
-    /// Deletes up to `TRIM_CHUNK` rows at or below the base; true when none are left.
-    fn trim_chunk(&mut self) -> rusqlite::Result<bool> {
-        let (base, _) = segment::base(&self.conn, &self.log_id)?;
-        let n = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM records WHERE seq <= ?1 AND seq <= (SELECT MIN(seq) FROM records) + ?2",
-            )?
-            .execute(params![base as i64, TRIM_CHUNK - 1])?;
-        Ok(n == 0)
-    }
+/// Deletes up to `TRIM_CHUNK` rows at or below the base; true when none are left.
+fn trim_chunk(conn: &Connection, log_id: &str) -> rusqlite::Result<bool> {
+    let (base, _) = segment::base(conn, log_id)?;
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM records WHERE seq <= ?1 AND seq <= (SELECT MIN(seq) FROM records) + ?2",
+        )?
+        .execute(params![base as i64, TRIM_CHUNK - 1])?;
+    Ok(n == 0)
 }
