@@ -150,6 +150,16 @@ fn every_forwarded_request_is_audited(env: &TestEnv, records: &[Value], what: &s
     );
 }
 
+/// The `seq`s of a `GET /api/v1/audit` page, in its order.
+fn page_seqs(body: &Value) -> Vec<u64> {
+    body["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["record"]["seq"].as_u64())
+        .collect()
+}
+
 /// After a crash or a stop: the whole log (archive included) verifies from the first
 /// record, and every forwarded request has its decision in some segment.
 async fn check_log(env: &TestEnv, archive: &Path, what: &str) -> Vec<Value> {
@@ -242,12 +252,7 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
     let mut after = 0;
     while after < last {
         let body = page(format!("/api/v1/audit?after={after}&limit=7")).await;
-        let got: Vec<u64> = body["records"]
-            .as_array()
-            .expect("records")
-            .iter()
-            .filter_map(|r| r["record"]["seq"].as_u64())
-            .collect();
+        let got = page_seqs(&body);
         assert!(!got.is_empty(), "an empty page after {after} (last {last})");
         after = body["next_after"].as_u64().expect("next_after");
         seen.extend(got);
@@ -258,12 +263,7 @@ async fn segments_roll_under_load_and_survive_kill_9_mid_seal() {
     let mut before = last + 1;
     while before > 1 && back.len() < 60 {
         let body = page(format!("/api/v1/audit?before={before}&limit=9")).await;
-        let got: Vec<u64> = body["records"]
-            .as_array()
-            .expect("records")
-            .iter()
-            .filter_map(|r| r["record"]["seq"].as_u64())
-            .collect();
+        let got = page_seqs(&body);
         before = *got.last().expect("a page");
         back.extend(got);
     }
