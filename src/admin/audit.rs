@@ -190,7 +190,7 @@ pub async fn audit_verify(
             checkpoint_file: Some(jsonl.as_path()).filter(|p| p.exists()),
             public_hex: Some(key.trim()),
         };
-        let report = crate::audit::verify::verify_visiting(&db, &sources, |_, _| {});
+        let report = crate::audit::verify::verify_all(&db, &sources);
         (report, last_checkpoint(&db))
     };
     match blocking("verify_failed", run).await {

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -79,7 +81,7 @@ pub fn verify(
         checkpoint_file,
         public_hex,
     };
-    verify_visiting(db, &sources, |_, _| {})
+    verify_all(db, &sources)
 }
 
 /// Verifies like [`verify`], with archived segments when `sources` names an archive, and
@@ -90,6 +92,24 @@ pub fn verify_visiting(
     db: &Path,
     sources: &Sources<'_>,
     mut visit: impl FnMut(u64, &[u8]),
+) -> Result<Report, VerifyError> {
+    run(db, sources, Some(&mut visit))
+}
+
+/// Verifies like [`verify_visiting`] without visiting records, so sealed segments are
+/// hashed in parallel (each from the base its `meta` claims; the claims are then linked in
+/// order, so the verdict and the problem named are those of the sequential walk).
+pub fn verify_all(db: &Path, sources: &Sources<'_>) -> Result<Report, VerifyError> {
+    run(db, sources, None)
+}
+
+/// What a visiting verify hands each linked record to.
+type Visit<'a> = dyn FnMut(u64, &[u8]) + 'a;
+
+fn run(
+    db: &Path,
+    sources: &Sources<'_>,
+    mut visit: Option<&mut Visit<'_>>,
 ) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let err = |e: rusqlite::Error| VerifyError::Db {
@@ -139,13 +159,31 @@ pub fn verify_visiting(
         return Ok(walk.report(Some(problem)));
     }
 
-    for part in &parts {
+    let ahead = match visit {
+        Some(_) => Vec::new(),
+        None => speculate(&parts, &walk.expect),
+    };
+    for (i, part) in parts.iter().enumerate() {
         let name = part.sealed.name().to_owned();
         if let Some(problem) = walk.link(part.base, &name, sources.archive.is_some()) {
             return Ok(walk.report(Some(problem)));
         }
-        let rows = read_rows(part.sealed.path.clone(), walk.expected_seq - 1);
-        if let Some(problem) = walk.records(rows, &name, &mut visit) {
+        // Linked: the chain so far ends exactly where this part was hashed from.
+        let problem = match (ahead.get(i).cloned().flatten(), visit.as_mut()) {
+            (Some(done), _) => {
+                (walk.expected_seq, walk.prev) = (done.expected_seq, done.prev);
+                done.problem
+            }
+            (None, Some(visit)) => {
+                let rows = read_rows(part.sealed.path.clone(), walk.expected_seq - 1);
+                walk.records(rows, &name, visit)
+            }
+            (None, None) => {
+                let rows = read_rows(part.sealed.path.clone(), walk.expected_seq - 1);
+                walk.records(rows, &name, &mut |_, _| {})
+            }
+        };
+        if let Some(problem) = problem {
             return Ok(walk.report(Some(problem)));
         }
         if walk.expected_seq - 1 != part.sealed.last {
@@ -168,11 +206,69 @@ pub fn verify_visiting(
     }
     drop(conn);
     let rows = read_rows(db.to_owned(), walk.expected_seq - 1);
-    if let Some(problem) = walk.records(rows, "active", &mut visit) {
+    let problem = match visit {
+        Some(visit) => walk.records(rows, "active", &mut &mut *visit),
+        None => walk.records(rows, "active", &mut |_, _| {}),
+    };
+    if let Some(problem) = problem {
         return Ok(walk.report(Some(problem)));
     }
     let problem = walk.beyond_end();
     Ok(walk.report(problem))
+}
+
+/// A sealed segment hashed ahead of the walk, from the base its `meta` claims.
+#[derive(Clone)]
+struct Ahead {
+    problem: Option<Problem>,
+    expected_seq: u64,
+    prev: Hash,
+}
+
+/// Hashes every part on as many threads as there are cores.
+fn speculate(
+    parts: &[Part<'_>],
+    expect: &Arc<BTreeMap<u64, (String, String)>>,
+) -> Vec<Option<Ahead>> {
+    let work: Vec<(PathBuf, (u64, Hash), String)> = parts
+        .iter()
+        .map(|p| (p.sealed.path.clone(), p.base, p.sealed.name().to_owned()))
+        .collect();
+    let results: Vec<Mutex<Option<Ahead>>> = work.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work.len());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let (Some((path, (seq, hash), name)), Some(slot)) =
+                        (work.get(i), results.get(i))
+                    else {
+                        break;
+                    };
+                    let mut walk = Walk::new(String::new(), Instant::now());
+                    (walk.started, walk.expected_seq, walk.prev) = (true, seq + 1, *hash);
+                    walk.expect = expect.clone();
+                    let rows = read_rows(path.clone(), *seq);
+                    let problem = walk.records(rows, name, &mut |_, _| {});
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(Ahead {
+                            problem,
+                            expected_seq: walk.expected_seq,
+                            prev: walk.prev,
+                        });
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten())
+        .collect()
 }
 
 /// A sealed segment opened for verification, with where it says it starts.
@@ -243,7 +339,7 @@ struct Walk {
     segments: usize,
     checkpoints: Vec<(String, Signed)>,
     /// Size → (head, where the checkpoint came from).
-    expect: BTreeMap<u64, (String, String)>,
+    expect: Arc<BTreeMap<u64, (String, String)>>,
 }
 
 impl Walk {
@@ -257,7 +353,7 @@ impl Walk {
             expected_seq: 1,
             segments: 0,
             checkpoints: Vec::new(),
-            expect: BTreeMap::new(),
+            expect: Arc::default(),
         }
     }
 
@@ -380,7 +476,7 @@ impl Walk {
                 }
                 continue;
             }
-            self.expect
+            Arc::make_mut(&mut self.expect)
                 .insert(size, (s.checkpoint.head.clone(), origin.clone()));
         }
         None

@@ -10,7 +10,7 @@ use clap::{Subcommand, ValueEnum};
 use rusqlite::params;
 
 use agentgate::audit::checkpoint::{JSONL_FILE, PUB_FILE};
-use agentgate::audit::verify::{Sources, verify_visiting};
+use agentgate::audit::verify::{Sources, verify_all};
 use agentgate::audit::view::View;
 use agentgate::config::Config;
 use agentgate::state::StateDir;
@@ -141,7 +141,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                 checkpoint_file: checkpoint.as_deref(),
                 public_hex: Some(key.trim()),
             };
-            let report = verify_visiting(&db, &sources, |_, _| {})?;
+            let report = verify_all(&db, &sources)?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::audit::segment::{self, Sealed};
-use crate::audit::verify::{Report, Sources, verify_visiting};
+use crate::audit::verify::{Report, Sources, verify_all, verify_visiting};
 use crate::audit::view::View;
 use crate::audit::{Audit, AuditConfig, Durability};
 use crate::state::StateDir;
@@ -113,7 +113,15 @@ impl Log {
             checkpoint_file: Some(jsonl.as_path()),
             public_hex: Some(key.trim()),
         };
-        verify_visiting(&self.db(), &sources, |_, _| {}).unwrap()
+        // In order, and with sealed segments hashed in parallel: the same verdict.
+        let in_order = verify_visiting(&self.db(), &sources, |_, _| {}).unwrap();
+        let parallel = verify_all(&self.db(), &sources).unwrap();
+        assert_eq!(in_order.problem, parallel.problem);
+        assert_eq!(
+            (in_order.from_seq, in_order.records, in_order.segments),
+            (parallel.from_seq, parallel.records, parallel.segments)
+        );
+        parallel
     }
 }
 
