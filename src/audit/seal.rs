@@ -19,6 +19,9 @@ use super::segment::{self, Sealed};
 use crate::clock::now_micros;
 use crate::metrics::{Metrics, SegmentEvent};
 
+/// How often archive copies and retention are looked at without a seal to prompt it.
+const ARCHIVE_EVERY: Duration = Duration::from_secs(30);
+
 /// What the sealer needs.
 pub(crate) struct Sealer {
     pub(crate) db: PathBuf,
@@ -88,8 +91,16 @@ pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<u64> {
 pub(crate) fn run(sealer: Sealer) {
     let mut last_error = String::new();
     let mut pause = Duration::from_secs(1);
+    // The archive and retention pass lists and stats every sealed file: after a seal,
+    // while something fails, and every half minute (age limits), not every second.
+    let mut woken = true;
+    let mut last_pass = std::time::Instant::now();
     while !sealer.stop.load(Ordering::Relaxed) {
-        match sealer.round() {
+        let pass = woken || !last_error.is_empty() || last_pass.elapsed() >= ARCHIVE_EVERY;
+        if pass {
+            last_pass = std::time::Instant::now();
+        }
+        match sealer.round(pass) {
             Ok(()) => {
                 last_error.clear();
                 pause = Duration::from_secs(1);
@@ -106,12 +117,12 @@ pub(crate) fn run(sealer: Sealer) {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
-        let _ = sealer.wake.recv_timeout(pause);
+        woken = sealer.wake.recv_timeout(pause).is_ok();
     }
 }
 
 impl Sealer {
-    fn round(&self) -> Result<(), SealError> {
+    fn round(&self, archive_pass: bool) -> Result<(), SealError> {
         // One sealer at a time per log: a CLI that opened the log beside the proxy runs
         // one too, and two must not write the same file.
         let dir = segment::local_dir(&self.db);
@@ -129,7 +140,7 @@ impl Sealer {
             self.seal(&conn, upto)?;
         }
         drop(conn);
-        if let Some(archive) = &self.archive {
+        if let Some(archive) = self.archive.as_ref().filter(|_| archive_pass || upto > 0) {
             self.archive_all(archive)?;
             if self.retention.enabled() {
                 self.retain(archive)?;

@@ -20,7 +20,17 @@ pub struct View {
     active: Connection,
     /// Rows of the active file at or below this are in sealed files.
     floor: u64,
+    /// The sealed segments in the state dir, oldest first.
     sealed: Vec<Sealed>,
+    /// The log's directory in the archive, when there is one.
+    archive: Option<std::path::PathBuf>,
+    /// The `seq` before the state dir's oldest record.
+    local_start: u64,
+    older: std::cell::OnceCell<Vec<Sealed>>,
+}
+
+fn listing_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 /// One file of the view and the rows it contributes: `seq > lower`.
@@ -40,39 +50,39 @@ impl View {
                 r.get(0)
             })?;
         let (base, _) = segment::base(&active, &log_id)?;
-        let listing = |dir: &Path| {
-            segment::list(dir).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        };
-        let mut sealed = listing(&segment::local_dir(db))?;
+        let sealed = segment::list(&segment::local_dir(db)).map_err(listing_error)?;
         let floor = sealed.last().map_or(0, |s| s.last).max(base);
-        if let Some(archive) = archive {
-            // Archived files count only where they continue the chain down from the state
-            // dir's oldest: a stray file in a shared volume cannot hide newer records.
-            let mut below = sealed.first().map_or(base, |s| s.first - 1);
-            let mut older = Vec::new();
-            for s in listing(&segment::archive_dir(archive, &log_id))?
-                .into_iter()
-                .rev()
-            {
+        let local_start = sealed.first().map_or(base, |s| s.first - 1);
+        Ok(View {
+            active,
+            floor,
+            sealed,
+            archive: archive.map(|a| segment::archive_dir(a, &log_id)),
+            local_start,
+            older: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// The archived segments below the state dir's oldest, listed on first need (a
+    /// reader of recent records never reads the archive's directory). Archived files count
+    /// only where they continue the chain down from the state dir's oldest: a stray file
+    /// in a shared volume cannot hide newer records.
+    fn older(&self) -> rusqlite::Result<&[Sealed]> {
+        if let Some(older) = self.older.get() {
+            return Ok(older);
+        }
+        let mut older = Vec::new();
+        if let Some(dir) = &self.archive {
+            let mut below = self.local_start;
+            for s in segment::list(dir).map_err(listing_error)?.into_iter().rev() {
                 if s.last == below {
                     below = s.first - 1;
                     older.push(s);
                 }
             }
             older.reverse();
-            older.append(&mut sealed);
-            sealed = older;
         }
-        Ok(View {
-            active,
-            floor,
-            sealed,
-        })
-    }
-
-    /// The sealed segments in view, oldest first.
-    pub fn sealed(&self) -> &[Sealed] {
-        &self.sealed
+        Ok(self.older.get_or_init(|| older))
     }
 
     /// The active file (inside the view's snapshot).
@@ -97,7 +107,12 @@ impl View {
         after: u64,
         mut read: impl FnMut(Part<'_>) -> rusqlite::Result<ControlFlow<()>>,
     ) -> rusqlite::Result<()> {
-        for s in self.sealed.iter().filter(|s| s.last > after) {
+        let older = if after < self.local_start {
+            self.older()?
+        } else {
+            &[]
+        };
+        for s in older.iter().chain(&self.sealed).filter(|s| s.last > after) {
             let conn = s.open()?;
             let part = Part {
                 conn: &conn,
@@ -131,13 +146,15 @@ impl View {
             }
         }
         for s in self.sealed.iter().rev().filter(|s| s.first < before) {
-            let conn = s.open()?;
-            let part = Part {
-                conn: &conn,
-                lower: s.first - 1,
-            };
-            if read(part)?.is_break() {
+            if read_sealed(s, &mut read)?.is_break() {
                 return Ok(());
+            }
+        }
+        if self.local_start > 0 {
+            for s in self.older()?.iter().rev().filter(|s| s.first < before) {
+                if read_sealed(s, &mut read)?.is_break() {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -184,4 +201,16 @@ fn filler<'o, T>(
             ControlFlow::Continue(())
         })
     }
+}
+
+/// Reads a sealed file's rows (`seq` above its base).
+fn read_sealed(
+    s: &Sealed,
+    read: &mut impl FnMut(Part<'_>) -> rusqlite::Result<ControlFlow<()>>,
+) -> rusqlite::Result<ControlFlow<()>> {
+    let conn = s.open()?;
+    read(Part {
+        conn: &conn,
+        lower: s.first - 1,
+    })
 }
