@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use agentgate::audit::record::{Decision, Head, Verdict};
 use agentgate::audit::verify::verify;
-use agentgate::audit::{Audit, AuditConfig, Durability, Record, chain};
+use agentgate::audit::{Audit, AuditConfig, Durability, GroupWait, Record, chain};
 use agentgate::state::StateDir;
 use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot};
@@ -377,12 +377,22 @@ fn raw_fsync(dir: &Path, how: Raw) -> Result<Vec<u32>> {
 }
 
 fn open(root: &Path, name: &str, durability: Durability) -> Result<(Arc<Audit>, StateDir)> {
+    open_with(root, name, durability, GroupWait::default())
+}
+
+fn open_with(
+    root: &Path,
+    name: &str,
+    durability: Durability,
+    group_commit_wait: GroupWait,
+) -> Result<(Arc<Audit>, StateDir)> {
     let state = StateDir::open_or_create(root.join(name))
         .with_context(|| format!("creating state dir {name}"))?;
     // One file: the phases measure the writer and `verify` on a single segment
     // (`benches/segments.rs` measures sealing and verifying across segments).
     let config = AuditConfig {
         durability,
+        group_commit_wait,
         segment_max_bytes: bytesize::ByteSize::gib(1024),
         ..AuditConfig::default()
     };
@@ -457,8 +467,9 @@ async fn phase(
     writers: usize,
     budget: Duration,
     cpus: usize,
+    wait: GroupWait,
 ) -> Result<Phase> {
-    let (audit, _state) = open(root, name, durability)?;
+    let (audit, _state) = open_with(root, name, durability, wait)?;
     let db = audit.db_path().to_owned();
     let _ = load(&audit, writers, WARMUP, u64::MAX).await;
     let (p0, seq0) = (Probe::take(), audit.committed());
@@ -869,13 +880,61 @@ async fn run() -> Result<()> {
     let fsync_p50 = f64::from(pct(&append, 0.5).max(1));
 
     eprintln!("  {WRITERS} writers, fsync");
-    let tp_fsync = phase(root, "tp-fsync", Durability::Fsync, WRITERS, LOAD, cpus).await?;
+    let tp_fsync = phase(
+        root,
+        "tp-fsync",
+        Durability::Fsync,
+        WRITERS,
+        LOAD,
+        cpus,
+        GroupWait::Auto,
+    )
+    .await?;
+    eprintln!("  {WRITERS} writers, fsync, group_commit_wait = \"0s\"");
+    let no_wait = GroupWait::Fixed(Duration::ZERO);
+    let tp_nowait = phase(
+        root,
+        "tp-nowait",
+        Durability::Fsync,
+        WRITERS,
+        LOAD,
+        cpus,
+        no_wait,
+    );
+    let tp_nowait = tp_nowait.await?;
     eprintln!("  {WRITERS} writers, commit");
-    let tp_commit = phase(root, "tp-commit", Durability::Commit, WRITERS, LOAD, cpus).await?;
+    let tp_commit = phase(
+        root,
+        "tp-commit",
+        Durability::Commit,
+        WRITERS,
+        LOAD,
+        cpus,
+        GroupWait::Auto,
+    )
+    .await?;
     eprintln!("  1 writer, fsync");
-    let one_fsync = phase(root, "one-fsync", Durability::Fsync, 1, SINGLE, cpus).await?;
+    let one_fsync = phase(
+        root,
+        "one-fsync",
+        Durability::Fsync,
+        1,
+        SINGLE,
+        cpus,
+        GroupWait::Auto,
+    )
+    .await?;
     eprintln!("  1 writer, commit");
-    let one_commit = phase(root, "one-commit", Durability::Commit, 1, SINGLE, cpus).await?;
+    let one_commit = phase(
+        root,
+        "one-commit",
+        Durability::Commit,
+        1,
+        SINGLE,
+        cpus,
+        GroupWait::Auto,
+    )
+    .await?;
     eprintln!(
         "  building {} records, then verify",
         int(VERIFY_RECORDS as f64)
@@ -926,6 +985,17 @@ async fn run() -> Result<()> {
     let _ = writeln!(out, "  {WRITERS} writers, {} s", LOAD.as_secs());
     let [a, b] = tp.map(|t| int(t.load.rate()));
     row(&mut out, "  durable records/s", &a, &b, "≥ 100,000 (fsync)");
+    let n = tp_nowait.load.rate();
+    let gathered = tp_nowait
+        .batches
+        .map_or("n/a".into(), |(_, avg, _)| format!("{avg:.1}"));
+    let _ = writeln!(
+        out,
+        "    fsync with group_commit_wait = \"0s\": {} records/s ({:.2}× auto), {gathered} per commit, process CPU {}",
+        int(n),
+        n / tp_fsync.load.rate().max(1.0),
+        opt_pct(tp_nowait.cpu.process),
+    );
     let [a, b] = tp.map(|t| format!("{:.2}×", t.load.rate() / 100_000.0));
     row(&mut out, "  vs 100,000/s", &a, &b, "");
     let [a, b] = tp.map(|t| format!("{:.1}", t.load.rate() * fsync_p50 / 1e6));

@@ -452,6 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn group_commit_wait_is_auto_by_default_and_says_what_it_accepts() {
+        use crate::audit::GroupWait;
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.audit.group_commit_wait, GroupWait::Auto);
+        let parsed = |v: &str| {
+            Config::parse(&format!("[audit]\ngroup_commit_wait = \"{v}\"\n"), "f.toml")
+                .map(|c| c.audit.group_commit_wait)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            parsed("200us"),
+            Ok(GroupWait::Fixed(Duration::from_micros(200)))
+        );
+        assert_eq!(parsed("0s"), Ok(GroupWait::Fixed(Duration::ZERO)));
+        let msg = parsed("11ms").unwrap_err();
+        assert!(
+            msg.contains("group_commit_wait") && msg.contains("at most 10ms"),
+            "{msg}"
+        );
+        let msg = parsed("soon").unwrap_err();
+        assert!(msg.contains("\"auto\""), "{msg}");
+    }
+
+    #[test]
     fn a_fleet_refuses_a_fetch_timeout_longer_than_its_refresh_lease_allows() {
         let fleet = "[fleet]\nurl = \"nats://127.0.0.1:4222\"\n";
         let c = Config::parse(
