@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-pub use config::{AuditConfig, Durability, GroupWait};
+pub use config::{AuditConfig, Durability};
 pub use error::AuditError;
 pub use record::Record;
 pub use store::Committed;
@@ -49,8 +49,8 @@ pub struct Audit {
     /// thread (no sync to wait for, so two thread wake-ups would cost more); with others
     /// waiting, the writer thread's group commit is cheaper per record.
     lead: bool,
-    /// Requests waiting for a commit right now (the writer reads it to size its waits).
-    waiting: Arc<AtomicUsize>,
+    /// Requests waiting for a commit right now.
+    waiting: AtomicUsize,
     /// One bit per recent commit, newest lowest: another request was waiting too. Where
     /// requests overlap, the group commit batches them; a lone request leads only when
     /// the last eight were alone as well.
@@ -130,7 +130,6 @@ impl Audit {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
-        let waiting = Arc::new(AtomicUsize::new(0));
         let (events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFER);
         let writer = writer::Writer {
             conn,
@@ -142,8 +141,7 @@ impl Audit {
             head,
             data_version: None,
             batch_max: config.batch_max.max(1),
-            group_wait: config.group_commit_wait,
-            waiting: waiting.clone(),
+            group_commit_wait: config.group_commit_wait,
             checkpoint_every: config.checkpoint_every.max(1),
             checkpoint_interval: config.checkpoint_interval,
             last_checkpoint: (seq, Instant::now()),
@@ -215,7 +213,7 @@ impl Audit {
             tx,
             writer,
             lead: config.durability == Durability::Commit,
-            waiting,
+            waiting: AtomicUsize::new(0),
             overlapped: AtomicU8::new(0),
             unawaited,
             instance: instance.to_owned(),

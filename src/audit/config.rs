@@ -32,8 +32,10 @@ pub struct AuditConfig {
     pub queue: usize,
     /// Most records in one group commit.
     pub batch_max: usize,
-    /// How long the writer lets overlapping requests gather before the next group commit.
-    pub group_commit_wait: GroupWait,
+    /// After a commit of two or more requests, how long the writer lets the next batch
+    /// gather before it commits it (zero: never wait).
+    #[serde(with = "humantime_serde")]
+    pub group_commit_wait: Duration,
     /// Longest a request waits for its record to be durable before it is refused 503.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
@@ -134,81 +136,8 @@ impl Serialize for FreeSpace {
     }
 }
 
-/// How long the writer waits, after a commit that carried two or more waiting requests,
-/// before it takes the next batch: more requests per commit (one sync, fewer wake-ups)
-/// for a little latency. A lone request never waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GroupWait {
-    /// As long as the last commit took (at most `GroupWait::AUTO_MAX`), and only while
-    /// fewer than half of the requests lately seen waiting at once are waiting: the rest
-    /// are elsewhere (in the gates, upstream, with the client) and come back soon. When
-    /// most are waiting already, a wait would gather no one and only add latency.
-    #[default]
-    Auto,
-    /// This long after every commit of two or more requests (`"0s"`: never wait).
-    Fixed(Duration),
-}
-
-impl GroupWait {
-    /// The longest `auto` wait.
-    pub const AUTO_MAX: Duration = Duration::from_millis(1);
-    /// The longest fixed wait accepted: beyond it the wait is latency, not batching.
-    pub const MAX: Duration = Duration::from_millis(10);
-
-    /// The wait before the next batch, after a commit of `waiters` waiting requests that
-    /// took `took`, when `now` requests were waiting and at most `crowd` were lately.
-    pub fn after(self, waiters: usize, took: Duration, now: usize, crowd: usize) -> Duration {
-        if waiters < 2 {
-            return Duration::ZERO;
-        }
-        match self {
-            GroupWait::Auto if now * 2 < crowd => took.min(Self::AUTO_MAX),
-            GroupWait::Auto => Duration::ZERO,
-            GroupWait::Fixed(d) => d,
-        }
-    }
-}
-
-impl std::fmt::Display for GroupWait {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GroupWait::Auto => f.write_str("auto"),
-            GroupWait::Fixed(d) => write!(f, "{}", humantime::format_duration(*d)),
-        }
-    }
-}
-
-impl std::str::FromStr for GroupWait {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s == "auto" {
-            return Ok(GroupWait::Auto);
-        }
-        let d = humantime::parse_duration(s)
-            .map_err(|e| format!("{s:?}: want \"auto\" or a duration like \"200us\" ({e})"))?;
-        if d > Self::MAX {
-            return Err(format!(
-                "{s:?}: at most {} (a longer wait only adds latency)",
-                humantime::format_duration(Self::MAX)
-            ));
-        }
-        Ok(GroupWait::Fixed(d))
-    }
-}
-
-impl<'de> Deserialize<'de> for GroupWait {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(de)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for GroupWait {
-    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_str(self)
-    }
-}
+/// The longest `group_commit_wait`: beyond it the wait is latency, not batching.
+pub const GROUP_COMMIT_WAIT_MAX: Duration = Duration::from_millis(10);
 
 impl AuditConfig {
     /// The archive directory, when one is set.
@@ -233,7 +162,7 @@ impl Default for AuditConfig {
             path: PathBuf::new(),
             queue: 65_536,
             batch_max: 512,
-            group_commit_wait: GroupWait::Auto,
+            group_commit_wait: Duration::ZERO,
             commit_timeout: Duration::from_secs(2),
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
@@ -242,47 +171,6 @@ impl Default for AuditConfig {
             archive_dir: PathBuf::new(),
             retention: Retention::default(),
             disk_free_warning: FreeSpace::Percent(10),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::GroupWait;
-
-    #[test]
-    fn a_lone_request_never_waits_and_auto_follows_the_last_commit_up_to_its_cap() {
-        let took = Duration::from_micros(300);
-        for wait in [GroupWait::Auto, GroupWait::Fixed(Duration::from_millis(2))] {
-            assert_eq!(wait.after(0, took, 0, 16), Duration::ZERO);
-            assert_eq!(wait.after(1, took, 1, 16), Duration::ZERO);
-        }
-        assert_eq!(GroupWait::Auto.after(2, took, 4, 16), took);
-        let slow = Duration::from_millis(40);
-        assert_eq!(GroupWait::Auto.after(4, slow, 4, 16), GroupWait::AUTO_MAX);
-        let fixed = GroupWait::Fixed(Duration::from_micros(150));
-        assert_eq!(fixed.after(5, slow, 60, 64), Duration::from_micros(150));
-        let never = GroupWait::Fixed(Duration::ZERO);
-        assert_eq!(never.after(5, took, 5, 64), Duration::ZERO);
-    }
-
-    #[test]
-    fn auto_does_not_wait_when_half_the_crowd_is_waiting_already() {
-        // 64 committers in a closed loop: all of them wait for every commit, so nobody
-        // is left to gather.
-        let took = Duration::from_micros(600);
-        assert_eq!(GroupWait::Auto.after(33, took, 64, 64), Duration::ZERO);
-        assert_eq!(GroupWait::Auto.after(8, took, 32, 64), Duration::ZERO);
-        assert_eq!(GroupWait::Auto.after(8, took, 31, 64), took);
-    }
-
-    #[test]
-    fn it_reads_back_what_it_writes() {
-        for text in ["auto", "250us", "0s"] {
-            let wait: GroupWait = text.parse().unwrap();
-            assert_eq!(wait.to_string(), text);
         }
     }
 }

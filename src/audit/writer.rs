@@ -10,7 +10,7 @@
 //! comes.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, Signed, Signer};
-use super::config::GroupWait;
 use super::error::AuditError;
 use super::record::Record;
 use super::segment;
@@ -67,10 +66,8 @@ pub(crate) struct Writer {
     /// changes only when another connection commits (None: not read yet).
     pub(crate) data_version: Option<i64>,
     pub(crate) batch_max: usize,
-    /// How long overlapping requests may gather before the next batch is taken.
-    pub(crate) group_wait: GroupWait,
-    /// Requests inside `Audit::commit` right now.
-    pub(crate) waiting: Arc<AtomicUsize>,
+    /// After a commit of two or more requests, how long the next batch gathers.
+    pub(crate) group_commit_wait: Duration,
     pub(crate) checkpoint_every: u64,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) last_checkpoint: (u64, Instant),
@@ -111,21 +108,22 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Writer> {
 
 /// The writer thread: runs until every sender is gone or `Close` arrives.
 pub(crate) fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
-    let (batch_max, group_wait, waiting) = {
+    let (batch_max, group_commit_wait) = {
         let w = lock(&shared);
-        (w.batch_max, w.group_wait, w.waiting.clone())
+        (w.batch_max, w.group_commit_wait)
     };
     let mut batch = Vec::with_capacity(batch_max);
     let mut gather = Duration::ZERO;
-    // The most requests seen waiting at once lately (it decays by 1/16 a commit).
-    let mut crowd = 0usize;
-    while let Some(first) = rx.blocking_recv() {
+    loop {
         // Requests overlapped in the last commit: let the next batch gather instead of
-        // paying a sync (and a round of wake-ups) for each few. Nothing waits on the
-        // writer meanwhile: requests queue, the writer thread is not woken for each.
+        // paying a sync (and a round of wake-ups) for each few. Requests queue meanwhile
+        // without waking this thread; a request that comes after the wait pays nothing.
         if !gather.is_zero() {
             std::thread::sleep(gather);
         }
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
         let mut w = lock(&shared);
         let mut close = None;
         let mut tick = false;
@@ -148,14 +146,10 @@ pub(crate) fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
         w.take_unawaited(&mut batch, batch_max);
         let waiters = batch.iter().filter(|(_, done)| done.is_some()).count();
         let urgent = tick || close.is_some() || waiters > 0;
-        // Everyone waiting now: this batch, the queue, and those still sending.
-        let now = waiting.load(Ordering::Acquire);
-        crowd = now.max(crowd - crowd / 16);
         gather = Duration::ZERO;
         if urgent && !batch.is_empty() {
-            let began = Instant::now();
             w.commit(&mut batch);
-            gather = group_wait.after(waiters, began.elapsed(), now, crowd);
+            gather = gather_after(group_commit_wait, waiters);
         }
         if close.is_some() {
             // Unawaited records beyond that batch go in too, before the final checkpoint:
@@ -182,6 +176,16 @@ pub(crate) fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
             let _ = reply.send(());
             return;
         }
+    }
+}
+
+/// How long the next batch gathers after a commit of `waiters` waiting requests: a lone
+/// request never waits for company.
+fn gather_after(group_commit_wait: Duration, waiters: usize) -> Duration {
+    if waiters < 2 {
+        Duration::ZERO
+    } else {
+        group_commit_wait
     }
 }
 
@@ -529,10 +533,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_lone_request_never_waits_and_overlapping_ones_wait_the_setting() {
+        let wait = Duration::from_micros(400);
+        assert_eq!(super::gather_after(wait, 0), Duration::ZERO);
+        assert_eq!(super::gather_after(wait, 1), Duration::ZERO);
+        assert_eq!(super::gather_after(wait, 2), wait);
+        let default = AuditConfig::default().group_commit_wait;
+        assert_eq!(super::gather_after(default, 64), Duration::ZERO);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_a_group_wait_overlapping_commits_all_land_in_one_verified_chain() {
         let (_dir, audit) = open(AuditConfig {
-            group_commit_wait: crate::audit::GroupWait::Fixed(Duration::from_millis(5)),
+            group_commit_wait: Duration::from_millis(5),
             ..AuditConfig::default()
         });
         let audit = std::sync::Arc::new(audit);
