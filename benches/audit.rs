@@ -900,8 +900,8 @@ async fn run() -> Result<()> {
         LOAD,
         cpus,
         wait,
-    );
-    let tp_wait = tp_wait.await?;
+    )
+    .await?;
     eprintln!("  {WRITERS} writers, commit");
     let tp_commit = phase(
         root,

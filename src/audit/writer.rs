@@ -146,11 +146,12 @@ pub(crate) fn run(shared: Shared, mut rx: mpsc::Receiver<Job>) {
         w.take_unawaited(&mut batch, batch_max);
         let waiters = batch.iter().filter(|(_, done)| done.is_some()).count();
         let urgent = tick || close.is_some() || waiters > 0;
-        gather = Duration::ZERO;
-        if urgent && !batch.is_empty() {
+        gather = if urgent && !batch.is_empty() {
             w.commit(&mut batch);
-            gather = gather_after(group_commit_wait, waiters);
-        }
+            gather_after(group_commit_wait, waiters)
+        } else {
+            Duration::ZERO
+        };
         if close.is_some() {
             // Unawaited records beyond that batch go in too, before the final checkpoint:
             // none is lost at a clean shutdown.
