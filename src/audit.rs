@@ -125,7 +125,7 @@ impl Audit {
         let sealing = Arc::new(AtomicU64::new(seal::pending(&conn).map_err(open_err)?));
         let installed = Arc::new(AtomicU64::new(0));
         // Rows a seal copied out and a crash left behind are deleted in the first steps.
-        let trimming = seal::copied_rows_left(&conn, base).map_err(open_err)?;
+        let trim = writer::copied_rows(&conn, base).map_err(open_err)?;
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
@@ -159,7 +159,7 @@ impl Audit {
                 installed: installed.clone(),
                 wake: wake.clone(),
                 retry_at: None,
-                trimming,
+                trim,
             },
         };
         let writer = Arc::new(std::sync::Mutex::new(writer));

@@ -74,12 +74,6 @@ pub(crate) fn active_stats(conn: &Connection, base: u64) -> rusqlite::Result<(u6
     Ok((bytes as u64, ts))
 }
 
-/// Whether rows at or below `base` (copies of a sealed file's) are still in the active file.
-pub(crate) fn copied_rows_left(conn: &Connection, base: u64) -> rusqlite::Result<bool> {
-    let min: Option<i64> = conn.query_row("SELECT MIN(seq) FROM records", [], |r| r.get(0))?;
-    Ok(base > 0 && min.is_some_and(|m| m as u64 <= base))
-}
-
 /// The `seq` a seal left pending in the active file (0: none).
 pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(segment::meta(conn, segment::SEALING)?

@@ -26,7 +26,7 @@ use super::segment;
 mod active;
 use super::store::{self, Committed};
 use crate::clock::now_micros;
-pub(crate) use active::SegmentState;
+pub(crate) use active::{SegmentState, copied_rows};
 
 /// After this many records the writer checkpoints the WAL tail itself (see `housekeeping`).
 const WAL_TAIL_EVERY: u64 = 4096;

@@ -16,8 +16,8 @@ use crate::audit::segment;
 /// How long after a failed seal the writer tries again.
 const SEAL_RETRY: Duration = Duration::from_secs(10);
 
-/// Copied rows deleted per step (one step per group commit or tick).
-const TRIM_CHUNK: i64 = 1000;
+/// Copied rows deleted per step (one step per group commit or tick): about a millisecond.
+const TRIM_CHUNK: u64 = 500;
 
 /// The active segment as the writer sees it: when to seal it, and the sealer it hands to.
 #[derive(Debug)]
@@ -36,8 +36,9 @@ pub(crate) struct SegmentState {
     pub(crate) wake: std::sync::mpsc::SyncSender<()>,
     /// After a failed seal, not before this.
     pub(crate) retry_at: Option<Instant>,
-    /// Rows at or below the base may remain: delete them, a chunk per step.
-    pub(crate) trimming: bool,
+    /// Copied rows remain, from the first `seq` to the base (the second): deleted a chunk
+    /// per step, each by its own bounded range.
+    pub(crate) trim: Option<(u64, u64)>,
 }
 
 impl SegmentState {
@@ -79,9 +80,10 @@ impl SegmentState {
             }
             return;
         }
-        if self.trimming {
-            match trim_chunk(conn, log_id) {
-                Ok(done) => self.trimming = !done,
+        if let Some((from, base)) = self.trim {
+            let to = base.min(from.saturating_add(TRIM_CHUNK - 1));
+            match trim_chunk(conn, from, to) {
+                Ok(()) => self.trim = (to < base).then_some((to + 1, base)),
                 Err(e) => tracing::debug!(error = %e, "deleting sealed rows skipped"),
             }
         }
@@ -92,6 +94,7 @@ impl SegmentState {
     fn move_base(&mut self, conn: &Connection, log_id: &str, upto: u64) -> rusqlite::Result<()> {
         let tx = conn.unchecked_transaction()?;
         let (base, _) = segment::base(&tx, log_id)?;
+        let trim = copied_rows(&tx, base.max(upto))?;
         if upto > base {
             let hash: String = tx.query_row(
                 "SELECT hash FROM records WHERE seq = ?1",
@@ -106,18 +109,83 @@ impl SegmentState {
         tx.execute("DELETE FROM meta WHERE key = ?1", [segment::SEALING])?;
         tx.commit()?;
         self.sealing.store(0, Ordering::Release);
-        self.trimming = true;
+        self.trim = trim;
         Ok(())
     }
 }
 
-/// Deletes up to `TRIM_CHUNK` rows at or below the base; true when none are left.
-fn trim_chunk(conn: &Connection, log_id: &str) -> rusqlite::Result<bool> {
-    let (base, _) = segment::base(conn, log_id)?;
-    let n = conn
-        .prepare_cached(
-            "DELETE FROM records WHERE seq <= ?1 AND seq <= (SELECT MIN(seq) FROM records) + ?2",
-        )?
-        .execute(params![base as i64, TRIM_CHUNK - 1])?;
-    Ok(n == 0)
+/// The copies of sealed rows left in the active file: from its first `seq` to `base`
+/// (None: there are none).
+pub(crate) fn copied_rows(conn: &Connection, base: u64) -> rusqlite::Result<Option<(u64, u64)>> {
+    let first: Option<i64> = conn
+        .prepare_cached("SELECT MIN(seq) FROM records")?
+        .query_row([], |r| r.get(0))?;
+    Ok(first
+        .map(|first| first.max(1) as u64)
+        .filter(|&first| base > 0 && first <= base)
+        .map(|first| (first, base)))
+}
+
+/// Deletes the rows `from..=to`. Both ends are bound: the same chunk bounded only above
+/// (`seq <= base`, the first rows) took five times as long.
+fn trim_chunk(conn: &Connection, from: u64, to: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM records WHERE seq >= ?1 AND seq <= ?2")?
+        .execute(params![from as i64, to as i64])
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state that never seals, trimming what `copied_rows` finds below `base`.
+    fn state(conn: &Connection, base: u64) -> SegmentState {
+        let (wake, _) = std::sync::mpsc::sync_channel(1);
+        SegmentState {
+            max_bytes: u64::MAX,
+            max_age: Duration::MAX,
+            bytes: 0,
+            first_ts: 0,
+            sealing: Arc::default(),
+            installed: Arc::default(),
+            wake,
+            retry_at: None,
+            trim: copied_rows(conn, base).unwrap(),
+        }
+    }
+
+    fn seqs(conn: &Connection) -> (i64, i64, i64) {
+        conn.query_row(
+            "SELECT MIN(seq), MAX(seq), COUNT(*) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn trimming_deletes_exactly_the_copied_rows_a_chunk_per_step() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::audit::store::SCHEMA).unwrap();
+        // A crash after an earlier trim left rows 301..=2500; the base is 1800.
+        for seq in 301..=2500 {
+            conn.execute("INSERT INTO records VALUES (?1, '{}', 'h')", [seq])
+                .unwrap();
+        }
+        let mut segment = state(&conn, 1800);
+        assert_eq!(segment.trim, Some((301, 1800)));
+        let mut steps = 0;
+        while segment.trim.is_some() {
+            segment.step(&conn, "log");
+            steps += 1;
+            assert!(steps <= 3, "1500 rows take three steps of {TRIM_CHUNK}");
+            // Every step leaves a contiguous log whose last row is untouched.
+            let (first, last, count) = seqs(&conn);
+            assert_eq!((last, count), (2500, last - first + 1));
+        }
+        assert_eq!(seqs(&conn), (1801, 2500, 700));
+        // Nothing is left to trim, and nothing at all when the file starts after the base.
+        assert_eq!(copied_rows(&conn, 1800).unwrap(), None);
+        assert_eq!(state(&conn, 0).trim, None);
+    }
 }
