@@ -491,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn workers_are_one_per_cpu_unless_set_and_zero_is_refused() {
+    fn workers_are_unset_by_default_and_zero_is_refused() {
         assert_eq!(Config::default().proxy.workers, None);
         let c = Config::parse("[proxy]\nworkers = 1\n", "f.toml").unwrap();
         assert_eq!(c.proxy.workers, Some(1));

@@ -407,11 +407,8 @@ fn init(home: &Path) -> Result<()> {
 
 fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()> {
     init_logging(log_format.unwrap_or(config.log.format), &config.log.level)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.proxy.workers {
-        runtime.worker_threads(n);
-    }
-    let runtime = runtime
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.proxy.worker_threads())
         .enable_all()
         .build()
         .context("starting the async runtime")?;

@@ -18,8 +18,23 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Concurrent client connections; beyond it new connections get a 503 and are closed.
     pub max_connections: usize,
-    /// Async worker threads; unset: one per CPU the process may use.
+    /// Async worker threads; unset: one fewer than the CPUs the process may use, at least one.
     pub workers: Option<usize>,
+}
+
+impl ProxyConfig {
+    /// The async worker threads to start: `workers`, else one per CPU this process may use
+    /// but one, left to the audit writer thread every request waits for (at least one).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            default_workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        })
+    }
+}
+
+/// Workers for `cpus` CPUs when `proxy.workers` is unset.
+fn default_workers(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
 }
 
 impl Default for ProxyConfig {
@@ -252,4 +267,24 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_workers_leave_one_cpu_to_the_audit_writer() {
+        assert_eq!(
+            [1, 2, 4, 16].map(default_workers),
+            [1, 1, 3, 15],
+            "one CPU gets one worker; more leave one free"
+        );
+        let set = ProxyConfig {
+            workers: Some(2),
+            ..ProxyConfig::default()
+        };
+        assert_eq!(set.worker_threads(), 2);
+        assert!(ProxyConfig::default().worker_threads() >= 1);
+    }
 }
