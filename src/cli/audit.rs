@@ -220,11 +220,13 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
-            if let Some(e) = failed {
-                return Err(e.into());
+            match failed.or_else(|| out.flush().err()) {
+                // The reader has all it wanted (`audit export | head`): stop quietly, as
+                // any filter does.
+                Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+                Some(e) => Err(e.into()),
+                None => Ok(true),
             }
-            out.flush()?;
-            Ok(true)
         }
     }
 }

@@ -1072,3 +1072,53 @@ async fn admin_api_and_cli_read_the_live_log() {
     assert_eq!(exported[0]["record"]["seq"], 4);
     assert_eq!(exported[0]["hash"], records[3]["hash"]);
 }
+
+/// `agentgate audit export | head`: when the reader closes the pipe, export stops quietly and
+/// succeeds, like any filter, instead of failing with "Broken pipe".
+#[test]
+fn export_into_a_closed_pipe_stops_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join(DB);
+    let conn = Connection::open(&db).expect("create audit.db");
+    conn.execute_batch(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE records (seq INTEGER PRIMARY KEY, record TEXT NOT NULL, hash TEXT NOT NULL);
+         CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, signed TEXT NOT NULL);
+         INSERT INTO meta VALUES ('log_id', '0123456789abcdef0123456789abcdef');",
+    )
+    .expect("schema");
+    // Far more than a pipe holds (64 KiB), so export must write after the reader is gone.
+    let pad = "x".repeat(1000);
+    for seq in 1..=500i64 {
+        let record = json!({"kind": "admin", "event": "test", "pad": pad, "seq": seq});
+        conn.execute(
+            "INSERT INTO records VALUES (?1, ?2, ?3)",
+            params![seq, record.to_string(), "00".repeat(32)],
+        )
+        .expect("insert");
+    }
+    drop(conn);
+
+    let mut child = std::process::Command::new(crate::support::proxy::BIN)
+        .args(["--home", &dir.path().display().to_string()])
+        .args(["audit", "export", "--db", &db.display().to_string()])
+        .env_remove("AGENTGATE_HOME")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agentgate");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 4096];
+    stdout.read_exact(&mut first).expect("the first lines");
+    assert!(first.starts_with(b"{\"hash\":"), "export line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait for agentgate");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "export into a closed pipe: {:?}, stderr {:?}",
+        out.status,
+        text(&out.stderr)
+    );
+}
