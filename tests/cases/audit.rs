@@ -1100,10 +1100,16 @@ fn export_into_a_closed_pipe_stops_quietly() {
     }
     drop(conn);
 
-    let mut child = std::process::Command::new(crate::support::proxy::BIN)
+    let mut cmd = std::process::Command::new(crate::support::proxy::BIN);
+    // The test run's own AGENTGATE_* variables (AGENTGATE_TEST_PYTHON, …) are not config.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AGENTGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
         .args(["--home", &dir.path().display().to_string()])
         .args(["audit", "export", "--db", &db.display().to_string()])
-        .env_remove("AGENTGATE_HOME")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1111,7 +1117,10 @@ fn export_into_a_closed_pipe_stops_quietly() {
         .expect("spawn agentgate");
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 4096];
-    stdout.read_exact(&mut first).expect("the first lines");
+    if let Err(e) = stdout.read_exact(&mut first) {
+        let out = child.wait_with_output().expect("wait for agentgate");
+        panic!("export wrote less than 4 KiB ({e}): {}", text(&out.stderr));
+    }
     assert!(first.starts_with(b"{\"hash\":"), "export line");
     drop(stdout);
     let out = child.wait_with_output().expect("wait for agentgate");
