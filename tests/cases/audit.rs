@@ -1100,21 +1100,9 @@ fn export_into_a_closed_pipe_stops_quietly() {
     }
     drop(conn);
 
-    let mut cmd = std::process::Command::new(crate::support::proxy::BIN);
-    // The test run's own AGENTGATE_* variables (AGENTGATE_TEST_PYTHON, …) are not config.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AGENTGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .args(["--home", &dir.path().display().to_string()])
-        .args(["audit", "export", "--db", &db.display().to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn agentgate");
+    let db = db.display().to_string();
+    let mut child =
+        crate::support::proxy::spawn(&[], dir.path(), &["audit", "export", "--db", &db], &[]);
     let mut stdout = child.stdout.take().expect("stdout");
     let mut first = [0u8; 4096];
     if let Err(e) = stdout.read_exact(&mut first) {

@@ -239,7 +239,7 @@ fn base_command(wrapper: &[&str], home: &Path) -> Command {
 }
 
 /// Starts `agentgate ARGS` with piped output and no stdin.
-fn spawn(
+pub fn spawn(
     wrapper: &[&str],
     home: &Path,
     args: &[&str],
