@@ -27,6 +27,27 @@ pub(crate) enum Output {
     Json,
 }
 
+/// Writes command output (and a newline when `line`) to stdout. When the reader has gone
+/// (`agentgate audit tail -f | head`), the command has done all anyone wanted: it exits 0
+/// at once, as filters do. Any other write error (a full disk behind `>`) exits 1 with the
+/// reason, instead of the panic `println!` would give.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, line: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| if line { out.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// A small current-thread runtime for commands that talk to a running instance.
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     use anyhow::Context;

@@ -1,6 +1,6 @@
 //! The `agentgate` command line.
-#![allow(clippy::print_stdout)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,6 +9,18 @@ use clap::{Args, Parser, Subcommand};
 
 use agentgate::config::{Config, LogFormat};
 use agentgate::state::{self, StateDir};
+
+/// `print!` for command output: a closed pipe (`agentgate … | head`) ends the command
+/// quietly instead of panicking (`cli::write_stdout`).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), false) };
+}
+
+/// `println!` for command output; see `out!`.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), true) };
+}
 
 mod cli;
 use cli::Output;
@@ -333,7 +345,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             match out {
                 Some(path) => std::fs::write(&path, pem)
                     .with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{pem}"),
+                None => out!("{pem}"),
             }
             Ok(())
         }
@@ -440,12 +452,17 @@ fn run(home: &Path, config: Config, log_format: Option<LogFormat>) -> Result<()>
         if let Some(addr) = running.health_addr {
             extra.push_str(&format!(" health={addr}"));
         }
-        println!(
+        // Not through `outln!`: a supervisor that stopped reading must not stop the proxy.
+        let ready = writeln!(
+            std::io::stdout(),
             "READY proxy={} admin={}{extra} ca={}",
             running.proxy_addr,
             running.admin_addr,
             running.ca_cert.display()
         );
+        if let Err(e) = ready {
+            tracing::warn!(error = %e, "could not print the READY line to stdout");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         running.shutdown(Duration::from_secs(10)).await;

@@ -177,22 +177,22 @@ fn register(
             let mut doc = serde_json::to_value(&reg)?;
             doc["expires_at"] = rfc3339(reg.expires).into();
             doc["proxy_url"] = proxy_url.into();
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Text => {
-            println!("registered agent {name}");
-            println!("  SPIFFE ID  {}", reg.spiffe_id);
+            outln!("registered agent {name}");
+            outln!("  SPIFFE ID  {}", reg.spiffe_id);
             if let Some(owner) = &reg.owner {
-                println!("  owner      {owner}");
+                outln!("  owner      {owner}");
             }
-            println!("  jti        {}", reg.jti);
-            println!("  expires    {}", rfc3339(reg.expires));
-            println!("  token      {}", reg.token);
+            outln!("  jti        {}", reg.jti);
+            outln!("  expires    {}", rfc3339(reg.expires));
+            outln!("  token      {}", reg.token);
             if let Some(url) = proxy_url {
-                println!("  proxy URL  {url}");
+                outln!("  proxy URL  {url}");
             }
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "Run the agent through AgentGate with: agentgate exec --agent {name} -- CMD ARGS…"
             );
             if notified.is_none() {
@@ -221,8 +221,8 @@ fn reference(state: &StateDir, name: &str, service: &str, output: Output) -> Res
     }
     let doc: serde_json::Value = serde_json::from_slice(&answer.body)?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&doc)?),
-        Output::Text => println!("{}", doc["reference"].as_str().unwrap_or_default()),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&doc)?),
+        Output::Text => outln!("{}", doc["reference"].as_str().unwrap_or_default()),
     }
     Ok(())
 }
@@ -231,14 +231,18 @@ fn list(state: &StateDir, output: Output) -> Result<()> {
     let registry = Registry::open(state)?;
     let agents = registry.agents(None, now())?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&agents)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&agents)?),
         Output::Text if agents.is_empty() => {
             eprintln!("no agents registered; add one with `agentgate agents register NAME`")
         }
         Output::Text => {
-            println!(
+            outln!(
                 "{:<20} {:<8} {:<12} {:>6}  {:<20}  SPIFFE ID",
-                "NAME", "STATUS", "OWNER", "TOKENS", "EXPIRES"
+                "NAME",
+                "STATUS",
+                "OWNER",
+                "TOKENS",
+                "EXPIRES"
             );
             for a in agents {
                 let status = if a.revoked.is_some() {
@@ -248,7 +252,7 @@ fn list(state: &StateDir, output: Output) -> Result<()> {
                 } else {
                     "active"
                 };
-                println!(
+                outln!(
                     "{:<20} {:<8} {:<12} {:>6}  {:<20}  {}",
                     a.name,
                     status,
@@ -364,20 +368,20 @@ pub(crate) fn identity(state: &StateDir, config: &Config, cmd: IdentityCommand) 
         IdentityCommand::Rotate => {
             let r = issuer::rotate(state, &registry, now())?;
             let notified = announce(state, config, "key_rotated", &r.new_kid)?;
-            println!("new issuer key {}", r.new_kid);
+            outln!("new issuer key {}", r.new_kid);
             if let (Some(kid), Some(until)) = (&r.retired_kid, r.retired_valid_until) {
-                println!(
+                outln!(
                     "retired key {kid}: trusted until {} (its last token expires)",
                     rfc3339(until)
                 );
             }
             for kid in &r.dropped {
-                println!("dropped key {kid} (all its tokens had expired)");
+                outln!("dropped key {kid} (all its tokens had expired)");
             }
             if notified.is_some() {
                 eprintln!("the running proxy serves the new bundle now");
             }
-            println!(
+            outln!(
                 "tokens issued from now on use the new key: re-register agents to move them over"
             );
         }
@@ -396,7 +400,7 @@ pub(crate) fn identity(state: &StateDir, config: &Config, cmd: IdentityCommand) 
                 })
                 .collect::<Result<_>>()?;
             let doc = bundle::to_jwks(keys.iter().map(|(k, v)| (k.as_str(), v)));
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }
     Ok(())

@@ -143,9 +143,9 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
             };
             let report = verify_all(&db, &sources)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "{}: {} records in {} sealed segments and the active one, {} checkpoints checked in {} ms ({} records/s)",
                         db.display(),
                         report.records,
@@ -155,19 +155,20 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                         report.records_per_sec
                     );
                     if report.from_seq > 1 {
-                        println!(
+                        outln!(
                             "from seq {}: earlier segments are archived (pass --archive DIR to verify them)",
                             report.from_seq
                         );
                     }
                     match &report.problem {
-                        None => println!("intact"),
+                        None => outln!("intact"),
                         Some(p) => match p.segment.as_deref().filter(|s| *s != "active") {
-                            Some(segment) => println!(
+                            Some(segment) => outln!(
                                 "NOT INTACT at seq {} in segment {segment}: {}",
-                                p.seq, p.why
+                                p.seq,
+                                p.why
                             ),
-                            None => println!("NOT INTACT at seq {}: {}", p.seq, p.why),
+                            None => outln!("NOT INTACT at seq {}: {}", p.seq, p.why),
                         },
                     }
                 }
@@ -239,23 +240,27 @@ fn verify_fleet(config: &Config, output: Output) -> Result<bool> {
     let logs = crate::cli::block_on(agentgate::fleet::stream::verify(&config.fleet))??;
     let intact = !logs.is_empty() && logs.iter().all(|l| l.problem.is_none());
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&logs)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&logs)?),
         Output::Text => {
             if logs.is_empty() {
-                println!(
+                outln!(
                     "fleet {}: the audit stream holds no records",
                     config.fleet.name
                 );
             }
             for l in &logs {
                 match &l.problem {
-                    None => println!(
+                    None => outln!(
                         "log {}: {} records, {} checkpoints, intact",
-                        l.log_id, l.records, l.checkpoints
+                        l.log_id,
+                        l.records,
+                        l.checkpoints
                     ),
-                    Some(p) => println!(
+                    Some(p) => outln!(
                         "log {}: {} records, {} checkpoints, NOT INTACT at {p}",
-                        l.log_id, l.records, l.checkpoints
+                        l.log_id,
+                        l.records,
+                        l.checkpoints
                     ),
                 }
             }
@@ -278,14 +283,14 @@ fn print_after(view: &View, after: u64, output: Output) -> Result<u64> {
     for (seq, text) in rows {
         last = seq;
         match output {
-            Output::Json => println!("{text}"),
+            Output::Json => outln!("{text}"),
             Output::Text => {
                 let r: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
                 let ts = r.get("ts").and_then(|v| v.as_i64()).unwrap_or(0);
                 let when = agentgate::clock::rfc3339(ts / 1_000_000);
                 match s("kind").as_str() {
-                    "decision" => println!(
+                    "decision" => outln!(
                         "{last:>8} {when} {:<6} {:<8} {} {}{} {} {}",
                         s("effect"),
                         s("gate"),
@@ -295,7 +300,7 @@ fn print_after(view: &View, after: u64, output: Output) -> Result<u64> {
                         s("agent"),
                         s("request_id")
                     ),
-                    "outcome" => println!(
+                    "outcome" => outln!(
                         "{last:>8} {when} outcome  {} status={} up={} down={} {}us",
                         s("request_id"),
                         r["status"],
@@ -303,7 +308,7 @@ fn print_after(view: &View, after: u64, output: Output) -> Result<u64> {
                         r["bytes_down"],
                         r["duration_us"]
                     ),
-                    kind => println!(
+                    kind => outln!(
                         "{last:>8} {when} {kind:<8} {} {}",
                         s("event"),
                         r.get("detail").map(|d| d.to_string()).unwrap_or_default()

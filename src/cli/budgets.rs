@@ -32,8 +32,8 @@ pub(crate) fn run(
         LocalBudgets::in_state(state, now_ms)?.usage_now(now_ms, part.as_deref())
     };
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&usage)?),
-        Output::Text => print!("{}", render(&usage, now_ms)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&usage)?),
+        Output::Text => out!("{}", render(&usage, now_ms)),
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
             let doc = request(state, Method::GET, path, None)?;
             let list = doc["consents"].as_array().cloned().unwrap_or_default();
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&doc["consents"])?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&doc["consents"])?),
                 Output::Text if list.is_empty() => eprintln!(
                     "{}",
                     if all {
@@ -59,13 +59,18 @@ pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
                     }
                 ),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "{:<22} {:<8} {:<9} {:<36} {:<28} {:<20} AGENT",
-                        "ID", "CODE", "STATUS", "ACTION", "RESOURCE", "EXPIRES"
+                        "ID",
+                        "CODE",
+                        "STATUS",
+                        "ACTION",
+                        "RESOURCE",
+                        "EXPIRES"
                     );
                     for c in list {
                         let s = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
-                        println!(
+                        outln!(
                             "{:<22} {:<8} {:<9} {:<36} {:<28} {:<20} {}",
                             s("id"),
                             s("binding_code"),
@@ -91,13 +96,13 @@ pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
                 Some(&body),
             )?;
             match window {
-                Some(w) => println!(
+                Some(w) => outln!(
                     "approved {id} for {} ({} on {})",
                     humantime::format_duration(w),
                     c["action"].as_str().unwrap_or("?"),
                     c["resource"]["id"].as_str().unwrap_or("?")
                 ),
-                None => println!(
+                None => outln!(
                     "approved {id} once ({} on {})",
                     c["action"].as_str().unwrap_or("?"),
                     c["resource"]["id"].as_str().unwrap_or("?")
@@ -115,7 +120,7 @@ pub(crate) fn run(state: &StateDir, cmd: ConsentCommand) -> Result<()> {
                 &format!("/api/v1/consents/{id}/deny"),
                 Some(&body),
             )?;
-            println!("denied {id}");
+            outln!("denied {id}");
         }
     }
     Ok(())

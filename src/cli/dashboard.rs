@@ -29,7 +29,7 @@ pub(crate) fn run(state: &StateDir, tenant: Option<String>, open: bool) -> Resul
     }
     let link: serde_json::Value = serde_json::from_slice(&answer.body)?;
     let url = link["url"].as_str().context("the instance sent no url")?;
-    println!("{url}");
+    outln!("{url}");
     eprintln!("This link signs in once, within 5 minutes. Keep it to yourself.");
     let graphical = std::env::var_os("DISPLAY").is_some()
         || std::env::var_os("WAYLAND_DISPLAY").is_some()

@@ -211,41 +211,41 @@ fn print(
                 "written": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "replay": replayed,
             });
-            println!("{}", &serde_json::to_string_pretty(&doc)?);
+            outln!("{}", &serde_json::to_string_pretty(&doc)?);
         }
         Output::Text => {
             let by = match &draft.origin {
                 Origin::Grammar => "the grammar".to_owned(),
                 Origin::Model { model, url } => format!("the model {model} at {url}"),
             };
-            println!("# ---- policy.rego (drafted by {by}) ----");
-            print!("{}", draft.rego);
-            println!("# ---- policy_test.yaml ----");
-            print!("{}", draft.tests);
-            println!("# ---- tests ----");
+            outln!("# ---- policy.rego (drafted by {by}) ----");
+            out!("{}", draft.rego);
+            outln!("# ---- policy_test.yaml ----");
+            out!("{}", draft.tests);
+            outln!("# ---- tests ----");
             for r in results {
                 let mark = if r.passed { "PASS" } else { "FAIL" };
-                println!("{mark}  {}: {}", r.file, r.name);
+                outln!("{mark}  {}: {}", r.file, r.name);
                 if !r.passed {
-                    println!("      {}", r.detail);
+                    outln!("      {}", r.detail);
                 }
             }
-            println!("{} passed, {failed} failed", results.len() - failed);
+            outln!("{} passed, {failed} failed", results.len() - failed);
             match replayed {
                 Some(r) => {
-                    println!("# ---- replay of recorded traffic ----");
-                    print!(
+                    outln!("# ---- replay of recorded traffic ----");
+                    out!(
                         "{}",
                         super::replay::render(r, std::path::Path::new("the draft"))
                     );
                 }
-                None => println!("# ---- no recorded traffic to replay ----"),
+                None => outln!("# ---- no recorded traffic to replay ----"),
             }
             for w in &draft.warnings {
                 eprintln!("warning: {w}");
             }
             for p in written {
-                println!("wrote {}", p.display());
+                outln!("wrote {}", p.display());
             }
         }
     }

@@ -22,11 +22,11 @@ pub(crate) fn print(state: &StateDir, config: &Config, agent: &str, output: Outp
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.into()))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&map)?);
+            outln!("{}", serde_json::to_string_pretty(&map)?);
         }
         Output::Text => {
             for (k, v) in env.vars {
-                println!("export {k}={}", shell_quote(&v));
+                outln!("export {k}={}", shell_quote(&v));
             }
         }
     }

@@ -42,7 +42,7 @@ pub(crate) fn run(state: &StateDir, cmd: McpCommand) -> Result<()> {
             };
             let doc = request(state, Method::GET, &path, None)?;
             if let Output::Json = output {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                outln!("{}", serde_json::to_string_pretty(&doc)?);
                 return Ok(());
             }
             let servers = doc["servers"].as_array().cloned().unwrap_or_default();
@@ -56,7 +56,7 @@ pub(crate) fn run(state: &StateDir, cmd: McpCommand) -> Result<()> {
                     .as_str()
                     .map(|t| format!(" (tenant {t})"))
                     .unwrap_or_default();
-                println!("{}{tenant}", s["server"].as_str().unwrap_or("?"));
+                outln!("{}{tenant}", s["server"].as_str().unwrap_or("?"));
                 for (name, t) in s["tools"].as_object().into_iter().flatten() {
                     let state = if t["changed"] == true {
                         format!(
@@ -74,7 +74,7 @@ pub(crate) fn run(state: &StateDir, cmd: McpCommand) -> Result<()> {
                     } else {
                         "pinned".to_owned()
                     };
-                    println!(
+                    outln!(
                         "  {name:<32} {:<20} {state}",
                         t["pinned"].as_i64().map(rfc3339).unwrap_or_default()
                     );
@@ -95,7 +95,7 @@ pub(crate) fn run(state: &StateDir, cmd: McpCommand) -> Result<()> {
                 path.push_str(&format!("?tenant={}", encode(&t)));
             }
             request(state, Method::POST, &path, None)?;
-            println!("pinned the new definition of {tool} on {server}");
+            outln!("pinned the new definition of {tool} on {server}");
         }
     }
     Ok(())

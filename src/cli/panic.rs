@@ -72,7 +72,7 @@ pub(crate) fn run(
     }
     let report: serde_json::Value = serde_json::from_slice(&answer.body)?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => print_report(&report),
     }
     Ok(report["ok"].as_bool().unwrap_or(false))
@@ -83,7 +83,7 @@ fn print_report(r: &serde_json::Value) {
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
-    println!(
+    outln!(
         "PANIC {} ({}): {} — local cut-off in {} ms",
         r["panic_id"].as_str().unwrap_or("?"),
         r["scope"].as_str().unwrap_or("?"),
@@ -95,7 +95,7 @@ fn print_report(r: &serde_json::Value) {
         r["local_ms"]
     );
     for s in r["steps"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {:<12} {:>4}  {}",
             s["step"].as_str().unwrap_or(""),
             s["count"],
@@ -107,10 +107,10 @@ fn print_report(r: &serde_json::Value) {
         .map(Vec::as_slice)
         .unwrap_or_default();
     if upstream.is_empty() {
-        println!("  upstream: nothing the agents received needs revoking");
+        outln!("  upstream: nothing the agents received needs revoking");
     }
     for u in upstream {
-        println!(
+        outln!(
             "  upstream {:<16} {:<10} {:<8} {}  {}",
             u["result"].as_str().unwrap_or(""),
             u["service"].as_str().unwrap_or(""),

@@ -123,17 +123,17 @@ fn test(root: &Path, recursive: bool, config: &Config, output: Output) -> Result
                 .collect();
             let doc =
                 serde_json::json!({"passed": all.len() - failed, "failed": failed, "cases": cases});
-            println!("{}", &doc.to_string());
+            outln!("{}", &doc.to_string());
         }
         Output::Text => {
             for (dir, r) in &all {
                 let mark = if r.passed { "PASS" } else { "FAIL" };
-                println!("{mark}  {dir}/{}: {}", r.file, r.name);
+                outln!("{mark}  {dir}/{}: {}", r.file, r.name);
                 if !r.passed {
-                    println!("      {}", r.detail);
+                    outln!("      {}", r.detail);
                 }
             }
-            println!(
+            outln!(
                 "{} passed, {failed} failed ({} directories)",
                 all.len() - failed,
                 dirs.len()
@@ -233,38 +233,38 @@ pub(crate) fn explain(state: &StateDir, config: &Config, args: ExplainArgs) -> R
                 "mode": policy.mode,
                 "policy_dir": dir.display().to_string(),
             });
-            println!("{}", &serde_json::to_string_pretty(&doc)?);
+            outln!("{}", &serde_json::to_string_pretty(&doc)?);
         }
         Output::Text => {
-            println!(
+            outln!(
                 "action    {}",
                 tuple["action"]["name"].as_str().unwrap_or("")
             );
-            println!(
+            outln!(
                 "resource  {} {}",
                 tuple["resource"]["type"].as_str().unwrap_or(""),
                 tuple["resource"]["id"].as_str().unwrap_or("")
             );
-            println!(
+            outln!(
                 "class     {}",
                 tuple["action"]["properties"]["class"]
                     .as_str()
                     .unwrap_or("")
             );
-            println!("effect    {enforced}");
+            outln!("effect    {enforced}");
             for r in &decision.reasons {
-                println!("reason    {r}");
+                outln!("reason    {r}");
             }
             if !decision.scopes.is_empty() {
-                println!("scopes    {}", decision.scopes.join(" "));
+                outln!("scopes    {}", decision.scopes.join(" "));
             }
-            println!(
+            outln!(
                 "policy    {} ({})",
                 dir.display(),
                 &decision.policy_hash[..12.min(decision.policy_hash.len())]
             );
-            println!("tuple:");
-            println!("{}", &serde_json::to_string_pretty(&tuple)?);
+            outln!("tuple:");
+            outln!("{}", &serde_json::to_string_pretty(&tuple)?);
         }
     }
     Ok(())

@@ -61,8 +61,8 @@ pub(crate) fn run(state: &StateDir, config: &Config, args: ReplayArgs<'_>) -> Re
     }
     let report = report?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => print!("{}", render(&report, args.dir)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => out!("{}", render(&report, args.dir)),
     }
     Ok(report)
 }

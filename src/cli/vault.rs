@@ -185,7 +185,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Resul
                 &secret,
                 now(),
             )?;
-            println!(
+            outln!(
                 "stored {} for {service} (kind {}, origin {}, fingerprint {})",
                 c.id,
                 kind.as_str(),
@@ -197,16 +197,22 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Resul
         VaultCommand::List { output } => {
             let list = store.list()?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&list)?),
                 Output::Text if list.is_empty() => {
                     eprintln!(
                         "the vault is empty; add a credential with `agentgate vault set SERVICE --kind static < token.txt`"
                     )
                 }
                 Output::Text => {
-                    println!(
+                    outln!(
                         "{:<22} {:<8} {:<10} {:<10} {:<10} {:<24} {:<28} EXPIRES",
-                        "ID", "TENANT", "SERVICE", "USER", "KIND", "ORIGIN", "FINGERPRINT"
+                        "ID",
+                        "TENANT",
+                        "SERVICE",
+                        "USER",
+                        "KIND",
+                        "ORIGIN",
+                        "FINGERPRINT"
                     );
                     for c in list {
                         let dash = |s: &str| {
@@ -221,7 +227,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Resul
                             (None, Some(e)) => rfc3339(e),
                             (None, None) => "-".into(),
                         };
-                        println!(
+                        outln!(
                             "{:<22} {:<8} {:<10} {:<10} {:<10} {:<24} {:<28} {expires}",
                             c.id,
                             dash(&c.tenant),
@@ -245,7 +251,7 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: VaultCommand) -> Resul
             if n == 0 {
                 bail!("no connection {target} (see `agentgate vault list`)");
             }
-            println!("removed {n} connection(s)");
+            outln!("removed {n} connection(s)");
             tell(state, &format!("rm {target}"))
         }
     }

@@ -1077,6 +1077,22 @@ async fn admin_api_and_cli_read_the_live_log() {
 /// succeeds, like any filter, instead of failing with "Broken pipe".
 #[test]
 fn export_into_a_closed_pipe_stops_quietly() {
+    stops_quietly_into_a_closed_pipe(&["audit", "export"], b"{\"hash\":");
+}
+
+/// `agentgate audit tail -f | head`: the same for a command that prints line by line and
+/// would otherwise follow the log forever.
+#[test]
+fn tail_into_a_closed_pipe_stops_quietly() {
+    stops_quietly_into_a_closed_pipe(
+        &["audit", "tail", "-n", "500", "--follow", "--output", "json"],
+        b"{\"",
+    );
+}
+
+/// Runs `args` (with `--db` of a log far larger than a pipe holds), reads its first 4 KiB
+/// (which must start with `first`), closes the pipe and expects a quiet exit 0.
+fn stops_quietly_into_a_closed_pipe(args: &[&str], first: &[u8]) {
     use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join(DB);
@@ -1088,7 +1104,7 @@ fn export_into_a_closed_pipe_stops_quietly() {
          INSERT INTO meta VALUES ('log_id', '0123456789abcdef0123456789abcdef');",
     )
     .expect("schema");
-    // Far more than a pipe holds (64 KiB), so export must write after the reader is gone.
+    // Far more than a pipe holds (64 KiB), so the command must write after the reader is gone.
     let pad = "x".repeat(1000);
     for seq in 1..=500i64 {
         let record = json!({"kind": "admin", "event": "test", "pad": pad, "seq": seq});
@@ -1101,20 +1117,28 @@ fn export_into_a_closed_pipe_stops_quietly() {
     drop(conn);
 
     let db = db.display().to_string();
-    let mut child =
-        crate::support::proxy::spawn(&[], dir.path(), &["audit", "export", "--db", &db], &[]);
+    let mut cmd: Vec<&str> = args.to_vec();
+    cmd.extend(["--db", &db]);
+    let mut child = crate::support::proxy::spawn(&[], dir.path(), &cmd, &[]);
     let mut stdout = child.stdout.take().expect("stdout");
-    let mut first = [0u8; 4096];
-    if let Err(e) = stdout.read_exact(&mut first) {
+    let mut head = [0u8; 4096];
+    if let Err(e) = stdout.read_exact(&mut head) {
         let out = child.wait_with_output().expect("wait for agentgate");
-        panic!("export wrote less than 4 KiB ({e}): {}", text(&out.stderr));
+        panic!(
+            "{args:?} wrote less than 4 KiB ({e}): {}",
+            text(&out.stderr)
+        );
     }
-    assert!(first.starts_with(b"{\"hash\":"), "export line");
+    assert!(
+        head.starts_with(first),
+        "{args:?} output: {:?}",
+        String::from_utf8_lossy(&head[..200])
+    );
     drop(stdout);
     let out = child.wait_with_output().expect("wait for agentgate");
     assert!(
         out.status.success() && out.stderr.is_empty(),
-        "export into a closed pipe: {:?}, stderr {:?}",
+        "{args:?} into a closed pipe: {:?}, stderr {:?}",
         out.status,
         text(&out.stderr)
     );
