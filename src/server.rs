@@ -47,6 +47,13 @@ where
     }
 }
 
+/// A boxed connection: what a tunnel holds, so that the tunnel's own future stays small.
+impl<C: GracefulConn + ?Sized> GracefulConn for Pin<Box<C>> {
+    fn shutdown(self: Pin<&mut Self>) {
+        self.get_mut().as_mut().shutdown();
+    }
+}
+
 /// Request activity on one client connection, for the idle timeout.
 #[derive(Debug)]
 pub(crate) struct Activity {

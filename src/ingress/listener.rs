@@ -120,9 +120,12 @@ async fn serve_client(
         })
     };
     let io = Framing::new(stream, limits.max_header_bytes, limits.max_headers);
-    let conn = http1_builder(&limits)
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+    // Boxed, as in a tunnel (see `mitm::serve_requests`): held once, at its own size.
+    let conn = Box::pin(
+        http1_builder(&limits)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
     if let Err(e) = drive(conn, &activity, limits.idle_timeout, shutdown).await {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
         pipeline.record_parse_refusal(peer, "", &e).await;

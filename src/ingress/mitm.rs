@@ -24,7 +24,7 @@ use super::framing::Framing;
 use crate::authority::normalize_host;
 use crate::error::{Denial, Gate};
 use crate::pipeline::{Pipeline, Tunnel};
-use crate::server::{Activity, drive, http1_builder, http2_builder};
+use crate::server::{Activity, GracefulConn, drive, http1_builder, http2_builder};
 
 /// TLS record type of a handshake message; every ClientHello starts with it.
 pub(super) const TLS_HANDSHAKE: u8 = 0x16;
@@ -40,7 +40,10 @@ pub async fn serve(
 ) {
     let limits = pipeline.limits().clone();
     let client = tunnel.client;
-    let handshake = async {
+    // Boxed, and never held unboxed in a variable: the handshake's state (acceptor,
+    // ClientHello, a connection being built) is freed once it ends instead of staying
+    // reserved in the tunnel's future for the tunnel's life.
+    let handshake = Box::pin(async {
         let mut io = TokioIo::new(upgraded);
         let mut first = vec![0u8; 1024];
         let n = io.read(&mut first).await?;
@@ -73,9 +76,11 @@ pub async fn serve(
             .server_config(&cert_host)
             .map_err(|e| io::Error::other(e.to_string()))?;
         start.into_stream(config).await.map(Some)
-    };
+    });
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
-        Ok(Ok(Some(tls))) => tls,
+        // Boxed at once: held unboxed in a variable, the stream's size would stay reserved
+        // in this future beside the box for the tunnel's life.
+        Ok(Ok(Some(tls))) => Box::new(tls),
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::info!(client = %client, host = %tunnel.host, error = %e, "TLS handshake with agent failed");
@@ -92,9 +97,14 @@ pub async fn serve(
 
 /// Serves the HTTP requests of one intercepted connection (HTTP/2 when `h2`) until it
 /// ends, each handed to the pipeline with the tunnel it belongs to.
+///
+/// The transport comes boxed and the connection is boxed here: an async fn keeps its
+/// arguments for its whole life, and its locals beside them, so a transport passed by value
+/// would sit in an idle tunnel's task twice (and the HTTP/2 connection's size would be
+/// reserved in every HTTP/1.1 one). Boxed, a tunnel holds each piece once, at its own size.
 pub(super) async fn serve_requests<IO>(
     pipeline: Arc<Pipeline>,
-    io: IO,
+    io: Box<IO>,
     h2: bool,
     tunnel: Tunnel,
     shutdown: watch::Receiver<bool>,
@@ -121,28 +131,18 @@ pub(super) async fn serve_requests<IO>(
     };
     // PANIC closes the tunnel at once, in-flight requests and all.
     let session = recorder.sessions.open(&target.caller.spiffe_id);
-    let served = async {
-        if h2 {
-            let io = TokioIo::new(io);
-            drive(
-                http2_builder(&limits, MAX_H2_STREAMS).serve_connection(io, svc),
-                &activity,
-                limits.idle_timeout,
-                shutdown,
-            )
-            .await
-        } else {
-            let io = TokioIo::new(Framing::new(
-                io,
-                limits.max_header_bytes,
-                limits.max_headers,
-            ));
-            let conn = http1_builder(&limits)
-                .serve_connection(io, svc)
-                .with_upgrades();
-            drive(conn, &activity, limits.idle_timeout, shutdown).await
-        }
+    // Built straight into its box (a named value would keep its size reserved here too).
+    let conn: Pin<Box<dyn GracefulConn + Send>> = if h2 {
+        Box::pin(http2_builder(&limits, MAX_H2_STREAMS).serve_connection(TokioIo::new(io), svc))
+    } else {
+        let io = Framing::new(io, limits.max_header_bytes, limits.max_headers);
+        Box::pin(
+            http1_builder(&limits)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        )
     };
+    let served = drive(conn, &activity, limits.idle_timeout, shutdown);
     let result = tokio::select! {
         r = served => r,
         () = session.killed.notified() => {
@@ -152,9 +152,8 @@ pub(super) async fn serve_requests<IO>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %client, error = %e, "tunnel ended with an error");
-        recorder
-            .record_parse_refusal(client, &target.host, &e)
-            .await;
+        // Boxed: a rare path whose record would otherwise be reserved in every tunnel.
+        Box::pin(recorder.record_parse_refusal(client, &target.host, &e)).await;
     }
 }
 

@@ -120,7 +120,7 @@ async fn serve_redirected(
                     prefix: head,
                     inner,
                 };
-                serve_requests(pipeline, io, false, tunnel, shutdown).await;
+                serve_requests(pipeline, Box::new(io), false, tunnel, shutdown).await;
             }
         }
         Err(()) => {}
@@ -180,7 +180,7 @@ async fn serve_tls(
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, start.into_stream(config))
         .await
     {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             tracing::info!(client = %tunnel.client, host = %tunnel.host, error = %e, "TLS handshake with agent failed");
             return;
