@@ -38,13 +38,19 @@ pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, line: bool) {
         .write_fmt(args)
         .and_then(|()| if line { out.write_all(b"\n") } else { Ok(()) })
         .and_then(|()| out.flush());
+    if let Err(e) = stdout_written(written) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The outcome of writing command output: a reader that has gone ends the command at once
+/// with exit 0; any other failure is an error.
+pub(crate) fn stdout_written(written: std::io::Result<()>) -> anyhow::Result<()> {
+    use anyhow::Context;
     match written {
-        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        Err(e) => {
-            eprintln!("error: writing to standard output: {e}");
-            std::process::exit(1);
-        }
+        r => r.context("writing standard output"),
     }
 }
 

@@ -221,13 +221,8 @@ pub(crate) fn run(state: &StateDir, config: &Config, cmd: AuditCommand) -> Resul
                 }
                 Ok(ControlFlow::Continue(()))
             })?;
-            match failed.or_else(|| out.flush().err()) {
-                // The reader has all it wanted (`audit export | head`): stop quietly, as
-                // any filter does.
-                Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
-                Some(e) => Err(e.into()),
-                None => Ok(true),
-            }
+            crate::cli::stdout_written(failed.map_or_else(|| out.flush(), Err))?;
+            Ok(true)
         }
     }
 }

@@ -59,8 +59,7 @@ pub(crate) fn run(args: IptablesArgs) -> Result<()> {
             iptables::render(&plan, false, true),
             iptables::render(&plan, true, true)
         );
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+        out!("{text}");
         return Ok(());
     }
     let applied =

@@ -1,6 +1,6 @@
 //! `agentgate k8s`: rewrite Kubernetes manifests to run AgentGate beside the agent.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -94,11 +94,8 @@ pub(crate) fn run(command: K8sCommand) -> Result<()> {
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("writing standard output")
+    out!("{}", out.text);
+    Ok(())
 }
 
 fn read(file: &PathBuf) -> Result<String> {
