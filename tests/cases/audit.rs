@@ -1143,3 +1143,47 @@ fn stops_quietly_into_a_closed_pipe(args: &[&str], first: &[u8]) {
         text(&out.stderr)
     );
 }
+
+/// An audit commit syncs its WAL with `fdatasync`, not `fsync`: `fsync` also writes the
+/// inode back for the mtime every write moves, one more synchronous I/O per commit (SQLite
+/// only uses `fdatasync` when built with `HAVE_FDATASYNC`, see `.cargo/config.toml`). The
+/// CLI appends to the log itself while no proxy runs, through the same writer.
+#[test]
+fn audit_commits_sync_the_data_not_the_inode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let trace = dir.path().join("syncs.txt");
+    let trace_arg = trace.display().to_string();
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-y",
+        "-e",
+        "trace=fsync,fdatasync",
+        "-o",
+        &trace_arg,
+    ];
+    let register = ["agents", "register", "syncs", "--owner", "ops@example.com"];
+    let out = crate::support::proxy::cli_in(&strace, &home, &register, &[]);
+    assert!(
+        out.status.success(),
+        "agents register under strace failed ({}); scripts/test installs strace:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let syncs = std::fs::read_to_string(&trace).expect("strace output");
+    let wal: Vec<&str> = syncs
+        .lines()
+        .filter(|l| l.contains(&format!("{DB}-wal>")))
+        .collect();
+    assert!(
+        wal.iter().any(|l| l.contains("fdatasync(")),
+        "no fdatasync of the audit WAL; every sync seen:\n{syncs}"
+    );
+    assert!(
+        !wal.iter()
+            .any(|l| l.contains(" fsync(") || l.starts_with("fsync(")),
+        "the audit WAL was synced with fsync:\n{syncs}"
+    );
+}
