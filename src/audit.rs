@@ -9,6 +9,7 @@
 //! `checkpoint` (Ed25519-signed heads), `outbox` (committed records for shippers), `verify`
 //! (recomputes everything, names the first bad `seq`), `config` and `error`.
 
+pub mod activity;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
@@ -73,6 +74,8 @@ pub struct Audit {
     db: PathBuf,
     log_id: String,
     events: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    /// Each agent's last committed decision, noted by the writer.
+    last_seen: Arc<activity::LastSeen>,
 }
 
 /// One request waiting for a commit, counted in `Audit::waiting` while it lives.
@@ -131,6 +134,7 @@ impl Audit {
         let (unawaited, unawaited_rx) = mpsc::channel(config.queue.max(1));
         let committed = Arc::new(AtomicU64::new(seq));
         let (events, _) = tokio::sync::broadcast::channel(EVENTS_BUFFER);
+        let last_seen = Arc::new(activity::LastSeen::default());
         let writer = writer::Writer {
             conn,
             log_id: log_id.clone(),
@@ -147,6 +151,7 @@ impl Audit {
             last_checkpoint: (seq, Instant::now()),
             unawaited: unawaited_rx,
             events: events.clone(),
+            last_seen: last_seen.clone(),
             committed: committed.clone(),
             since_tail: 0,
             closed: false,
@@ -229,6 +234,7 @@ impl Audit {
             db,
             log_id,
             events,
+            last_seen,
         })
     }
 
@@ -258,6 +264,11 @@ impl Audit {
     /// The log id.
     pub fn log_id(&self) -> &str {
         &self.log_id
+    }
+
+    /// When each agent last had a committed decision.
+    pub fn last_seen(&self) -> &activity::LastSeen {
+        &self.last_seen
     }
 
     /// Committed records from now on (buffered; a lagging subscriber is told so).

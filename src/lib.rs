@@ -377,7 +377,6 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
         instance: instance.clone(),
         base_url: admin_url.clone(),
         tenants: tenant_names,
-        last_seen: Default::default(),
         streams: admin::state::Streams::new(shutdown_rx.clone()),
         slots: slots.clone(),
         max_connections: config.proxy.max_connections,
@@ -403,10 +402,7 @@ pub async fn start(config: Config, state: &StateDir) -> Result<Running, StartErr
             slots.clone(),
             shutdown_rx.clone(),
         )),
-        tokio::spawn(admin::agents::follow(
-            admin_state.clone(),
-            shutdown_rx.clone(),
-        )),
+        tokio::spawn(admin::agents::seed_last_seen(admin_state.clone())),
         spawn_admin(
             (admin, pod_listeners.probes.map(|(_, l)| l)),
             admin_state,

@@ -8,7 +8,6 @@ use axum::Extension;
 use axum::extract::{Path, Request, State};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::auth::Scope;
@@ -24,10 +23,9 @@ use crate::identity::registry::{Agent, Registry, RegistryError};
 /// Decision records read at start to seed last activity.
 const SEED_RECORDS: usize = 20_000;
 
-/// Keeps [`LastSeen`](super::state::LastSeen) current from the audit log: seeded from the newest records, then
-/// fed by committed decisions until shutdown.
-pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
-    let mut live = admin.audit.subscribe();
+/// Seeds each agent's last activity from the newest decision records of the log; the audit
+/// writer notes every decision it commits from then on.
+pub async fn seed_last_seen(admin: Arc<Admin>) {
     let db = admin.audit.db_path().to_owned();
     let seed = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<(String, i64)>> {
         // The newest records, across a segment boundary if a seal just happened.
@@ -48,28 +46,16 @@ pub async fn follow(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     match seed {
         Ok(Ok(rows)) => {
             for (agent, ts) in rows {
-                admin.last_seen.note(&agent, ts / 1_000_000);
+                admin
+                    .audit
+                    .last_seen()
+                    .note([agent.as_str()], ts / 1_000_000);
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read last agent activity from the audit log")
         }
         Err(_) => {}
-    }
-    loop {
-        let event = tokio::select! {
-            e = live.recv() => e,
-            _ = shutdown.changed() => return,
-        };
-        match event {
-            Ok(committed) => {
-                if let Some(agent) = &committed.decided_by {
-                    admin.last_seen.note(agent, committed.ts / 1_000_000);
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
     }
 }
 
@@ -84,7 +70,7 @@ pub struct AgentView {
 
 impl AgentView {
     fn new(agent: Agent, admin: &Admin) -> Self {
-        let last_seen = admin.last_seen.get(&agent.spiffe_id);
+        let last_seen = admin.audit.last_seen().get(&agent.spiffe_id);
         Self { agent, last_seen }
     }
 }

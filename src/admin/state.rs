@@ -1,5 +1,5 @@
-//! What the admin routes share: the [`Admin`] state every handler reaches, readiness, each
-//! agent's last activity and the event-stream slots.
+//! What the admin routes share: the [`Admin`] state every handler reaches, readiness and the
+//! event-stream slots.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +10,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::auth::{self, Scope};
 use crate::identity::Identity;
 
-/// Most agents whose last activity is remembered (SPIFFE IDs from trusted bundles are not
-/// registered, so the set is bounded here rather than by the registry).
-const MAX_TRACKED: usize = 10_000;
 /// Event streams open at once, per scope (the instance admin, each tenant).
 pub const MAX_STREAMS: usize = 16;
 
@@ -45,8 +42,6 @@ pub struct Admin {
     pub base_url: String,
     /// Configured tenant names.
     pub tenants: Vec<String>,
-    /// When each agent (SPIFFE ID) last had a decision.
-    pub last_seen: LastSeen,
     /// Live event-stream subscribers.
     pub streams: Streams,
     /// The proxy listener's connection slots (for the open-connections gauge).
@@ -73,26 +68,6 @@ impl Health {
     /// Whether the instance takes traffic.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-    }
-}
-
-/// When each agent (SPIFFE ID) last had a decision, in Unix seconds.
-#[derive(Default)]
-pub struct LastSeen(Mutex<HashMap<String, i64>>);
-
-impl LastSeen {
-    pub(super) fn note(&self, agent: &str, ts: i64) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = map.get_mut(agent) {
-            *t = (*t).max(ts);
-        } else if map.len() < MAX_TRACKED {
-            map.insert(agent.to_owned(), ts);
-        }
-    }
-
-    pub(super) fn get(&self, agent: &str) -> Option<i64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(agent).copied()
     }
 }
 

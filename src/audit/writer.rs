@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::activity::LastSeen;
 use super::chain::{self, Hash};
 use super::checkpoint::{Checkpoint, Signed, Signer};
 use super::error::AuditError;
@@ -75,6 +76,8 @@ pub(crate) struct Writer {
     pub(crate) unawaited: mpsc::Receiver<Record>,
     /// Committed records for live subscribers (the admin event stream).
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    /// Each agent's last committed decision, for the admin API.
+    pub(crate) last_seen: Arc<LastSeen>,
     /// Shared with the handle for `/metrics`-style reporting and tests.
     pub(crate) committed: Arc<AtomicU64>,
     /// Records committed since the writer last copied the WAL's tail.
@@ -296,8 +299,10 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         match result {
-            Ok(()) => {
+            Ok(ts) => {
                 self.committed.store(self.seq, Ordering::Release);
+                let agents = batch.iter().filter_map(|(record, _)| record.decided_by());
+                self.last_seen.note(agents, ts / 1_000_000);
                 self.since_tail += batch.len() as u64;
                 for event in events {
                     // No subscriber left is fine: the stream is best effort, the log is not.
@@ -321,13 +326,14 @@ impl Writer {
         }
     }
 
-    /// The transaction of `commit`: statements are prepared once, and the head is re-read
-    /// only when another connection wrote to the file since this one last looked.
+    /// The transaction of `commit`, which returns the records' `ts`: statements are prepared
+    /// once, and the head is re-read only when another connection wrote to the file since
+    /// this one last looked.
     fn append(
         &mut self,
         batch: &[Pending],
         events: &mut Vec<Arc<Committed>>,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<i64, rusqlite::Error> {
         // A leader has begun already (see `lead`).
         if self.conn.is_autocommit() {
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
@@ -383,7 +389,7 @@ impl Writer {
         }
         drop(stmt);
         self.conn.prepare_cached("COMMIT")?.execute([])?;
-        Ok(())
+        Ok(ts)
     }
 
     /// Signs the current head, stores it in the log and appends it to `checkpoints.jsonl`.
