@@ -337,7 +337,6 @@ mod tests {
             hash: "00".into(),
             record: "{}".into(),
             tenant: tenant.map(Arc::from),
-            decided_by: None,
             ts: 0,
         })
     }

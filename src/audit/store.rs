@@ -92,8 +92,6 @@ pub struct Committed {
     pub record: String,
     /// The record's tenant, for per-tenant streams.
     pub tenant: Option<Arc<str>>,
-    /// For a decision record: the agent (SPIFFE ID) it was about.
-    pub decided_by: Option<Arc<str>>,
     /// Unix microseconds.
     pub ts: i64,
 }

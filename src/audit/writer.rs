@@ -382,7 +382,6 @@ impl Writer {
                     hash,
                     record: text,
                     tenant: record.tenant().map(Arc::from),
-                    decided_by: record.decided_by().map(Arc::from),
                     ts,
                 }));
             }
